@@ -1,0 +1,1 @@
+//! Documents and chunking (owned by the context API work).

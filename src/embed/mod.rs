@@ -1,0 +1,1 @@
+//! Local embeddings with Candle (all-MiniLM-L6-v2).

@@ -1,0 +1,1 @@
+//! Keyword (Tantivy), semantic and hybrid search, context assembly.
