@@ -1,1 +1,422 @@
-//! Documents and chunking (owned by the context API work).
+//! Documents: validation, chunking and their storage in the tenant's SQLite file.
+//!
+//! SQLite is the source of truth: documents, chunks (with byte offsets and heading paths) and
+//! chunk embeddings (384 × f32 little-endian blobs) all live there, so the Tantivy index and the
+//! in-memory vector cache ([`crate::search`]) can always be rebuilt from it.
+//!
+//! Ingest is split so the expensive, fallible steps happen outside the tenant's writer lock:
+//! 1. [`prepare`] (CPU, any thread; sync): validates input and chunks it;
+//! 2. the async caller embeds [`PreparedDocument::embedding_inputs`] with the embedding service;
+//! 3. [`crate::search::TenantSearch::upsert`] (blocking thread, writer connection) writes
+//!    SQLite in one transaction and then updates the derived state.
+//!
+//! Everything here works without the embedding model: chunking falls back to an approximate
+//! token count ([`chunk::TokenCounter::Approx`]) and chunks are stored without vectors (they can
+//! be back-filled later with [`crate::search::TenantSearch::backfill_embeddings`]).
+
+pub mod chunk;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+pub use chunk::{ChunkPlan, TokenCounter};
+
+/// Idempotent DDL for the tenant database (register it as a tenant migration).
+///
+/// - `documents.seq` is the compact integer key used by the index and the vector cache; `id` (a
+///   ULID) is the public id and is kept when a document is replaced through its path.
+/// - `chunks.id` is `AUTOINCREMENT`, so a chunk id is never reused: a stale index entry can only
+///   point at a missing row (and is then dropped), never at someone else's text.
+/// - `chunk_embeddings.vector` is `dim` little-endian f32s, L2-normalised.
+/// - `search_state` holds a generation number bumped by every write; the Tantivy index stores the
+///   generation it reflects in its commit payload, so a stale index is detected on open.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS documents (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    path         TEXT NOT NULL UNIQUE,
+    title        TEXT,
+    content      TEXT NOT NULL,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    content_sha256 TEXT NOT NULL,
+    tokens       INTEGER NOT NULL,
+    chunk_count  INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_seq      INTEGER NOT NULL,
+    ord          INTEGER NOT NULL,
+    start_byte   INTEGER NOT NULL,
+    end_byte     INTEGER NOT NULL,
+    heading_path TEXT NOT NULL DEFAULT '[]',
+    prefix       TEXT NOT NULL DEFAULT '',
+    text         TEXT NOT NULL,
+    model_tokens INTEGER NOT NULL,
+    llm_tokens   INTEGER NOT NULL,
+    UNIQUE (doc_seq, ord)
+);
+CREATE TABLE IF NOT EXISTS chunk_embeddings (
+    chunk_id     INTEGER PRIMARY KEY,
+    doc_seq      INTEGER NOT NULL,
+    dim          INTEGER NOT NULL,
+    vector       BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunk_embeddings_doc ON chunk_embeddings (doc_seq);
+CREATE TABLE IF NOT EXISTS search_state (
+    key          TEXT PRIMARY KEY,
+    value        INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO search_state (key, value) VALUES ('generation', 0);
+"#;
+
+/// Errors of the documents/search domain. Map: `Invalid` → 400, `NotFound` → 404,
+/// `TooLarge` → 413, `EmbeddingsUnavailable` → 503 `embeddings_unavailable`, `Internal` → 500.
+#[derive(Debug, thiserror::Error)]
+pub enum DocsError {
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("not found")]
+    NotFound,
+    #[error("{field} is too large: {size} bytes, limit {limit}")]
+    TooLarge { field: String, size: usize, limit: usize },
+    #[error("embeddings are unavailable")]
+    EmbeddingsUnavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DocsError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        DocsError::Invalid { field: field.to_string(), message: message.into() }
+    }
+    /// A stable machine-readable code, handy for per-item bulk results.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DocsError::Invalid { .. } => "invalid_request",
+            DocsError::NotFound => "not_found",
+            DocsError::TooLarge { .. } => "payload_too_large",
+            DocsError::EmbeddingsUnavailable => "embeddings_unavailable",
+            DocsError::Internal(_) => "internal",
+        }
+    }
+    /// The HTTP status the lead maps this to (for per-item bulk results).
+    pub fn status(&self) -> u16 {
+        match self {
+            DocsError::Invalid { .. } => 400,
+            DocsError::NotFound => 404,
+            DocsError::TooLarge { .. } => 413,
+            DocsError::EmbeddingsUnavailable => 503,
+            DocsError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for DocsError {
+    fn from(e: rusqlite::Error) -> Self {
+        DocsError::Internal(format!("sqlite: {e}"))
+    }
+}
+impl From<tantivy::TantivyError> for DocsError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        DocsError::Internal(format!("index: {e}"))
+    }
+}
+impl From<std::io::Error> for DocsError {
+    fn from(e: std::io::Error) -> Self {
+        DocsError::Internal(format!("io: {e}"))
+    }
+}
+
+pub type Result<T, E = DocsError> = std::result::Result<T, E>;
+
+/// Size limits, from configuration.
+#[derive(Debug, Clone)]
+pub struct DocLimits {
+    pub max_content_bytes: usize,
+    pub max_path_bytes: usize,
+    pub max_title_bytes: usize,
+    pub max_metadata_bytes: usize,
+    pub max_metadata_keys: usize,
+}
+
+impl Default for DocLimits {
+    fn default() -> Self {
+        DocLimits {
+            max_content_bytes: 4 * 1024 * 1024,
+            max_path_bytes: 1024,
+            max_title_bytes: 1024,
+            max_metadata_bytes: 16 * 1024,
+            max_metadata_keys: 64,
+        }
+    }
+}
+
+/// `POST /api/v1/documents` body (and one item of a bulk request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocumentInput {
+    pub content: String,
+    pub path: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Must be a flat JSON object (values: string, number, bool or null).
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// `POST /api/v1/documents/bulk` body. Items stay raw JSON so one malformed item gets its own
+/// error instead of failing the whole batch; parse them with [`parse_bulk_item`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BulkRequest {
+    pub documents: Vec<Value>,
+}
+
+/// Answer to a create/upsert (`201 {id, path, chunks, tokens}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WriteResult {
+    pub id: String,
+    pub path: String,
+    /// Number of chunks.
+    pub chunks: usize,
+    /// o200k_base tokens of the content.
+    pub tokens: usize,
+    /// True when the path was new (201), false when an existing document was replaced.
+    pub created: bool,
+}
+
+/// One item of a bulk answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BulkItemResult {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<WriteResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ItemError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ItemError {
+    pub code: String,
+    pub message: String,
+}
+
+impl BulkItemResult {
+    pub fn from_result(index: usize, r: Result<WriteResult>) -> Self {
+        match r {
+            Ok(w) => BulkItemResult { index, status: if w.created { 201 } else { 200 }, result: Some(w), error: None },
+            Err(e) => BulkItemResult {
+                index,
+                status: e.status(),
+                result: None,
+                error: Some(ItemError { code: e.code().to_string(), message: e.to_string() }),
+            },
+        }
+    }
+}
+
+/// A stored document (`GET /api/v1/documents/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Document {
+    pub id: String,
+    pub path: String,
+    pub title: Option<String>,
+    pub content: String,
+    pub metadata: Map<String, Value>,
+    pub chunks: usize,
+    pub tokens: usize,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A document in a listing (no content).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DocumentSummary {
+    pub id: String,
+    pub path: String,
+    pub title: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub chunks: usize,
+    pub tokens: usize,
+    pub updated_at: String,
+}
+
+/// `GET /api/v1/documents?path_prefix=&cursor=&limit=` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Listing page: ordered by path; `next_cursor` is opaque (absent on the last page).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListPage {
+    pub documents: Vec<DocumentSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// Answer of `DELETE /api/v1/documents?path_prefix=`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeleteResult {
+    pub deleted: usize,
+}
+
+/// A chunk ready to be stored.
+#[derive(Debug, Clone)]
+pub struct PreparedChunk {
+    pub plan: ChunkPlan,
+    pub text: String,
+    /// o200k_base tokens of `text`.
+    pub llm_tokens: usize,
+}
+
+/// A validated, chunked document, ready for embedding and storage.
+#[derive(Debug, Clone)]
+pub struct PreparedDocument {
+    pub path: String,
+    pub title: Option<String>,
+    pub content: String,
+    pub metadata: Map<String, Value>,
+    pub content_sha256: String,
+    /// o200k_base tokens of the whole content.
+    pub tokens: usize,
+    pub chunks: Vec<PreparedChunk>,
+}
+
+impl PreparedDocument {
+    /// Texts to embed, one per chunk, in order (context prefix + chunk text).
+    pub fn embedding_inputs(&self) -> Vec<String> {
+        self.chunks.iter().map(|c| chunk::embed_text(&c.plan.prefix, &c.text)).collect()
+    }
+}
+
+/// Parses one raw bulk item into a [`DocumentInput`].
+pub fn parse_bulk_item(v: Value) -> Result<DocumentInput> {
+    serde_json::from_value(v).map_err(|e| DocsError::invalid("document", e.to_string()))
+}
+
+/// Checks that raw bytes are text: valid UTF-8 without NUL bytes and with few control characters.
+pub fn validate_text_bytes(bytes: &[u8]) -> Result<&str> {
+    let s = std::str::from_utf8(bytes).map_err(|e| DocsError::invalid("content", format!("not valid UTF-8: {e}")))?;
+    validate_text(s)?;
+    Ok(s)
+}
+
+fn validate_text(s: &str) -> Result<()> {
+    if s.contains('\0') {
+        return Err(DocsError::invalid("content", "binary content (NUL bytes) is not accepted"));
+    }
+    let controls = s.chars().filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{c}')).count();
+    if controls * 100 > s.chars().count().max(1) {
+        return Err(DocsError::invalid("content", "looks like binary content (control characters)"));
+    }
+    Ok(())
+}
+
+/// Validates metadata: absent/null → `{}`; otherwise a flat object of scalars.
+pub fn validate_metadata(metadata: Option<Value>, limits: &DocLimits) -> Result<Map<String, Value>> {
+    let map = match metadata {
+        None | Some(Value::Null) => return Ok(Map::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(DocsError::invalid("metadata", "must be a JSON object")),
+    };
+    if map.len() > limits.max_metadata_keys {
+        return Err(DocsError::invalid("metadata", format!("at most {} keys", limits.max_metadata_keys)));
+    }
+    for (k, v) in &map {
+        if k.is_empty() {
+            return Err(DocsError::invalid("metadata", "keys must be non-empty"));
+        }
+        if matches!(v, Value::Object(_) | Value::Array(_)) {
+            return Err(DocsError::invalid("metadata", format!("value of {k:?} must be a string, number, bool or null (flat object)")));
+        }
+    }
+    let size = serde_json::to_string(&map).map(|s| s.len()).unwrap_or(usize::MAX);
+    if size > limits.max_metadata_bytes {
+        return Err(DocsError::TooLarge { field: "metadata".into(), size, limit: limits.max_metadata_bytes });
+    }
+    Ok(map)
+}
+
+/// Validates a document path (non-empty, no control characters, bounded).
+pub fn validate_path(path: &str, limits: &DocLimits) -> Result<()> {
+    if path.trim().is_empty() {
+        return Err(DocsError::invalid("path", "must be non-empty"));
+    }
+    if path.len() > limits.max_path_bytes {
+        return Err(DocsError::invalid("path", format!("at most {} bytes", limits.max_path_bytes)));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(DocsError::invalid("path", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Counts tokens with tiktoken's o200k_base (the counter stated by context assembly).
+pub fn llm_tokens(text: &str) -> usize {
+    tiktoken_rs::o200k_base_singleton().encode_ordinary(text).len()
+}
+
+/// Validates and chunks a document. CPU-bound (tokenisation): call it off the async runtime.
+pub fn prepare(input: DocumentInput, limits: &DocLimits, counter: &TokenCounter) -> Result<PreparedDocument> {
+    if input.content.len() > limits.max_content_bytes {
+        return Err(DocsError::TooLarge { field: "content".into(), size: input.content.len(), limit: limits.max_content_bytes });
+    }
+    validate_path(&input.path, limits)?;
+    validate_text(&input.content)?;
+    if input.content.trim().is_empty() {
+        return Err(DocsError::invalid("content", "must not be empty"));
+    }
+    let title = input.title.filter(|t| !t.trim().is_empty());
+    if let Some(t) = &title {
+        if t.len() > limits.max_title_bytes {
+            return Err(DocsError::invalid("title", format!("at most {} bytes", limits.max_title_bytes)));
+        }
+        if t.chars().any(char::is_control) {
+            return Err(DocsError::invalid("title", "must not contain control characters"));
+        }
+    }
+    let metadata = validate_metadata(input.metadata, limits)?;
+    let plans = chunk::chunk(counter, &input.content, title.as_deref());
+    let chunks = plans
+        .into_iter()
+        .map(|plan| {
+            let text = input.content.get(plan.start..plan.end).unwrap_or("").to_string();
+            let llm_tokens = llm_tokens(&text);
+            PreparedChunk { plan, text, llm_tokens }
+        })
+        .collect();
+    let content_sha256 = hex::encode(Sha256::digest(input.content.as_bytes()));
+    let tokens = llm_tokens(&input.content);
+    Ok(PreparedDocument { path: input.path, title, content: input.content, metadata, content_sha256, tokens, chunks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn validation() {
+        let l = DocLimits { max_content_bytes: 100, ..Default::default() };
+        let c = TokenCounter::Approx;
+        let ok = |v: Value| prepare(serde_json::from_value(v).unwrap(), &l, &c);
+        assert!(ok(json!({"content": "hello", "path": "a"})).is_ok());
+        assert!(matches!(ok(json!({"content": "x".repeat(101), "path": "a"})), Err(DocsError::TooLarge { .. })));
+        assert!(matches!(ok(json!({"content": "hi", "path": " "})), Err(DocsError::Invalid { .. })));
+        assert!(matches!(ok(json!({"content": "a\u{0}b", "path": "p"})), Err(DocsError::Invalid { .. })));
+        assert!(matches!(ok(json!({"content": "  ", "path": "p"})), Err(DocsError::Invalid { .. })));
+        assert!(matches!(ok(json!({"content": "a", "path": "p", "metadata": {"a": {"b": 1}}})), Err(DocsError::Invalid { .. })));
+        assert!(matches!(ok(json!({"content": "a", "path": "p", "metadata": [1]})), Err(DocsError::Invalid { .. })));
+        assert!(ok(json!({"content": "a", "path": "p", "metadata": {"a": 1, "b": "x", "c": true, "d": null}})).is_ok());
+        assert!(validate_text_bytes(&[0xff, 0xfe, 0x00]).is_err());
+        assert!(parse_bulk_item(json!({"content": 3})).is_err());
+    }
+}

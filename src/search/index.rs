@@ -1,0 +1,197 @@
+//! The per-tenant Tantivy index: BM25 over chunk texts, derived from SQLite.
+//!
+//! **Analyzer** (`warren_en`): Tantivy's `SimpleTokenizer` (splits on every non-alphanumeric
+//! character) → drop tokens longer than 40 bytes → lowercase → ASCII folding (`é` → `e`) →
+//! English stopwords (Tantivy's list) → English Snowball stemmer. Queries go through the same
+//! analyzer and become an OR of term queries (no query syntax, so no user input can be a syntax
+//! error). Scoring is Tantivy's BM25 (k1 = 1.2, b = 0.75).
+//!
+//! **Documents**: one per chunk, fields `chunk_id` (u64, indexed + fast), `doc_seq` (u64, indexed
+//! + fast, for deletes and filters) and `text` (context prefix + chunk text, indexed with
+//! positions, not stored: the text is read back from SQLite, which also drops stale hits).
+//!
+//! **Consistency**: each commit carries the SQLite write generation as its payload; on open, an
+//! index whose payload differs from SQLite's generation (a crash between the two commits), or that
+//! fails to open, is rebuilt. No `IndexWriter` is kept: a writer is created per write batch,
+//! committed and dropped, and the reader reloads manually (no watcher thread per tenant).
+
+use std::path::Path;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
+use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::docs::{DocsError, Result};
+
+pub const ANALYZER: &str = "warren_en";
+/// Memory budget of a per-batch writer (Tantivy's minimum is 15 MB).
+const WRITER_BUDGET: usize = 32_000_000;
+
+#[derive(Clone, Copy)]
+pub(crate) struct Fields {
+    pub chunk_id: Field,
+    pub doc_seq: Field,
+    pub text: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let num = NumericOptions::default().set_indexed().set_fast().set_stored();
+    let chunk_id = b.add_u64_field("chunk_id", num.clone());
+    let doc_seq = b.add_u64_field("doc_seq", num);
+    let text_opts = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let text = b.add_text_field("text", text_opts);
+    (b.build(), Fields { chunk_id, doc_seq, text })
+}
+
+/// The documented analyzer (see module docs).
+pub fn analyzer() -> TextAnalyzer {
+    let mut b = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .dynamic();
+    if let Some(sw) = StopWordFilter::new(Language::English) {
+        b = b.filter_dynamic(sw);
+    }
+    b.filter_dynamic(Stemmer::new(Language::English)).build()
+}
+
+/// An open index with its reader.
+pub(crate) struct KeywordIndex {
+    pub index: Index,
+    pub reader: IndexReader,
+    pub fields: Fields,
+}
+
+/// A chunk to add to the index.
+pub(crate) struct IndexEntry<'a> {
+    pub chunk_id: i64,
+    pub doc_seq: i64,
+    pub text: &'a str,
+}
+
+impl KeywordIndex {
+    /// Opens an existing index; returns its commit payload (the generation it reflects).
+    pub fn open(dir: &Path) -> Result<(KeywordIndex, Option<i64>)> {
+        let index = Index::open_in_dir(dir)?;
+        let (expected, fields) = schema();
+        if index.schema() != expected {
+            return Err(DocsError::Internal("index schema differs".into()));
+        }
+        let payload = index.load_metas()?.payload.and_then(|p| p.parse::<i64>().ok());
+        Ok((Self::finish(index, fields)?, payload))
+    }
+
+    /// Creates an empty index in `dir` (which must exist and be empty).
+    pub fn create(dir: &Path) -> Result<KeywordIndex> {
+        let (schema, fields) = schema();
+        let index = Index::create_in_dir(dir, schema)?;
+        Self::finish(index, fields)
+    }
+
+    fn finish(index: Index, fields: Fields) -> Result<KeywordIndex> {
+        index.tokenizers().register(ANALYZER, analyzer());
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(KeywordIndex { index, reader, fields })
+    }
+
+    /// Applies one write batch: removes every chunk of `delete_docs`, adds `add`, commits with
+    /// the generation as payload, waits for merges and drops the writer.
+    pub fn apply(&self, delete_docs: &[i64], add: &[IndexEntry<'_>], generation: i64) -> Result<()> {
+        let mut writer: IndexWriter<TantivyDocument> = self.index.writer_with_num_threads(1, WRITER_BUDGET)?;
+        for &seq in delete_docs {
+            writer.delete_term(Term::from_field_u64(self.fields.doc_seq, seq as u64));
+        }
+        for e in add {
+            let mut d = TantivyDocument::default();
+            d.add_u64(self.fields.chunk_id, e.chunk_id as u64);
+            d.add_u64(self.fields.doc_seq, e.doc_seq as u64);
+            d.add_text(self.fields.text, e.text);
+            writer.add_document(d)?;
+        }
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&generation.to_string());
+        prepared.commit()?;
+        writer.wait_merging_threads()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Analyzes a query into its (deduplicated) terms.
+    pub fn query_terms(&self, query: &str) -> Vec<Term> {
+        let mut a = analyzer();
+        let mut stream = a.token_stream(query);
+        let mut terms: Vec<Term> = Vec::new();
+        while stream.advance() {
+            let t = Term::from_field_text(self.fields.text, &stream.token().text);
+            if !terms.contains(&t) {
+                terms.push(t);
+            }
+        }
+        terms
+    }
+
+    /// The BM25 query for `query`, restricted to `allowed` documents when given. `None` when the
+    /// query has no searchable term (e.g. only stopwords).
+    pub fn build_query(&self, query: &str, allowed: Option<&std::collections::HashSet<i64>>) -> Option<Box<dyn Query>> {
+        let terms = self.query_terms(query);
+        if terms.is_empty() {
+            return None;
+        }
+        let should: Vec<(Occur, Box<dyn Query>)> = terms
+            .into_iter()
+            .map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>))
+            .collect();
+        let q: Box<dyn Query> = Box::new(BooleanQuery::new(should));
+        Some(match allowed {
+            None => q,
+            Some(set) => {
+                let filter = TermSetQuery::new(set.iter().map(|&s| Term::from_field_u64(self.fields.doc_seq, s as u64)));
+                Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, q),
+                    (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(filter), 0.0))),
+                ]))
+            }
+        })
+    }
+
+    /// Top `limit` chunks for `query`: `(chunk_id, doc_seq, bm25)`, best first.
+    pub fn search(&self, query: &dyn Query, limit: usize) -> Result<Vec<(i64, i64, f32)>> {
+        let searcher = self.reader.searcher();
+        let top = searcher.search(query, &TopDocs::with_limit(limit.max(1)).order_by_score())?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let seg = searcher.segment_reader(addr.segment_ord);
+            let ff = seg.fast_fields();
+            let cid = ff.u64("chunk_id")?.first(addr.doc_id);
+            let seq = ff.u64("doc_seq")?.first(addr.doc_id);
+            if let (Some(c), Some(s)) = (cid, seq) {
+                out.push((c as i64, s as i64, score));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Byte ranges in `text` that match the query's terms (for `highlights`).
+    pub fn highlights(&self, query: &dyn Query, text: &str) -> Vec<(usize, usize)> {
+        let searcher = self.reader.searcher();
+        let Ok(mut gen) = tantivy::snippet::SnippetGenerator::create(&searcher, query, self.fields.text) else {
+            return Vec::new();
+        };
+        gen.set_max_num_chars(text.len().max(1));
+        let snip = gen.snippet(text);
+        let off = snip.fragment_range().start;
+        snip.highlighted().iter().map(|r| (r.start + off, r.end + off)).collect()
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}
