@@ -1,4 +1,266 @@
 //! warren: a single-binary, multi-tenant edge server.
+//!
+//! [`App::build`] binds the listener (port 0 works, as the tests use) and wires the state;
+//! [`App::run_until_stopped`] serves until SIGTERM/SIGINT or [`App::shutdown_token`] fires, then drains
+//! requests in flight and closes every tenant handle. `main.rs` only parses the command line.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod control;
 pub mod docs;
 pub mod embed;
+pub mod error;
+pub mod lifecycle;
+pub mod plans;
 pub mod search;
+pub mod state;
+pub mod telemetry;
+pub mod tenant;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::control::ControlPlane;
+use crate::state::AppState;
+use crate::tenant::{RegistryConfig, TenantRegistry};
+
+/// File (mode 0600) holding a generated admin token, in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    _lock: std::fs::File,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        config.validate()?;
+        let control = ControlPlane::open(&config.data_dir)?;
+        let lock = take_server_lock(&config.data_dir)?;
+        let admin_token_hash = admin_token_hash(&control, &config)?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let registry = TenantRegistry::new(RegistryConfig {
+            data_dir: config.data_dir.clone(),
+            max_open: config.max_open_tenants,
+            idle: Duration::from_secs(config.tenant_idle_secs.max(1)),
+            read_pool_size: config.tenant_read_pool_size,
+            open_timeout: Duration::from_millis(config.tenant_open_timeout_ms),
+        });
+        let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
+            model_dir: config.model_dir.clone(),
+            queue_capacity: config.embed.queue_capacity,
+            max_batch: config.embed.max_batch,
+            threads: config.embed.threads,
+        });
+        let auth = Arc::new(auth::Authenticator::new(control.clone(), &config)?);
+        let state = AppState {
+            config: Arc::new(config),
+            control,
+            registry,
+            auth,
+            embed,
+            admin_token_hash: admin_token_hash.into(),
+            metrics: prometheus(),
+            port,
+        };
+        Ok(App { listener, state, shutdown: CancellationToken::new(), _lock: lock })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.state.port
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling this token stops the server gracefully, like SIGTERM.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let App { listener, state, shutdown, _lock } = self;
+        let background = spawn_background(&state, shutdown.clone());
+        let router = api::router(state.clone());
+        tracing::info!(addr = %listener.local_addr()?, "warren listening");
+        let stop = shutdown.clone();
+        let signals = tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown_signal() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let served = async {
+            serve.await?;
+            anyhow::Ok(())
+        };
+        tokio::pin!(served);
+        tokio::select! {
+            r = &mut served => r?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("requests still in flight after the grace period; closing anyway");
+            }
+        }
+        signals.abort();
+        background.cancel();
+        tracing::info!("draining: closing tenant handles");
+        state.auth.flush_key_usage().await;
+        state.registry.close_all().await;
+        state.embed.shutdown();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Periodic process-wide tasks: handle housekeeping, auth-cache invalidation on control.db changes,
+/// key last-used flushes. One timer each for the whole process; none per tenant.
+fn spawn_background(state: &AppState, shutdown: CancellationToken) -> CancellationToken {
+    let stop = shutdown.child_token();
+    let (s, st) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut watcher = control::Watcher::open(s.control.path()).ok();
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = st.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            n += 1;
+            s.registry.maintain().await;
+            if let Some(w) = watcher.as_mut() {
+                if w.changed().await {
+                    s.auth.invalidate();
+                }
+            }
+            if n % 10 == 0 {
+                s.auth.flush_key_usage().await;
+            }
+        }
+    });
+    stop
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; several apps in one test process share it).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("static buckets");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Takes `<data dir>/.warren.lock` so that CLI commands that would race the server (delete) can
+/// refuse clearly, and two servers never share a data dir.
+fn take_server_lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join(".warren.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => anyhow::bail!("another warren server is using {}", data_dir.display()),
+    }
+}
+
+/// Whether a server holds the data dir (for the CLI).
+pub fn server_running(data_dir: &Path) -> bool {
+    let path = data_dir.join(".warren.lock");
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f.try_lock().is_err(),
+        Err(_) => false,
+    }
+}
+
+/// The SHA-256 of the admin token: from the config, or stored, or generated on first start.
+fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(t) = &config.admin_token {
+        return Ok(Sha256::digest(t.as_bytes()).to_vec());
+    }
+    let stored = control.run_sync(|c| Ok(control::get_setting(c, "admin_token_sha256")?)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(h) = stored {
+        return Ok(hex::decode(h)?);
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("wat_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let hash = Sha256::digest(token.as_bytes()).to_vec();
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    control
+        .run_sync(|c| Ok(control::set_setting(c, "admin_token_sha256", &hex::encode(&hash))?))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "warren: generated an admin token (shown once; also saved with mode 0600 in {}):\n\n    {token}\n",
+        path.display()
+    );
+    Ok(hash)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The admin API under `/admin/v1` (admin bearer token), and Caddy's on-demand TLS `ask` endpoint.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiJson, ApiPath, ApiQuery};
+use crate::auth::{classify_host, AdminCtx, HostKind};
+use crate::control::tenants::{self, NewTenant, TenantPatch};
+use crate::control::{keys, ApiKey, NewKey, Slug, Status, Tenant, Tier};
+use crate::error::Error;
+use crate::lifecycle;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tenants", post(create_tenant).get(list_tenants))
+        .route("/tenants/{slug}", get(show_tenant).patch(patch_tenant).delete(delete_tenant))
+        .route("/tenants/{slug}/keys", post(create_key).get(list_keys))
+        .route("/tenants/{slug}/keys/{key_id}", axum::routing::delete(revoke_key))
+        .route("/tenants/{slug}/keys/{key_id}/rotate", post(rotate_key))
+        .route("/tenants/{slug}/audit", get(audit_log))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub slug: String,
+    pub name: String,
+    pub email: String,
+    #[serde(default = "default_tier")]
+    pub tier: Tier,
+    /// `trial` makes the tenant a trial of `tier` for `trial_days` (default 14).
+    pub status: Option<Status>,
+    pub trial_days: Option<u32>,
+}
+
+fn default_tier() -> Tier {
+    Tier::Free
+}
+
+#[derive(Serialize)]
+pub struct Created {
+    pub tenant: Tenant,
+    pub api_key: String,
+    pub key: ApiKey,
+    pub quickstart: String,
+}
+
+async fn create_tenant(_: AdminCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CreateTenant>) -> Result<Response, Error> {
+    let created = lifecycle::create_tenant(&state, req, "admin").await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    q: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_tenants(_: AdminCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<serde_json::Value>, Error> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Error::validation("limit must be between 1 and 500"));
+    }
+    let (search, after) = (q.q.clone(), q.cursor.clone());
+    let (list, total) = state
+        .control
+        .run(move |c| Ok((tenants::list(c, search.as_deref(), after.as_deref(), limit + 1)?, tenants::count(c)?)))
+        .await?;
+    let more = list.len() > limit as usize;
+    let page: Vec<Tenant> = list.into_iter().take(limit as usize).collect();
+    let next = if more { page.last().map(|t| t.slug.clone()) } else { None };
+    Ok(Json(json!({"tenants": page, "next_cursor": next, "total": total})))
+}
+
+/// Looks a tenant up by slug for admin routes (404 when absent, 400 when the slug is malformed).
+pub(crate) async fn tenant_by_slug(state: &AppState, slug: &str) -> Result<Tenant, Error> {
+    let slug = Slug::parse(slug).map_err(|e| if e.code() == "reserved_slug" { Error::not_found("tenant_not_found", "no such tenant") } else { e })?;
+    state
+        .control
+        .run(move |c| Ok(tenants::get_by_slug(c, slug.as_str())?))
+        .await?
+        .ok_or_else(|| Error::not_found("tenant_not_found", "no such tenant"))
+}
+
+async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let id = t.id.clone();
+    let keys = state.control.run(move |c| Ok(keys::list(c, &id)?)).await?;
+    Ok(Json(json!({"tenant": t, "keys": keys, "features": crate::plans::features(t.tier)})))
+}
+
+async fn patch_tenant(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(patch): ApiJson<TenantPatch>,
+) -> Result<Json<Tenant>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let id = t.id.clone();
+    let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain});
+    let updated = state
+        .control
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let u = tenants::update(&tx, &id, &patch)?;
+            crate::control::audit(&tx, "admin", Some(&id), "tenant.updated", &detail)?;
+            tx.commit()?;
+            Ok(u)
+        })
+        .await?;
+    state.auth.invalidate();
+    Ok(Json(updated))
+}
+
+async fn delete_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<StatusCode, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    lifecycle::delete_tenant(&state, &t, "admin").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_key(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    // The body is optional: an empty one makes a read+write key named "default".
+    let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
+        NewKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::bad_request("invalid_json", format!("invalid request body: {e}")))?
+    };
+    let id = t.id.clone();
+    let (rec, key) = state
+        .control
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let out = keys::create(&tx, &id, &new)?;
+            crate::control::audit(&tx, "admin", Some(&id), "key.created", &json!({"key_id": out.0.id, "name": out.0.name}))?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"key": rec, "api_key": key}))).into_response())
+}
+
+async fn list_keys(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let keys = state.control.run(move |c| Ok(keys::list(c, &t.id)?)).await?;
+    Ok(Json(json!({"keys": keys})))
+}
+
+async fn revoke_key(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath((slug, key_id)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let rec = state
+        .control
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let rec = keys::revoke(&tx, &t.id, &key_id)?;
+            crate::control::audit(&tx, "admin", Some(&t.id), "key.revoked", &json!({"key_id": key_id}))?;
+            tx.commit()?;
+            Ok(rec)
+        })
+        .await?;
+    state.auth.invalidate();
+    Ok(Json(json!({"key": rec})))
+}
+
+async fn rotate_key(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath((slug, key_id)): ApiPath<(String, String)>,
+) -> Result<Response, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let overlap = Duration::seconds(state.config.key_rotation_overlap_secs as i64);
+    let (rec, key) = state
+        .control
+        .run(move |c| {
+            let out = keys::rotate(c, &t.id, &key_id, overlap)?;
+            crate::control::audit(c, "admin", Some(&t.id), "key.rotated", &json!({"old_key_id": key_id, "new_key_id": out.0.id}))?;
+            Ok(out)
+        })
+        .await?;
+    state.auth.invalidate();
+    let old_expires_at = Utc::now() + overlap;
+    Ok((StatusCode::CREATED, Json(json!({"key": rec, "api_key": key, "old_key_valid_until": old_expires_at}))).into_response())
+}
+
+async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let events = state.control.run(move |c| Ok(crate::control::list_audit(c, Some(&t.id), 200)?)).await?;
+    Ok(Json(json!({"events": events})))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AskQuery {
+    domain: String,
+}
+
+/// Caddy's on-demand TLS `ask`: 200 only for the apex, existing tenant subdomains and registered
+/// custom domains; 404 otherwise, so Caddy never requests certificates for arbitrary names.
+pub(crate) async fn tls_ask(State(state): State<AppState>, ApiQuery(q): ApiQuery<AskQuery>) -> Result<StatusCode, Error> {
+    let domain = q.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let found = match classify_host(&domain, &state.config.base_domain) {
+        HostKind::None => domain == state.config.base_domain.to_ascii_lowercase(),
+        HostKind::Subdomain(label) => match Slug::parse(&label) {
+            Ok(slug) => state.control.run(move |c| Ok(tenants::get_by_slug(c, slug.as_str())?.is_some())).await?,
+            Err(_) => false,
+        },
+        HostKind::Other(d) => state.control.run(move |c| Ok(tenants::get_by_domain(c, &d)?.is_some())).await?,
+    };
+    Ok(if found { StatusCode::OK } else { StatusCode::NOT_FOUND })
+}
+
+impl CreateTenant {
+    pub(crate) fn into_new(self) -> Result<NewTenant, Error> {
+        let slug = Slug::parse(&self.slug)?;
+        tenants::validate_profile(&self.name, &self.email)?;
+        let status = self.status.unwrap_or(Status::Active);
+        let trial_ends_at = match status {
+            Status::Trial => Some(Utc::now() + Duration::days(self.trial_days.unwrap_or(14).clamp(1, 365) as i64)),
+            _ => None,
+        };
+        Ok(NewTenant { slug, name: self.name, email: self.email, tier: self.tier, status, trial_ends_at })
+    }
+}

@@ -1,0 +1,59 @@
+//! The layers every request passes: panic guard, request id + tracing span, header-size check,
+//! timeout, global concurrency limit, body limit, and request metrics by route, status and tier.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::TierSlot;
+use crate::error::Error;
+use crate::state::AppState;
+
+/// Wraps the router in the common layers (applied per route by axum, so `MatchedPath` is known).
+pub fn apply(router: Router, state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    router
+        .layer(axum::middleware::from_fn_with_state(state, guard))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(on_panic as fn(Box<dyn std::any::Any + Send + 'static>) -> Response))
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    Error::internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// Header limit, timeout, concurrency limit and metrics in one pass.
+async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let tier = TierSlot::default();
+    req.extensions_mut().insert(tier.clone());
+
+    let response = if header_bytes > state.config.max_header_bytes {
+        Error::HeadersTooLarge.into_response()
+    } else {
+        let timeout = Duration::from_secs(state.config.request_timeout_secs);
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => Error::unavailable("timeout", "the request timed out", 1).into_response(),
+        }
+    };
+
+    let status = response.status().as_u16().to_string();
+    let tier = tier.0.get().copied().unwrap_or("none");
+    let labels = [("route", route), ("method", method), ("status", status), ("tier", tier.to_string())];
+    metrics::counter!("warren_http_requests_total", &labels).increment(1);
+    metrics::histogram!("warren_http_request_duration_seconds", &labels[..2]).record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,108 @@
+//! HTTP routers and thin handlers. Handlers parse, call the domain, and shape JSON; they never touch
+//! SQLite or Tantivy themselves.
+
+pub mod admin;
+pub mod context;
+pub mod middleware;
+pub mod tenant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::state::AppState;
+
+/// `Json<T>` whose rejections are our JSON errors (400 `invalid_json`, 413, 415).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Error::too_large())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Query-string extractor with JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(v))
+    }
+}
+
+/// Path extractor with JSON errors.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(v) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(v))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(tenant::routes())
+        .merge(context::routes(&state.config));
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/tls/ask", get(admin::tls_ask))
+        .nest("/admin/v1", admin::routes())
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .with_state(state.clone());
+    middleware::apply(router, state)
+}
+
+async fn not_found() -> Error {
+    Error::not_found("not_found", "no such route")
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Ready when the control plane answers and the data dir takes a write.
+async fn ready(State(state): State<AppState>) -> Response {
+    let control = state.control.clone();
+    let dir = state.config.data_dir.clone();
+    let checks = tokio::task::spawn_blocking(move || {
+        let probe = dir.join(".ready-probe");
+        let writable = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)).is_ok();
+        (control.ping(), writable)
+    })
+    .await
+    .unwrap_or((false, false));
+    let ok = checks.0 && checks.1;
+    let body = json!({"status": if ok {"ready"} else {"not_ready"}, "control_plane": checks.0, "data_dir_writable": checks.1});
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.registry.maintain().await;
+    metrics::gauge!("warren_embed_queue_len").set(state.embed.queue_len() as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}

@@ -1,0 +1,172 @@
+//! The command line. `warren serve` runs the server; the other commands work on the same data dir
+//! (safe while the server runs: SQLite serialises writers, and the server drops its caches when
+//! control.db changes). Commands that would race an open tenant handle (delete) refuse while a
+//! server holds the data dir, naming the admin API call to use instead.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::api::admin::CreateTenant;
+use crate::config::Config;
+use crate::control::{keys, tenants, ControlPlane, NewKey, Scope, Tier};
+use crate::error::Error;
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "Multi-tenant edge server: SQLite + Tantivy per tenant, local embeddings")]
+pub struct Cli {
+    /// Configuration file (default: config/warren.toml when present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant and print its first API key (shown once).
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "free")]
+        tier: String,
+    },
+    /// List tenants.
+    List {
+        /// Substring of slug, name or email.
+        #[arg(long)]
+        query: Option<String>,
+    },
+    /// Show one tenant and its keys.
+    Show { slug: String },
+    /// Delete a tenant and its data (refused while a server runs on this data dir).
+    Delete {
+        slug: String,
+        /// Confirm deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Create an API key for a tenant (shown once).
+    Create {
+        slug: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, default_value = "read,write")]
+        scopes: String,
+        /// Days until the key expires.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke an API key by its id.
+    Revoke { slug: String, key_id: String },
+}
+
+fn tenant_id(control: &ControlPlane, slug: &str) -> anyhow::Result<crate::control::Tenant> {
+    control
+        .run_sync(|c| Ok(tenants::get_by_slug(c, slug)?))
+        .map_err(err)?
+        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))
+}
+
+fn err(e: Error) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e, e.code())
+}
+
+fn print(v: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// Runs a non-serve command.
+pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
+    let control = ControlPlane::open(&config.data_dir)?;
+    match cmd {
+        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Tenant(TenantCmd::Create { slug, name, email, tier }) => {
+            let tier = Tier::parse(&tier).ok_or_else(|| anyhow::anyhow!("tier must be one of {:?}", Tier::ALL))?;
+            let req = CreateTenant { slug, name, email, tier, status: None, trial_days: None };
+            let (tenant, key, api_key) = crate::lifecycle::create_blocking(&control, &config.data_dir, req, "cli").map_err(err)?;
+            print(json!({"tenant": tenant, "key": key, "api_key": api_key}));
+        }
+        Command::Tenant(TenantCmd::List { query }) => {
+            let list = control.run_sync(|c| Ok(tenants::list(c, query.as_deref(), None, 100_000)?)).map_err(err)?;
+            print(json!({"tenants": list}));
+        }
+        Command::Tenant(TenantCmd::Show { slug }) => {
+            let t = tenant_id(&control, &slug)?;
+            let ks = control.run_sync(|c| Ok(keys::list(c, &t.id)?)).map_err(err)?;
+            print(json!({"tenant": t, "keys": ks}));
+        }
+        Command::Tenant(TenantCmd::Delete { slug, yes }) => {
+            anyhow::ensure!(yes, "deleting {slug} removes all its data: pass --yes to confirm");
+            if crate::server_running(&config.data_dir) {
+                anyhow::bail!(
+                    "a warren server is running on {}; delete through it so open handles close first:\n  curl -X DELETE -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://{}/admin/v1/tenants/{slug}",
+                    config.data_dir.display(),
+                    config.listen
+                );
+            }
+            let t = tenant_id(&control, &slug)?;
+            control
+                .run_sync(|c| {
+                    let tx = c.transaction()?;
+                    tenants::delete(&tx, &t.id)?;
+                    crate::control::audit(&tx, "cli", Some(&t.id), "tenant.deleted", &json!({"slug": t.slug}))?;
+                    tx.commit()?;
+                    Ok(())
+                })
+                .map_err(err)?;
+            crate::lifecycle::remove_storage(&config.data_dir, &t.id)?;
+            print(json!({"deleted": slug}));
+        }
+        Command::Key(KeyCmd::Create { slug, name, scopes, expires_in_days }) => {
+            let t = tenant_id(&control, &slug)?;
+            let scopes = scopes
+                .split(',')
+                .map(|s| Scope::parse(s.trim()).ok_or_else(|| anyhow::anyhow!("unknown scope {s:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let expires_at = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d as i64));
+            let new = NewKey { name, scopes, expires_at };
+            let (key, api_key) = control
+                .run_sync(|c| {
+                    let out = keys::create(c, &t.id, &new)?;
+                    crate::control::audit(c, "cli", Some(&t.id), "key.created", &json!({"key_id": out.0.id}))?;
+                    Ok(out)
+                })
+                .map_err(err)?;
+            print(json!({"key": key, "api_key": api_key}));
+        }
+        Command::Key(KeyCmd::Revoke { slug, key_id }) => {
+            let t = tenant_id(&control, &slug)?;
+            let key = control
+                .run_sync(|c| {
+                    let k = keys::revoke(c, &t.id, &key_id)?;
+                    crate::control::audit(c, "cli", Some(&t.id), "key.revoked", &json!({"key_id": key_id}))?;
+                    Ok(k)
+                })
+                .map_err(err)?;
+            print(json!({"key": key}));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Layered configuration: compiled defaults, then `config/warren.toml` (or `--config PATH`),
+//! then `WARREN_*` environment variables (nested fields with `__`, e.g. `WARREN_DOCS__MAX_DOCUMENT_BYTES`).
+//!
+//! Every limit the server enforces is a field here with a documented default; the README's
+//! configuration reference mirrors this file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The default config file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "config/warren.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address to listen on (`WARREN_LISTEN`).
+    pub listen: SocketAddr,
+    /// Data directory: `control.db` plus one directory per tenant id (`WARREN_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Admin bearer token (`WARREN_ADMIN_TOKEN`). When unset, one is generated on first start.
+    pub admin_token: Option<String>,
+    /// Tenants are served at `<slug>.<base_domain>` (`WARREN_BASE_DOMAIN`).
+    pub base_domain: String,
+    /// Public URL scheme and port used in quickstart texts, e.g. `https://{slug}.example.com`.
+    /// `{slug}` is replaced. Default: `http://{slug}.<base_domain>:<listen port>`.
+    pub public_url_template: Option<String>,
+    /// Upper bound of open tenant handles (`WARREN_MAX_OPEN_TENANTS`).
+    pub max_open_tenants: u64,
+    /// A handle unused for this long is closed (`WARREN_TENANT_IDLE_SECS`).
+    pub tenant_idle_secs: u64,
+    /// Reader connections per open tenant (one writer connection besides).
+    pub tenant_read_pool_size: u32,
+    /// How long a request waits for a tenant handle to open before 503 `tenant_unavailable`.
+    pub tenant_open_timeout_ms: u64,
+    /// Proxies whose `X-Tenant-Domain` / `X-Forwarded-*` headers are believed (`WARREN_TRUSTED_PROXIES`,
+    /// comma-separated CIDRs or addresses).
+    #[serde(deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Directory of the embedding model (`WARREN_MODEL_DIR`).
+    pub model_dir: PathBuf,
+    /// Replica URL for continuous backups (`WARREN_BACKUP_URL`); unused until backups land.
+    pub backup_url: Option<String>,
+    /// Plans file (`WARREN_PLANS`); unused until plans land.
+    pub plans: Option<PathBuf>,
+    /// `text` or `json` (`WARREN_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Largest request body accepted on ordinary endpoints, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Largest accepted request header section, in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Request timeout, in seconds (503 `timeout` above).
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for in-flight requests to drain.
+    pub shutdown_grace_secs: u64,
+    /// A rotated API key stays valid this long beside its replacement.
+    pub key_rotation_overlap_secs: u64,
+    /// `POST /api/v1/signup` creates free-tier tenants when true.
+    pub signup_enabled: bool,
+    pub jwt: JwtConfig,
+    pub docs: DocsConfig,
+    pub embed: EmbedSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct JwtConfig {
+    /// HS256 shared secret (`WARREN_JWT__HS256_SECRET`).
+    pub hs256_secret: Option<String>,
+    /// PEM public key file for RS256 or ES256 (`WARREN_JWT__PUBLIC_KEY_PATH`).
+    pub public_key_path: Option<PathBuf>,
+    /// `RS256` or `ES256`, the algorithm of `public_key_path`.
+    pub public_key_algorithm: Option<String>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DocsConfig {
+    /// Largest single document's content, in bytes (413 above).
+    pub max_document_bytes: usize,
+    /// Most documents in one bulk request.
+    pub max_bulk_documents: usize,
+    /// Largest bulk request body, in bytes (413 above).
+    pub max_bulk_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbedSettings {
+    /// Texts waiting for the embedding worker before ingest answers 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// Texts per forward pass.
+    pub max_batch: usize,
+    /// Threads for the model (0 = physical cores).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            data_dir: PathBuf::from("tenants"),
+            admin_token: None,
+            base_domain: "localhost".into(),
+            public_url_template: None,
+            max_open_tenants: 256,
+            tenant_idle_secs: 600,
+            tenant_read_pool_size: 2,
+            tenant_open_timeout_ms: 5_000,
+            trusted_proxies: Vec::new(),
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            backup_url: None,
+            plans: None,
+            log_format: LogFormat::Text,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 30,
+            key_rotation_overlap_secs: 24 * 3600,
+            signup_enabled: false,
+            jwt: JwtConfig::default(),
+            docs: DocsConfig::default(),
+            embed: EmbedSettings::default(),
+        }
+    }
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        DocsConfig { max_document_bytes: 1024 * 1024, max_bulk_documents: 1000, max_bulk_bytes: 32 * 1024 * 1024 }
+    }
+}
+
+impl Default for EmbedSettings {
+    fn default() -> Self {
+        EmbedSettings { queue_capacity: 4096, max_batch: 32, threads: 0 }
+    }
+}
+
+impl Config {
+    /// Loads defaults < file < env. `path` is `--config`; without it `config/warren.toml` is read if present.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) => {
+                anyhow::ensure!(p.exists(), "config file {} does not exist", p.display());
+                fig = fig.merge(Toml::file(p));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).exists() {
+                    fig = fig.merge(Toml::file(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        fig = fig.merge(Env::prefixed("WARREN_").split("__"));
+        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects values the server cannot run with; called by `load` and by `App::build`.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_open_tenants >= 1, "max_open_tenants must be at least 1");
+        anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
+        anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
+        anyhow::ensure!(!self.base_domain.is_empty(), "base_domain must not be empty");
+        if let Some(t) = &self.admin_token {
+            anyhow::ensure!(t.len() >= 16, "admin_token must be at least 16 characters");
+        }
+        if self.jwt.public_key_path.is_some() {
+            let alg = self.jwt.public_key_algorithm.as_deref().unwrap_or("");
+            anyhow::ensure!(alg == "RS256" || alg == "ES256", "jwt.public_key_algorithm must be RS256 or ES256");
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: port 0 on loopback and the given data dir.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config { listen: "127.0.0.1:0".parse().expect("static"), data_dir: data_dir.to_path_buf(), ..Config::default() }
+    }
+}
+
+/// Accepts a list of CIDRs/addresses or one comma-separated string (the env form).
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Form::deserialize(d)? {
+        Form::One(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
+        Form::Many(v) => v,
+    };
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("invalid CIDR or address: {s:?}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("w.toml", "max_open_tenants = 7\nbase_domain = \"file.test\"\n")?;
+            jail.set_env("WARREN_BASE_DOMAIN", "env.test");
+            jail.set_env("WARREN_TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8,::1");
+            jail.set_env("WARREN_DOCS__MAX_BULK_DOCUMENTS", "5");
+            let c = Config::load(Some(Path::new("w.toml"))).expect("load");
+            assert_eq!(c.max_open_tenants, 7);
+            assert_eq!(c.base_domain, "env.test");
+            assert_eq!(c.trusted_proxies.len(), 3);
+            assert_eq!(c.docs.max_bulk_documents, 5);
+            assert_eq!(c.listen.port(), 8080);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_cidr_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARREN_TRUSTED_PROXIES", "not-a-cidr");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,226 @@
+//! The control plane: tenants, API keys, settings and audit events in `<data dir>/control.db`.
+//!
+//! Every method here is synchronous and runs on a blocking thread (`ControlPlane::run`), never on the
+//! async runtime. The HTTP layer caches lookups (see `crate::auth`) and drops its caches when the file
+//! changes under it, so the CLI may write to the same data dir while the server runs.
+
+pub mod keys;
+pub mod slug;
+pub mod tenants;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::Error;
+
+pub use keys::{ApiKey, NewKey, Scope};
+pub use slug::Slug;
+pub use tenants::{Status, Tenant, Tier};
+
+pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+
+/// Versioned control-plane migrations; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    status TEXT NOT NULL,
+    trial_ends_at TEXT,
+    custom_domain TEXT UNIQUE,
+    stripe_customer_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    prefix TEXT NOT NULL UNIQUE,
+    hash BLOB NOT NULL,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    expires_at TEXT,
+    last_used_at TEXT,
+    revoked_at TEXT,
+    replaced_by TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+CREATE TABLE audit_events (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    tenant_id TEXT,
+    action TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX audit_tenant ON audit_events(tenant_id, id);
+"#];
+
+/// RFC 3339 with milliseconds in UTC: sorts lexicographically in SQLite.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(s).with_context(|| format!("bad timestamp {s:?}"))?.with_timezone(&Utc))
+}
+
+#[derive(Clone)]
+pub struct ControlPlane {
+    pool: Pool,
+    path: PathBuf,
+}
+
+impl ControlPlane {
+    /// Opens (creating if needed) `<data_dir>/control.db` and runs its migrations.
+    pub fn open(data_dir: &Path) -> anyhow::Result<ControlPlane> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let path = data_dir.join("control.db");
+        let manager = SqliteConnectionManager::file(&path).with_init(|c| {
+            c.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+            )
+        });
+        let pool = r2d2::Pool::builder()
+            .max_size(4)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .context("opening control.db")?;
+        let mut conn = pool.get()?;
+        migrate(&mut conn, MIGRATIONS).context("migrating control.db")?;
+        Ok(ControlPlane { pool, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            let mut conn = pool.get().map_err(|e| Error::internal(anyhow::anyhow!("control.db pool: {e}")))?;
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// Runs `f` synchronously (CLI, start-up).
+    pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let mut conn = self.pool.get().map_err(|e| Error::internal(anyhow::anyhow!("control.db pool: {e}")))?;
+        f(&mut conn)
+    }
+
+    /// Whether the control plane answers queries (for `/ready`).
+    pub fn ping(&self) -> bool {
+        self.pool.get().ok().and_then(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).ok()).is_some()
+    }
+}
+
+/// Applies the migrations not yet recorded in `user_version`, each in its own transaction.
+pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in migrations.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn get_setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()
+}
+
+pub fn set_setting(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}
+
+/// Appends an audit event. `actor` is `admin`, `cli`, `tenant:<id>`, `system` or `stripe`.
+pub fn audit(conn: &Connection, actor: &str, tenant_id: Option<&str>, action: &str, detail: &serde_json::Value) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO audit_events(at, actor, tenant_id, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![ts(Utc::now()), actor, tenant_id, action, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub tenant_id: Option<String>,
+    pub action: String,
+    pub detail: serde_json::Value,
+}
+
+pub fn list_audit(conn: &Connection, tenant_id: Option<&str>, limit: u32) -> rusqlite::Result<Vec<AuditEvent>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, actor, tenant_id, action, detail FROM audit_events
+         WHERE (?1 IS NULL OR tenant_id = ?1) ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![tenant_id, limit], |r| {
+        let detail: Option<String> = r.get(5)?;
+        Ok(AuditEvent {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            tenant_id: r.get(3)?,
+            action: r.get(4)?,
+            detail: detail.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(serde_json::Value::Null),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Notices commits to control.db by any other connection or process (SQLite's `data_version`).
+pub struct Watcher {
+    conn: std::sync::Arc<parking_lot::Mutex<Connection>>,
+    last: i64,
+}
+
+impl Watcher {
+    pub fn open(path: &Path) -> rusqlite::Result<Watcher> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let last = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(Watcher { conn: std::sync::Arc::new(parking_lot::Mutex::new(conn)), last })
+    }
+
+    /// True when control.db changed since the last call.
+    pub async fn changed(&mut self) -> bool {
+        let conn = self.conn.clone();
+        let now = tokio::task::spawn_blocking(move || conn.lock().query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        match now {
+            Some(v) if v != self.last => {
+                self.last = v;
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Tenant creation and deletion, shared by the admin API, open signup and the CLI.
+//!
+//! Creation writes the control-plane row, the first API key and the tenant's storage in one
+//! control-plane transaction: if the storage cannot be created, nothing is committed.
+//!
+//! Deletion follows a fixed order so that no request can reopen a tenant being deleted:
+//! 1. remove the row (keys cascade) and drop the auth caches — new requests now get 401/404;
+//! 2. block the id in the registry, close its handle and wait for in-flight requests;
+//! 3. move the directory into `<data dir>/.trash/` (atomic rename) and remove it on a blocking thread.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::api::admin::{CreateTenant, Created};
+use crate::control::{keys, tenants, ControlPlane, NewKey, Tenant};
+use crate::error::Error;
+use crate::state::AppState;
+use crate::tenant::{create_storage, tenant_dir, Block};
+
+/// Creates a tenant with storage and a first key. Used by the server.
+pub async fn create_tenant(state: &AppState, req: CreateTenant, actor: &'static str) -> Result<Created, Error> {
+    let control = state.control.clone();
+    let data_dir = state.config.data_dir.clone();
+    let (tenant, key, api_key) = tokio::task::spawn_blocking(move || create_blocking(&control, &data_dir, req, actor)).await??;
+    state.auth.invalidate();
+    let quickstart = quickstart(&state.tenant_url(&tenant.slug), &api_key);
+    Ok(Created { tenant, api_key, key, quickstart })
+}
+
+/// The blocking core of creation (also used by the CLI).
+pub fn create_blocking(
+    control: &ControlPlane,
+    data_dir: &Path,
+    req: CreateTenant,
+    actor: &str,
+) -> Result<(Tenant, crate::control::ApiKey, String), Error> {
+    let new = req.into_new()?;
+    control.run_sync(|c| {
+        let tx = c.transaction()?;
+        let tenant = tenants::insert(&tx, &new)?;
+        let (key, api_key) = keys::create(&tx, &tenant.id, &NewKey::default())?;
+        crate::control::audit(&tx, actor, Some(&tenant.id), "tenant.created", &json!({"slug": tenant.slug, "tier": tenant.tier}))?;
+        let dir = tenant_dir(data_dir, &tenant.id);
+        if let Err(e) = create_storage(&dir, &tenant.id) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::internal(e.context("creating tenant storage")));
+        }
+        tx.commit()?;
+        Ok((tenant, key, api_key))
+    })
+}
+
+/// Deletes a tenant from a running server (see the module docs for the order).
+pub async fn delete_tenant(state: &AppState, tenant: &Tenant, actor: &'static str) -> Result<(), Error> {
+    let id = tenant.id.clone();
+    let slug = tenant.slug.clone();
+    let removed = state
+        .control
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let removed = tenants::delete(&tx, &id)?;
+            crate::control::audit(&tx, actor, Some(&id), "tenant.deleted", &json!({"slug": slug}))?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await?;
+    if !removed {
+        return Err(Error::not_found("tenant_not_found", "no such tenant"));
+    }
+    state.auth.invalidate();
+    state.registry.block_and_close(&tenant.id, Block::Deleting).await;
+    let data_dir = state.config.data_dir.clone();
+    let id = tenant.id.clone();
+    tokio::task::spawn_blocking(move || remove_storage(&data_dir, &id)).await?.map_err(Error::Internal)?;
+    // The id is never reused (ULIDs), so the block can stay until restart; it costs a few bytes.
+    Ok(())
+}
+
+/// Moves a tenant's directory to the trash and removes it.
+pub fn remove_storage(data_dir: &Path, tenant_id: &str) -> anyhow::Result<()> {
+    let dir = tenant_dir(data_dir, tenant_id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let trash = data_dir.join(".trash");
+    std::fs::create_dir_all(&trash)?;
+    let target = trash.join(format!("{tenant_id}-{}", chrono::Utc::now().timestamp_millis()));
+    std::fs::rename(&dir, &target)?;
+    std::fs::remove_dir_all(&target)?;
+    Ok(())
+}
+
+/// Ready-to-paste commands for a new tenant.
+pub fn quickstart(url: &str, key: &str) -> String {
+    format!(
+        r##"# Your tenant is live at {url}
+# Keep this API key safe: it is shown only once.
+export WARREN_URL={url}
+export WARREN_KEY={key}
+
+# Who am I?
+curl -s $WARREN_URL/api/v1/tenant -H "Authorization: Bearer $WARREN_KEY"
+
+# Add a document
+curl -s -X POST $WARREN_URL/api/v1/documents -H "Authorization: Bearer $WARREN_KEY" \
+  -H 'Content-Type: application/json' \
+  -d '{{"path": "notes/hello.md", "content": "# Hello\nwarren keeps my notes searchable."}}'
+
+# Search it
+curl -s -X POST $WARREN_URL/api/v1/search -H "Authorization: Bearer $WARREN_KEY" \
+  -H 'Content-Type: application/json' -d '{{"query": "searchable notes"}}'
+
+# Assemble context for an LLM within 500 tokens
+curl -s -X POST $WARREN_URL/api/v1/context/assemble -H "Authorization: Bearer $WARREN_KEY" \
+  -H 'Content-Type: application/json' -d '{{"query": "what does warren keep?", "max_tokens": 500}}'
+
+# Without DNS for the subdomain, send the key alone to the server's address:
+#   curl -s http://127.0.0.1:8080/api/v1/tenant -H "X-API-Key: $WARREN_KEY"
+"##
+    )
+}

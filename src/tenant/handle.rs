@@ -1,0 +1,223 @@
+//! One open tenant: its SQLite writer, a small reader pool, and the derived state of later modules.
+//!
+//! ```text
+//!  state:   Open ──(evicted / deleted / restored)──► Closing ──(last lease gone, WAL checkpointed)──► closed
+//! ```
+//! A request holds a [`Lease`] for its whole duration. Leases are counted; once a handle is marked
+//! Closing no new lease is granted (the caller re-opens afresh after the close finishes), and the
+//! closer waits for the count to reach zero before it checkpoints and drops the connections. The
+//! increment-then-check in [`TenantHandle::lease`] and the mark-then-check in the closer are both
+//! SeqCst, so either the request sees Closing or the closer sees its lease.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use crate::error::Error;
+
+/// Tenant schema migrations; `PRAGMA user_version` counts those applied.
+pub fn migrations() -> Vec<&'static str> {
+    vec![
+        // v1: tenant metadata (the id this file belongs to, guarding against misplaced files).
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        // v2: documents, chunks and embeddings (context API).
+        crate::docs::SCHEMA,
+    ]
+}
+
+pub const DB_FILE: &str = "tenant.db";
+
+const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;";
+
+/// Creates a tenant's directory and database. Only called when a tenant is created explicitly.
+pub fn create_storage(dir: &Path, tenant_id: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut conn = Connection::open(dir.join(DB_FILE))?;
+    conn.execute_batch(PRAGMAS)?;
+    crate::control::migrate(&mut conn, &migrations())?;
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('tenant_id', ?1)", [tenant_id])?;
+    Ok(())
+}
+
+pub struct TenantHandle {
+    id: String,
+    dir: PathBuf,
+    writer: Mutex<Option<Connection>>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    leases: AtomicUsize,
+    closing: AtomicBool,
+    released: Notify,
+    /// Derived per-tenant state of other modules (search index, vector cache, ...), created lazily.
+    extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl TenantHandle {
+    /// Opens an existing tenant. Never creates one: a missing database is an error.
+    pub(crate) fn open(
+        id: &str,
+        dir: PathBuf,
+        read_pool_size: u32,
+        thread_pool: Arc<scheduled_thread_pool::ScheduledThreadPool>,
+        permit: OwnedSemaphorePermit,
+    ) -> anyhow::Result<TenantHandle> {
+        let path = dir.join(DB_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let mut writer = Connection::open_with_flags(&path, flags).with_context(|| format!("opening {}", path.display()))?;
+        writer.execute_batch(PRAGMAS)?;
+        crate::control::migrate(&mut writer, &migrations())?;
+        let owner: Option<String> =
+            rusqlite::OptionalExtension::optional(writer.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+        anyhow::ensure!(owner.as_deref() == Some(id), "{} belongs to tenant {:?}, not {id}", path.display(), owner);
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
+            .with_init(|c| c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;"));
+        let readers = r2d2::Pool::builder()
+            .max_size(read_pool_size)
+            .min_idle(Some(0))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connection_timeout(Duration::from_secs(10))
+            .thread_pool(thread_pool)
+            .build_unchecked(manager);
+        Ok(TenantHandle {
+            id: id.to_string(),
+            dir,
+            writer: Mutex::new(Some(writer)),
+            readers,
+            leases: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            released: Notify::new(),
+            extensions: Mutex::new(Vec::new()),
+            _permit: permit,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Grants a lease unless the handle is closing.
+    pub(crate) fn lease(self: &Arc<Self>) -> Option<Lease> {
+        self.leases.fetch_add(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
+            self.release();
+            return None;
+        }
+        Some(Lease(self.clone()))
+    }
+
+    fn release(&self) {
+        if self.leases.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Marks the handle Closing and waits until no lease is held.
+    pub(crate) async fn drain(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.leases.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Checkpoints the WAL into the database and closes the writer. Blocking; called once drained.
+    pub(crate) fn close_blocking(&self) {
+        if let Some(conn) = self.writer.lock().take() {
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+                tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed");
+            }
+            if let Err((_, e)) = conn.close() {
+                tracing::warn!(tenant = %self.id, error = %e, "closing writer failed");
+            }
+        }
+    }
+
+    /// Runs `f` with the writer connection (blocking; call from `spawn_blocking`).
+    pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let mut guard = self.writer.lock();
+        let conn = guard.as_mut().ok_or_else(|| Error::unavailable("tenant_restoring", "tenant is closing", 1))?;
+        f(conn)
+    }
+
+    /// Runs `f` with a reader connection (blocking; call from `spawn_blocking`).
+    pub fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let conn = self.readers.get().map_err(|e| Error::internal(anyhow::anyhow!("tenant reader pool: {e}")))?;
+        f(&conn)
+    }
+
+    /// Returns the extension of type `T`, creating it with `init` on first use (per open handle).
+    pub fn extension<T: Any + Send + Sync>(&self, init: impl FnOnce() -> Result<T, Error>) -> Result<Arc<T>, Error> {
+        let mut exts = self.extensions.lock();
+        for e in exts.iter() {
+            if let Ok(t) = e.clone().downcast::<T>() {
+                return Ok(t);
+            }
+        }
+        let t = Arc::new(init()?);
+        exts.push(t.clone());
+        Ok(t)
+    }
+}
+
+/// Proof that a request is using a tenant handle; the handle cannot close while it exists.
+pub struct Lease(Arc<TenantHandle>);
+
+impl std::ops::Deref for Lease {
+    type Target = TenantHandle;
+    fn deref(&self) -> &TenantHandle {
+        &self.0
+    }
+}
+
+impl Clone for Lease {
+    fn clone(&self) -> Self {
+        self.0.leases.fetch_add(1, Ordering::SeqCst);
+        Lease(self.0.clone())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl Lease {
+    /// Runs `f(handle)` on a blocking thread, keeping the lease until it returns.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&TenantHandle) -> Result<T, Error> + Send + 'static,
+    {
+        let lease = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            f(&lease)
+        })
+        .await?
+    }
+}

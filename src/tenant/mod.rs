@@ -1,0 +1,257 @@
+//! The tenant registry: a bounded cache of open tenant handles with an explicit close lifecycle.
+//!
+//! * **Bounded.** Open handles live in a moka cache of `max_open_tenants` entries with idle expiry.
+//!   Every handle, open or closing, holds one permit of a semaphore of `2 × max_open_tenants`, so the
+//!   number of SQLite files open at once — and so the file descriptors — is bounded by the cap, never by
+//!   the tenant count.
+//! * **Single-flight open.** Concurrent first requests for a tenant share one open (`try_get_with`).
+//! * **Evicted is not closed.** Eviction moves a handle to Closing; it closes (checkpoint, drop
+//!   connections) only after the last in-flight lease is released. An open that races with a close
+//!   waits for the close to finish, then opens afresh.
+//! * **Never created on the request path.** Opening requires the tenant's database to exist; tenants are
+//!   created explicitly by the control plane. Blocked tenants (being deleted or restored) never reopen.
+
+mod handle;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
+
+pub use handle::{create_storage, migrations, Lease, TenantHandle, DB_FILE};
+
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub data_dir: PathBuf,
+    pub max_open: u64,
+    pub idle: Duration,
+    pub read_pool_size: u32,
+    pub open_timeout: Duration,
+}
+
+/// Why a tenant is refused while blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    Deleting,
+    Restoring,
+}
+
+#[derive(Clone)]
+pub struct TenantRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RegistryConfig,
+    cache: Cache<String, Arc<TenantHandle>>,
+    /// Tenants whose handle is closing; the watch flips to true when the close is done.
+    closing: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    blocked: Mutex<HashMap<String, Block>>,
+    permits: Arc<Semaphore>,
+    /// One small thread pool shared by every reader pool (r2d2 would start 3 threads per pool).
+    r2d2_threads: Arc<scheduled_thread_pool::ScheduledThreadPool>,
+    closers: TaskTracker,
+}
+
+/// The directory of a tenant: derived from its id alone, never from user input.
+pub fn tenant_dir(data_dir: &Path, tenant_id: &str) -> PathBuf {
+    debug_assert!(tenant_id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    data_dir.join(tenant_id)
+}
+
+impl TenantRegistry {
+    pub fn new(cfg: RegistryConfig) -> TenantRegistry {
+        let rt = tokio::runtime::Handle::current();
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let weak = weak.clone();
+            let cache = Cache::builder()
+                .max_capacity(cfg.max_open)
+                .time_to_idle(cfg.idle)
+                .eviction_listener(move |id: Arc<String>, handle: Arc<TenantHandle>, cause| {
+                    if let Some(inner) = weak.upgrade() {
+                        tracing::debug!(tenant = %id, ?cause, "tenant handle evicted");
+                        metrics::counter!("warren_tenant_evictions_total").increment(1);
+                        Inner::begin_close(&inner, &rt, handle);
+                    }
+                })
+                .build();
+            Inner {
+                permits: Arc::new(Semaphore::new((cfg.max_open * 2) as usize)),
+                cfg,
+                cache,
+                closing: Mutex::new(HashMap::new()),
+                blocked: Mutex::new(HashMap::new()),
+                r2d2_threads: Arc::new(scheduled_thread_pool::ScheduledThreadPool::builder().num_threads(2).thread_name_pattern("r2d2-{}").build()),
+                closers: TaskTracker::new(),
+            }
+        });
+        TenantRegistry { inner }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.cfg.data_dir
+    }
+
+    /// Leases the open handle of `tenant_id`, opening it (once, for all concurrent callers) if needed.
+    /// Callers prove the tenant first (`auth::TenantCtx::storage` or an admin path).
+    pub(crate) async fn acquire(&self, tenant_id: &str) -> Result<Lease, Error> {
+        let deadline = Instant::now() + self.inner.cfg.open_timeout;
+        loop {
+            self.check_blocked(tenant_id)?;
+            self.wait_closed(tenant_id, deadline).await?;
+            let inner = self.inner.clone();
+            let id = tenant_id.to_string();
+            let handle = self
+                .inner
+                .cache
+                .try_get_with(id.clone(), async move { inner.open(&id, deadline).await })
+                .await
+                .map_err(|e: Arc<Error>| match &*e {
+                    Error::Unavailable { code, message, retry_after_secs } => {
+                        Error::unavailable(code, message.clone(), *retry_after_secs)
+                    }
+                    Error::NotFound { code, message } => Error::not_found(code, message.clone()),
+                    other => Error::internal(anyhow::anyhow!("opening tenant {tenant_id}: {other}")),
+                })?;
+            if let Some(lease) = handle.lease() {
+                return Ok(lease);
+            }
+            // It began closing between lookup and lease: wait for that close, then open afresh.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn check_blocked(&self, tenant_id: &str) -> Result<(), Error> {
+        match self.inner.blocked.lock().get(tenant_id) {
+            None => Ok(()),
+            Some(Block::Deleting) => Err(Error::not_found("tenant_not_found", "no such tenant")),
+            Some(Block::Restoring) => Err(Error::unavailable("tenant_restoring", "the tenant is being restored", 5)),
+        }
+    }
+
+    async fn wait_closed(&self, tenant_id: &str, deadline: Instant) -> Result<(), Error> {
+        let rx = self.inner.closing.lock().get(tenant_id).cloned();
+        if let Some(mut rx) = rx {
+            let wait = rx.wait_for(|done| *done);
+            if tokio::time::timeout_at(deadline.into(), wait).await.is_err() {
+                return Err(Error::unavailable("tenant_restoring", "the tenant is closing; retry shortly", 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks the tenant (no request can reopen it), closes its handle and waits for the close.
+    /// Used by delete and restore. Call [`unblock`](Self::unblock) after a restore.
+    pub async fn block_and_close(&self, tenant_id: &str, why: Block) {
+        self.inner.blocked.lock().insert(tenant_id.to_string(), why);
+        self.inner.cache.invalidate(tenant_id).await;
+        self.inner.cache.run_pending_tasks().await;
+        let rx = self.inner.closing.lock().get(tenant_id).cloned();
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+
+    pub fn unblock(&self, tenant_id: &str) {
+        self.inner.blocked.lock().remove(tenant_id);
+    }
+
+    /// Number of handles in the cache (open, not closing).
+    pub fn open_count(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Handles open or closing, i.e. permits in use.
+    pub fn live_count(&self) -> usize {
+        (self.inner.cfg.max_open * 2) as usize - self.inner.permits.available_permits()
+    }
+
+    /// Runs moka's housekeeping so idle handles expire even without traffic. Called by a single
+    /// process-wide timer; there are no per-tenant timers.
+    pub async fn maintain(&self) {
+        self.inner.cache.run_pending_tasks().await;
+        metrics::gauge!("warren_tenant_handles_open").set(self.inner.cache.entry_count() as f64);
+        metrics::gauge!("warren_tenant_handles_live").set(self.live_count() as f64);
+    }
+
+    /// Closes every handle and waits for all closes (shutdown).
+    pub async fn close_all(&self) {
+        self.inner.cache.invalidate_all();
+        self.inner.cache.run_pending_tasks().await;
+        self.inner.closers.close();
+        self.inner.closers.wait().await;
+        self.inner.closers.reopen();
+    }
+}
+
+impl Inner {
+    async fn open(self: Arc<Self>, id: &str, deadline: Instant) -> Result<Arc<TenantHandle>, Error> {
+        let started = Instant::now();
+        let permit = loop {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(p) => break p,
+                Err(_) => {
+                    // Closing handles hold permits until their last request ends: let housekeeping run
+                    // and wait for one to free up, within the open timeout.
+                    self.cache.run_pending_tasks().await;
+                    match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => break p,
+                        _ => {
+                            return Err(Error::unavailable(
+                                "overloaded",
+                                "too many tenants are open or closing; retry shortly",
+                                1,
+                            ))
+                        }
+                    }
+                }
+            }
+        };
+        let dir = tenant_dir(&self.cfg.data_dir, id);
+        if !dir.join(DB_FILE).exists() {
+            return Err(Error::not_found("tenant_not_found", "no such tenant"));
+        }
+        let (pool_size, threads, owned_id) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string());
+        let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit))
+            .await?
+            .map_err(Error::Internal)?;
+        metrics::counter!("warren_tenant_opens_total").increment(1);
+        metrics::histogram!("warren_tenant_open_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Arc::new(handle))
+    }
+
+    /// Called from the eviction listener: registers the close and runs it once the handle drains.
+    fn begin_close(self: &Arc<Self>, rt: &tokio::runtime::Handle, handle: Arc<TenantHandle>) {
+        let (tx, rx) = watch::channel(false);
+        let id = handle.id().to_string();
+        self.closing.lock().insert(id.clone(), rx);
+        let inner = self.clone();
+        self.closers.spawn_on(
+            async move {
+                handle.drain().await;
+                let h = handle.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || h.close_blocking()).await {
+                    tracing::error!(tenant = %id, error = %e, "close task failed");
+                }
+                drop(handle); // releases the SQLite files and the permit
+                {
+                    let mut closing = inner.closing.lock();
+                    // Only remove our own entry (a newer close may have replaced it).
+                    if closing.get(&id).is_some_and(|r| r.same_channel(&tx.subscribe())) {
+                        closing.remove(&id);
+                    }
+                }
+                let _ = tx.send(true);
+                tracing::debug!(tenant = %id, "tenant handle closed");
+            },
+            rt,
+        );
+    }
+}
