@@ -1,1 +1,50 @@
-//! Local embeddings with Candle (all-MiniLM-L6-v2).
+//! Local sentence embeddings with all-MiniLM-L6-v2 (384 dimensions), computed on the CPU.
+//!
+//! # Pieces
+//! - [`Embedder`]: the tokenizer and the encoder. [`Embedder::embed`] is synchronous and
+//!   CPU-bound; results are L2-normalised mean-pooled vectors that match sentence-transformers
+//!   (cosine ≥ 0.9999, see `tests/embed_parity.rs`).
+//! - [`EmbedService`]: what the server uses. A cheap-to-clone async handle in front of one
+//!   dedicated worker thread.
+//!
+//! # Threading model
+//! - `EmbedService::embed` (async) reserves room for its texts in a bounded queue (capacity
+//!   counted in texts, queued plus in progress). If the room is not there it returns
+//!   [`EmbedError::Overloaded`] at once, without waiting; otherwise it pushes the job and
+//!   awaits a `tokio::sync::oneshot` reply. Nothing heavy ever runs on the async runtime.
+//! - One OS thread (`warren-embed`, not a tokio or rayon thread) owns the [`Embedder`]. It
+//!   sleeps on a condition variable, wakes for a job, drains queued jobs up to `max_batch`
+//!   texts (requests from different callers share a batch), embeds them together and answers
+//!   each caller. Batching is opportunistic: there is no linger delay, so an idle service
+//!   answers a single query immediately and a busy one forms larger batches by itself.
+//! - Inside a batch, sequences are sorted by length and packed into work units of similar
+//!   token counts without padding; the worker plus `threads − 1` scoped helper threads
+//!   (spawned per batch, `std::thread::scope`) each take whole units. Matrix products run
+//!   single-threaded inside a unit (the `gemm` crate), so threads never synchronise within a
+//!   forward pass and no global thread pool (rayon) is involved.
+//! - `shutdown` (or dropping the last clone) stops the worker; queued requests get
+//!   [`EmbedError::Unavailable`].
+//!
+//! # Model files
+//! `scripts/fetch-model.sh` installs `model.safetensors`, `tokenizer.json`, `config.json` into
+//! `models/all-MiniLM-L6-v2` (or `$WARREN_MODEL_DIR`). Without them [`EmbedService::start`]
+//! logs a warning and returns an unavailable service.
+
+mod kernels;
+mod model;
+mod service;
+
+pub use model::Embedder;
+pub use service::{EmbedConfig, EmbedError, EmbedService, EmbedStats};
+
+/// Embedding dimension.
+pub const DIM: usize = 384;
+/// Model window in tokens, including `[CLS]` and `[SEP]`; longer inputs are truncated.
+pub const MAX_TOKENS: usize = 256;
+
+// `Embedder` and `EmbedService` are shared across threads by design.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Embedder>();
+    assert_send_sync::<EmbedService>();
+};

@@ -1,0 +1,338 @@
+//! Numeric kernels for the BERT forward pass: fused element-wise operations over `f32` rows and
+//! a thin safe wrapper around the `gemm` crate.
+//!
+//! Every kernel is written once as plain scalar Rust in an `#[inline(always)]` body that LLVM can
+//! auto-vectorise (independent accumulators for reductions, branch-free polynomials, no libm
+//! calls). On x86-64 the body is additionally compiled inside a `#[target_feature(enable =
+//! "avx2,fma")]` wrapper chosen at run time, so a build for the baseline target still runs
+//! 8-wide on the machines we deploy to. Polynomials use plain `a * b + c` rather than
+//! `mul_add`, which would become a libm call on the baseline target.
+
+use gemm::Parallelism;
+
+/// Whether the AVX2 + FMA versions of the kernels may be used on this CPU (cached by std).
+#[inline]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `pub fn $name(args)` that dispatches to an AVX2+FMA compilation of `$body` when the
+/// CPU supports it, else to the baseline compilation of the same body.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU supports the features `avx2` was compiled for.
+                return unsafe { avx2($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+const LANES: usize = 16;
+
+/// Sum of a slice with `LANES` independent accumulators (vectorisable, deterministic order).
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    let mut s = 0.0;
+    for v in rest {
+        s += v;
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+/// Sum of squared deviations from `mean`.
+#[inline(always)]
+fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let mut s = 0.0;
+    for v in rest {
+        s += (v - mean) * (v - mean);
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(rest) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// `exp(x)` for `x` in the softmax range, max. relative error about 2 ulp (Cephes `expf`
+/// polynomial, branch-free range reduction; inputs below -87 flush towards 0).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // n is an integer in [-126, 127], so the biased exponent is a normal one.
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    e * scale
+}
+
+/// `erf(x)`, rational approximation used by Eigen and XNNPACK (error a few ulp over the f32
+/// range; exactly ±1 beyond |x| = 4 to f32 precision).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_600e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    p *= x;
+    let mut q = -1.456_607_2e-5;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329_3e-3;
+    q = q * x2 + -1.426_474e-2;
+    p / q
+}
+
+multiversion! {
+    /// In place: exact (erf-based) GELU, as BERT's `hidden_act = "gelu"`.
+    pub fn gelu(xs: &mut [f32]) {
+        const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+        for v in xs.iter_mut() {
+            let x = *v;
+            *v = 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2));
+        }
+    }
+}
+
+multiversion! {
+    /// In place, for each row of width `gamma.len()`: LayerNorm with affine parameters.
+    pub fn layer_norm(xs: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let d = gamma.len();
+        for row in xs.chunks_exact_mut(d) {
+            let mean = sum(row) / d as f32;
+            let var = sum_sq_dev(row, mean) / d as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * rstd * g + b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// In place, for each row of width `n`: softmax.
+    pub fn softmax_rows(xs: &mut [f32], n: usize) {
+        for row in xs.chunks_exact_mut(n) {
+            let m = max(row);
+            for v in row.iter_mut() {
+                *v = exp(*v - m);
+            }
+            let inv = 1.0 / sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[r] += bias` for every row `r` of width `bias.len()`.
+    pub fn add_bias_rows(dst: &mut [f32], bias: &[f32]) {
+        for row in dst.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[r] = bias` for every row `r` of width `bias.len()`.
+    pub fn fill_rows(dst: &mut [f32], bias: &[f32]) {
+        for row in dst.chunks_exact_mut(bias.len()) {
+            row.copy_from_slice(bias);
+        }
+    }
+}
+
+/// A strided, read-only view of an `f32` matrix inside a slice.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major `rows × cols` matrix.
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The last index touched plus one (0 for an empty matrix).
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// `dst (m × n, row stride dst_rs) = [dst +] lhs · rhs`, single-threaded.
+///
+/// With `accumulate` the product is added to what `dst` holds (used to fuse bias and residual
+/// additions into the matrix product). Panics (an internal bug, not an input error) if a view
+/// does not fit its slice or the shapes disagree.
+pub fn matmul(dst: &mut [f32], dst_rs: usize, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul inner dimensions");
+    assert!(lhs.extent() <= lhs.data.len() && rhs.extent() <= rhs.data.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul destination too small");
+    // SAFETY: the asserts above keep every access of all three views inside their slices; `dst`
+    // is exclusively borrowed and cannot alias the shared `lhs`/`rhs` borrows.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std() {
+        let mut x = -87.0f32;
+        while x <= 10.0 {
+            let (a, b) = (exp(x), x.exp());
+            assert!(((a - b) / b).abs() < 4e-7, "exp({x}) = {a}, std {b}");
+            x += 0.0137;
+        }
+    }
+
+    #[test]
+    fn erf_is_accurate() {
+        // Reference values of erf from a high-precision source.
+        let cases = [
+            (0.0f32, 0.0f32),
+            (0.1, 0.112_462_92),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (1.5, 0.966_105_15),
+            (2.0, 0.995_322_3),
+            (3.0, 0.999_977_9),
+            (5.0, 1.0),
+        ];
+        for (x, want) in cases {
+            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}, want {want}", erf(x));
+            assert!((erf(-x) + want).abs() < 3e-7);
+        }
+    }
+
+    #[test]
+    fn softmax_and_layer_norm() {
+        let mut xs = vec![1.0, 2.0, 3.0, -1e30, 0.0, 0.0, 0.0, 0.0];
+        softmax_rows(&mut xs, 4);
+        let s: f32 = xs[..4].iter().sum();
+        assert!((s - 1.0).abs() < 1e-6 && xs[3] < 1e-30 && (xs[4] - 0.25).abs() < 1e-7);
+
+        let mut row: Vec<f32> = (0..384).map(|i| i as f32).collect();
+        layer_norm(&mut row, &[1.0; 384], &[0.0; 384], 1e-12);
+        let mean: f32 = row.iter().sum::<f32>() / 384.0;
+        let var: f32 = row.iter().map(|v| v * v).sum::<f32>() / 384.0;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn matmul_strided() {
+        // lhs 2×3, rhs given transposed (3×2 view of a 2×3 buffer).
+        let lhs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let rhs_t = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let rhs = MatRef { data: &rhs_t, rows: 3, cols: 2, row_stride: 1, col_stride: 3 };
+        let mut dst = [10.0; 4];
+        matmul(&mut dst, 2, MatRef::dense(&lhs, 2, 3), rhs, true);
+        assert_eq!(dst, [14.0, 12.0, 20.0, 15.0]);
+    }
+}
