@@ -1,0 +1,189 @@
+//! `TestApp`: the real server on 127.0.0.1:0 with a fresh temp data dir, driven over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use warren::config::Config;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub struct TestApp {
+    pub addr: String,
+    pub port: u16,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Tenant {
+    pub slug: String,
+    pub id: String,
+    pub key: String,
+    pub key_id: String,
+}
+
+/// A config for tests: loopback port 0, a known admin token, no embedding model unless asked.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::for_tests(dir);
+    c.admin_token = Some(ADMIN.into());
+    c.model_dir = dir.join("no-model");
+    c
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let app = warren::App::build(config).await.expect("build app");
+    let port = app.port();
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        addr: format!("http://127.0.0.1:{port}"),
+        port,
+        client: Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+        dir,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{}", self.addr, path))
+    }
+
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req(method, &format!("/admin/v1{path}")).bearer_auth(ADMIN)
+    }
+
+    pub fn api(&self, method: Method, path: &str, key: &str) -> RequestBuilder {
+        self.req(method, &format!("/api/v1{path}")).bearer_auth(key)
+    }
+
+    pub async fn create_tenant(&self, slug: &str, tier: &str) -> Tenant {
+        let r = self
+            .admin(Method::POST, "/tenants")
+            .json(&json!({"slug": slug, "name": format!("{slug} Inc"), "email": format!("ops@{slug}.test"), "tier": tier}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "create {slug}");
+        let v: Value = r.json().await.expect("json");
+        Tenant {
+            slug: slug.into(),
+            id: v["tenant"]["id"].as_str().expect("id").into(),
+            key: v["api_key"].as_str().expect("key").into(),
+            key_id: v["key"]["id"].as_str().expect("key id").into(),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("server stopped cleanly");
+        }
+    }
+}
+
+/// Asserts the status and the stable error code of a JSON error response; returns the body.
+pub async fn expect_error(r: Response, status: u16, code: &str) -> Value {
+    let got = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(got, status, "status for expected {code}; body: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
+    assert_eq!(v["error"]["code"], code, "body: {v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message missing: {v}");
+    v
+}
+
+/// The `warren` binary as a child process with its own data dir (for signals and kill -9).
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl ServerProcess {
+    pub async fn start(data_dir: &Path, envs: &[(&str, String)]) -> ServerProcess {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+        cmd.arg("serve")
+            .env("WARREN_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WARREN_DATA_DIR", data_dir)
+            .env("WARREN_ADMIN_TOKEN", ADMIN)
+            .env("WARREN_MODEL_DIR", data_dir.join("no-model"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn warren");
+        let addr = format!("http://127.0.0.1:{port}");
+        let client = Client::new();
+        for _ in 0..200 {
+            if client.get(format!("{addr}/health")).send().await.is_ok() {
+                return ServerProcess { child, addr, data_dir: data_dir.to_path_buf() };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("warren did not start on {addr}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the server process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.pid() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn send(rb: RequestBuilder) -> Response {
+    rb.send().await.expect("request failed")
+}
+
+pub async fn json_of(r: Response) -> Value {
+    let status = r.status();
+    let text = r.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+}
+
+#[allow(dead_code)]
+pub fn method(m: &str) -> Method {
+    Method::from_bytes(m.as_bytes()).expect("method")
+}

@@ -1,0 +1,4 @@
+//! One integration-test binary: the real server, over HTTP.
+
+mod helpers;
+mod platform;

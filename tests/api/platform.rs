@@ -1,0 +1,305 @@
+//! Platform rules over HTTP: tenant lifecycle, resolution, auth, bad input.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let app = spawn_app().await;
+    let r = send(app.req(Method::GET, "/health")).await;
+    assert_eq!(r.status(), 200);
+    let r = send(app.req(Method::GET, "/ready")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["data_dir_writable"], true);
+    let t = app.create_tenant("acme", "free").await;
+    assert_eq!(send(app.api(Method::GET, "/tenant", &t.key)).await.status(), 200);
+    let text = send(app.req(Method::GET, "/metrics")).await.text().await.unwrap();
+    for m in ["warren_http_requests_total", "warren_http_request_duration_seconds", "warren_tenant_handles_open"] {
+        assert!(text.contains(m), "metrics lack {m}");
+    }
+    assert!(text.contains("tier=\"free\""), "requests are labelled by tier");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn create_tenant_returns_key_and_quickstart() {
+    let app = spawn_app().await;
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "acme", "name": "Acme", "email": "a@acme.test", "tier": "pro"}))).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v = json_of(r).await;
+    let key = v["api_key"].as_str().unwrap();
+    assert!(key.starts_with("wk_live_"), "{key}");
+    assert_eq!(v["tenant"]["slug"], "acme");
+    assert_eq!(v["tenant"]["tier"], "pro");
+    let qs = v["quickstart"].as_str().unwrap();
+    assert!(qs.contains(key) && qs.contains(&format!("acme.localhost:{}", app.port)), "{qs}");
+    // The key is shown once: the admin view has only its prefix.
+    let shown = json_of(send(app.admin(Method::GET, "/tenants/acme")).await).await;
+    assert!(!shown.to_string().contains(key));
+    assert_eq!(shown["keys"][0]["prefix"], &key[..16]);
+    // The on-disk directory is named by id.
+    let id = v["tenant"]["id"].as_str().unwrap();
+    assert!(app.dir.path().join(id).join("tenant.db").exists());
+    assert!(!app.dir.path().join("acme").exists());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn slugs_are_validated() {
+    let app = spawn_app().await;
+    for (slug, code) in [("ab", "invalid_slug"), ("-acme", "invalid_slug"), ("Acme", "invalid_slug"), ("../etc", "invalid_slug"), ("a/b/c", "invalid_slug"), ("www", "reserved_slug"), ("admin", "reserved_slug")] {
+        let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": slug, "name": "x", "email": "a@b.co"}))).await;
+        expect_error(r, 400, code).await;
+    }
+    app.create_tenant("acme", "free").await;
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "acme", "name": "x", "email": "a@b.co"}))).await;
+    expect_error(r, 409, "slug_taken").await;
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "okay", "name": "x", "email": "nope"}))).await;
+    expect_error(r, 400, "validation_failed").await;
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "okay", "name": "x", "email": "a@b.co", "tier": "platinum"}))).await;
+    expect_error(r, 400, "invalid_json").await;
+    // Path tricks on admin routes never reach the disk.
+    let r = send(app.admin(Method::GET, "/tenants/..%2F..%2Fetc")).await;
+    expect_error(r, 400, "invalid_slug").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_and_hosts_are_checked() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme", "free").await;
+    let globex = app.create_tenant("globex", "starter").await;
+
+    // Key alone, either header.
+    let v = json_of(send(app.api(Method::GET, "/tenant", &acme.key)).await).await;
+    assert_eq!(v["slug"], "acme");
+    assert_eq!(v["features"], json!(["search", "context"]));
+    let r = send(app.req(Method::GET, "/api/v1/tenant").header("X-API-Key", &globex.key)).await;
+    assert_eq!(json_of(r).await["slug"], "globex");
+
+    // Host names the tenant: matching key is fine, the other tenant's key is refused.
+    let r = send(app.api(Method::GET, "/tenant", &acme.key).header("Host", "acme.localhost")).await;
+    assert_eq!(r.status(), 200);
+    let r = send(app.api(Method::GET, "/tenant", &globex.key).header("Host", "acme.localhost")).await;
+    expect_error(r, 403, "tenant_mismatch").await;
+
+    // No credentials: 401 with WWW-Authenticate.
+    let r = send(app.req(Method::GET, "/api/v1/tenant").header("Host", "acme.localhost")).await;
+    assert!(r.headers().get("www-authenticate").is_some());
+    expect_error(r, 401, "unauthorized").await;
+
+    // Unknown tenant host: 404. Garbage key: 401.
+    let r = send(app.api(Method::GET, "/tenant", &acme.key).header("Host", "nosuch.localhost")).await;
+    expect_error(r, 404, "tenant_not_found").await;
+    let forged = format!("{}{}", &acme.key[..acme.key.len() - 4], "AAAA");
+    expect_error(send(app.api(Method::GET, "/tenant", &forged)).await, 401, "invalid_credentials").await;
+    expect_error(send(app.api(Method::GET, "/tenant", "hello")).await, 401, "invalid_credentials").await;
+
+    // Admin routes want the admin token, not a tenant key.
+    expect_error(send(app.req(Method::GET, "/admin/v1/tenants")).await, 401, "unauthorized").await;
+    expect_error(send(app.req(Method::GET, "/admin/v1/tenants").bearer_auth(&acme.key)).await, 401, "invalid_credentials").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn trusted_proxy_and_custom_domains() {
+    let app = spawn_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let acme = app.create_tenant("acme", "pro").await;
+    let globex = app.create_tenant("globex", "pro").await;
+    // From a trusted proxy, X-Tenant-Domain names the tenant.
+    let r = send(app.api(Method::GET, "/tenant", &globex.key).header("X-Tenant-Domain", "acme.localhost")).await;
+    expect_error(r, 403, "tenant_mismatch").await;
+    // A custom domain routes to its tenant.
+    let r = send(app.admin(Method::PATCH, "/tenants/acme").json(&json!({"custom_domain": "docs.acme.test"}))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(send(app.api(Method::GET, "/tenant", &acme.key).header("Host", "docs.acme.test")).await.status(), 200);
+    let r = send(app.api(Method::GET, "/tenant", &globex.key).header("Host", "docs.acme.test")).await;
+    expect_error(r, 403, "tenant_mismatch").await;
+    let r = send(app.admin(Method::PATCH, "/tenants/globex").json(&json!({"custom_domain": "docs.acme.test"}))).await;
+    expect_error(r, 409, "domain_taken").await;
+    // Caddy's ask approves registered names only.
+    for (d, s) in [("acme.localhost", 200), ("docs.acme.test", 200), ("nosuch.localhost", 404), ("evil.test", 404)] {
+        assert_eq!(send(app.req(Method::GET, &format!("/tls/ask?domain={d}"))).await.status(), s, "{d}");
+    }
+    app.stop().await;
+
+    // Without trust, the header is ignored (the key alone decides).
+    let app = spawn_app().await;
+    let _acme = app.create_tenant("acme", "free").await;
+    let globex = app.create_tenant("globex", "free").await;
+    let r = send(app.api(Method::GET, "/tenant", &globex.key).header("X-Tenant-Domain", "acme.localhost")).await;
+    assert_eq!(json_of(r).await["slug"], "globex");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn lifecycle_rotate_revoke_suspend_delete() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "starter").await;
+
+    // Rotate: both keys work during the overlap.
+    let r = send(app.admin(Method::POST, &format!("/tenants/acme/keys/{}/rotate", t.key_id))).await;
+    assert_eq!(r.status(), 201);
+    let v = json_of(r).await;
+    let new_key = v["api_key"].as_str().unwrap().to_string();
+    assert_eq!(send(app.api(Method::GET, "/tenant", &t.key)).await.status(), 200);
+    assert_eq!(send(app.api(Method::GET, "/tenant", &new_key)).await.status(), 200);
+
+    // Revoke the old one: refused at once.
+    let r = send(app.admin(Method::DELETE, &format!("/tenants/acme/keys/{}", t.key_id))).await;
+    assert_eq!(r.status(), 200);
+    expect_error(send(app.api(Method::GET, "/tenant", &t.key)).await, 401, "invalid_credentials").await;
+    assert_eq!(send(app.api(Method::GET, "/tenant", &new_key)).await.status(), 200);
+    expect_error(send(app.admin(Method::DELETE, "/tenants/acme/keys/nope")).await, 404, "key_not_found").await;
+
+    // A read-only key with an expiry.
+    let r = send(app.admin(Method::POST, "/tenants/acme/keys").json(&json!({"name": "ci", "scopes": ["read"]}))).await;
+    assert_eq!(r.status(), 201);
+    let ro = json_of(r).await["api_key"].as_str().unwrap().to_string();
+    assert_eq!(send(app.api(Method::GET, "/tenant", &ro)).await.status(), 200);
+
+    // Suspend, then reactivate.
+    send(app.admin(Method::PATCH, "/tenants/acme").json(&json!({"status": "suspended"}))).await;
+    expect_error(send(app.api(Method::GET, "/tenant", &new_key)).await, 403, "tenant_suspended").await;
+    send(app.admin(Method::PATCH, "/tenants/acme").json(&json!({"status": "active", "tier": "pro"}))).await;
+    let v = json_of(send(app.api(Method::GET, "/tenant", &new_key)).await).await;
+    assert_eq!(v["tier"], "pro");
+
+    // The audit log recorded it all.
+    let v = json_of(send(app.admin(Method::GET, "/tenants/acme/audit")).await).await;
+    let actions: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["tenant.created", "key.rotated", "key.revoked", "key.created", "tenant.updated"] {
+        assert!(actions.contains(&a), "{a} missing in {actions:?}");
+    }
+
+    // Delete: the key dies with it, the files go, the slug is free again.
+    let dir = app.dir.path().join(&t.id);
+    assert!(dir.exists());
+    assert_eq!(send(app.admin(Method::DELETE, "/tenants/acme")).await.status(), 204);
+    expect_error(send(app.api(Method::GET, "/tenant", &new_key)).await, 401, "invalid_credentials").await;
+    expect_error(send(app.admin(Method::GET, "/tenants/acme")).await, 404, "tenant_not_found").await;
+    assert!(!dir.exists(), "tenant files removed");
+    let again = app.create_tenant("acme", "free").await;
+    assert_ne!(again.id, t.id);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listing_is_paginated_and_searchable() {
+    let app = spawn_app().await;
+    for s in ["alpha", "bravo", "charlie", "delta", "echo"] {
+        app.create_tenant(s, "free").await;
+    }
+    let v = json_of(send(app.admin(Method::GET, "/tenants?limit=2")).await).await;
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 2);
+    assert_eq!(v["next_cursor"], "bravo");
+    let v = json_of(send(app.admin(Method::GET, "/tenants?limit=2&cursor=bravo")).await).await;
+    assert_eq!(v["tenants"][0]["slug"], "charlie");
+    let v = json_of(send(app.admin(Method::GET, "/tenants?q=ech")).await).await;
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 1);
+    expect_error(send(app.admin(Method::GET, "/tenants?limit=0")).await, 400, "validation_failed").await;
+    expect_error(send(app.admin(Method::GET, "/tenants?limit=abc")).await, 400, "invalid_query").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let app = spawn_with(|c| c.max_body_bytes = 4096).await;
+    let r = send(app.admin(Method::POST, "/tenants").header("content-type", "application/json").body("{\"slug\": ")).await;
+    expect_error(r, 400, "invalid_json").await;
+    let r = send(app.admin(Method::POST, "/tenants").body("slug=acme")).await;
+    expect_error(r, 415, "unsupported_media_type").await;
+    let big = json!({"slug": "acme", "name": "x".repeat(10_000), "email": "a@b.co"});
+    let r = send(app.admin(Method::POST, "/tenants").json(&big)).await;
+    expect_error(r, 413, "payload_too_large").await;
+    // Non-UTF-8 credentials.
+    let r = send(app.req(Method::GET, "/api/v1/tenant").header("X-API-Key", reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap())).await;
+    expect_error(r, 400, "invalid_header").await;
+    // Huge headers.
+    let r = send(app.req(Method::GET, "/api/v1/tenant").header("X-Filler", "a".repeat(100_000))).await;
+    expect_error(r, 431, "header_too_large").await;
+    // Unknown routes and methods are JSON too.
+    expect_error(send(app.req(Method::GET, "/nope")).await, 404, "not_found").await;
+    expect_error(send(app.req(Method::DELETE, "/health")).await, 405, "method_not_allowed").await;
+    // Nothing was created by any of it.
+    let v = json_of(send(app.admin(Method::GET, "/tenants")).await).await;
+    assert_eq!(v["total"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jwts_are_verified() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let secret = "jwt-secret-for-tests-0123456789";
+    let app = spawn_with(|c| c.jwt.hs256_secret = Some(secret.into())).await;
+    app.create_tenant("acme", "free").await;
+    app.create_tenant("globex", "free").await;
+    let now = chrono::Utc::now().timestamp();
+    let token = |claims: Value, alg: jsonwebtoken::Algorithm, key: &str| {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(key.as_bytes())).unwrap()
+    };
+    let good = token(json!({"tenant": "acme", "exp": now + 600, "scopes": ["read"]}), jsonwebtoken::Algorithm::HS256, secret);
+    let v = json_of(send(app.api(Method::GET, "/tenant", &good)).await).await;
+    assert_eq!(v["slug"], "acme");
+    let r = send(app.api(Method::GET, "/tenant", &good).header("Host", "globex.localhost")).await;
+    expect_error(r, 403, "tenant_mismatch").await;
+    let expired = token(json!({"tenant": "acme", "exp": now - 3600}), jsonwebtoken::Algorithm::HS256, secret);
+    expect_error(send(app.api(Method::GET, "/tenant", &expired)).await, 401, "token_expired").await;
+    let wrong_alg = token(json!({"tenant": "acme", "exp": now + 600}), jsonwebtoken::Algorithm::HS384, secret);
+    expect_error(send(app.api(Method::GET, "/tenant", &wrong_alg)).await, 401, "invalid_credentials").await;
+    let wrong_key = token(json!({"tenant": "acme", "exp": now + 600}), jsonwebtoken::Algorithm::HS256, "another-secret-entirely-123");
+    expect_error(send(app.api(Method::GET, "/tenant", &wrong_key)).await, 401, "invalid_credentials").await;
+    let unknown = token(json!({"tenant": "nobody", "exp": now + 600}), jsonwebtoken::Algorithm::HS256, secret);
+    expect_error(send(app.api(Method::GET, "/tenant", &unknown)).await, 401, "invalid_credentials").await;
+    // alg=none is refused.
+    let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&json!({"tenant": "acme", "exp": now + 600}).to_string()));
+    expect_error(send(app.api(Method::GET, "/tenant", &none)).await, 401, "invalid_credentials").await;
+    app.stop().await;
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[tokio::test]
+async fn signup_is_off_by_default() {
+    let app = spawn_app().await;
+    let r = send(app.req(Method::POST, "/api/v1/signup").json(&json!({"email": "a@b.co", "company": "Acme"}))).await;
+    expect_error(r, 403, "signup_disabled").await;
+    app.stop().await;
+    let app = spawn_with(|c| c.signup_enabled = true).await;
+    let r = send(app.req(Method::POST, "/api/v1/signup").json(&json!({"email": "a@b.co", "company": "Acme, Inc."}))).await;
+    assert_eq!(r.status(), 201);
+    let v = json_of(r).await;
+    assert_eq!(v["tenant"]["slug"], "acme-inc");
+    assert_eq!(v["tenant"]["tier"], "free");
+    let r = send(app.req(Method::POST, "/api/v1/signup").json(&json!({"email": "b@b.co", "company": "Acme Inc"}))).await;
+    assert_eq!(r.status(), 201, "a taken slug gets a suffix");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn generated_admin_token_is_stored_privately() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.admin_token = None;
+    let app = warren::App::build(config).await.unwrap();
+    let port = app.port();
+    let stop = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    let path = dir.path().join(warren::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let r = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/admin/v1/tenants")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Only its hash is in control.db.
+    let mut db = std::fs::read(dir.path().join("control.db")).unwrap();
+    db.extend(std::fs::read(dir.path().join("control.db-wal")).unwrap_or_default());
+    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
