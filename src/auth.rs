@@ -321,7 +321,7 @@ impl Authenticator {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.control.run(move |c| Ok(keys::touch_many(c, &batch)?)).await {
+        if let Err(e) = self.control.write(move |c| Ok(keys::touch_many(c, &batch)?)).await {
             tracing::warn!(error = %e, "could not record key last-used times");
         }
     }

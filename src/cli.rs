@@ -55,6 +55,9 @@ pub enum TenantCmd {
     },
     /// Show one tenant and its keys.
     Show { slug: String },
+    /// Rebuild a tenant's search index from its SQLite file (refused while a server runs: use
+    /// `POST /admin/v1/tenants/{slug}/reindex` then).
+    Reindex { slug: String },
     /// Delete a tenant and its data (refused while a server runs on this data dir).
     Delete {
         slug: String,
@@ -128,8 +131,8 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
             }
             let t = tenant_id(&control, &slug)?;
             control
-                .run_sync(|c| {
-                    let tx = c.transaction()?;
+                .write_sync(|c| {
+                    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     tenants::delete(&tx, &t.id)?;
                     crate::control::audit(&tx, "cli", Some(&t.id), "tenant.deleted", &json!({"slug": t.slug}))?;
                     tx.commit()?;
@@ -138,6 +141,21 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
                 .map_err(err)?;
             crate::lifecycle::remove_storage(&config.data_dir, &t.id)?;
             print(json!({"deleted": slug}));
+        }
+        Command::Tenant(TenantCmd::Reindex { slug }) => {
+            if crate::server_running(&config.data_dir) {
+                anyhow::bail!(
+                    "a warren server is running on {}; reindex through it:\n  curl -X POST -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://{}/admin/v1/tenants/{slug}/reindex",
+                    config.data_dir.display(),
+                    config.listen
+                );
+            }
+            let t = tenant_id(&control, &slug)?;
+            let dir = crate::tenant::tenant_dir(&config.data_dir, &t.id);
+            let conn = rusqlite::Connection::open_with_flags(dir.join(crate::tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            let search = crate::search::TenantSearch::open(&dir, &conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let n = search.rebuild(&conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+            print(json!({"reindexed": slug, "chunks": n}));
         }
         Command::Key(KeyCmd::Create { slug, name, scopes, expires_in_days }) => {
             let t = tenant_id(&control, &slug)?;
@@ -148,7 +166,7 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
             let expires_at = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d as i64));
             let new = NewKey { name, scopes, expires_at };
             let (key, api_key) = control
-                .run_sync(|c| {
+                .write_sync(|c| {
                     let out = keys::create(c, &t.id, &new)?;
                     crate::control::audit(c, "cli", Some(&t.id), "key.created", &json!({"key_id": out.0.id}))?;
                     Ok(out)
@@ -159,7 +177,7 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
         Command::Key(KeyCmd::Revoke { slug, key_id }) => {
             let t = tenant_id(&control, &slug)?;
             let key = control
-                .run_sync(|c| {
+                .write_sync(|c| {
                     let k = keys::revoke(c, &t.id, &key_id)?;
                     crate::control::audit(c, "cli", Some(&t.id), "key.revoked", &json!({"key_id": key_id}))?;
                     Ok(k)

@@ -13,6 +13,7 @@ pub mod docs;
 pub mod embed;
 pub mod error;
 pub mod lifecycle;
+pub mod metering;
 pub mod plans;
 pub mod search;
 pub mod state;
@@ -71,6 +72,7 @@ impl App {
         let auth = Arc::new(auth::Authenticator::new(control.clone(), &config)?);
         let state = AppState {
             config: Arc::new(config),
+            meter: metering::Meter::new(control.clone()),
             control,
             registry,
             auth,
@@ -129,6 +131,7 @@ impl App {
         background.cancel();
         tracing::info!("draining: closing tenant handles");
         state.auth.flush_key_usage().await;
+        state.meter.flush().await;
         state.registry.close_all().await;
         state.embed.shutdown();
         tracing::info!("stopped");
@@ -152,6 +155,7 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             }
             n += 1;
             s.registry.maintain().await;
+            s.meter.flush().await;
             if let Some(w) = watcher.as_mut() {
                 if w.changed().await {
                     s.auth.invalidate();

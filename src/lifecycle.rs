@@ -36,19 +36,26 @@ pub fn create_blocking(
     actor: &str,
 ) -> Result<(Tenant, crate::control::ApiKey, String), Error> {
     let new = req.into_new()?;
-    control.run_sync(|c| {
-        let tx = c.transaction()?;
-        let tenant = tenants::insert(&tx, &new)?;
+    // Storage first, outside the control-plane write lock; the row that makes the tenant reachable
+    // comes last, so no request can see a tenant without storage.
+    let id = tenants::new_id();
+    let dir = tenant_dir(data_dir, &id);
+    if let Err(e) = create_storage(&dir, &id) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(Error::internal(e.context("creating tenant storage")));
+    }
+    let created = control.write_sync(|c| {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tenant = tenants::insert(&tx, &id, &new)?;
         let (key, api_key) = keys::create(&tx, &tenant.id, &NewKey::default())?;
         crate::control::audit(&tx, actor, Some(&tenant.id), "tenant.created", &json!({"slug": tenant.slug, "tier": tenant.tier}))?;
-        let dir = tenant_dir(data_dir, &tenant.id);
-        if let Err(e) = create_storage(&dir, &tenant.id) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(Error::internal(e.context("creating tenant storage")));
-        }
         tx.commit()?;
         Ok((tenant, key, api_key))
-    })
+    });
+    if created.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    created
 }
 
 /// Deletes a tenant from a running server (see the module docs for the order).
@@ -57,8 +64,8 @@ pub async fn delete_tenant(state: &AppState, tenant: &Tenant, actor: &'static st
     let slug = tenant.slug.clone();
     let removed = state
         .control
-        .run(move |c| {
-            let tx = c.transaction()?;
+        .write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let removed = tenants::delete(&tx, &id)?;
             crate::control::audit(&tx, actor, Some(&id), "tenant.deleted", &json!({"slug": slug}))?;
             tx.commit()?;

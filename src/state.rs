@@ -8,6 +8,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::embed::EmbedService;
+use crate::metering::Meter;
 use crate::tenant::TenantRegistry;
 
 #[derive(Clone)]
@@ -17,6 +18,7 @@ pub struct AppState {
     pub registry: TenantRegistry,
     pub auth: Arc<Authenticator>,
     pub embed: EmbedService,
+    pub meter: Meter,
     /// SHA-256 of the admin token; the token itself is never kept.
     pub admin_token_hash: Arc<[u8]>,
     pub metrics: PrometheusHandle,

@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/keys/{key_id}", axum::routing::delete(revoke_key))
         .route("/tenants/{slug}/keys/{key_id}/rotate", post(rotate_key))
         .route("/tenants/{slug}/audit", get(audit_log))
+        .route("/tenants/{slug}/reindex", post(reindex))
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,8 +109,8 @@ async fn patch_tenant(
     let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain});
     let updated = state
         .control
-        .run(move |c| {
-            let tx = c.transaction()?;
+        .write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let u = tenants::update(&tx, &id, &patch)?;
             crate::control::audit(&tx, "admin", Some(&id), "tenant.updated", &detail)?;
             tx.commit()?;
@@ -142,8 +143,8 @@ async fn create_key(
     let id = t.id.clone();
     let (rec, key) = state
         .control
-        .run(move |c| {
-            let tx = c.transaction()?;
+        .write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let out = keys::create(&tx, &id, &new)?;
             crate::control::audit(&tx, "admin", Some(&id), "key.created", &json!({"key_id": out.0.id, "name": out.0.name}))?;
             tx.commit()?;
@@ -167,8 +168,8 @@ async fn revoke_key(
     let t = tenant_by_slug(&state, &slug).await?;
     let rec = state
         .control
-        .run(move |c| {
-            let tx = c.transaction()?;
+        .write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let rec = keys::revoke(&tx, &t.id, &key_id)?;
             crate::control::audit(&tx, "admin", Some(&t.id), "key.revoked", &json!({"key_id": key_id}))?;
             tx.commit()?;
@@ -188,7 +189,7 @@ async fn rotate_key(
     let overlap = Duration::seconds(state.config.key_rotation_overlap_secs as i64);
     let (rec, key) = state
         .control
-        .run(move |c| {
+        .write(move |c| {
             let out = keys::rotate(c, &t.id, &key_id, overlap)?;
             crate::control::audit(c, "admin", Some(&t.id), "key.rotated", &json!({"old_key_id": key_id, "new_key_id": out.0.id}))?;
             Ok(out)
@@ -203,6 +204,19 @@ async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): Ap
     let t = tenant_by_slug(&state, &slug).await?;
     let events = state.control.run(move |c| Ok(crate::control::list_audit(c, Some(&t.id), 200)?)).await?;
     Ok(Json(json!({"events": events})))
+}
+
+/// Rebuilds the tenant's search index from SQLite, through its open handle.
+async fn reindex(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let lease = state.registry.acquire(&t.id).await?;
+    let n = lease
+        .blocking(|h| {
+            let search = h.extension(|| h.with_reader(|c| Ok(crate::search::TenantSearch::open(h.dir(), c)?)))?;
+            h.with_reader(|c| Ok(search.rebuild(c)?))
+        })
+        .await?;
+    Ok(Json(json!({"reindexed": t.slug, "chunks": n})))
 }
 
 #[derive(Deserialize)]

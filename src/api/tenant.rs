@@ -38,11 +38,27 @@ async fn me(ctx: TenantCtx) -> Json<serde_json::Value> {
     }))
 }
 
-/// The current UTC calendar month. Counters and limits are filled in by the plans module.
-async fn usage(ctx: TenantCtx) -> Json<serde_json::Value> {
+/// The current UTC calendar month: metered calls and tokens by kind. Limits come with the plans module.
+async fn usage(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    state.meter.flush().await;
     let now = Utc::now();
     let period = format!("{:04}-{:02}", now.year(), now.month());
-    Json(json!({"period": period, "tier": ctx.tenant().tier, "usage": {}, "limits": {}}))
+    let from = format!("{period}-01T00:00:00.000Z");
+    let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    let to = format!("{y:04}-{m:02}-01T00:00:00.000Z");
+    let id = ctx.tenant().id.clone();
+    let (f, t) = (from.clone(), to.clone());
+    let rows = state.control.run(move |c| Ok(crate::metering::totals(c, &id, &f, &t)?)).await?;
+    let mut usage = serde_json::Map::new();
+    let mut queries = 0;
+    for (kind, count, tokens) in rows {
+        if kind == "search" || kind == "assemble" {
+            queries += count;
+        }
+        usage.insert(kind, json!({"calls": count, "tokens": tokens}));
+    }
+    usage.insert("queries".into(), json!(queries));
+    Ok(Json(json!({"period": period, "tier": ctx.tenant().tier, "usage": usage, "limits": {}, "resets_at": to})))
 }
 
 #[derive(Deserialize)]

@@ -221,7 +221,7 @@ pub fn revoke(conn: &Connection, tenant_id: &str, key_id: &str) -> Result<ApiKey
 
 /// Issues a replacement with the same name and scopes; the old key expires after `overlap`.
 pub fn rotate(conn: &mut Connection, tenant_id: &str, key_id: &str, overlap: Duration) -> Result<(ApiKey, String), Error> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let old = get(&tx, tenant_id, key_id)?.ok_or_else(|| Error::not_found("key_not_found", "no such key for this tenant"))?;
     if !old.is_live(Utc::now()) {
         return Err(Error::validation("only a live key can be rotated"));
@@ -237,7 +237,7 @@ pub fn rotate(conn: &mut Connection, tenant_id: &str, key_id: &str, overlap: Dur
 
 /// Records last use for a batch of keys (flushed periodically, not per request).
 pub fn touch_many(conn: &mut Connection, used: &[(String, DateTime<Utc>)]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare(
             "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",

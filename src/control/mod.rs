@@ -63,6 +63,16 @@ CREATE TABLE audit_events (
     detail TEXT
 );
 CREATE INDEX audit_tenant ON audit_events(tenant_id, id);
+"#, r#"
+CREATE TABLE usage_events (
+    id INTEGER PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX usage_tenant_at ON usage_events(tenant_id, at);
 "#];
 
 /// RFC 3339 with milliseconds in UTC: sorts lexicographically in SQLite.
@@ -78,6 +88,10 @@ pub fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
 pub struct ControlPlane {
     pool: Pool,
     path: PathBuf,
+    /// Serialises this process's writers. SQLite admits one writer at a time anyway, and its busy
+    /// handler polls with growing sleeps, so under contention a waiter can starve past the busy
+    /// timeout; a fair in-process lock queues them instead.
+    writer: std::sync::Arc<parking_lot::FairMutex<()>>,
 }
 
 impl ControlPlane {
@@ -87,7 +101,7 @@ impl ControlPlane {
         let path = data_dir.join("control.db");
         let manager = SqliteConnectionManager::file(&path).with_init(|c| {
             c.execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
             )
         });
         let pool = r2d2::Pool::builder()
@@ -98,7 +112,7 @@ impl ControlPlane {
             .context("opening control.db")?;
         let mut conn = pool.get()?;
         migrate(&mut conn, MIGRATIONS).context("migrating control.db")?;
-        Ok(ControlPlane { pool, path })
+        Ok(ControlPlane { pool, path, writer: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -121,6 +135,26 @@ impl ControlPlane {
         .await?
     }
 
+    /// Like [`run`](Self::run), for closures that write: they run one at a time.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        self.run(move |c| {
+            let _w = writer.lock();
+            f(c)
+        })
+        .await
+    }
+
+    /// Like [`run_sync`](Self::run_sync), for closures that write.
+    pub fn write_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let _w = self.writer.lock();
+        self.run_sync(f)
+    }
+
     /// Runs `f` synchronously (CLI, start-up).
     pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let mut conn = self.pool.get().map_err(|e| Error::internal(anyhow::anyhow!("control.db pool: {e}")))?;
@@ -137,7 +171,7 @@ impl ControlPlane {
 pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in migrations.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;

@@ -126,8 +126,12 @@ pub fn validate_domain(d: &str) -> Result<String, Error> {
     Ok(d)
 }
 
-pub fn insert(conn: &Connection, t: &NewTenant) -> Result<Tenant, Error> {
-    let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
+/// A fresh tenant id: a lowercase ULID (names the tenant's directory).
+pub fn new_id() -> String {
+    ulid::Ulid::new().to_string().to_ascii_lowercase()
+}
+
+pub fn insert(conn: &Connection, id: &str, t: &NewTenant) -> Result<Tenant, Error> {
     let now = ts(Utc::now());
     let res = conn.execute(
         &format!("INSERT INTO tenants ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, ?8)"),
@@ -140,7 +144,7 @@ pub fn insert(conn: &Connection, t: &NewTenant) -> Result<Tenant, Error> {
         }
         Err(e) => return Err(e.into()),
     }
-    get_by_id(conn, &id)?.ok_or_else(|| Error::internal(anyhow::anyhow!("tenant vanished after insert")))
+    get_by_id(conn, id)?.ok_or_else(|| Error::internal(anyhow::anyhow!("tenant vanished after insert")))
 }
 
 pub fn get_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<Tenant>> {

@@ -35,7 +35,7 @@ pub fn migrations() -> Vec<&'static str> {
 
 pub const DB_FILE: &str = "tenant.db";
 
-const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;";
+const PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;";
 
 /// Creates a tenant's directory and database. Only called when a tenant is created explicitly.
 pub fn create_storage(dir: &Path, tenant_id: &str) -> anyhow::Result<()> {

@@ -3,3 +3,4 @@
 mod helpers;
 mod platform;
 mod caddy;
+mod handles;
