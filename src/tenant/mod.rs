@@ -128,6 +128,12 @@ impl TenantRegistry {
         }
     }
 
+    /// `acquire` for benchmarks and tools outside the request path (no capability check).
+    #[doc(hidden)]
+    pub async fn bench_acquire(&self, tenant_id: &str) -> Result<Lease, Error> {
+        self.acquire(tenant_id).await
+    }
+
     fn check_blocked(&self, tenant_id: &str) -> Result<(), Error> {
         match self.inner.blocked.lock().get(tenant_id) {
             None => Ok(()),

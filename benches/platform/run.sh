@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Platform benchmark: authenticated req/s and latency with wrk on loopback, spread over 1,000 tenants
+# with the handle cap at 256; then cold-open latency and RSS per open tenant (examples/tenant_open.rs).
+#
+#   benches/platform/run.sh [TENANTS=1000] [CAP=256] [DURATION=20s]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TENANTS=${1:-1000}; CAP=${2:-256}; DURATION=${3:-20s}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --bin warren --example tenant_open 2>&1 | tail -1
+
+DATA=$(mktemp -d); PORT=18787; ADMIN=bench-admin-token-0123456789
+KEYS=$DATA/keys.txt
+WARREN_DATA_DIR=$DATA WARREN_LISTEN=127.0.0.1:$PORT WARREN_ADMIN_TOKEN=$ADMIN WARREN_MAX_OPEN_TENANTS=$CAP \
+  WARREN_MODEL_DIR=$DATA/no-model RUST_LOG=warn target/release/warren serve &
+PID=$!
+trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
+for _ in $(seq 100); do curl -sf 127.0.0.1:$PORT/health >/dev/null && break; sleep 0.1; done
+
+python3 - "$PORT" "$ADMIN" "$TENANTS" "$KEYS" <<'PY'
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+port, admin, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def create(i):
+    body = json.dumps({"slug": f"bench{i:05d}", "name": "b", "email": "b@b.co"}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/v1/tenants", body,
+        {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))["api_key"]
+with ThreadPoolExecutor(8) as ex:
+    keys = list(ex.map(create, range(n)))
+open(out, "w").write("\n".join(keys) + "\n")
+PY
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+for path in /api/v1/tenant "/api/v1/documents?limit=1"; do
+  echo "== wrk GET $path over $TENANTS tenants, cap $CAP"
+  WARREN_BENCH_KEYS=$KEYS WARREN_BENCH_PATH=$path wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" \
+    | grep -E "Requests/sec|50%|99%|Non-2xx|Socket errors"
+done
+echo "== server RSS: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')  fds: $(ls /proc/$PID/fd | wc -l)"
+kill $PID; wait $PID 2>/dev/null || true
+
+echo "== cold open and RSS per open tenant (in-process, $TENANTS tenants, cap $CAP)"
+target/release/examples/tenant_open "$TENANTS" "$CAP"
