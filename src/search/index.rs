@@ -179,19 +179,21 @@ impl KeywordIndex {
         Ok(out)
     }
 
-    /// Byte ranges in `text` that match the query's terms (for `highlights`).
-    pub fn highlights(&self, query: &dyn Query, text: &str) -> Vec<(usize, usize)> {
+    /// A highlighter for `query`, built once per search.
+    pub fn highlighter(&self, query: &dyn Query) -> Option<tantivy::snippet::SnippetGenerator> {
         let searcher = self.reader.searcher();
-        let Ok(mut gen) = tantivy::snippet::SnippetGenerator::create(&searcher, query, self.fields.text) else {
-            return Vec::new();
-        };
-        gen.set_max_num_chars(text.len().max(1));
-        let snip = gen.snippet(text);
-        let off = snip.fragment_range().start;
-        snip.highlighted().iter().map(|r| (r.start + off, r.end + off)).collect()
+        tantivy::snippet::SnippetGenerator::create(&searcher, query, self.fields.text).ok()
     }
 
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
     }
+}
+
+/// Byte ranges in `text` that match the highlighter's query terms (for `highlights`).
+pub(crate) fn highlights(gen: &mut tantivy::snippet::SnippetGenerator, text: &str) -> Vec<(usize, usize)> {
+    gen.set_max_num_chars(text.len().max(1));
+    let snip = gen.snippet(text);
+    let off = snip.fragment_range().start;
+    snip.highlighted().iter().map(|r| (r.start + off, r.end + off)).collect()
 }

@@ -400,6 +400,11 @@ impl TenantSearch {
                     }
                 }
             }
+            if by_doc.is_empty() {
+                // Nothing changed: keep the generation, so the index stays current.
+                tx.commit()?;
+                return Ok((results, Vec::new(), Vec::new(), 0));
+            }
             let generation = store::bump_generation(&tx)?;
             tx.commit()?;
             let touched: Vec<i64> = by_doc.keys().copied().collect();
@@ -603,17 +608,19 @@ impl TenantSearch {
         // Re-read hits from SQLite; anything missing there is dropped (never resurfaces).
         let want: Vec<i64> = ranked.iter().take(req.limit + 20).map(|h| h.chunk_id).collect();
         let rows = store::chunk_rows(conn, &want)?;
-        let want_hl = req.highlight.unwrap_or(true);
+        let mut highlighter = match (&hq, req.highlight.unwrap_or(true)) {
+            (Some((idx, q)), true) => idx.highlighter(q.as_ref()),
+            _ => None,
+        };
         let mut results = Vec::with_capacity(req.limit);
         for h in ranked.iter().take(req.limit + 20) {
             let Some(row) = rows.get(&h.chunk_id) else { continue };
             if row.doc_seq != h.doc_seq {
                 continue;
             }
-            let highlights = match (&hq, want_hl) {
-                (Some((idx, q)), true) => Some(idx.highlights(q.as_ref(), &row.text).into_iter().map(|(s, e)| [s, e]).collect()),
-                _ => None,
-            };
+            let highlights = highlighter
+                .as_mut()
+                .map(|g| index::highlights(g, &row.text).into_iter().map(|(s, e)| [s, e]).collect());
             results.push(SearchResult {
                 document_id: row.document_id.clone(),
                 path: row.path.clone(),

@@ -211,6 +211,13 @@ fn bulk_items_fail_alone_and_list_paginates() {
     let res = t.search.upsert_many(&mut t.conn, items);
     assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 6);
     assert!(res[3].is_err());
+    // A batch where nothing succeeds changes nothing, not even the generation (no rebuild).
+    let g = store::generation(&t.conn).unwrap();
+    let input = DocumentInput { content: "x".into(), path: "p/x".into(), title: None, metadata: None };
+    let d = docs::prepare(input, &DocLimits::default(), &TokenCounter::Approx).unwrap();
+    assert!(t.search.upsert_many(&mut t.conn, vec![(d, Some(vec![]))])[0].is_err());
+    assert!(t.search.upsert_many(&mut t.conn, vec![]).is_empty());
+    assert_eq!(store::generation(&t.conn).unwrap(), g);
     let mut cursor = None;
     let mut seen = Vec::new();
     loop {
