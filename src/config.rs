@@ -90,6 +90,8 @@ pub struct DocsConfig {
     pub max_bulk_documents: usize,
     /// Largest bulk request body, in bytes (413 above).
     pub max_bulk_bytes: usize,
+    /// Timeout of a bulk request, in seconds (embedding a large batch takes a while on CPU).
+    pub bulk_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,7 +144,7 @@ impl Default for Config {
 
 impl Default for DocsConfig {
     fn default() -> Self {
-        DocsConfig { max_document_bytes: 1024 * 1024, max_bulk_documents: 1000, max_bulk_bytes: 32 * 1024 * 1024 }
+        DocsConfig { max_document_bytes: 1024 * 1024, max_bulk_documents: 1000, max_bulk_bytes: 32 * 1024 * 1024, bulk_timeout_secs: 600 }
     }
 }
 

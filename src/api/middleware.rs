@@ -43,7 +43,9 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let response = if header_bytes > state.config.max_header_bytes {
         Error::HeadersTooLarge.into_response()
     } else {
-        let timeout = Duration::from_secs(state.config.request_timeout_secs);
+        // Bulk ingest embeds up to `max_bulk_documents` documents: it gets its own, longer limit.
+        let secs = if route == "/api/v1/documents/bulk" { state.config.docs.bulk_timeout_secs } else { state.config.request_timeout_secs };
+        let timeout = Duration::from_secs(secs);
         match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(r) => r,
             Err(_) => Error::unavailable("timeout", "the request timed out", 1).into_response(),
