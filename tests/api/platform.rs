@@ -303,3 +303,25 @@ async fn generated_admin_token_is_stored_privately() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn scopes_and_expiry_are_enforced() {
+    let app = spawn_app().await;
+    app.create_tenant("acme", "free").await;
+    let r = send(app.admin(Method::POST, "/tenants/acme/keys").json(&json!({"name": "ro", "scopes": ["read"]}))).await;
+    let ro = json_of(r).await["api_key"].as_str().unwrap().to_string();
+    assert_eq!(send(app.api(Method::GET, "/documents", &ro)).await.status(), 200);
+    let r = send(app.api(Method::POST, "/documents", &ro).json(&json!({"path": "a", "content": "b"}))).await;
+    expect_error(r, 403, "insufficient_scope").await;
+    let r = send(app.admin(Method::POST, "/tenants/acme/keys").json(&json!({"scopes": []}))).await;
+    expect_error(r, 400, "validation_failed").await;
+    let r = send(app.admin(Method::POST, "/tenants/acme/keys").json(&json!({"expires_at": "2001-01-01T00:00:00Z"}))).await;
+    expect_error(r, 400, "validation_failed").await;
+    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
+    let r = send(app.admin(Method::POST, "/tenants/acme/keys").json(&json!({"name": "short", "expires_at": soon}))).await;
+    let short = json_of(r).await["api_key"].as_str().unwrap().to_string();
+    assert_eq!(send(app.api(Method::GET, "/tenant", &short)).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    expect_error(send(app.api(Method::GET, "/tenant", &short)).await, 401, "token_expired").await;
+    app.stop().await;
+}
