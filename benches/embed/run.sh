@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Side-by-side embedding throughput: warren (release build) vs sentence-transformers (PyTorch
+# CPU) on the same sentences, same model files, same thread count.
+#
+# Usage: benches/embed/run.sh [CORPUS.jsonl]
+#   CORPUS defaults to ../shared/eval/scifact-dev/corpus.jsonl when present (first 2,000
+#   sentences of 20-40 words; nothing is copied into the repo), else deterministic synthetic
+#   sentences.
+# Environment: WARREN_MODEL_DIR (model files), BENCH_THREADS (default 2), BENCH_RUNS
+#   (default 3, best run counts), BENCH_N (default 2000), BENCH_VENV (Python venv, default
+#   target/embed-bench-venv; torch + sentence-transformers are pip-installed there if missing).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo"
+threads="${BENCH_THREADS:-2}"
+runs="${BENCH_RUNS:-3}"
+n="${BENCH_N:-2000}"
+model_dir="${WARREN_MODEL_DIR:-$repo/models/all-MiniLM-L6-v2}"
+venv="${BENCH_VENV:-$repo/target/embed-bench-venv}"
+corpus="${1:-}"
+if [[ -z "$corpus" && -f "$repo/../shared/eval/scifact-dev/corpus.jsonl" ]]; then
+    corpus="$repo/../shared/eval/scifact-dev/corpus.jsonl"
+fi
+
+scripts/fetch-model.sh "$model_dir"
+
+mkdir -p target/embed-bench
+sentences="target/embed-bench/sentences.txt"
+python3 benches/embed/prepare_sentences.py "$sentences" "$corpus" "$n"
+
+if ! "$venv/bin/python" -c "import torch, sentence_transformers" 2>/dev/null; then
+    echo "installing torch + sentence-transformers into $venv (large download, once) ..." >&2
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet torch sentence-transformers
+fi
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "== building warren (release) ..."
+cargo test --release --test embed_parity --no-run 2>&1 | tail -n 1
+
+run_warren() {
+    WARREN_MODEL_DIR="$model_dir" WARREN_BENCH_SENTENCES="$sentences" WARREN_BENCH_THREADS="$threads" \
+        WARREN_BENCH_RUNS="$runs" RAYON_NUM_THREADS="$threads" \
+        cargo test --release --test embed_parity -- --ignored --exact throughput --nocapture 2>/dev/null |
+        grep '^RESULT'
+}
+run_st() {
+    OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" TOKENIZERS_PARALLELISM=false \
+        "$venv/bin/python" benches/embed/st_bench.py "$model_dir" "$sentences" "$threads" "$runs" 2>/dev/null |
+        grep '^RESULT'
+}
+
+# Alternate the two, so drift on a shared machine affects both alike.
+w1="$(run_warren)"; echo "$w1"
+s1="$(run_st)"; echo "$s1"
+w2="$(run_warren)"; echo "$w2"
+s2="$(run_st)"; echo "$s2"
+
+python3 - "$w1" "$w2" "$s1" "$s2" <<'PY'
+import re, sys
+def rate(line):
+    return float(re.search(r"sentences_per_s=([0-9.]+)", line).group(1))
+w = max(rate(sys.argv[1]), rate(sys.argv[2]))
+s = max(rate(sys.argv[3]), rate(sys.argv[4]))
+print(f"== warren {w:.1f} sentences/s, sentence-transformers {s:.1f} sentences/s, ratio {w / s:.2f}x")
+PY
