@@ -4,7 +4,7 @@
 #
 #   benches/platform/run.sh [TENANTS=1000] [CAP=256] [DURATION=20s]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.."; export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 TENANTS=${1:-1000}; CAP=${2:-256}; DURATION=${3:-20s}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --bin warren --example tenant_open 2>&1 | tail -1
@@ -12,7 +12,7 @@ cargo build --release --bin warren --example tenant_open 2>&1 | tail -1
 DATA=$(mktemp -d); PORT=18787; ADMIN=bench-admin-token-0123456789
 KEYS=$DATA/keys.txt
 WARREN_DATA_DIR=$DATA WARREN_LISTEN=127.0.0.1:$PORT WARREN_ADMIN_TOKEN=$ADMIN WARREN_MAX_OPEN_TENANTS=$CAP \
-  WARREN_MODEL_DIR=$DATA/no-model RUST_LOG=warn target/release/warren serve &
+  WARREN_MODEL_DIR=$DATA/no-model RUST_LOG=warn $CARGO_TARGET_DIR/release/warren serve &
 PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do curl -sf 127.0.0.1:$PORT/health >/dev/null && break; sleep 0.1; done
@@ -41,4 +41,4 @@ echo "== server RSS: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')  fds
 kill $PID; wait $PID 2>/dev/null || true
 
 echo "== cold open and RSS per open tenant (in-process, $TENANTS tenants, cap $CAP)"
-target/release/examples/tenant_open "$TENANTS" "$CAP"
+$CARGO_TARGET_DIR/release/examples/tenant_open "$TENANTS" "$CAP"
