@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use chrono::{DateTime, Utc};
@@ -29,6 +29,8 @@ use subtle::ConstantTimeEq;
 use crate::config::Config;
 use crate::control::{keys, tenants, ApiKey, ControlPlane, Scope, Status, Tenant};
 use crate::error::Error;
+use crate::plans::limiter::{RateInfo, Throttled};
+use crate::plans::Entitlements;
 use crate::state::AppState;
 use crate::tenant::Lease;
 
@@ -46,6 +48,8 @@ pub struct TenantCtx {
     scopes: Vec<Scope>,
     credential: Credential,
     state: AppState,
+    entitlements: Entitlements,
+    rate: Option<RateSlot>,
 }
 
 impl TenantCtx {
@@ -72,6 +76,202 @@ impl TenantCtx {
     pub async fn storage(&self) -> Result<Lease, Error> {
         self.state.registry.acquire(&self.tenant.id).await
     }
+
+    /// What this tenant may do now: effective tier (after trial expiry), plan and overrides.
+    pub fn entitlements(&self) -> &Entitlements {
+        &self.entitlements
+    }
+
+    /// 403 `feature_not_in_plan` unless the tenant's plan has `feature`.
+    pub fn require_feature(&self, feature: &str) -> Result<(), Error> {
+        self.entitlements.require_feature(feature)
+    }
+
+    /// Charges `cells` more rate-limit cells for work known only in the handler (bulk: per document).
+    pub fn charge(&self, cells: u32) -> Result<(), Error> {
+        if !self.state.plans.enforce || cells == 0 {
+            return Ok(());
+        }
+        let (rate, burst) = self.entitlements.rate();
+        let info = charge_cells(&self.state, &self.tenant.id, &self.credential, rate, burst, cells);
+        if let Some(slot) = &self.rate {
+            *slot.0.lock() = Some(match &info {
+                Ok(i) => *i,
+                Err(t) => t.info,
+            });
+        }
+        info.map(|_| ()).map_err(|t| rate_limited(t, cells))
+    }
+
+    /// 429 `quota_exceeded` when a hard monthly query quota is used up (search, assemble).
+    pub async fn check_query_quota(&self) -> Result<(), Error> {
+        let ent = &self.entitlements;
+        let Some(limit) = ent.queries_limit() else { return Ok(()) };
+        if !self.state.plans.enforce || !ent.queries_hard() {
+            return Ok(());
+        }
+        let used = self.state.meter.month(&self.tenant.id).await?.queries();
+        if used < limit {
+            return Ok(());
+        }
+        let now = self.state.plans.clock.now();
+        let (_, _, resets_at) = crate::plans::period_of(now);
+        let upgrade = crate::plans::TIERS.into_iter().find(|t| *t > ent.tier);
+        let mut d = serde_json::Map::new();
+        d.insert("limit".into(), limit.into());
+        d.insert("used".into(), used.into());
+        d.insert("resets_at".into(), serde_json::json!(resets_at));
+        d.insert("upgrade_url".into(), ent.upgrade_url(upgrade, "queries").into());
+        let wait = (resets_at - now).num_seconds().max(1) as u64;
+        Err(Error::too_many("quota_exceeded", format!("the monthly quota of {limit} queries is used up"), wait, d))
+    }
+
+    /// 403 `plan_limit_reached` when writing documents at `paths` with `bytes` of content would pass
+    /// the plan's document or storage limit. Documents that already exist at those paths do not count
+    /// as new; a tenant already over a limit (e.g. after a trial ended) may only delete.
+    pub async fn check_storage(&self, paths: Vec<String>, bytes: u64) -> Result<(), Error> {
+        let ent = &self.entitlements;
+        let (doc_limit, byte_limit) = (ent.documents_limit(), ent.storage_limit());
+        if doc_limit.is_none() && byte_limit.is_none() {
+            return Ok(());
+        }
+        let stored = self.stored().await?;
+        let refuse = |what: &str, limit: u64, used: u64| {
+            let upgrade = crate::plans::TIERS.into_iter().find(|t| *t > ent.tier);
+            let mut d = serde_json::Map::new();
+            d.insert("limit".into(), what.into());
+            d.insert("limit_value".into(), limit.into());
+            d.insert("used".into(), used.into());
+            d.insert("upgrade_url".into(), ent.upgrade_url(upgrade, what).into());
+            Error::forbidden_with("plan_limit_reached", format!("this write would pass the plan's {what} limit of {limit}"), d)
+        };
+        if let Some(limit) = byte_limit {
+            if stored.storage_bytes.saturating_add(bytes) > limit {
+                return Err(refuse("storage_bytes", limit, stored.storage_bytes));
+            }
+        }
+        if let Some(limit) = doc_limit {
+            let mut new = paths.len() as u64;
+            if stored.documents.saturating_add(new) > limit && !paths.is_empty() {
+                // Only now look which paths exist (updates do not add documents).
+                let lease = self.storage().await?;
+                let existing = lease
+                    .blocking(move |h| {
+                        h.with_reader(|c| {
+                            let mut stmt = c.prepare_cached("SELECT 1 FROM documents WHERE path = ?1")?;
+                            let mut n = 0u64;
+                            for p in &paths {
+                                if stmt.exists([p])? {
+                                    n += 1;
+                                }
+                            }
+                            Ok(n)
+                        })
+                    })
+                    .await?;
+                new -= existing.min(new);
+            }
+            if stored.documents.saturating_add(new) > limit {
+                return Err(refuse("documents", limit, stored.documents));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's documents and storage bytes (measured from its SQLite file at most every 30 s).
+    pub async fn stored(&self) -> Result<crate::plans::Stored, Error> {
+        let plans = &self.state.plans;
+        if let Some(s) = plans.stored(&self.tenant.id) {
+            return Ok(s);
+        }
+        let lease = self.storage().await?;
+        let (docs, size) = lease
+            .blocking(|h| {
+                h.with_reader(|c| {
+                    Ok(c.query_row(
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(content AS BLOB))), 0) FROM documents",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )?)
+                })
+            })
+            .await?;
+        plans.set_stored(&self.tenant.id, docs.max(0) as u64, size.max(0) as u64);
+        Ok(crate::plans::Stored { documents: docs.max(0) as u64, storage_bytes: size.max(0) as u64, measured_at: std::time::Instant::now() })
+    }
+
+    /// Notes a successful write for the storage limits (documents created, bytes written; deletes re-measure).
+    pub fn wrote(&self, created: u64, bytes: u64) {
+        self.state.plans.adjust_stored(&self.tenant.id, created as i64, bytes as i64);
+    }
+    pub fn deleted(&self) {
+        self.state.plans.forget_stored(&self.tenant.id);
+    }
+}
+
+/// Set by the middleware before routing; filled by the extractor (and [`TenantCtx::charge`]) with
+/// the state of the rate limiter, which the middleware reports as `RateLimit-*` headers.
+#[derive(Clone, Default)]
+pub struct RateSlot(pub Arc<Mutex<Option<RateInfo>>>);
+
+fn rate_limited(t: Throttled, cells: u32) -> Error {
+    let mut d = serde_json::Map::new();
+    d.insert("limit".into(), t.info.limit.into());
+    d.insert("cost".into(), cells.into());
+    d.insert("retry_after".into(), t.retry_after_secs.into());
+    let msg = if cells > t.info.limit {
+        format!("this call costs {cells} rate-limit cells, more than the burst of {}: send smaller batches", t.info.limit)
+    } else {
+        "rate limit reached; retry after Retry-After".to_string()
+    };
+    Error::too_many("rate_limited", msg, t.retry_after_secs, d)
+}
+
+/// Takes cells from the tenant's bucket and, if the key has its own lower limit, from the key's.
+fn charge_cells(state: &AppState, tenant_id: &String, cred: &Credential, rate: u32, burst: u32, cells: u32) -> Result<RateInfo, Throttled> {
+    let info = state.plans.tenant_limiter.check(tenant_id, rate, burst, cells)?;
+    if let Credential::ApiKey { key_id } = cred {
+        if let Some((kr, kb)) = state.plans.key_limit(key_id) {
+            let k = state.plans.key_limiter.check(key_id, kr, kb, cells)?;
+            if k.remaining < info.remaining {
+                return Ok(k);
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// Rate-limit cells of a call at the door (see `[costs]` in plans.toml).
+fn door_cost(parts: &Parts, costs: &crate::plans::Costs) -> u32 {
+    let path = parts.extensions.get::<MatchedPath>().map(|p| p.as_str()).unwrap_or_else(|| parts.uri.path());
+    if path.ends_with("/search") {
+        costs.search
+    } else if path.ends_with("/context/assemble") {
+        costs.assemble
+    } else if path.ends_with("/embeddings") {
+        costs.embeddings
+    } else if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        costs.read
+    } else {
+        costs.write
+    }
+}
+
+/// Writes a trial's expiry once (tier free + audit event) in the background.
+fn expire_in_background(state: &AppState, tenant_id: &str) {
+    if !state.plans.claim_expiry(tenant_id) {
+        return;
+    }
+    let (s, id) = (state.clone(), tenant_id.to_string());
+    tokio::spawn(async move {
+        let now = s.plans.clock.now();
+        let i = id.clone();
+        match s.control.write(move |c| crate::plans::expire_trial(c, &i, now)).await {
+            Ok(_) => s.auth.invalidate(),
+            Err(e) => tracing::warn!(tenant = %id, error = %e, "recording trial expiry failed"),
+        }
+        s.plans.release_expiry(&id);
+    });
 }
 
 /// Set by the metrics layer before routing; filled by the extractor so metrics can be labelled by tier.
@@ -99,10 +299,28 @@ impl FromRequestParts<AppState> for TenantCtx {
         if !keys::allows(&scopes, needed) {
             return Err(Error::forbidden("insufficient_scope", format!("this call needs the {:?} scope", needed.as_str())));
         }
-        if let Some(slot) = parts.extensions.get::<TierSlot>() {
-            let _ = slot.0.set(cred_tenant.tier.as_str());
+        let entitlements = state.plans.entitlements(&cred_tenant);
+        if entitlements.tier != cred_tenant.tier {
+            expire_in_background(state, &cred_tenant.id);
         }
-        Ok(TenantCtx { tenant: cred_tenant, scopes, credential, state: state.clone() })
+        if let Some(slot) = parts.extensions.get::<TierSlot>() {
+            let _ = slot.0.set(entitlements.tier.as_str());
+        }
+        let rate = parts.extensions.get::<RateSlot>().cloned();
+        if state.plans.enforce {
+            let (r, b) = entitlements.rate();
+            let cost = door_cost(parts, entitlements.costs());
+            let res = charge_cells(state, &cred_tenant.id, &credential, r, b, cost);
+            if let Some(slot) = &rate {
+                *slot.0.lock() = Some(match &res {
+                    Ok(i) => *i,
+                    Err(t) => t.info,
+                });
+            }
+            res.map_err(|t| rate_limited(t, cost))?;
+            state.meter.record(&cred_tenant.id, crate::metering::Kind::ApiCall, 0);
+        }
+        Ok(TenantCtx { tenant: cred_tenant, scopes, credential, state: state.clone(), entitlements, rate })
     }
 }
 

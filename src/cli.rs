@@ -33,6 +33,54 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Usage and billing exports.
+    #[command(subcommand)]
+    Usage(UsageCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCmd {
+    /// Every tenant's usage for a month: `stripe` writes one Stripe meter event (JSON) per line and
+    /// metric for tenants with a Stripe customer id; `csv` and `json` write the admin export.
+    Export {
+        /// The month, YYYY-MM (UTC).
+        #[arg(long)]
+        period: String,
+        /// stripe, csv or json.
+        #[arg(long, default_value = "stripe")]
+        format: String,
+    },
+}
+
+/// Meter events for Stripe's usage API, one JSON object per line: (event name, quantity) per tenant.
+pub fn stripe_meter_lines(rows: &[crate::plans::UsageRow]) -> (Vec<String>, Vec<String>) {
+    let mut lines = Vec::new();
+    let mut skipped = Vec::new();
+    for r in rows {
+        let Some(customer) = r.stripe_customer_id.as_deref() else {
+            skipped.push(r.slug.clone());
+            continue;
+        };
+        let ts = crate::plans::parse_period(&r.period).map(|(_, _, end)| end.timestamp() - 1).unwrap_or(0);
+        for (metric, value) in [
+            ("queries", r.queries),
+            ("overage_queries", r.overage_queries),
+            ("api_calls", r.api_calls),
+            ("tokens_embedded", r.tokens_embedded),
+            ("tokens_returned", r.tokens_returned),
+        ] {
+            lines.push(
+                json!({
+                    "event_name": format!("warren_{metric}"),
+                    "identifier": format!("{}-{}-{metric}", r.tenant_id, r.period),
+                    "timestamp": ts,
+                    "payload": {"stripe_customer_id": customer, "value": value.to_string()},
+                })
+                .to_string(),
+            );
+        }
+    }
+    (lines, skipped)
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +221,32 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
                 })
                 .map_err(err)?;
             print(json!({"key": key, "api_key": api_key}));
+        }
+        Command::Usage(UsageCmd::Export { period, format }) => {
+            anyhow::ensure!(crate::plans::parse_period(&period).is_some(), "--period must be YYYY-MM");
+            let plans = crate::plans::Plans::load(config.plans.as_deref())?;
+            let store = crate::plans::PlanStore::new(plans, config.plans.clone(), true, crate::plans::Clock::default());
+            store.refresh_overrides_sync(&control).map_err(err)?;
+            let rows = control.run_sync(|c| crate::plans::usage_report(c, &store, &period)).map_err(err)?;
+            match format.as_str() {
+                "stripe" => {
+                    let (lines, skipped) = stripe_meter_lines(&rows);
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    if !skipped.is_empty() {
+                        eprintln!("warren: no Stripe customer id for {} tenant(s), not exported: {}", skipped.len(), skipped.join(", "));
+                    }
+                }
+                "csv" => {
+                    println!("{}", crate::plans::USAGE_CSV_HEADER);
+                    for r in &rows {
+                        println!("{}", r.csv_line());
+                    }
+                }
+                "json" => print(json!({"period": period, "tenants": rows})),
+                other => anyhow::bail!("--format must be stripe, csv or json, not {other:?}"),
+            }
         }
         Command::Key(KeyCmd::Revoke { slug, key_id }) => {
             let t = tenant_id(&control, &slug)?;

@@ -45,8 +45,10 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// Replica URL for continuous backups (`WARREN_BACKUP_URL`); unused until backups land.
     pub backup_url: Option<String>,
-    /// Plans file (`WARREN_PLANS`); unused until plans land.
+    /// Plans file (`WARREN_PLANS`); default `config/plans.toml`, else the compiled-in plans.
     pub plans: Option<PathBuf>,
+    /// Stripe webhook endpoint secret (`WARREN_STRIPE_WEBHOOK_SECRET`); without it the webhook answers 404.
+    pub stripe_webhook_secret: Option<String>,
     /// `text` or `json` (`WARREN_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Largest request body accepted on ordinary endpoints, in bytes (413 above).
@@ -64,6 +66,27 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub docs: DocsConfig,
     pub embed: EmbedSettings,
+    pub billing: BillingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BillingConfig {
+    /// Rate limits, quotas and usage metering on (`WARREN_BILLING__ENFORCE`). Off only for benchmarks
+    /// and private deployments: feature gates and storage limits still apply.
+    pub enforce: bool,
+    /// Accepted age of a Stripe-Signature timestamp, in seconds (either direction).
+    pub stripe_tolerance_secs: u64,
+    /// Suspend a tenant when Stripe reports `invoice.payment_failed`.
+    pub suspend_on_payment_failure: bool,
+    /// Seconds between sweeps that end expired trials (requests end them at once too).
+    pub trial_sweep_secs: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig { enforce: true, stripe_tolerance_secs: 300, suspend_on_payment_failure: false, trial_sweep_secs: 60 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -128,6 +151,7 @@ impl Default for Config {
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             backup_url: None,
             plans: None,
+            stripe_webhook_secret: None,
             log_format: LogFormat::Text,
             max_body_bytes: 2 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
@@ -138,6 +162,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             docs: DocsConfig::default(),
             embed: EmbedSettings::default(),
+            billing: BillingConfig::default(),
         }
     }
 }
@@ -181,6 +206,9 @@ impl Config {
         anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(!self.base_domain.is_empty(), "base_domain must not be empty");
+        if let Some(s) = &self.stripe_webhook_secret {
+            anyhow::ensure!(!s.is_empty(), "stripe_webhook_secret must not be empty");
+        }
         if let Some(t) = &self.admin_token {
             anyhow::ensure!(t.len() >= 16, "admin_token must be at least 16 characters");
         }

@@ -74,6 +74,14 @@ impl Error {
     pub fn too_large() -> Self {
         Error::PayloadTooLarge { message: "request body is larger than the configured limit".into() }
     }
+    /// 403 with details (`plan_limit_reached`, `feature_not_in_plan`).
+    pub fn forbidden_with(code: &'static str, message: impl Into<String>, details: Map<String, Value>) -> Self {
+        Error::Forbidden { code, message: message.into(), details: Some(details) }
+    }
+    /// 429 with `Retry-After` and details (`rate_limited`, `quota_exceeded`).
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u64, details: Map<String, Value>) -> Self {
+        Error::TooManyRequests { code, message: message.into(), retry_after_secs, details: Some(details) }
+    }
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         Error::Internal(e.into())
     }
@@ -211,6 +219,8 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("tenant_suspended", 403, "The tenant is suspended."),
     ("tenant_cancelled", 403, "The tenant is cancelled."),
     ("signup_disabled", 403, "Open signup is switched off."),
+    ("feature_not_in_plan", 403, "The tenant's plan lacks this feature; details: feature, required_tier, upgrade_url."),
+    ("plan_limit_reached", 403, "A write over the plan's document or storage limit; details: limit, limit_value, used, upgrade_url."),
     ("tenant_not_found", 404, "No such tenant."),
     ("key_not_found", 404, "No such API key for this tenant."),
     ("not_found", 404, "No such route or resource."),
@@ -220,6 +230,9 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("payload_too_large", 413, "The body is over the configured limit."),
     ("unsupported_media_type", 415, "The body must be application/json."),
     ("header_too_large", 431, "Request headers are over the configured limit."),
+    ("rate_limited", 429, "The tenant's (or key's) rate limit is used up; retry after Retry-After."),
+    ("quota_exceeded", 429, "A hard monthly quota is used up; details: limit, used, resets_at, upgrade_url."),
+    ("invalid_signature", 400, "A webhook's signature is missing, wrong or outside the tolerance window."),
     ("timeout", 503, "The request took longer than the configured timeout."),
     ("tenant_unavailable", 503, "The tenant could not be opened in time; retry after Retry-After."),
     ("tenant_restoring", 503, "The tenant is being restored or closed; retry after Retry-After."),

@@ -70,9 +70,14 @@ impl App {
             threads: config.embed.threads,
         });
         let auth = Arc::new(auth::Authenticator::new(control.clone(), &config)?);
+        let loaded = plans::Plans::load(config.plans.as_deref())?;
+        let clock = plans::Clock::default();
+        let plan_store = Arc::new(plans::PlanStore::new(loaded, config.plans.clone(), config.billing.enforce, clock.clone()));
+        plan_store.refresh_overrides_sync(&control).map_err(|e| anyhow::anyhow!("loading plan overrides: {e}"))?;
         let state = AppState {
+            meter: metering::Meter::with(control.clone(), clock, config.billing.enforce),
+            plans: plan_store,
             config: Arc::new(config),
-            meter: metering::Meter::new(control.clone()),
             control,
             registry,
             auth,
@@ -106,6 +111,7 @@ impl App {
         let background = spawn_background(&state, shutdown.clone());
         let router = api::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "warren listening");
+        let hup = spawn_reload_on_sighup(&state);
         let stop = shutdown.clone();
         let signals = tokio::spawn(async move {
             tokio::select! {
@@ -128,6 +134,7 @@ impl App {
             }
         }
         signals.abort();
+        hup.abort();
         background.cancel();
         tracing::info!("draining: closing tenant handles");
         state.auth.flush_key_usage().await;
@@ -156,10 +163,17 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             n += 1;
             s.registry.maintain().await;
             s.meter.flush().await;
+            s.plans.prune();
             if let Some(w) = watcher.as_mut() {
                 if w.changed().await {
                     s.auth.invalidate();
+                    if let Err(e) = s.plans.refresh_overrides(&s.control).await {
+                        tracing::warn!(error = %e, "reloading plan overrides failed");
+                    }
                 }
+            }
+            if n % s.config.billing.trial_sweep_secs.max(1) == 0 {
+                sweep_trials(&s).await;
             }
             if n % 10 == 0 {
                 s.auth.flush_key_usage().await;
@@ -167,6 +181,47 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
         }
     });
     stop
+}
+
+/// Ends trials past `trial_ends_at` that no request has touched (tier free + audit event).
+pub async fn sweep_trials(s: &AppState) {
+    let now = s.plans.clock.now();
+    let ids = match s.control.run(move |c| Ok(plans::expired_trials(c, now)?)).await {
+        Ok(ids) => ids,
+        Err(e) => return tracing::warn!(error = %e, "trial sweep failed"),
+    };
+    let mut changed = false;
+    for id in ids {
+        match s.control.write(move |c| plans::expire_trial(c, &id, now)).await {
+            Ok(c) => changed |= c,
+            Err(e) => tracing::warn!(error = %e, "ending a trial failed"),
+        }
+    }
+    if changed {
+        s.auth.invalidate();
+    }
+}
+
+/// SIGHUP reloads the plans file and the tenant overrides without a restart.
+fn spawn_reload_on_sighup(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let s = state.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match s.plans.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: plans reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: plans not reloaded; the previous plans stay"),
+                }
+                if let Err(e) = s.plans.refresh_overrides(&s.control).await {
+                    tracing::warn!(error = %e, "SIGHUP: overrides not reloaded");
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    })
 }
 
 async fn shutdown_signal() {

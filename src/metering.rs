@@ -1,28 +1,43 @@
 //! Usage events: cheap to record, durable within a second, never counted twice.
 //!
-//! Handlers call [`Meter::record`], which only appends to an in-memory buffer. A single process-wide
-//! task flushes the buffer every second into `usage_events` in control.db, one transaction per flush,
-//! so a `kill -9` loses at most the last second of events and a flush is either wholly applied or
-//! not at all. The plans module aggregates these events into monthly usage, quotas and bills.
+//! Handlers call [`Meter::record`], which only adds to an in-memory buffer (aggregated per tenant,
+//! kind and month) and to the tenant's in-memory monthly counters. A single process-wide task
+//! flushes the buffer every second into `usage_events` in control.db, one transaction per flush, so
+//! a `kill -9` loses at most the last second of counts and a flush is either wholly applied or not
+//! at all.
+//!
+//! Quota checks read the in-memory counters ([`Meter::month`]): they are seeded once per tenant and
+//! month from the events that were in control.db when this process started (`id <= boundary`), and
+//! everything this process records is added in memory, so no check queries SQLite per request and
+//! nothing is counted twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::Utc;
-use parking_lot::Mutex;
+use chrono::{DateTime, Datelike, Utc};
+use parking_lot::{Mutex, RwLock};
 use rusqlite::params;
 
 use crate::control::{ts, ControlPlane};
+use crate::error::Error;
+use crate::plans::Clock;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Search,
     Assemble,
     Embedding,
     DocumentWrite,
     DocumentDelete,
+    /// Every authenticated tenant API call that passed the rate limiter.
+    ApiCall,
 }
 
+pub const KINDS: usize = 6;
+
 impl Kind {
+    pub const ALL: [Kind; KINDS] = [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Kind::Search => "search",
@@ -30,28 +45,114 @@ impl Kind {
             Kind::Embedding => "embedding",
             Kind::DocumentWrite => "document_write",
             Kind::DocumentDelete => "document_delete",
+            Kind::ApiCall => "api_call",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    fn index(&self) -> usize {
+        match self {
+            Kind::Search => 0,
+            Kind::Assemble => 1,
+            Kind::Embedding => 2,
+            Kind::DocumentWrite => 3,
+            Kind::DocumentDelete => 4,
+            Kind::ApiCall => 5,
         }
     }
 }
 
+/// Counts and tokens by kind for one tenant and month.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MonthUsage {
+    pub counts: [u64; KINDS],
+    pub tokens: [u64; KINDS],
+}
+
+impl MonthUsage {
+    pub fn count(&self, k: Kind) -> u64 {
+        self.counts[k.index()]
+    }
+    pub fn tokens_of(&self, k: Kind) -> u64 {
+        self.tokens[k.index()]
+    }
+    /// Searches and assembles.
+    pub fn queries(&self) -> u64 {
+        self.count(Kind::Search) + self.count(Kind::Assemble)
+    }
+    /// Tokens embedded: document chunks written plus `/embeddings` input.
+    pub fn tokens_embedded(&self) -> u64 {
+        self.tokens_of(Kind::DocumentWrite) + self.tokens_of(Kind::Embedding)
+    }
+    /// Tokens returned by context assembly.
+    pub fn tokens_returned(&self) -> u64 {
+        self.tokens_of(Kind::Assemble)
+    }
+    fn add(&mut self, k: Kind, count: u64, tokens: u64) {
+        self.counts[k.index()] += count;
+        self.tokens[k.index()] += tokens;
+    }
+    /// From `(kind, count, tokens)` rows; unknown kinds are ignored.
+    pub fn from_rows(rows: &[(String, i64, i64)]) -> MonthUsage {
+        let mut u = MonthUsage::default();
+        for (kind, c, t) in rows {
+            if let Some(k) = Kind::parse(kind) {
+                u.add(k, (*c).max(0) as u64, (*t).max(0) as u64);
+            }
+        }
+        u
+    }
+}
+
 #[derive(Debug, Clone)]
-struct Event {
-    tenant_id: String,
-    kind: Kind,
+struct Pending {
     count: u64,
     tokens: u64,
     at: String,
 }
 
+struct Month {
+    ym: (i32, u32),
+    delta: MonthUsage,
+    seed: Option<MonthUsage>,
+}
+
 #[derive(Clone)]
 pub struct Meter {
     control: ControlPlane,
-    buffer: Arc<Mutex<Vec<Event>>>,
+    clock: Clock,
+    enabled: bool,
+    /// Events of this process with id <= boundary were in control.db before it started.
+    boundary: i64,
+    buffer: Arc<Mutex<HashMap<(String, Kind, (i32, u32)), Pending>>>,
+    months: Arc<RwLock<HashMap<String, Arc<Mutex<Month>>>>>,
 }
 
 impl Meter {
     pub fn new(control: ControlPlane) -> Meter {
-        Meter { control, buffer: Arc::new(Mutex::new(Vec::new())) }
+        Meter::with(control, Clock::default(), true)
+    }
+
+    /// A meter on `clock`; with `enabled = false` nothing is recorded (`billing.enforce = false`).
+    pub fn with(control: ControlPlane, clock: Clock, enabled: bool) -> Meter {
+        let boundary = control
+            .run_sync(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM usage_events", [], |r| r.get::<_, i64>(0))?))
+            .unwrap_or(i64::MAX);
+        Meter {
+            control,
+            clock,
+            enabled,
+            boundary,
+            buffer: Arc::new(Mutex::new(HashMap::new())),
+            months: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Records one call of `kind` with `tokens` (embedded or returned).
@@ -59,14 +160,96 @@ impl Meter {
         self.record_n(tenant_id, kind, 1, tokens);
     }
 
-    /// Records `count` units at once (e.g. documents of a bulk write).
-    pub fn record_n(&self, tenant_id: &str, kind: Kind, count: u64, tokens: u64) {
-        self.buffer.lock().push(Event { tenant_id: tenant_id.to_string(), kind, count, tokens, at: ts(Utc::now()) });
+    fn month_of(&self, tenant_id: &str) -> Arc<Mutex<Month>> {
+        if let Some(m) = self.months.read().get(tenant_id) {
+            return m.clone();
+        }
+        self.months
+            .write()
+            .entry(tenant_id.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(Month { ym: (0, 0), delta: MonthUsage::default(), seed: None })))
+            .clone()
     }
 
-    /// Writes the buffered events in one transaction. On failure they go back to the buffer.
+    /// Records `count` units at once (e.g. documents of a bulk write).
+    pub fn record_n(&self, tenant_id: &str, kind: Kind, count: u64, tokens: u64) {
+        if !self.enabled || (count == 0 && tokens == 0) {
+            return;
+        }
+        let now = self.clock.now();
+        let ym = (now.year(), now.month());
+        {
+            let m = self.month_of(tenant_id);
+            let mut m = m.lock();
+            if m.ym != ym {
+                *m = Month { ym, delta: MonthUsage::default(), seed: None };
+            }
+            m.delta.add(kind, count, tokens);
+        }
+        let mut buf = self.buffer.lock();
+        let e = buf.entry((tenant_id.to_string(), kind, ym)).or_insert_with(|| Pending { count: 0, tokens: 0, at: ts(now) });
+        e.count += count;
+        e.tokens += tokens;
+    }
+
+    /// This tenant's usage in the current month (seeding the counters from control.db once).
+    pub async fn month(&self, tenant_id: &str) -> Result<MonthUsage, Error> {
+        let now = self.clock.now();
+        let ym = (now.year(), now.month());
+        let m = self.month_of(tenant_id);
+        {
+            let mut g = m.lock();
+            if g.ym != ym {
+                *g = Month { ym, delta: MonthUsage::default(), seed: None };
+            }
+            if let Some(seed) = g.seed {
+                return Ok(sum(seed, g.delta));
+            }
+        }
+        let (_, from, to) = crate::plans::period_of(now);
+        let (id, boundary) = (tenant_id.to_string(), self.boundary);
+        let rows = self
+            .control
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT kind, SUM(count), SUM(tokens) FROM usage_events
+                     WHERE tenant_id = ?1 AND at >= ?2 AND at < ?3 AND id <= ?4 GROUP BY kind",
+                )?;
+                let rows = stmt.query_map(params![id, ts(from), ts(to), boundary], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<(String, i64, i64)>>>()?)
+            })
+            .await?;
+        let seed = MonthUsage::from_rows(&rows);
+        let mut g = m.lock();
+        if g.ym == ym {
+            g.seed = Some(seed);
+            Ok(sum(seed, g.delta))
+        } else {
+            Ok(seed)
+        }
+    }
+
+    /// The current month's usage if the counters are already seeded (no I/O).
+    pub fn month_cached(&self, tenant_id: &str) -> Option<MonthUsage> {
+        let now = self.clock.now();
+        let m = self.months.read().get(tenant_id).cloned()?;
+        let g = m.lock();
+        (g.ym == (now.year(), now.month())).then_some(())?;
+        g.seed.map(|s| sum(s, g.delta))
+    }
+
+    /// Drops a tenant's counters (after its deletion).
+    pub fn forget(&self, tenant_id: &str) {
+        self.months.write().remove(tenant_id);
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Writes the buffered counts in one transaction. On failure they go back to the buffer.
     pub async fn flush(&self) {
-        let batch: Vec<Event> = std::mem::take(&mut *self.buffer.lock());
+        let batch: Vec<((String, Kind, (i32, u32)), Pending)> = std::mem::take(&mut *self.buffer.lock()).into_iter().collect();
         if batch.is_empty() {
             return;
         }
@@ -78,8 +261,8 @@ impl Meter {
                 {
                     let mut stmt =
                         tx.prepare_cached("INSERT INTO usage_events (tenant_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-                    for e in &batch {
-                        stmt.execute(params![e.tenant_id, e.kind.as_str(), e.count as i64, e.tokens as i64, e.at])?;
+                    for ((tenant, kind, _), p) in &batch {
+                        stmt.execute(params![tenant, kind.as_str(), p.count as i64, p.tokens as i64, p.at])?;
                     }
                 }
                 tx.commit()?;
@@ -87,13 +270,27 @@ impl Meter {
             })
             .await;
         if let Err(e) = res {
-            tracing::warn!(error = %e, events = keep.len(), "usage flush failed; will retry");
+            tracing::warn!(error = %e, rows = keep.len(), "usage flush failed; will retry");
             let mut buf = self.buffer.lock();
-            let newer = std::mem::take(&mut *buf);
-            *buf = keep;
-            buf.extend(newer);
+            for (k, p) in keep {
+                let e = buf.entry(k).or_insert_with(|| Pending { count: 0, tokens: 0, at: p.at.clone() });
+                e.count += p.count;
+                e.tokens += p.tokens;
+                if p.at < e.at {
+                    e.at = p.at;
+                }
+            }
         }
     }
+}
+
+fn sum(a: MonthUsage, b: MonthUsage) -> MonthUsage {
+    let mut out = a;
+    for i in 0..KINDS {
+        out.counts[i] += b.counts[i];
+        out.tokens[i] += b.tokens[i];
+    }
+    out
 }
 
 /// Totals of a tenant's events with `at` in `[from, to)`, by kind: (kind, count, tokens).
@@ -103,4 +300,20 @@ pub fn totals(conn: &rusqlite::Connection, tenant_id: &str, from: &str, to: &str
     )?;
     let rows = stmt.query_map(params![tenant_id, from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
+}
+
+/// Totals of every tenant in `[from, to)`: tenant id → usage.
+pub fn totals_all(conn: &rusqlite::Connection, from: &str, to: &str) -> rusqlite::Result<HashMap<String, MonthUsage>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tenant_id, kind, SUM(count), SUM(tokens) FROM usage_events WHERE at >= ?1 AND at < ?2 GROUP BY tenant_id, kind",
+    )?;
+    let rows = stmt.query_map(params![from, to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+    let mut out: HashMap<String, MonthUsage> = HashMap::new();
+    for row in rows {
+        let (t, kind, c, tok) = row?;
+        if let Some(k) = Kind::parse(&kind) {
+            out.entry(t).or_default().add(k, c.max(0) as u64, tok.max(0) as u64);
+        }
+    }
+    Ok(out)
 }

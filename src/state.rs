@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::embed::EmbedService;
 use crate::metering::Meter;
+use crate::plans::PlanStore;
 use crate::tenant::TenantRegistry;
 
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub embed: EmbedService,
     pub meter: Meter,
+    /// Plans, overrides, rate limiters and the clock.
+    pub plans: Arc<PlanStore>,
     /// SHA-256 of the admin token; the token itself is never kept.
     pub admin_token_hash: Arc<[u8]>,
     pub metrics: PrometheusHandle,

@@ -26,6 +26,9 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/keys/{key_id}/rotate", post(rotate_key))
         .route("/tenants/{slug}/audit", get(audit_log))
         .route("/tenants/{slug}/reindex", post(reindex))
+        .route("/tenants/{slug}/overrides", get(get_overrides).put(put_overrides))
+        .route("/tenants/{slug}/keys/{key_id}/rate_limit", axum::routing::put(put_key_limit))
+        .route("/usage", get(usage_export))
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,7 +98,8 @@ async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): 
     let t = tenant_by_slug(&state, &slug).await?;
     let id = t.id.clone();
     let keys = state.control.run(move |c| Ok(keys::list(c, &id)?)).await?;
-    Ok(Json(json!({"tenant": t, "keys": keys, "features": crate::plans::features(t.tier)})))
+    let ent = state.plans.entitlements(&t);
+    Ok(Json(json!({"tenant": t, "keys": keys, "features": ent.feature_list(), "effective_tier": ent.tier, "limits": ent.limits_json()})))
 }
 
 async fn patch_tenant(
@@ -250,4 +254,107 @@ impl CreateTenant {
         };
         Ok(NewTenant { slug, name: self.name, email: self.email, tier: self.tier, status, trial_ends_at })
     }
+}
+
+async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    let o = state.control.run(move |c| crate::plans::get_overrides(c, &t.id)).await?;
+    Ok(Json(json!({"overrides": o})))
+}
+
+/// Sets a tenant's own limits and feature switches (`null` removes them). Applies on the next request.
+async fn put_overrides(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(o): ApiJson<Option<crate::plans::Overrides>>,
+) -> Result<Json<serde_json::Value>, Error> {
+    if let Some(o) = &o {
+        o.validate()?;
+    }
+    let t = tenant_by_slug(&state, &slug).await?;
+    let stored = o.clone();
+    state
+        .control
+        .write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            crate::plans::put_overrides(&tx, &t.id, stored.as_ref())?;
+            crate::control::audit(&tx, "admin", Some(&t.id), "plan.overrides", &json!({"overrides": stored}))?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    state.plans.refresh_overrides(&state.control).await?;
+    Ok(Json(json!({"overrides": o})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyLimit {
+    rate_per_sec: u32,
+    burst: u32,
+}
+
+/// Gives an API key its own (lower) rate limit; `null` removes it.
+async fn put_key_limit(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath((slug, key_id)): ApiPath<(String, String)>,
+    ApiJson(limit): ApiJson<Option<KeyLimit>>,
+) -> Result<Json<serde_json::Value>, Error> {
+    if limit.as_ref().is_some_and(|l| l.rate_per_sec == 0 || l.burst == 0) {
+        return Err(Error::validation("rate_per_sec and burst must be at least 1"));
+    }
+    let t = tenant_by_slug(&state, &slug).await?;
+    let pair = limit.as_ref().map(|l| (l.rate_per_sec, l.burst));
+    let kid = key_id.clone();
+    state
+        .control
+        .write(move |c| {
+            if !keys::list(c, &t.id)?.iter().any(|k| k.id == kid) {
+                return Err(Error::not_found("key_not_found", "no such key for this tenant"));
+            }
+            crate::plans::put_key_limit(c, &kid, pair)?;
+            crate::control::audit(c, "admin", Some(&t.id), "key.rate_limit", &json!({"key_id": kid, "limit": pair}))?;
+            Ok(())
+        })
+        .await?;
+    state.plans.refresh_overrides(&state.control).await?;
+    Ok(Json(json!({"key_id": key_id, "rate_limit": pair.map(|(r, b)| json!({"rate_per_sec": r, "burst": b}))})))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    period: Option<String>,
+    format: Option<String>,
+}
+
+/// Every tenant's usage and bill for a month, as JSON or (`Accept: text/csv` or `format=csv`) CSV.
+async fn usage_export(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> Result<Response, Error> {
+    let period = q.period.unwrap_or_else(|| crate::plans::period_of(state.plans.clock.now()).0);
+    if crate::plans::parse_period(&period).is_none() {
+        return Err(Error::bad_request("invalid_query", "period must be YYYY-MM"));
+    }
+    state.meter.flush().await;
+    let store = state.plans.clone();
+    let p = period.clone();
+    let rows = state.control.run(move |c| crate::plans::usage_report(c, &store, &p)).await?;
+    let wants_csv = q.format.as_deref() == Some("csv")
+        || headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
+    if wants_csv {
+        let mut out = String::from(crate::plans::USAGE_CSV_HEADER);
+        out.push('\n');
+        for r in &rows {
+            out.push_str(&r.csv_line());
+            out.push('\n');
+        }
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
+    }
+    let total: f64 = rows.iter().map(|r| r.total_usd).sum();
+    Ok(Json(json!({"period": period, "tenants": rows, "total_usd": (total * 100.0).round() / 100.0})).into_response())
 }

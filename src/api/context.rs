@@ -108,12 +108,15 @@ async fn embed_docs(state: &AppState, prepared: &[&PreparedDocument]) -> Result<
 async fn create(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(input): ApiJson<DocumentInput>) -> Result<Response, Error> {
     ctx.require(Scope::Write)?;
     let prepared = prepare_all(&state, vec![input]).await?.pop().expect("one in, one out")?;
+    let bytes = prepared.content.len() as u64;
+    ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
     let embeddings = embed_docs(&state, &[&prepared]).await?.map(|mut v| v.remove(0));
     let embedded_tokens: usize = prepared.chunks.iter().map(|c| c.llm_tokens).sum();
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let result = lease.blocking(move |h| h.with_writer(|c| Ok(search.upsert(c, prepared, embeddings)?))).await?;
     state.meter.record(&ctx.tenant().id, Kind::DocumentWrite, embedded_tokens as u64);
+    ctx.wrote(result.created as u64, bytes);
     let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(result)).into_response())
 }
@@ -125,6 +128,7 @@ async fn bulk(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req
         return Err(Error::validation(format!("documents must hold 1 to {max} items")));
     }
     let n = req.documents.len();
+    ctx.charge(ctx.entitlements().costs().bulk_document.saturating_mul(n as u32))?;
     let mut results: Vec<Option<BulkItemResult>> = vec![None; n];
     let mut inputs = Vec::new();
     let mut positions = Vec::new();
@@ -150,6 +154,8 @@ async fn bulk(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req
         }
     }
     if !ok_docs.is_empty() {
+        let bytes: u64 = ok_docs.iter().map(|d| d.content.len() as u64).sum();
+        ctx.check_storage(ok_docs.iter().map(|d| d.path.clone()).collect(), bytes).await?;
         let refs: Vec<&PreparedDocument> = ok_docs.iter().collect();
         let embeddings = embed_docs(&state, &refs).await?;
         let tokens: usize = ok_docs.iter().flat_map(|d| d.chunks.iter().map(|c| c.llm_tokens)).sum();
@@ -165,6 +171,7 @@ async fn bulk(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req
             })
             .await?;
         let ok = written.iter().filter(|r| r.is_ok()).count();
+        ctx.wrote(written.iter().filter(|r| r.as_ref().is_ok_and(|w| w.created)).count() as u64, bytes);
         for (p, r) in ok_pos.into_iter().zip(written) {
             results[p] = Some(BulkItemResult::from_result(p, r));
         }
@@ -192,6 +199,7 @@ async fn delete_one(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiPa
     let search = search_state(&lease).await?;
     lease.blocking(move |h| h.with_writer(|c| Ok(search.delete(c, &id)?))).await?;
     state.meter.record(&ctx.tenant().id, Kind::DocumentDelete, 0);
+    ctx.deleted();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -211,6 +219,7 @@ async fn delete_prefix(
     let search = search_state(&lease).await?;
     let r = lease.blocking(move |h| h.with_writer(|c| Ok(search.delete_by_prefix(c, &prefix)?))).await?;
     state.meter.record_n(&ctx.tenant().id, Kind::DocumentDelete, r.deleted as u64, 0);
+    ctx.deleted();
     Ok(Json(r))
 }
 
@@ -221,6 +230,8 @@ async fn embed_query(state: &AppState, query: &str) -> Result<Vec<f32>, Error> {
 }
 
 async fn search(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<SearchRequest>) -> Result<Json<Value>, Error> {
+    ctx.require_feature("search")?;
+    ctx.check_query_quota().await?;
     req.validate()?;
     let qvec = if req.mode.needs_embedding() { Some(embed_query(&state, &req.query).await?) } else { None };
     let lease = ctx.storage().await?;
@@ -231,6 +242,8 @@ async fn search(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(r
 }
 
 async fn assemble(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<AssembleRequest>) -> Result<Json<Value>, Error> {
+    ctx.require_feature("context")?;
+    ctx.check_query_quota().await?;
     req.validate()?;
     // Without a model, assembly still works from keyword matches.
     let qvec = if state.embed.is_available() { Some(embed_query(&state, &req.query).await?) } else { None };
@@ -277,6 +290,7 @@ async fn embeddings(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJs
     if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
         return Err(Error::validation(format!("input must hold 1 to {MAX_EMBED_INPUTS} strings")));
     }
+    ctx.charge(ctx.entitlements().costs().embeddings.saturating_mul(inputs.len() as u32 - 1))?;
     let tokenizer = state.embed.tokenizer().ok_or_else(embeddings_unavailable)?;
     let counted = inputs.clone();
     let prompt_tokens: usize = tokio::task::spawn_blocking(move || {

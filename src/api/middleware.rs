@@ -11,7 +11,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::TierSlot;
+use crate::auth::{RateSlot, TierSlot};
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -39,6 +39,8 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let tier = TierSlot::default();
     req.extensions_mut().insert(tier.clone());
+    let rate = RateSlot::default();
+    req.extensions_mut().insert(rate.clone());
 
     let response = if header_bytes > state.config.max_header_bytes {
         Error::HeadersTooLarge.into_response()
@@ -52,6 +54,14 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
         }
     };
 
+    let mut response = response;
+    if let Some(info) = *rate.0.lock() {
+        // Tenant responses report the rate limiter (IETF RateLimit header fields).
+        let h = response.headers_mut();
+        h.insert("ratelimit-limit", info.limit.into());
+        h.insert("ratelimit-remaining", info.remaining.into());
+        h.insert("ratelimit-reset", info.reset_secs.into());
+    }
     let status = response.status().as_u16().to_string();
     let tier = tier.0.get().copied().unwrap_or("none");
     let labels = [("route", route), ("method", method), ("status", status), ("tier", tier.to_string())];

@@ -2,6 +2,7 @@
 //! SQLite or Tantivy themselves.
 
 pub mod admin;
+pub mod billing;
 pub mod context;
 pub mod middleware;
 pub mod tenant;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tls/ask", get(admin::tls_ask))
         .nest("/admin/v1", admin::routes())
         .nest("/api/v1", api)
+        .merge(billing::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .with_state(state.clone());

@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{Datelike, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -15,50 +14,80 @@ use crate::auth::TenantCtx;
 use crate::control::{Slug, Tier};
 use crate::error::Error;
 use crate::lifecycle;
+use crate::metering::Kind;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/tenant", get(me))
         .route("/usage", get(usage))
+        .route("/audit", get(audit))
         .route("/signup", post(signup))
 }
 
 async fn me(ctx: TenantCtx) -> Json<serde_json::Value> {
     let t = ctx.tenant();
+    let ent = ctx.entitlements();
     Json(json!({
         "id": t.id,
         "slug": t.slug,
         "name": t.name,
-        "tier": t.tier,
+        "tier": ent.tier,
         "status": t.status,
         "trial_ends_at": t.trial_ends_at,
         "custom_domain": t.custom_domain,
-        "features": crate::plans::features(t.tier),
+        "features": ent.feature_list(),
     }))
 }
 
-/// The current UTC calendar month: metered calls and tokens by kind. Limits come with the plans module.
-async fn usage(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
-    state.meter.flush().await;
-    let now = Utc::now();
-    let period = format!("{:04}-{:02}", now.year(), now.month());
-    let from = format!("{period}-01T00:00:00.000Z");
-    let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
-    let to = format!("{y:04}-{m:02}-01T00:00:00.000Z");
-    let id = ctx.tenant().id.clone();
-    let (f, t) = (from.clone(), to.clone());
-    let rows = state.control.run(move |c| Ok(crate::metering::totals(c, &id, &f, &t)?)).await?;
-    let mut usage = serde_json::Map::new();
-    let mut queries = 0;
-    for (kind, count, tokens) in rows {
-        if kind == "search" || kind == "assemble" {
-            queries += count;
-        }
-        usage.insert(kind, json!({"calls": count, "tokens": tokens}));
+fn percent(used: u64, limit: Option<u64>) -> serde_json::Value {
+    match limit {
+        Some(0) => json!(if used > 0 { 100.0 } else { 0.0 }),
+        Some(l) => json!(((used as f64 / l as f64) * 1000.0).round() / 10.0),
+        None => serde_json::Value::Null,
     }
-    usage.insert("queries".into(), json!(queries));
-    Ok(Json(json!({"period": period, "tier": ctx.tenant().tier, "usage": usage, "limits": {}, "resets_at": to})))
+}
+
+/// The current UTC calendar month: usage, limits, percent used, overage so far and the reset date.
+async fn usage(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    let now = state.plans.clock.now();
+    let (period, _, resets_at) = crate::plans::period_of(now);
+    let month = state.meter.month(&ctx.tenant().id).await?;
+    let stored = ctx.stored().await?;
+    let ent = ctx.entitlements();
+    let mut usage = serde_json::Map::new();
+    for k in Kind::ALL {
+        usage.insert(k.as_str().into(), json!({"calls": month.count(k), "tokens": month.tokens_of(k)}));
+    }
+    usage.insert("api_calls".into(), json!(month.count(Kind::ApiCall)));
+    usage.insert("queries".into(), json!(month.queries()));
+    usage.insert("tokens_embedded".into(), json!(month.tokens_embedded()));
+    usage.insert("tokens_returned".into(), json!(month.tokens_returned()));
+    usage.insert("documents".into(), json!(stored.documents));
+    usage.insert("storage_bytes".into(), json!(stored.storage_bytes));
+    usage.insert("products".into(), json!(0));
+    let bill = crate::plans::bill(ent, &month);
+    Ok(Json(json!({
+        "period": period,
+        "tier": ent.tier,
+        "usage": usage,
+        "limits": ent.limits_json(),
+        "percent_used": {
+            "queries": percent(month.queries(), ent.queries_limit()),
+            "documents": percent(stored.documents, ent.documents_limit()),
+            "storage_bytes": percent(stored.storage_bytes, ent.storage_limit()),
+        },
+        "overage": {"queries": bill.overage_queries, "amount_usd": bill.overage_usd},
+        "resets_at": resets_at,
+    })))
+}
+
+/// The tenant's own audit log (feature `audit_log`).
+async fn audit(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    ctx.require_feature("audit_log")?;
+    let id = ctx.tenant().id.clone();
+    let events = state.control.run(move |c| Ok(crate::control::list_audit(c, Some(&id), 200)?)).await?;
+    Ok(Json(json!({"events": events})))
 }
 
 #[derive(Deserialize)]

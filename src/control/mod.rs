@@ -73,6 +73,26 @@ CREATE TABLE usage_events (
     at TEXT NOT NULL
 );
 CREATE INDEX usage_tenant_at ON usage_events(tenant_id, at);
+"#, r#"
+CREATE TABLE plan_overrides (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+    overrides TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE key_rate_limits (
+    key_id TEXT PRIMARY KEY REFERENCES api_keys(id) ON DELETE CASCADE,
+    rate_per_sec INTEGER NOT NULL,
+    burst INTEGER NOT NULL
+);
+CREATE TABLE stripe_events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    tenant_id TEXT,
+    outcome TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX usage_at ON usage_events(at);
+CREATE INDEX tenants_stripe_customer ON tenants(stripe_customer_id);
 "#];
 
 /// RFC 3339 with milliseconds in UTC: sorts lexicographically in SQLite.

@@ -1,9 +1,179 @@
-//! Plans: what each tier may use. This first cut carries the feature sets of the product's pricing;
-//! limits, quotas and metering build on it.
+//! Plans: what each tier may use and how fast.
+//!
+//! Plans are configuration (`config/plans.toml`, or the file named by `plans` / `WARREN_PLANS`),
+//! loaded at start and swapped atomically on SIGHUP ([`PlanStore::reload`]). A tenant may carry
+//! overrides of its own (custom limits, features switched on or off) and an API key may carry a lower
+//! rate limit; both live in control.db and are mirrored in memory, refreshed whenever control.db changes.
+//!
+//! Every tenant request passes [`crate::auth::TenantCtx`], which resolves the tenant's
+//! [`Entitlements`] (tier after trial expiry + plan + overrides), charges the rate limiter
+//! ([`limiter`]) and counts the call. Handlers call [`Entitlements::require_feature`] and the quota
+//! checks of [`PlanStore`].
 
-use crate::control::Tier;
+pub mod limiter;
 
-/// Features of a tier (cumulative: each tier has everything below it).
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::control::{ControlPlane, Tenant, Tier};
+use crate::error::Error;
+
+/// The plans shipped with warren (the same text as `config/plans.toml`).
+pub const DEFAULT_PLANS: &str = include_str!("../../config/plans.toml");
+/// Read when no plans file is configured and it exists.
+pub const DEFAULT_PLANS_FILE: &str = "config/plans.toml";
+
+pub const TIERS: [Tier; 4] = [Tier::Free, Tier::Starter, Tier::Pro, Tier::Enterprise];
+
+/// One tier's limits, features and prices. A limit that is `None` is unlimited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Monthly base price in USD.
+    #[serde(default)]
+    pub price_usd: f64,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    #[serde(default)]
+    pub queries_per_month: Option<u64>,
+    /// Hard: refused with 429 `quota_exceeded` at the limit. Soft: served, the excess is overage.
+    #[serde(default)]
+    pub queries_hard_limit: bool,
+    #[serde(default)]
+    pub overage_usd_per_1000_queries: f64,
+    #[serde(default)]
+    pub documents: Option<u64>,
+    #[serde(default)]
+    pub storage_bytes: Option<u64>,
+    #[serde(default)]
+    pub products: Option<u64>,
+    /// Feature names; `"*"` means every feature.
+    #[serde(default)]
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// Stripe price ids that mean this tier (webhooks map subscriptions through them).
+    #[serde(default)]
+    pub stripe_price_ids: Vec<String>,
+}
+
+impl Plan {
+    pub fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature || f == "*")
+    }
+}
+
+/// Rate-limit cells per call kind (see `[costs]` in plans.toml).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Costs {
+    pub read: u32,
+    pub write: u32,
+    pub search: u32,
+    pub assemble: u32,
+    pub embeddings: u32,
+    pub bulk_document: u32,
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Costs { read: 1, write: 1, search: 1, assemble: 2, embeddings: 1, bulk_document: 1 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlansFile {
+    upgrade_url: String,
+    #[serde(default)]
+    costs: Costs,
+    tiers: BTreeMap<String, Plan>,
+}
+
+/// A validated set of plans, one per tier.
+#[derive(Debug, Clone)]
+pub struct Plans {
+    tiers: [Arc<Plan>; 4],
+    pub upgrade_url: String,
+    pub costs: Costs,
+}
+
+fn tier_index(t: Tier) -> usize {
+    match t {
+        Tier::Free => 0,
+        Tier::Starter => 1,
+        Tier::Pro => 2,
+        Tier::Enterprise => 3,
+    }
+}
+
+impl Plans {
+    pub fn parse(text: &str) -> anyhow::Result<Plans> {
+        let file: PlansFile = Figment::from(Toml::string(text)).extract().map_err(|e| anyhow::anyhow!("invalid plans: {e}"))?;
+        for name in file.tiers.keys() {
+            anyhow::ensure!(Tier::parse(name).is_some(), "invalid plans: unknown tier {name:?} (tiers are {:?})", Tier::ALL);
+        }
+        let get = |t: Tier| -> anyhow::Result<Arc<Plan>> {
+            let p = file.tiers.get(t.as_str()).ok_or_else(|| anyhow::anyhow!("invalid plans: tier {t} is missing"))?;
+            anyhow::ensure!(p.rate_per_sec >= 1 && p.burst >= 1, "invalid plans: {t}: rate_per_sec and burst must be at least 1");
+            anyhow::ensure!(p.price_usd >= 0.0 && p.overage_usd_per_1000_queries >= 0.0, "invalid plans: {t}: prices must not be negative");
+            Ok(Arc::new(p.clone()))
+        };
+        let c = &file.costs;
+        anyhow::ensure!(
+            [c.read, c.write, c.search, c.assemble, c.embeddings].iter().all(|&x| x >= 1),
+            "invalid plans: costs must be at least 1 (bulk_document may be 0)"
+        );
+        Ok(Plans {
+            tiers: [get(Tier::Free)?, get(Tier::Starter)?, get(Tier::Pro)?, get(Tier::Enterprise)?],
+            upgrade_url: file.upgrade_url,
+            costs: file.costs,
+        })
+    }
+
+    /// `path`, else `config/plans.toml` when present, else the compiled-in defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Plans> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading plans {}: {e}", p.display()))?,
+            None if Path::new(DEFAULT_PLANS_FILE).exists() => std::fs::read_to_string(DEFAULT_PLANS_FILE)?,
+            None => DEFAULT_PLANS.to_string(),
+        };
+        Plans::parse(&text)
+    }
+
+    pub fn plan(&self, tier: Tier) -> &Arc<Plan> {
+        &self.tiers[tier_index(tier)]
+    }
+
+    /// The cheapest tier whose plan has `feature`.
+    pub fn required_tier(&self, feature: &str) -> Option<Tier> {
+        TIERS.into_iter().find(|t| self.plan(*t).has(feature))
+    }
+
+    /// The tier a Stripe price id stands for.
+    pub fn tier_for_price(&self, price_id: &str) -> Option<Tier> {
+        TIERS.into_iter().find(|t| self.plan(*t).stripe_price_ids.iter().any(|p| p == price_id))
+    }
+
+    pub fn upgrade_url(&self, slug: &str, tier: Option<Tier>, feature: &str) -> String {
+        self.upgrade_url
+            .replace("{slug}", slug)
+            .replace("{tier}", tier.map(|t| t.as_str()).unwrap_or(""))
+            .replace("{feature}", feature)
+    }
+}
+
+/// Features of a tier under the default plans (cumulative: each tier has everything below it).
 pub fn features(tier: Tier) -> Vec<&'static str> {
     let mut f = vec!["search", "context"];
     if tier >= Tier::Starter {
@@ -18,9 +188,406 @@ pub fn features(tier: Tier) -> Vec<&'static str> {
     f
 }
 
-/// The cheapest tier that has `feature`.
+/// The cheapest tier that has `feature` under the default feature sets.
 pub fn required_tier(feature: &str) -> Option<Tier> {
-    [Tier::Free, Tier::Starter, Tier::Pro, Tier::Enterprise].into_iter().find(|t| features(*t).contains(&feature))
+    TIERS.into_iter().find(|t| features(*t).contains(&feature))
+}
+
+/// A tenant's own deviations from its tier's plan (stored in control.db `plan_overrides`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overrides {
+    pub rate_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+    pub queries_per_month: Option<u64>,
+    pub queries_hard_limit: Option<bool>,
+    pub documents: Option<u64>,
+    pub storage_bytes: Option<u64>,
+    pub products: Option<u64>,
+    /// Feature name → on/off.
+    pub features: BTreeMap<String, bool>,
+}
+
+impl Overrides {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.rate_per_sec == Some(0) || self.burst == Some(0) {
+            return Err(Error::validation("rate_per_sec and burst must be at least 1"));
+        }
+        if self.features.keys().any(|k| k.is_empty() || k.len() > 64) {
+            return Err(Error::validation("feature names must be 1-64 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// What one tenant may do right now: its effective tier, that tier's plan and its overrides.
+#[derive(Clone)]
+pub struct Entitlements {
+    pub tier: Tier,
+    pub plan: Arc<Plan>,
+    pub overrides: Option<Arc<Overrides>>,
+    pub slug: String,
+    plans: Arc<Plans>,
+}
+
+impl Entitlements {
+    pub fn rate(&self) -> (u32, u32) {
+        let o = self.overrides.as_deref();
+        (o.and_then(|o| o.rate_per_sec).unwrap_or(self.plan.rate_per_sec), o.and_then(|o| o.burst).unwrap_or(self.plan.burst))
+    }
+    pub fn has(&self, feature: &str) -> bool {
+        match self.overrides.as_deref().and_then(|o| o.features.get(feature)) {
+            Some(on) => *on,
+            None => self.plan.has(feature),
+        }
+    }
+    pub fn queries_limit(&self) -> Option<u64> {
+        self.overrides.as_deref().and_then(|o| o.queries_per_month).or(self.plan.queries_per_month)
+    }
+    pub fn queries_hard(&self) -> bool {
+        self.overrides.as_deref().and_then(|o| o.queries_hard_limit).unwrap_or(self.plan.queries_hard_limit)
+    }
+    pub fn documents_limit(&self) -> Option<u64> {
+        self.overrides.as_deref().and_then(|o| o.documents).or(self.plan.documents)
+    }
+    pub fn storage_limit(&self) -> Option<u64> {
+        self.overrides.as_deref().and_then(|o| o.storage_bytes).or(self.plan.storage_bytes)
+    }
+    pub fn products_limit(&self) -> Option<u64> {
+        self.overrides.as_deref().and_then(|o| o.products).or(self.plan.products)
+    }
+    pub fn costs(&self) -> &Costs {
+        &self.plans.costs
+    }
+    pub fn upgrade_url(&self, tier: Option<Tier>, feature: &str) -> String {
+        self.plans.upgrade_url(&self.slug, tier, feature)
+    }
+
+    /// The feature gate: 403 `feature_not_in_plan` with `{feature, required_tier, upgrade_url}` unless
+    /// the plan (or an override) grants `feature`. Every gated endpoint calls this.
+    pub fn require_feature(&self, feature: &str) -> Result<(), Error> {
+        if self.has(feature) {
+            return Ok(());
+        }
+        let required = self.plans.required_tier(feature).filter(|t| *t > self.tier);
+        let mut d = Map::new();
+        d.insert("feature".into(), json!(feature));
+        d.insert("required_tier".into(), json!(required));
+        d.insert("upgrade_url".into(), json!(self.upgrade_url(required, feature)));
+        Err(Error::Forbidden {
+            code: "feature_not_in_plan",
+            message: match required {
+                Some(t) => format!("the {feature:?} feature needs the {t} plan"),
+                None => format!("the {feature:?} feature is not enabled for this tenant"),
+            },
+            details: Some(d),
+        })
+    }
+
+    /// The limits as JSON (`null` = unlimited).
+    pub fn limits_json(&self) -> Value {
+        let (rate, burst) = self.rate();
+        json!({
+            "queries": self.queries_limit(),
+            "queries_hard_limit": self.queries_hard(),
+            "documents": self.documents_limit(),
+            "storage_bytes": self.storage_limit(),
+            "products": self.products_limit(),
+            "rate_per_sec": rate,
+            "burst": burst,
+            "retention_days": self.plan.retention_days,
+        })
+    }
+
+    /// Every feature name this tenant has (the plan's list, with overrides applied; `*` kept as is).
+    pub fn feature_list(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.plan.features.clone();
+        if let Some(o) = self.overrides.as_deref() {
+            for (f, on) in &o.features {
+                if *on && !out.contains(f) {
+                    out.push(f.clone());
+                } else if !on {
+                    out.retain(|x| x != f);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The server's notion of "now". Tests move it forward; production leaves the offset at zero.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        let off = self.offset_ms.load(Ordering::Relaxed);
+        if off == 0 {
+            Utc::now()
+        } else {
+            Utc::now() + chrono::Duration::milliseconds(off)
+        }
+    }
+    /// Moves the clock forward (or back) by `d` (tests).
+    pub fn advance(&self, d: chrono::Duration) {
+        self.offset_ms.fetch_add(d.num_milliseconds(), Ordering::Relaxed);
+    }
+}
+
+/// `YYYY-MM` of `t`, and the bounds `[start, end)` of that month.
+pub fn period_of(t: DateTime<Utc>) -> (String, DateTime<Utc>, DateTime<Utc>) {
+    let start = Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0).single().unwrap_or(t);
+    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+    let end = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(t);
+    (format!("{:04}-{:02}", t.year(), t.month()), start, end)
+}
+
+/// Parses `YYYY-MM` into its bounds.
+pub fn parse_period(p: &str) -> Option<(String, DateTime<Utc>, DateTime<Utc>)> {
+    let (y, m) = p.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    let t = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single()?;
+    Some(period_of(t))
+}
+
+/// Documents and storage of one tenant, measured from its SQLite file now and then and adjusted on writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub documents: u64,
+    pub storage_bytes: u64,
+    pub measured_at: std::time::Instant,
+}
+
+/// How long a measurement of documents/storage is trusted before the next write re-measures.
+pub const STORED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The live plans, overrides and limiters of the server.
+pub struct PlanStore {
+    plans: ArcSwap<Plans>,
+    overrides: ArcSwap<HashMap<String, Arc<Overrides>>>,
+    key_limits: ArcSwap<HashMap<String, (u32, u32)>>,
+    source: Option<PathBuf>,
+    /// Rate limits, quotas and metering on (`billing.enforce`).
+    pub enforce: bool,
+    pub tenant_limiter: limiter::RateLimits,
+    pub key_limiter: limiter::RateLimits,
+    pub clock: Clock,
+    stored: Mutex<HashMap<String, Stored>>,
+    expiring: Mutex<HashSet<String>>,
+}
+
+impl PlanStore {
+    pub fn new(plans: Plans, source: Option<PathBuf>, enforce: bool, clock: Clock) -> PlanStore {
+        PlanStore {
+            plans: ArcSwap::from_pointee(plans),
+            overrides: ArcSwap::from_pointee(HashMap::new()),
+            key_limits: ArcSwap::from_pointee(HashMap::new()),
+            source,
+            enforce,
+            tenant_limiter: limiter::RateLimits::default(),
+            key_limiter: limiter::RateLimits::default(),
+            clock,
+            stored: Mutex::new(HashMap::new()),
+            expiring: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn plans(&self) -> Arc<Plans> {
+        self.plans.load_full()
+    }
+
+    /// Re-reads the plans file (SIGHUP). On error the current plans stay.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let p = Plans::load(self.source.as_deref())?;
+        self.plans.store(Arc::new(p));
+        Ok(())
+    }
+
+    /// Reloads tenant overrides and key limits from control.db.
+    pub async fn refresh_overrides(&self, control: &ControlPlane) -> Result<(), Error> {
+        let (o, k) = control.run(|c| Ok((load_overrides(c)?, load_key_limits(c)?))).await?;
+        self.overrides.store(Arc::new(o));
+        self.key_limits.store(Arc::new(k));
+        Ok(())
+    }
+
+    /// Like [`refresh_overrides`](Self::refresh_overrides), synchronously (start-up).
+    pub fn refresh_overrides_sync(&self, control: &ControlPlane) -> Result<(), Error> {
+        let (o, k) = control.run_sync(|c| Ok((load_overrides(c)?, load_key_limits(c)?)))?;
+        self.overrides.store(Arc::new(o));
+        self.key_limits.store(Arc::new(k));
+        Ok(())
+    }
+
+    pub fn key_limit(&self, key_id: &str) -> Option<(u32, u32)> {
+        self.key_limits.load().get(key_id).copied()
+    }
+
+    /// The tier a tenant has right now: a trial past `trial_ends_at` is free.
+    pub fn effective_tier(&self, t: &Tenant) -> Tier {
+        if trial_expired(t, self.clock.now()) {
+            Tier::Free
+        } else {
+            t.tier
+        }
+    }
+
+    pub fn entitlements(&self, t: &Tenant) -> Entitlements {
+        let plans = self.plans.load_full();
+        let tier = self.effective_tier(t);
+        Entitlements {
+            tier,
+            plan: plans.plan(tier).clone(),
+            overrides: self.overrides.load().get(&t.id).cloned(),
+            slug: t.slug.clone(),
+            plans,
+        }
+    }
+
+    /// Claims the one-time job of recording a tenant's trial expiry (false when already claimed).
+    pub fn claim_expiry(&self, tenant_id: &str) -> bool {
+        self.expiring.lock().insert(tenant_id.to_string())
+    }
+    pub fn release_expiry(&self, tenant_id: &str) {
+        self.expiring.lock().remove(tenant_id);
+    }
+
+    /// The last measurement of a tenant's documents and storage, if still fresh.
+    pub fn stored(&self, tenant_id: &str) -> Option<Stored> {
+        self.stored.lock().get(tenant_id).copied().filter(|s| s.measured_at.elapsed() < STORED_TTL)
+    }
+    /// The last measurement, however old (for reports).
+    pub fn stored_any(&self, tenant_id: &str) -> Option<Stored> {
+        self.stored.lock().get(tenant_id).copied()
+    }
+    pub fn set_stored(&self, tenant_id: &str, documents: u64, storage_bytes: u64) {
+        self.stored
+            .lock()
+            .insert(tenant_id.to_string(), Stored { documents, storage_bytes, measured_at: std::time::Instant::now() });
+    }
+    /// Adjusts the measurement after a write (documents created, bytes written) or a delete (negative).
+    pub fn adjust_stored(&self, tenant_id: &str, documents: i64, bytes: i64) {
+        if let Some(s) = self.stored.lock().get_mut(tenant_id) {
+            s.documents = s.documents.saturating_add_signed(documents);
+            s.storage_bytes = s.storage_bytes.saturating_add_signed(bytes);
+        }
+    }
+    pub fn forget_stored(&self, tenant_id: &str) {
+        self.stored.lock().remove(tenant_id);
+    }
+
+    /// Drops idle limiter keys (called once a second).
+    pub fn prune(&self) {
+        self.tenant_limiter.prune();
+        self.key_limiter.prune();
+    }
+}
+
+pub fn trial_expired(t: &Tenant, now: DateTime<Utc>) -> bool {
+    t.status == crate::control::Status::Trial && t.trial_ends_at.is_some_and(|e| e <= now)
+}
+
+fn load_overrides(c: &rusqlite::Connection) -> rusqlite::Result<HashMap<String, Arc<Overrides>>> {
+    let mut stmt = c.prepare("SELECT tenant_id, overrides FROM plan_overrides")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (id, text) = row?;
+        match serde_json::from_str::<Overrides>(&text) {
+            Ok(o) => {
+                out.insert(id, Arc::new(o));
+            }
+            Err(e) => tracing::warn!(tenant = %id, error = %e, "ignoring unreadable plan overrides"),
+        }
+    }
+    Ok(out)
+}
+
+fn load_key_limits(c: &rusqlite::Connection) -> rusqlite::Result<HashMap<String, (u32, u32)>> {
+    let mut stmt = c.prepare("SELECT key_id, rate_per_sec, burst FROM key_rate_limits")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (id, rate, burst) = row?;
+        out.insert(id, (rate.clamp(1, u32::MAX as i64) as u32, burst.clamp(1, u32::MAX as i64) as u32));
+    }
+    Ok(out)
+}
+
+/// Stores (or with `None` removes) a tenant's overrides.
+pub fn put_overrides(c: &rusqlite::Connection, tenant_id: &str, o: Option<&Overrides>) -> Result<(), Error> {
+    match o {
+        Some(o) => {
+            let text = serde_json::to_string(o).map_err(Error::internal)?;
+            c.execute(
+                "INSERT INTO plan_overrides (tenant_id, overrides, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(tenant_id) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
+                rusqlite::params![tenant_id, text, crate::control::ts(Utc::now())],
+            )?;
+        }
+        None => {
+            c.execute("DELETE FROM plan_overrides WHERE tenant_id = ?1", [tenant_id])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn get_overrides(c: &rusqlite::Connection, tenant_id: &str) -> Result<Option<Overrides>, Error> {
+    use rusqlite::OptionalExtension;
+    let text: Option<String> =
+        c.query_row("SELECT overrides FROM plan_overrides WHERE tenant_id = ?1", [tenant_id], |r| r.get(0)).optional()?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// Sets (or with `None` removes) an API key's own rate limit.
+pub fn put_key_limit(c: &rusqlite::Connection, key_id: &str, limit: Option<(u32, u32)>) -> Result<(), Error> {
+    match limit {
+        Some((rate, burst)) => {
+            c.execute(
+                "INSERT INTO key_rate_limits (key_id, rate_per_sec, burst) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key_id) DO UPDATE SET rate_per_sec = excluded.rate_per_sec, burst = excluded.burst",
+                rusqlite::params![key_id, rate, burst],
+            )?;
+        }
+        None => {
+            c.execute("DELETE FROM key_rate_limits WHERE key_id = ?1", [key_id])?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a trial's expiry: tier free, status active, and an audit event. Nothing is deleted.
+pub fn expire_trial(c: &mut rusqlite::Connection, tenant_id: &str, now: DateTime<Utc>) -> Result<bool, Error> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let Some(t) = crate::control::tenants::get_by_id(&tx, tenant_id)? else { return Ok(false) };
+    if !trial_expired(&t, now) {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE tenants SET tier = 'free', status = 'active', updated_at = ?2 WHERE id = ?1",
+        rusqlite::params![tenant_id, crate::control::ts(Utc::now())],
+    )?;
+    crate::control::audit(
+        &tx,
+        "system",
+        Some(tenant_id),
+        "tenant.trial_expired",
+        &json!({"from_tier": t.tier, "to_tier": "free", "trial_ends_at": t.trial_ends_at}),
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Ids of trials past their end (for the periodic sweep).
+pub fn expired_trials(c: &rusqlite::Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare("SELECT id FROM tenants WHERE status = 'trial' AND trial_ends_at IS NOT NULL AND trial_ends_at <= ?1")?;
+    let rows = stmt.query_map([crate::control::ts(now)], |r| r.get(0))?;
+    rows.collect()
 }
 
 #[cfg(test)]
@@ -35,4 +602,174 @@ mod tests {
         assert_eq!(required_tier("pitr_restore"), Some(Tier::Pro));
         assert_eq!(required_tier("nope"), None);
     }
+
+    #[test]
+    fn default_plans_parse_and_match_the_pricing() {
+        let p = Plans::parse(DEFAULT_PLANS).expect("default plans");
+        let free = p.plan(Tier::Free);
+        assert_eq!((free.rate_per_sec, free.burst), (10, 100));
+        assert_eq!(free.queries_per_month, Some(1000));
+        assert!(free.queries_hard_limit);
+        assert_eq!(p.plan(Tier::Starter).queries_per_month, Some(100_000));
+        assert!(!p.plan(Tier::Starter).queries_hard_limit);
+        assert_eq!(p.plan(Tier::Pro).queries_per_month, None);
+        assert_eq!(p.plan(Tier::Enterprise).storage_bytes, Some(100_000_000_000));
+        assert_eq!(p.required_tier("recommendations"), Some(Tier::Starter));
+        assert_eq!(p.required_tier("audit_log"), Some(Tier::Pro));
+        assert_eq!(p.required_tier("sso"), Some(Tier::Enterprise));
+        for t in TIERS {
+            for f in features(t) {
+                assert!(p.plan(t).has(f), "{t} lacks {f}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_plans_are_refused() {
+        assert!(Plans::parse("upgrade_url = \"x\"\n[tiers.free]\nrate_per_sec = 1\nburst = 1\n").is_err(), "missing tiers");
+        let bad = DEFAULT_PLANS.replace("rate_per_sec = 10\n", "rate_per_sec = 0\n");
+        assert!(Plans::parse(&bad).is_err());
+        let unknown = format!("{DEFAULT_PLANS}\n[tiers.gold]\nrate_per_sec = 1\nburst = 1\n");
+        assert!(Plans::parse(&unknown).is_err());
+    }
+
+    #[test]
+    fn periods() {
+        let (p, s, e) = parse_period("2024-12").unwrap();
+        assert_eq!(p, "2024-12");
+        assert_eq!(s.to_rfc3339(), "2024-12-01T00:00:00+00:00");
+        assert_eq!(e.to_rfc3339(), "2025-01-01T00:00:00+00:00");
+        assert!(parse_period("2024-13").is_none());
+        assert!(parse_period("24-01").is_none());
+        assert!(parse_period("garbage").is_none());
+    }
+}
+
+/// What a tenant owes for a month: the plan's base price plus overage of soft query quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bill {
+    pub base_price_usd: f64,
+    pub overage_queries: u64,
+    pub overage_usd: f64,
+    pub total_usd: f64,
+}
+
+/// Overage is charged per started block of 1,000 queries over a soft quota, at the plan's rate.
+pub fn bill(ent: &Entitlements, usage: &crate::metering::MonthUsage) -> Bill {
+    let overage_queries = match ent.queries_limit() {
+        Some(limit) if !ent.queries_hard() => usage.queries().saturating_sub(limit),
+        _ => 0,
+    };
+    let cents = |usd: f64| (usd * 100.0).round() / 100.0;
+    let overage_usd = cents(overage_queries.div_ceil(1000) as f64 * ent.plan.overage_usd_per_1000_queries);
+    let base = cents(ent.plan.price_usd);
+    Bill { base_price_usd: base, overage_queries, overage_usd, total_usd: cents(base + overage_usd) }
+}
+
+/// One tenant's line of a monthly usage export (admin API, CSV, CLI).
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    pub period: String,
+    pub tenant_id: String,
+    pub slug: String,
+    pub tier: Tier,
+    pub stripe_customer_id: Option<String>,
+    pub api_calls: u64,
+    pub queries: u64,
+    pub searches: u64,
+    pub assembles: u64,
+    pub embedding_calls: u64,
+    pub tokens_embedded: u64,
+    pub tokens_returned: u64,
+    pub document_writes: u64,
+    pub document_deletes: u64,
+    /// Last measured by this server (empty when the tenant was not measured since start).
+    pub documents: Option<u64>,
+    pub storage_bytes: Option<u64>,
+    pub queries_limit: Option<u64>,
+    pub base_price_usd: f64,
+    pub overage_queries: u64,
+    pub overage_usd: f64,
+    pub total_usd: f64,
+}
+
+pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+impl UsageRow {
+    pub fn csv_line(&self) -> String {
+        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
+        [
+            csv_field(&self.period),
+            csv_field(&self.tenant_id),
+            csv_field(&self.slug),
+            self.tier.to_string(),
+            csv_field(self.stripe_customer_id.as_deref().unwrap_or("")),
+            self.api_calls.to_string(),
+            self.queries.to_string(),
+            self.searches.to_string(),
+            self.assembles.to_string(),
+            self.embedding_calls.to_string(),
+            self.tokens_embedded.to_string(),
+            self.tokens_returned.to_string(),
+            self.document_writes.to_string(),
+            self.document_deletes.to_string(),
+            opt(self.documents),
+            opt(self.storage_bytes),
+            opt(self.queries_limit),
+            format!("{:.2}", self.base_price_usd),
+            self.overage_queries.to_string(),
+            format!("{:.2}", self.overage_usd),
+            format!("{:.2}", self.total_usd),
+        ]
+        .join(",")
+    }
+}
+
+/// Every tenant's usage and bill for `period` (`YYYY-MM`), from control.db. Tiers and overrides are
+/// the tenants' current ones; flush the meter first for an up-to-the-second current month.
+pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -> Result<Vec<UsageRow>, Error> {
+    use crate::metering::Kind;
+    let (period, from, to) = parse_period(period).ok_or_else(|| Error::bad_request("invalid_query", "period must be YYYY-MM"))?;
+    let totals = crate::metering::totals_all(c, &crate::control::ts(from), &crate::control::ts(to))?;
+    let tenants = crate::control::tenants::list(c, None, None, u32::MAX)?;
+    Ok(tenants
+        .into_iter()
+        .map(|t| {
+            let u = totals.get(&t.id).copied().unwrap_or_default();
+            let ent = store.entitlements(&t);
+            let b = bill(&ent, &u);
+            let stored = store.stored_any(&t.id);
+            UsageRow {
+                period: period.clone(),
+                tenant_id: t.id.clone(),
+                slug: t.slug.clone(),
+                tier: ent.tier,
+                stripe_customer_id: t.stripe_customer_id.clone(),
+                api_calls: u.count(Kind::ApiCall),
+                queries: u.queries(),
+                searches: u.count(Kind::Search),
+                assembles: u.count(Kind::Assemble),
+                embedding_calls: u.count(Kind::Embedding),
+                tokens_embedded: u.tokens_embedded(),
+                tokens_returned: u.tokens_returned(),
+                document_writes: u.count(Kind::DocumentWrite),
+                document_deletes: u.count(Kind::DocumentDelete),
+                documents: stored.map(|s| s.documents),
+                storage_bytes: stored.map(|s| s.storage_bytes),
+                queries_limit: ent.queries_limit(),
+                base_price_usd: b.base_price_usd,
+                overage_queries: b.overage_queries,
+                overage_usd: b.overage_usd,
+                total_usd: b.total_usd,
+            }
+        })
+        .collect())
 }
