@@ -129,6 +129,8 @@ pub struct Meter {
     boundary: i64,
     buffer: Arc<Mutex<HashMap<(String, Kind, (i32, u32)), Pending>>>,
     months: Arc<RwLock<HashMap<String, Arc<Mutex<Month>>>>>,
+    /// One flush at a time, so the final flush at shutdown waits for one in progress.
+    flushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Meter {
@@ -148,6 +150,7 @@ impl Meter {
             boundary,
             buffer: Arc::new(Mutex::new(HashMap::new())),
             months: Arc::new(RwLock::new(HashMap::new())),
+            flushing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -249,6 +252,7 @@ impl Meter {
 
     /// Writes the buffered counts in one transaction. On failure they go back to the buffer.
     pub async fn flush(&self) {
+        let _one = self.flushing.lock().await;
         let batch: Vec<((String, Kind, (i32, u32)), Pending)> = std::mem::take(&mut *self.buffer.lock()).into_iter().collect();
         if batch.is_empty() {
             return;

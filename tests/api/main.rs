@@ -5,3 +5,4 @@ mod platform;
 mod caddy;
 mod handles;
 mod context;
+mod plans;
