@@ -12,10 +12,16 @@
 //!
 //! **Consistency**: each commit carries the SQLite write generation as its payload; on open, an
 //! index whose payload differs from SQLite's generation (a crash between the two commits), or that
-//! fails to open, is rebuilt. No `IndexWriter` is kept: a writer is created per write batch,
-//! committed and dropped, and the reader reloads manually (no watcher thread per tenant).
+//! fails to open, is rebuilt. The reader reloads manually (no watcher thread per tenant).
+//!
+//! **Writers**: creating a Tantivy `IndexWriter` costs tens of milliseconds (threads, arena), so a
+//! tenant that writes keeps its writer between batches — but only while it keeps writing. One
+//! process-wide sweeper thread drops writers idle for [`WRITER_IDLE`], so the writer threads alive at
+//! any time are bounded by the tenants that wrote in the last few seconds, not by the open tenants.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
@@ -29,7 +35,7 @@ use crate::docs::{DocsError, Result};
 
 pub const ANALYZER: &str = "warren_en";
 /// Memory budget of a per-batch writer (Tantivy's minimum is 15 MB).
-const WRITER_BUDGET: usize = 32_000_000;
+const WRITER_BUDGET: usize = 15_000_000;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Fields {
@@ -63,11 +69,50 @@ pub fn analyzer() -> TextAnalyzer {
     b.filter_dynamic(Stemmer::new(Language::English)).build()
 }
 
+/// A writer kept between write batches, with the time of its last use.
+type WriterSlot = Mutex<Option<(IndexWriter<TantivyDocument>, Instant)>>;
+
+/// A kept writer idle this long is dropped by the sweeper.
+pub const WRITER_IDLE: Duration = Duration::from_secs(5);
+
+/// Every live writer slot, for the sweeper.
+fn live_writers() -> &'static Mutex<Vec<Weak<WriterSlot>>> {
+    static LIVE: OnceLock<Mutex<Vec<Weak<WriterSlot>>>> = OnceLock::new();
+    LIVE.get_or_init(|| {
+        let spawned = std::thread::Builder::new().name("index-writer-sweeper".into()).spawn(|| loop {
+            std::thread::sleep(WRITER_IDLE / 2);
+            sweep_writers(WRITER_IDLE);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the index writer sweeper; writers close with their tenant");
+        }
+        Mutex::new(Vec::new())
+    })
+}
+
+/// Drops writers idle for at least `idle`, and forgets slots whose index is gone.
+pub(crate) fn sweep_writers(idle: Duration) {
+    let slots: Vec<Arc<WriterSlot>> = {
+        let mut live = live_writers().lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.iter().filter_map(Weak::upgrade).collect()
+    };
+    for slot in slots {
+        // A busy slot is in use right now: not idle.
+        let idle_writer = match slot.try_lock() {
+            Ok(mut g) if g.as_ref().is_some_and(|(_, t)| t.elapsed() >= idle) => g.take(),
+            _ => None,
+        };
+        drop(idle_writer); // joins the writer's threads, outside the slot lock
+    }
+}
+
 /// An open index with its reader.
 pub(crate) struct KeywordIndex {
     pub index: Index,
     pub reader: IndexReader,
     pub fields: Fields,
+    writer: Arc<WriterSlot>,
 }
 
 /// A chunk to add to the index.
@@ -99,13 +144,20 @@ impl KeywordIndex {
     fn finish(index: Index, fields: Fields) -> Result<KeywordIndex> {
         index.tokenizers().register(ANALYZER, analyzer());
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(KeywordIndex { index, reader, fields })
+        let writer: Arc<WriterSlot> = Arc::new(Mutex::new(None));
+        live_writers().lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&writer));
+        Ok(KeywordIndex { index, reader, fields, writer })
     }
 
-    /// Applies one write batch: removes every chunk of `delete_docs`, adds `add`, commits with
-    /// the generation as payload, waits for merges and drops the writer.
+    /// Applies one write batch: removes every chunk of `delete_docs`, adds `add` and commits with
+    /// the generation as payload. The writer is kept for the next batch (see module docs); on any
+    /// error it is dropped, which rolls back what this batch staged.
     pub fn apply(&self, delete_docs: &[i64], add: &[IndexEntry<'_>], generation: i64) -> Result<()> {
-        let mut writer: IndexWriter<TantivyDocument> = self.index.writer_with_num_threads(1, WRITER_BUDGET)?;
+        let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = match slot.take() {
+            Some((w, _)) => w,
+            None => self.index.writer_with_num_threads(1, WRITER_BUDGET)?,
+        };
         for &seq in delete_docs {
             writer.delete_term(Term::from_field_u64(self.fields.doc_seq, seq as u64));
         }
@@ -119,9 +171,15 @@ impl KeywordIndex {
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&generation.to_string());
         prepared.commit()?;
-        writer.wait_merging_threads()?;
         self.reader.reload()?;
+        *slot = Some((writer, Instant::now()));
         Ok(())
+    }
+
+    /// Drops a kept writer now (before the index is replaced or closed).
+    pub fn close_writer(&self) {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(w);
     }
 
     /// Analyzes a query into its (deduplicated) terms.

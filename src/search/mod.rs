@@ -319,6 +319,7 @@ impl TenantSearch {
     }
 
     fn rebuild_locked(&self, conn: &Connection) -> Result<u64> {
+        self.index.read().close_writer();
         let idx = build_index(&self.tenant_dir, conn)?;
         let n = idx.num_docs();
         *self.index.write() = Arc::new(idx);

@@ -145,6 +145,8 @@ impl TenantHandle {
 
     /// Checkpoints the WAL into the database and closes the writer. Blocking; called once drained.
     pub(crate) fn close_blocking(&self) {
+        // Derived state (index writers, vector caches) is dropped here, on a blocking thread.
+        self.extensions.lock().clear();
         if let Some(conn) = self.writer.lock().take() {
             if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
                 tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed");
