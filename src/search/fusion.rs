@@ -5,7 +5,7 @@
 //!   Scale-free and robust; `k` damps the head of each list.
 //! - **Weighted**: each list's scores are normalised over its candidates, then
 //!   `alpha · semantic + (1 − alpha) · keyword`; an item missing from a list gets that list's
-//!   floor (0 after normalisation). Normalisation is min-max (default) or z-score.
+//!   floor (0 after normalisation). Normalisation is z-score (default) or min-max.
 //!
 //! The defaults ([`DEFAULT_METHOD`], [`DEFAULT_ALPHA`], [`DEFAULT_RRF_K`], [`DEFAULT_NORM`]) were
 //! chosen on SciFact (see `docs/BENCHMARKS.md`, "Search quality and latency").
