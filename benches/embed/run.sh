@@ -59,9 +59,11 @@ s2="$(run_st)"; echo "$s2"
 
 python3 - "$w1" "$w2" "$s1" "$s2" <<'PY'
 import re, sys
-def rate(line):
-    return float(re.search(r"sentences_per_s=([0-9.]+)", line).group(1))
-w = max(rate(sys.argv[1]), rate(sys.argv[2]))
-s = max(rate(sys.argv[3]), rate(sys.argv[4]))
-print(f"== warren {w:.1f} sentences/s, sentence-transformers {s:.1f} sentences/s, ratio {w / s:.2f}x")
+def rate(line, key):
+    m = re.search(key + r"=([0-9.]+)", line)
+    return float(m.group(1)) if m else float("nan")
+for key, unit in (("sentences_per_s", "sentences/s (wall)"), ("sentences_per_cpu_s", "sentences per CPU-second")):
+    w = max(rate(sys.argv[1], key), rate(sys.argv[2], key))
+    s = max(rate(sys.argv[3], key), rate(sys.argv[4], key))
+    print(f"== {unit}: warren {w:.1f}, sentence-transformers {s:.1f}, ratio {w / s:.2f}x")
 PY
