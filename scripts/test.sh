@@ -24,4 +24,14 @@ scripts/fetch-model.sh
 
 echo "==> cargo test"
 export CARGO_TERM_COLOR=never
-cargo test --no-fail-fast "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Library unit tests, the binary, and every integration test (there are no doc tests). The ignored
+# tests are the benchmark harnesses, run by benches/*/run.sh.
+set +e
+cargo test --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
