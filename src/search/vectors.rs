@@ -52,37 +52,24 @@ impl VectorCache {
 
     /// Removes every row of these documents.
     pub fn remove_docs(&mut self, docs: &HashSet<i64>) {
-        if docs.is_empty() {
-            return;
+        if !docs.is_empty() {
+            self.retain_rows(|_, seq| !docs.contains(&seq));
         }
-        let dim = self.dim;
-        let mut w = 0;
-        for r in 0..self.ids.len() {
-            if docs.contains(&self.seqs[r]) {
-                continue;
-            }
-            if w != r {
-                self.ids[w] = self.ids[r];
-                self.seqs[w] = self.seqs[r];
-                self.data.copy_within(r * dim..(r + 1) * dim, w * dim);
-            }
-            w += 1;
-        }
-        self.ids.truncate(w);
-        self.seqs.truncate(w);
-        self.data.truncate(w * dim);
     }
 
     /// Removes these chunks (by id) — used before re-adding back-filled vectors.
     pub fn remove_chunks(&mut self, chunks: &HashSet<i64>) {
-        if chunks.is_empty() {
-            return;
+        if !chunks.is_empty() {
+            self.retain_rows(|id, _| !chunks.contains(&id));
         }
-        let keep: Vec<bool> = self.ids.iter().map(|id| !chunks.contains(id)).collect();
+    }
+
+    /// Keeps the rows for which `keep(chunk_id, doc_seq)` holds, compacting in place.
+    fn retain_rows(&mut self, keep: impl Fn(i64, i64) -> bool) {
         let dim = self.dim;
         let mut w = 0;
-        for (r, k) in keep.into_iter().enumerate() {
-            if !k {
+        for r in 0..self.ids.len() {
+            if !keep(self.ids[r], self.seqs[r]) {
                 continue;
             }
             if w != r {
@@ -167,5 +154,18 @@ mod tests {
         assert_eq!(c.data, vec![0.7, 0.7, 0.0]);
         assert!(c.top_k(&[1.0, 0.0], 2, None).is_empty(), "wrong dimension must not panic");
         assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn remove_chunks_compacts_rows_and_data_together() {
+        let mut c = VectorCache::new(2, vec![], vec![], vec![]);
+        for (id, seq) in [(1, 5), (2, 5), (3, 6), (4, 7)] {
+            c.push(id, seq, &[id as f32, -(id as f32)]);
+        }
+        c.remove_chunks(&[2, 4].into());
+        assert_eq!((c.ids.clone(), c.seqs.clone()), (vec![1, 3], vec![5, 6]));
+        assert_eq!(c.data, vec![1.0, -1.0, 3.0, -3.0]);
+        c.remove_chunks(&HashSet::new());
+        assert_eq!(c.len(), 2);
     }
 }
