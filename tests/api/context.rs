@@ -167,16 +167,7 @@ async fn index_is_rebuilt_when_its_directory_is_deleted() {
     let (key, id) = {
         let server = ServerProcess::start(dir.path(), &[]).await;
         let client = reqwest::Client::new();
-        let v: Value = client
-            .post(format!("{}/admin/v1/tenants", server.addr))
-            .bearer_auth(ADMIN)
-            .json(&json!({"slug": "acme", "name": "A", "email": "a@a.co"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = server.create_tenant("acme", "free").await;
         let key = v["api_key"].as_str().unwrap().to_string();
         for i in 0..5 {
             let r = client

@@ -1,6 +1,6 @@
 //! `TestApp`: the real server on 127.0.0.1:0 with a fresh temp data dir, driven over HTTP.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,7 +21,6 @@ pub struct TestApp {
 }
 
 pub struct Tenant {
-    pub slug: String,
     pub id: String,
     pub key: String,
     pub key_id: String,
@@ -40,21 +39,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
+    spawn_state(None, tweak).await.0
+}
+
+/// Like `spawn_with`, also returning the app state (its clock and plans) and optionally reusing a data dir.
+pub async fn spawn_state(dir: Option<tempfile::TempDir>, tweak: impl FnOnce(&mut Config)) -> (TestApp, warren::state::AppState) {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
     let mut config = test_config(dir.path());
     tweak(&mut config);
     let app = warren::App::build(config).await.expect("build app");
+    let state = app.state().clone();
     let port = app.port();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let test = TestApp {
         addr: format!("http://127.0.0.1:{port}"),
         port,
         client: Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
         dir,
         shutdown,
         task: Some(task),
-    }
+    };
+    (test, state)
 }
 
 impl TestApp {
@@ -80,7 +86,6 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::CREATED, "create {slug}");
         let v: Value = r.json().await.expect("json");
         Tenant {
-            slug: slug.into(),
             id: v["tenant"]["id"].as_str().expect("id").into(),
             key: v["api_key"].as_str().expect("key").into(),
             key_id: v["key"]["id"].as_str().expect("key id").into(),
@@ -110,7 +115,6 @@ pub async fn expect_error(r: Response, status: u16, code: &str) -> Value {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
-    pub data_dir: PathBuf,
 }
 
 pub fn free_port() -> u16 {
@@ -137,21 +141,30 @@ impl ServerProcess {
         let client = Client::new();
         for _ in 0..200 {
             if client.get(format!("{addr}/health")).send().await.is_ok() {
-                return ServerProcess { child, addr, data_dir: data_dir.to_path_buf() };
+                return ServerProcess { child, addr };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("warren did not start on {addr}");
     }
 
+    /// Creates a tenant through the admin API; returns the 201 body (`tenant`, `api_key`, ...).
+    pub async fn create_tenant(&self, slug: &str, tier: &str) -> Value {
+        let r = Client::new()
+            .post(format!("{}/admin/v1/tenants", self.addr))
+            .bearer_auth(ADMIN)
+            .json(&json!({"slug": slug, "name": slug, "email": format!("ops@{slug}.test"), "tier": tier}))
+            .send()
+            .await
+            .expect("create tenant");
+        assert_eq!(r.status(), StatusCode::CREATED, "create {slug}");
+        r.json().await.expect("json")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Open file descriptors of the server process.
-    pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
-    }
 
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL

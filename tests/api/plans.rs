@@ -6,31 +6,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
-use warren::config::Config;
 use warren::plans::DEFAULT_PLANS;
 
 use crate::helpers::*;
-
-/// Like `spawn_with`, keeping the app state (its clock and plans) and an optional existing data dir.
-async fn spawn_state(dir: Option<tempfile::TempDir>, tweak: impl FnOnce(&mut Config)) -> (TestApp, warren::state::AppState) {
-    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
-    let mut config = test_config(dir.path());
-    tweak(&mut config);
-    let app = warren::App::build(config).await.expect("build app");
-    let state = app.state().clone();
-    let port = app.port();
-    let shutdown = app.shutdown_token();
-    let task = tokio::spawn(app.run_until_stopped());
-    let test = TestApp {
-        addr: format!("http://127.0.0.1:{port}"),
-        port,
-        client: Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
-        dir,
-        shutdown,
-        task: Some(task),
-    };
-    (test, state)
-}
 
 /// Stops the server but keeps its data dir.
 async fn stop_keep(mut app: TestApp) -> tempfile::TempDir {
@@ -352,16 +330,7 @@ async fn kill_dash_nine_loses_at_most_the_last_second_of_usage() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), &[]).await;
     let client = Client::new();
-    let v: Value = client
-        .post(format!("{}/admin/v1/tenants", server.addr))
-        .bearer_auth(ADMIN)
-        .json(&json!({"slug": "busy", "name": "B", "email": "b@b.co", "tier": "enterprise"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = server.create_tenant("busy", "enterprise").await;
     let key = v["api_key"].as_str().unwrap().to_string();
     let acks = Arc::new(parking_lot::Mutex::new(Vec::<Instant>::new()));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -470,16 +439,7 @@ async fn plans_reload_on_sighup_and_the_cli_exports_meter_events() {
     let plans = plans_file(dir.path(), &[]);
     let server = ServerProcess::start(dir.path(), &[("WARREN_PLANS", plans.display().to_string())]).await;
     let client = Client::new();
-    let v: Value = client
-        .post(format!("{}/admin/v1/tenants", server.addr))
-        .bearer_auth(ADMIN)
-        .json(&json!({"slug": "acme", "name": "A", "email": "a@a.co", "tier": "free"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = server.create_tenant("acme", "free").await;
     let key = v["api_key"].as_str().unwrap().to_string();
     let id = v["tenant"]["id"].as_str().unwrap().to_string();
     let burst = || async {
