@@ -18,7 +18,9 @@ apt_install() {
   fi
 }
 
-apt_install caddy curl ca-certificates
+apt_install caddy curl ca-certificates sqlite3
+echo "==> python test peers"
+scripts/test-venv.sh >/dev/null
 echo "==> embedding model"
 scripts/fetch-model.sh
 

@@ -200,3 +200,17 @@ pub async fn json_of(r: Response) -> Value {
 pub fn method(m: &str) -> Method {
     Method::from_bytes(m.as_bytes()).expect("method")
 }
+
+/// The test virtualenv's python (scripts/test-venv.sh creates it on first use, installing
+/// tests/python/requirements.txt). Panics with the script's output if the install fails: a test that
+/// needs a real peer installs it, it never skips.
+pub fn test_python() -> std::path::PathBuf {
+    static PY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("scripts/test-venv.sh")).output().expect("run scripts/test-venv.sh");
+        assert!(out.status.success(), "scripts/test-venv.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        std::path::PathBuf::from(String::from_utf8(out.stdout).expect("utf8").trim())
+    })
+    .clone()
+}
