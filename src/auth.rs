@@ -56,6 +56,10 @@ impl TenantCtx {
     pub fn tenant(&self) -> &Tenant {
         &self.tenant
     }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
     pub fn credential(&self) -> &Credential {
         &self.credential
     }

@@ -36,6 +36,25 @@ pub enum Command {
     /// Usage and billing exports.
     #[command(subcommand)]
     Usage(UsageCmd),
+    /// Restore from the backups at `backup_url`: one tenant (in place, or to a file with --to), or the
+    /// whole node (--all, into an empty data dir). In-place restores are refused while a server runs
+    /// on the data dir: use `POST /admin/v1/tenants/{slug}/restore` then.
+    Restore {
+        /// The tenant to restore (omit with --all).
+        slug: Option<String>,
+        /// Restore the newest point at or before this TXID (16 hex digits, as Litestream prints them).
+        #[arg(long, conflicts_with = "timestamp")]
+        txid: Option<String>,
+        /// Restore the newest point captured before this time (RFC 3339).
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Write the restored database here instead of replacing the tenant's file.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Disaster recovery: restore the control plane and every tenant into an empty data dir.
+        #[arg(long, conflicts_with_all = ["slug", "to", "txid", "timestamp"])]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,6 +159,70 @@ fn tenant_id(control: &ControlPlane, slug: &str) -> anyhow::Result<crate::contro
         .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))
 }
 
+async fn restore(config: &Config, slug: Option<String>, txid: Option<String>, timestamp: Option<String>, to: Option<PathBuf>, all: bool) -> anyhow::Result<()> {
+    use crate::backup::{restore, BackupService, ReplicaRoot};
+    let url = config.backup_url.as_deref().ok_or_else(|| anyhow::anyhow!("no backup_url is configured (WARREN_BACKUP_URL)"))?;
+    let b = &config.backup;
+    let creds = crate::backup::store::S3Credentials { access_key_id: b.access_key_id.clone(), secret_access_key: b.secret_access_key.clone() };
+    let root = ReplicaRoot::parse(url, &creds, std::time::Duration::from_secs(b.request_timeout_secs.max(1)))?;
+    let data = &config.data_dir;
+    if all {
+        anyhow::ensure!(!crate::server_running(data), "a warren server is running on {}; stop it first", data.display());
+        anyhow::ensure!(!data.join("control.db").exists(), "{} already has a control.db: --all restores into an empty data dir", data.display());
+        std::fs::create_dir_all(data)?;
+        let r = restore::restore_to(&root.replica(crate::backup::CONTROL_KEY), restore::Target::Latest, &data.join("control.db"))
+            .await
+            .map_err(|e| anyhow::anyhow!("restoring the control plane: {e:#}"))?;
+        let control = ControlPlane::open(data)?;
+        let list = control.run_sync(|c| Ok(tenants::list(c, None, None, u32::MAX)?)).map_err(err)?;
+        let mut restored = Vec::new();
+        let mut failed = Vec::new();
+        for t in &list {
+            let dir = crate::tenant::tenant_dir(data, &t.id);
+            let out = dir.join(crate::tenant::DB_FILE);
+            match restore::restore_to(&root.replica(&BackupService::tenant_key(&t.id)), restore::Target::Latest, &out).await {
+                Ok(rep) => restored.push(json!({"slug": t.slug, "txid": rep.txid, "pages": rep.pages})),
+                Err(e) => failed.push(json!({"slug": t.slug, "error": format!("{e:#}")})),
+            }
+        }
+        print(json!({"control": r, "tenants": restored, "failed": failed}));
+        anyhow::ensure!(failed.is_empty(), "{} tenant(s) could not be restored", failed.len());
+        return Ok(());
+    }
+    let slug = slug.ok_or_else(|| anyhow::anyhow!("name a tenant, or pass --all"))?;
+    let target = restore::Target::parse(txid.as_deref(), timestamp.as_deref())?;
+    let control = ControlPlane::open(data)?;
+    let t = tenant_id(&control, &slug)?;
+    let replica = root.replica(&BackupService::tenant_key(&t.id));
+    if let Some(out) = to {
+        anyhow::ensure!(!out.exists(), "{} exists; choose a new path", out.display());
+        let rep = restore::restore_to(&replica, target, &out).await?;
+        print(json!({"tenant": t.slug, "restored_to": out, "restored": rep}));
+        return Ok(());
+    }
+    if crate::server_running(data) {
+        anyhow::bail!(
+            "a warren server is running on {}; restore through it so the tenant's handle closes first:\n  curl -X POST -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://<server>/admin/v1/tenants/{slug}/restore -d '{{}}'\n(or pass --to PATH to restore into a separate file)",
+            data.display()
+        );
+    }
+    let dir = crate::tenant::tenant_dir(data, &t.id);
+    let staged = dir.join("tenant.db.restoring");
+    let rep = restore::restore_to(&replica, target, &staged).await?;
+    let db = dir.join(crate::tenant::DB_FILE);
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    std::fs::rename(&staged, &db)?;
+    crate::backup::reset_position(&db);
+    let _ = std::fs::remove_dir_all(dir.join("index"));
+    // The next server start ships this state as a full image at the next TXID.
+    std::fs::create_dir_all(data.join(crate::backup::PENDING_DIR))?;
+    std::fs::File::create(data.join(crate::backup::PENDING_DIR).join(&t.id))?;
+    print(json!({"tenant": t.slug, "restored": rep}));
+    Ok(())
+}
+
 fn err(e: Error) -> anyhow::Error {
     anyhow::anyhow!("{} ({})", e, e.code())
 }
@@ -150,9 +233,14 @@ fn print(v: serde_json::Value) {
 
 /// Runs a non-serve command.
 pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
-    let control = ControlPlane::open(&config.data_dir)?;
+    if let Command::Restore { slug, txid, timestamp, to, all } = cmd {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return rt.block_on(restore(config, slug, txid, timestamp, to, all));
+    }
+    let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
     match cmd {
         Command::Serve => unreachable!("serve is handled by main"),
+        Command::Restore { .. } => unreachable!("restore is handled above"),
         Command::Tenant(TenantCmd::Create { slug, name, email, tier }) => {
             let tier = Tier::parse(&tier).ok_or_else(|| anyhow::anyhow!("tier must be one of {:?}", Tier::ALL))?;
             let req = CreateTenant { slug, name, email, tier, status: None, trial_days: None };

@@ -43,8 +43,11 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Directory of the embedding model (`WARREN_MODEL_DIR`).
     pub model_dir: PathBuf,
-    /// Replica URL for continuous backups (`WARREN_BACKUP_URL`); unused until backups land.
+    /// Replica URL for continuous Litestream-compatible backups (`WARREN_BACKUP_URL`):
+    /// `s3://bucket/prefix?endpoint=http://host:port&region=us-east-1` or `file:///dir`. Unset: no backups.
     pub backup_url: Option<String>,
+    /// Backup tuning (`WARREN_BACKUP__*`).
+    pub backup: BackupSettings,
     /// Plans file (`WARREN_PLANS`); default `config/plans.toml`, else the compiled-in plans.
     pub plans: Option<PathBuf>,
     /// Stripe webhook endpoint secret (`WARREN_STRIPE_WEBHOOK_SECRET`); without it the webhook answers 404.
@@ -67,6 +70,64 @@ pub struct Config {
     pub docs: DocsConfig,
     pub embed: EmbedSettings,
     pub billing: BillingConfig,
+}
+
+/// Continuous backup settings. Times are in seconds unless the name says otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupSettings {
+    /// Writes are shipped in batches at most this far apart (the recovery point objective).
+    pub sync_interval_ms: u64,
+    /// After shipping, the WAL is checkpointed (TRUNCATE) once it holds this many pages.
+    pub checkpoint_pages: u64,
+    /// Level 1/2/3 compaction intervals.
+    pub l1_interval_secs: u64,
+    pub l2_interval_secs: u64,
+    pub l3_interval_secs: u64,
+    /// A full snapshot (level 9) is written when the newest is older than this and the database changed.
+    pub snapshot_interval_secs: u64,
+    /// Snapshots older than this are deleted (the newest is always kept); with them the compacted
+    /// files they cover. This is the point-in-time restore window.
+    pub retention_secs: u64,
+    /// Level-0 files are deleted this long after level 1 covers them (the newest is always kept).
+    pub l0_retention_secs: u64,
+    /// A deleted tenant's replica is deleted this long after the tenant.
+    pub delete_grace_secs: u64,
+    /// Databases synced at the same time.
+    pub max_concurrent_syncs: usize,
+    /// Timeout of one object-storage request.
+    pub request_timeout_secs: u64,
+    /// Retry backoff after a failed sync: doubles from `retry_min_ms` up to `retry_max_ms`.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long closing a tenant handle waits to ship its last changes before leaving them to a later catch-up.
+    pub close_timeout_secs: u64,
+    /// S3 credentials when not in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            sync_interval_ms: 1000,
+            checkpoint_pages: 1000,
+            l1_interval_secs: 30,
+            l2_interval_secs: 300,
+            l3_interval_secs: 3600,
+            snapshot_interval_secs: 86_400,
+            retention_secs: 86_400,
+            l0_retention_secs: 300,
+            delete_grace_secs: 7 * 86_400,
+            max_concurrent_syncs: 32,
+            request_timeout_secs: 10,
+            retry_min_ms: 500,
+            retry_max_ms: 30_000,
+            close_timeout_secs: 5,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +211,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             backup_url: None,
+            backup: BackupSettings::default(),
             plans: None,
             stripe_webhook_secret: None,
             log_format: LogFormat::Text,

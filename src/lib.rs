@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -51,18 +52,40 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate()?;
-        let control = ControlPlane::open(&config.data_dir)?;
+        let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
         let lock = take_server_lock(&config.data_dir)?;
+        let backup = match &config.backup_url {
+            Some(url) => {
+                let svc = backup::BackupService::new(url, config.backup.clone(), &config.data_dir)?;
+                let r = svc.replica_for(backup::CONTROL_KEY, control.path());
+                let src: Arc<dyn backup::Source> = Arc::new(control.clone());
+                r.set_source(Arc::downgrade(&src));
+                svc.hold(src);
+                control.set_replica(r.clone());
+                if backup::read_position(control.path()).is_none() || svc.pending_markers().iter().any(|m| m == backup::CONTROL_KEY) {
+                    r.mark_dirty();
+                }
+                Some(svc)
+            }
+            None => None,
+        };
         let admin_token_hash = admin_token_hash(&control, &config)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
-        let registry = TenantRegistry::new(RegistryConfig {
+        let registry = TenantRegistry::with_backup(RegistryConfig {
             data_dir: config.data_dir.clone(),
             max_open: config.max_open_tenants,
             idle: Duration::from_secs(config.tenant_idle_secs.max(1)),
             read_pool_size: config.tenant_read_pool_size,
             open_timeout: Duration::from_millis(config.tenant_open_timeout_ms),
-        });
+        }, backup.clone());
+        if let Some(b) = &backup {
+            let reg = registry.clone();
+            b.set_reopen(move |id| {
+                let reg = reg.clone();
+                Box::pin(async move { reg.open_for_backup(&id).await })
+            });
+        }
         let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
             model_dir: config.model_dir.clone(),
             queue_capacity: config.embed.queue_capacity,
@@ -85,6 +108,7 @@ impl App {
             admin_token_hash: admin_token_hash.into(),
             metrics: prometheus(),
             port,
+            backup,
         };
         Ok(App { listener, state, shutdown: CancellationToken::new(), _lock: lock })
     }
@@ -109,6 +133,10 @@ impl App {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App { listener, state, shutdown, _lock } = self;
         let background = spawn_background(&state, shutdown.clone());
+        let backup_loop = state.backup.clone().map(|b| {
+            let stop = background.clone();
+            tokio::spawn(b.run(stop))
+        });
         let router = api::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "warren listening");
         let hup = spawn_reload_on_sighup(&state);
@@ -140,6 +168,15 @@ impl App {
         state.auth.flush_key_usage().await;
         state.meter.flush().await;
         state.registry.close_all().await;
+        if let Some(b) = &state.backup {
+            if let Some(l) = backup_loop {
+                let _ = l.await;
+            }
+            if let Some(r) = state.control.replica() {
+                r.mark_dirty();
+            }
+            b.flush_all().await;
+        }
         state.embed.shutdown();
         tracing::info!("stopped");
         Ok(())
@@ -166,6 +203,10 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             s.plans.prune();
             if let Some(w) = watcher.as_mut() {
                 if w.changed().await {
+                    if let Some(r) = s.control.replica().cloned() {
+                        // Writes by other processes (the CLI) reach the replica too.
+                        let _ = tokio::task::spawn_blocking(move || r.mark_dirty()).await;
+                    }
                     s.auth.invalidate();
                     if let Err(e) = s.plans.refresh_overrides(&s.control).await {
                         tracing::warn!(error = %e, "reloading plan overrides failed");
@@ -177,6 +218,11 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             }
             if n % 10 == 0 {
                 s.auth.flush_key_usage().await;
+            }
+            if n % 60 == 0 {
+                if let Some(b) = s.backup.clone() {
+                    lifecycle::delete_due_replicas(&s, &b).await;
+                }
             }
         }
     });

@@ -62,12 +62,17 @@ pub fn create_blocking(
 pub async fn delete_tenant(state: &AppState, tenant: &Tenant, actor: &'static str) -> Result<(), Error> {
     let id = tenant.id.clone();
     let slug = tenant.slug.clone();
+    let replica_grace = state.backup.as_ref().map(|b| b.settings().delete_grace_secs);
     let removed = state
         .control
         .write(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let removed = tenants::delete(&tx, &id)?;
             crate::control::audit(&tx, actor, Some(&id), "tenant.deleted", &json!({"slug": slug}))?;
+            if let Some(grace) = replica_grace {
+                let due = crate::control::ts(chrono::Utc::now() + chrono::Duration::seconds(grace as i64));
+                tx.execute("INSERT OR REPLACE INTO replica_deletions(tenant_id, due_at) VALUES (?1, ?2)", [&id, &due])?;
+            }
             tx.commit()?;
             Ok(removed)
         })
@@ -82,6 +87,97 @@ pub async fn delete_tenant(state: &AppState, tenant: &Tenant, actor: &'static st
     tokio::task::spawn_blocking(move || remove_storage(&data_dir, &id)).await?.map_err(Error::Internal)?;
     // The id is never reused (ULIDs), so the block can stay until restart; it costs a few bytes.
     Ok(())
+}
+
+/// Deletes the replicas of tenants deleted more than `backup.delete_grace_secs` ago.
+pub async fn delete_due_replicas(state: &AppState, backup: &std::sync::Arc<crate::backup::BackupService>) {
+    let now = crate::control::ts(chrono::Utc::now());
+    let due = state
+        .control
+        .run(move |c| {
+            let mut st = c.prepare("SELECT tenant_id FROM replica_deletions WHERE due_at <= ?1")?;
+            let ids = st.query_map([&now], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(ids)
+        })
+        .await;
+    let ids = match due {
+        Ok(ids) => ids,
+        Err(e) => return tracing::warn!(error = %e, "listing due replica deletions failed"),
+    };
+    for id in ids {
+        match backup.delete_replica(&id).await {
+            Ok(n) => {
+                tracing::info!(tenant = %id, files = n, "deleted the replica of a deleted tenant");
+                let id2 = id.clone();
+                let _ = state
+                    .control
+                    .write(move |c| {
+                        c.execute("DELETE FROM replica_deletions WHERE tenant_id = ?1", [&id2])?;
+                        crate::control::audit(c, "system", Some(&id2), "tenant.replica_deleted", &json!({"files": n}))?;
+                        Ok(())
+                    })
+                    .await;
+            }
+            Err(e) => tracing::warn!(tenant = %id, error = %format!("{e:#}"), "deleting a replica failed; will retry"),
+        }
+    }
+}
+
+/// Restores one tenant in place from its replica: the tenant is offline (503 `tenant_restoring`) while
+/// its handle closes and the file is replaced atomically; its derived index is rebuilt on next open.
+/// Other tenants are untouched.
+pub async fn restore_tenant(
+    state: &AppState,
+    tenant: &Tenant,
+    target: crate::backup::restore::Target,
+    actor: &str,
+) -> Result<crate::backup::restore::Report, Error> {
+    let backup = state.backup.clone().ok_or_else(|| Error::Conflict { code: "backups_disabled", message: "backups are not configured (backup_url)".into() })?;
+    let replica = backup.root().replica(&crate::backup::BackupService::tenant_key(&tenant.id));
+    // Check the replica before taking the tenant offline: a bad target is a 4xx and nothing changes.
+    let files = replica.list().await.map_err(|e| Error::unavailable("backup_unavailable", format!("the replica cannot be listed: {e:#}"), 5))?;
+    crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request("restore_point_unavailable", format!("{e:#}")))?;
+    state.registry.block_and_close(&tenant.id, Block::Restoring).await;
+    let dir = tenant_dir(&state.config.data_dir, &tenant.id);
+    let staged = dir.join("tenant.db.restoring");
+    let result = crate::backup::restore::restore_to(&replica, target, &staged).await;
+    let outcome = match result {
+        Ok(report) => {
+            let (dir2, id) = (dir.clone(), tenant.id.clone());
+            let swapped = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let db = dir2.join(crate::tenant::DB_FILE);
+                {
+                    let c = rusqlite::Connection::open(&staged)?;
+                    let owner: Option<String> = rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+                    anyhow::ensure!(owner.as_deref() == Some(id.as_str()), "the replica belongs to tenant {owner:?}, not {id}");
+                }
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
+                    let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+                }
+                std::fs::rename(&staged, &db)?;
+                crate::backup::reset_position(&db);
+                let _ = std::fs::remove_dir_all(dir2.join("index"));
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
+            match swapped {
+                Ok(()) => Ok(report),
+                Err(e) => Err(Error::bad_request("restore_failed", format!("{e:#}"))),
+            }
+        }
+        Err(e) => Err(Error::bad_request("restore_failed", format!("{e:#}"))),
+    };
+    if outcome.is_ok() {
+        // The restored state is the new history: the next TXID is a full image.
+        backup.catch_up_tenant(&tenant.id);
+        let (id, detail) = (tenant.id.clone(), json!({"txid": outcome.as_ref().map(|r| r.txid.clone()).unwrap_or_default()}));
+        let actor = actor.to_string();
+        let _ = state.control.write(move |c| Ok(crate::control::audit(c, &actor, Some(&id), "tenant.restored", &detail)?)).await;
+    }
+    state.registry.unblock(&tenant.id);
+    outcome
 }
 
 /// Moves a tenant's directory to the trash and removes it.

@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The port actually bound (differs from the config when it says 0).
     pub port: u16,
+    /// Continuous backups, when `backup_url` is set.
+    pub backup: Option<Arc<crate::backup::BackupService>>,
 }
 
 impl AppState {

@@ -26,6 +26,8 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/keys/{key_id}/rotate", post(rotate_key))
         .route("/tenants/{slug}/audit", get(audit_log))
         .route("/tenants/{slug}/reindex", post(reindex))
+        .route("/tenants/{slug}/backup", get(backup_status))
+        .route("/tenants/{slug}/restore", post(restore))
         .route("/tenants/{slug}/overrides", get(get_overrides).put(put_overrides))
         .route("/tenants/{slug}/keys/{key_id}/rate_limit", axum::routing::put(put_key_limit))
         .route("/usage", get(usage_export))
@@ -221,6 +223,53 @@ async fn reindex(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiP
         })
         .await?;
     Ok(Json(json!({"reindexed": t.slug, "chunks": n})))
+}
+
+/// Replication state of one tenant: replica URL, last replicated TXID and time, lag, last error.
+async fn backup_status(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
+    let t = tenant_by_slug(&state, &slug).await?;
+    Ok(Json(backup_status_json(&state, &t)))
+}
+
+pub(crate) fn backup_status_json(state: &AppState, t: &Tenant) -> serde_json::Value {
+    match &state.backup {
+        None => json!({"tenant": t.slug, "enabled": false}),
+        Some(b) => {
+            let db = crate::tenant::tenant_dir(&state.config.data_dir, &t.id).join(crate::tenant::DB_FILE);
+            let st = b.status(&crate::backup::BackupService::tenant_key(&t.id), &db);
+            json!({"tenant": t.slug, "enabled": true, "backup": st})
+        }
+    }
+}
+
+/// Body of a restore: at most one of `txid` (16 hex digits) and `timestamp` (RFC 3339); neither means latest.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreRequest {
+    pub txid: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+/// Parses an optional restore body (empty means latest) into a target.
+pub(crate) fn restore_target_from(body: &[u8]) -> Result<crate::backup::restore::Target, Error> {
+    let req: RestoreRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RestoreRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| Error::bad_request("invalid_json", format!("invalid JSON body: {e}")))?
+    };
+    restore_target(&req)
+}
+
+pub(crate) fn restore_target(req: &RestoreRequest) -> Result<crate::backup::restore::Target, Error> {
+    crate::backup::restore::Target::parse(req.txid.as_deref(), req.timestamp.as_deref()).map_err(|e| Error::validation(format!("{e:#}")))
+}
+
+/// Restores one tenant in place (latest, a TXID or a time). Other tenants keep serving.
+async fn restore(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, Error> {
+    let target = restore_target_from(&body)?;
+    let t = tenant_by_slug(&state, &slug).await?;
+    let report = crate::lifecycle::restore_tenant(&state, &t, target, "admin").await?;
+    Ok(Json(json!({"tenant": t.slug, "restored": report})))
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,24 @@ pub fn routes() -> Router<AppState> {
         .route("/usage", get(usage))
         .route("/audit", get(audit))
         .route("/signup", post(signup))
+        .route("/backup", get(backup))
+        .route("/restore", post(restore))
+}
+
+/// The tenant's own replication state (admin-scoped key).
+async fn backup(ctx: TenantCtx) -> Result<Json<serde_json::Value>, Error> {
+    ctx.require(crate::control::Scope::Admin)?;
+    Ok(Json(crate::api::admin::backup_status_json(ctx.state(), ctx.tenant())))
+}
+
+/// Point-in-time restore of the tenant's own data: needs an admin-scoped key and `pitr_restore` in the plan.
+async fn restore(ctx: TenantCtx, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, Error> {
+    ctx.require(crate::control::Scope::Admin)?;
+    ctx.require_feature("pitr_restore")?;
+    let target = crate::api::admin::restore_target_from(&body)?;
+    let t = ctx.tenant().clone();
+    let report = crate::lifecycle::restore_tenant(ctx.state(), &t, target, &format!("tenant:{}", t.id)).await?;
+    Ok(Json(serde_json::json!({"tenant": t.slug, "restored": report})))
 }
 
 async fn me(ctx: TenantCtx) -> Json<serde_json::Value> {

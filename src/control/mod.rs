@@ -93,6 +93,11 @@ CREATE TABLE stripe_events (
 );
 CREATE INDEX usage_at ON usage_events(at);
 CREATE INDEX tenants_stripe_customer ON tenants(stripe_customer_id);
+"#, r#"
+CREATE TABLE replica_deletions (
+    tenant_id TEXT PRIMARY KEY,
+    due_at TEXT NOT NULL
+);
 "#];
 
 /// RFC 3339 with milliseconds in UTC: sorts lexicographically in SQLite.
@@ -112,17 +117,29 @@ pub struct ControlPlane {
     /// handler polls with growing sleeps, so under contention a waiter can starve past the busy
     /// timeout; a fair in-process lock queues them instead.
     writer: std::sync::Arc<parking_lot::FairMutex<()>>,
+    /// Continuous backup of control.db, when backups are on (set once by the app).
+    replica: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::backup::DbReplica>>>,
 }
 
 impl ControlPlane {
     /// Opens (creating if needed) `<data_dir>/control.db` and runs its migrations.
     pub fn open(data_dir: &Path) -> anyhow::Result<ControlPlane> {
+        Self::open_with(data_dir, false)
+    }
+
+    /// Like [`open`](Self::open); `replicated` turns automatic checkpoints off on every connection
+    /// (the backup shipper checkpoints after shipping).
+    pub fn open_with(data_dir: &Path, replicated: bool) -> anyhow::Result<ControlPlane> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let path = data_dir.join("control.db");
-        let manager = SqliteConnectionManager::file(&path).with_init(|c| {
+        let manager = SqliteConnectionManager::file(&path).with_init(move |c| {
             c.execute_batch(
                 "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-            )
+            )?;
+            if replicated {
+                crate::backup::prepare_connection(c)?;
+            }
+            Ok(())
         });
         let pool = r2d2::Pool::builder()
             .max_size(4)
@@ -132,7 +149,7 @@ impl ControlPlane {
             .context("opening control.db")?;
         let mut conn = pool.get()?;
         migrate(&mut conn, MIGRATIONS).context("migrating control.db")?;
-        Ok(ControlPlane { pool, path, writer: Default::default() })
+        Ok(ControlPlane { pool, path, writer: Default::default(), replica: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -162,17 +179,35 @@ impl ControlPlane {
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     {
         let writer = self.writer.clone();
+        let replica = self.replica.get().cloned();
         self.run(move |c| {
             let _w = writer.lock();
-            f(c)
+            let out = f(c);
+            if let Some(r) = replica {
+                r.mark_dirty();
+            }
+            out
         })
         .await
+    }
+
+    /// Attaches the backup of control.db (once, at start-up).
+    pub fn set_replica(&self, r: std::sync::Arc<crate::backup::DbReplica>) {
+        let _ = self.replica.set(r);
+    }
+
+    pub fn replica(&self) -> Option<&std::sync::Arc<crate::backup::DbReplica>> {
+        self.replica.get()
     }
 
     /// Like [`run_sync`](Self::run_sync), for closures that write.
     pub fn write_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let _w = self.writer.lock();
-        self.run_sync(f)
+        let out = self.run_sync(f);
+        if let Some(r) = self.replica.get() {
+            r.mark_dirty();
+        }
+        out
     }
 
     /// Runs `f` synchronously (CLI, start-up).
@@ -276,5 +311,13 @@ impl Watcher {
             }
             _ => false,
         }
+    }
+}
+
+impl crate::backup::Source for ControlPlane {
+    fn locked(&self, f: &mut dyn FnMut(&Connection) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let _w = self.writer.lock();
+        let conn = self.pool.get().map_err(|e| anyhow::anyhow!("control.db pool: {e}"))?;
+        f(&conn)
     }
 }

@@ -57,6 +57,8 @@ pub struct TenantHandle {
     released: Notify,
     /// Derived per-tenant state of other modules (search index, vector cache, ...), created lazily.
     extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    /// Continuous backup of this database, when backups are on.
+    replica: Option<Arc<crate::backup::DbReplica>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -68,18 +70,29 @@ impl TenantHandle {
         read_pool_size: u32,
         thread_pool: Arc<scheduled_thread_pool::ScheduledThreadPool>,
         permit: OwnedSemaphorePermit,
+        backup: Option<&Arc<crate::backup::BackupService>>,
     ) -> anyhow::Result<TenantHandle> {
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let mut writer = Connection::open_with_flags(&path, flags).with_context(|| format!("opening {}", path.display()))?;
         writer.execute_batch(PRAGMAS)?;
+        let replicated = backup.is_some();
+        if replicated {
+            crate::backup::prepare_connection(&writer)?;
+        }
         crate::control::migrate(&mut writer, &migrations())?;
         let owner: Option<String> =
             rusqlite::OptionalExtension::optional(writer.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
         anyhow::ensure!(owner.as_deref() == Some(id), "{} belongs to tenant {:?}, not {id}", path.display(), owner);
         let manager = SqliteConnectionManager::file(&path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
-            .with_init(|c| c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;"));
+            .with_init(move |c| {
+                c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")?;
+                if replicated {
+                    crate::backup::prepare_connection(c)?;
+                }
+                Ok(())
+            });
         let readers = r2d2::Pool::builder()
             .max_size(read_pool_size)
             .min_idle(Some(0))
@@ -97,6 +110,7 @@ impl TenantHandle {
             closing: AtomicBool::new(false),
             released: Notify::new(),
             extensions: Mutex::new(Vec::new()),
+            replica: backup.map(|b| b.replica_for(&crate::backup::BackupService::tenant_key(id), &path)),
             _permit: permit,
         })
     }
@@ -143,13 +157,31 @@ impl TenantHandle {
         self.closing.load(Ordering::SeqCst)
     }
 
+    pub fn replica(&self) -> Option<&Arc<crate::backup::DbReplica>> {
+        self.replica.as_ref()
+    }
+
     /// Checkpoints the WAL into the database and closes the writer. Blocking; called once drained.
-    pub(crate) fn close_blocking(&self) {
+    /// With backups on, the WAL is checkpointed only when everything in it was shipped (`checkpoint`);
+    /// otherwise it stays for the catch-up after the next open.
+    pub(crate) fn close_blocking(&self, checkpoint: bool) {
         // Derived state (index writers, vector caches) is dropped here, on a blocking thread.
         self.extensions.lock().clear();
         if let Some(conn) = self.writer.lock().take() {
-            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-                tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed");
+            match (&self.replica, checkpoint) {
+                (None, _) => {
+                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+                        tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed");
+                    }
+                }
+                // Everything is shipped: checkpoint, and record that the WAL may restart.
+                (Some(r), true) => match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0)) {
+                    Ok(0) => r.note_checkpointed(),
+                    Ok(_) => tracing::debug!(tenant = %self.id, "checkpoint on close was busy"),
+                    Err(e) => tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed"),
+                },
+                // Not shipped: keep the WAL for the catch-up after the next open.
+                (Some(_), false) => {}
             }
             if let Err((_, e)) = conn.close() {
                 tracing::warn!(tenant = %self.id, error = %e, "closing writer failed");
@@ -161,7 +193,12 @@ impl TenantHandle {
     pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let mut guard = self.writer.lock();
         let conn = guard.as_mut().ok_or_else(|| Error::unavailable("tenant_restoring", "tenant is closing", 1))?;
-        f(conn)
+        let out = f(conn);
+        drop(guard);
+        if let Some(r) = &self.replica {
+            r.mark_dirty();
+        }
+        out
     }
 
     /// Runs `f` with a reader connection (blocking; call from `spawn_blocking`).
@@ -221,5 +258,13 @@ impl Lease {
             f(&lease)
         })
         .await?
+    }
+}
+
+impl crate::backup::Source for TenantHandle {
+    fn locked(&self, f: &mut dyn FnMut(&Connection) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let guard = self.writer.lock();
+        let conn = guard.as_ref().ok_or_else(|| anyhow::anyhow!("the tenant is closed"))?;
+        f(conn)
     }
 }

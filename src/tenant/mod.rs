@@ -58,6 +58,7 @@ struct Inner {
     /// One small thread pool shared by every reader pool (r2d2 would start 3 threads per pool).
     r2d2_threads: Arc<scheduled_thread_pool::ScheduledThreadPool>,
     closers: TaskTracker,
+    backup: Option<Arc<crate::backup::BackupService>>,
 }
 
 /// The directory of a tenant: derived from its id alone, never from user input.
@@ -68,6 +69,11 @@ pub fn tenant_dir(data_dir: &Path, tenant_id: &str) -> PathBuf {
 
 impl TenantRegistry {
     pub fn new(cfg: RegistryConfig) -> TenantRegistry {
+        Self::with_backup(cfg, None)
+    }
+
+    /// A registry whose tenants are continuously backed up by `backup`.
+    pub fn with_backup(cfg: RegistryConfig, backup: Option<Arc<crate::backup::BackupService>>) -> TenantRegistry {
         let rt = tokio::runtime::Handle::current();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let weak = weak.clone();
@@ -90,6 +96,7 @@ impl TenantRegistry {
                 blocked: Mutex::new(HashMap::new()),
                 r2d2_threads: Arc::new(scheduled_thread_pool::ScheduledThreadPool::builder().num_threads(2).thread_name_pattern("r2d2-{}").build()),
                 closers: TaskTracker::new(),
+                backup,
             }
         });
         TenantRegistry { inner }
@@ -169,6 +176,16 @@ impl TenantRegistry {
         self.inner.blocked.lock().remove(tenant_id);
     }
 
+    /// Opens a tenant that has changes left to ship (backup catch-up) and queues it. The handle then
+    /// closes through the cache like any other.
+    pub async fn open_for_backup(&self, tenant_id: &str) -> anyhow::Result<()> {
+        let lease = self.acquire(tenant_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(r) = lease.replica().cloned() {
+            tokio::task::spawn_blocking(move || r.mark_dirty()).await?;
+        }
+        Ok(())
+    }
+
     /// Number of handles in the cache (open, not closing).
     pub fn open_count(&self) -> u64 {
         self.inner.cache.entry_count()
@@ -224,13 +241,24 @@ impl Inner {
         if !dir.join(DB_FILE).exists() {
             return Err(Error::not_found("tenant_not_found", "no such tenant"));
         }
-        let (pool_size, threads, owned_id) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string());
-        let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit))
+        let (pool_size, threads, owned_id, backup) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string(), self.backup.clone());
+        let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit, backup.as_ref()))
             .await?
             .map_err(Error::Internal)?;
+        let handle = Arc::new(handle);
+        if let Some(r) = handle.replica() {
+            let weak: Weak<dyn crate::backup::Source> = Arc::downgrade(&handle) as Weak<dyn crate::backup::Source>;
+            r.set_source(weak);
+            // Never replicated yet (new tenant, or backups just turned on): ship its first snapshot.
+            let db = handle.dir().join(DB_FILE);
+            if !tokio::task::spawn_blocking(move || crate::backup::read_position(&db).is_some()).await.unwrap_or(true) {
+                let r = r.clone();
+                let _ = tokio::task::spawn_blocking(move || r.mark_dirty()).await;
+            }
+        }
         metrics::counter!("warren_tenant_opens_total").increment(1);
         metrics::histogram!("warren_tenant_open_seconds").record(started.elapsed().as_secs_f64());
-        Ok(Arc::new(handle))
+        Ok(handle)
     }
 
     /// Called from the eviction listener: registers the close and runs it once the handle drains.
@@ -242,8 +270,17 @@ impl Inner {
         self.closers.spawn_on(
             async move {
                 handle.drain().await;
+                // Ship the last changes before the files close; if storage is unreachable, keep the WAL
+                // and let the backup service reopen the tenant later.
+                let mut shipped = true;
+                if let (Some(r), Some(b)) = (handle.replica().cloned(), inner.backup.as_ref()) {
+                    shipped = r.ship_before_close(Duration::from_secs(b.settings().close_timeout_secs.max(1))).await;
+                    if !shipped {
+                        r.defer_after_close();
+                    }
+                }
                 let h = handle.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || h.close_blocking()).await {
+                if let Err(e) = tokio::task::spawn_blocking(move || h.close_blocking(shipped)).await {
                     tracing::error!(tenant = %id, error = %e, "close task failed");
                 }
                 drop(handle); // releases the SQLite files and the permit
