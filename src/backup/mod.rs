@@ -485,7 +485,9 @@ impl DbReplica {
         let mut pos = tokio::task::spawn_blocking(move || read_position(&db)).await?.unwrap_or_default();
         let files = self.replica.list().await.context("listing the replica")?;
         let newest = files.iter().map(|f| f.max).max().unwrap_or(0);
-        let full = newest != pos.txid || pos.txid == 0;
+        // A replica that no longer restores (files lost or removed) gets a fresh full image too.
+        let broken = !files.is_empty() && restore::plan(&files, restore::Target::Latest).is_err();
+        let full = newest != pos.txid || pos.txid == 0 || broken;
         if full {
             if pos.txid != 0 || newest != 0 {
                 tracing::info!(replica = %self.key, recorded = pos.txid, replica_newest = newest, "replica and position differ; shipping a full image next");
