@@ -580,7 +580,7 @@ impl DbReplica {
         self.replica.put(level, min, max, bytes.into(), h.timestamp_ms).await.with_context(|| format!("uploading level-{level} compaction"))?;
         st.files.push(FileInfo { level, min, max, size: n, created_ms: h.timestamp_ms });
         metrics::counter!("warren_backup_puts_total").increment(1);
-        metrics::counter!("warren_backup_compactions_total").increment(1);
+        metrics::counter!("warren_backup_compactions_total", "level" => level.to_string()).increment(1);
         Ok(())
     }
 

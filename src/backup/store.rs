@@ -63,10 +63,12 @@ impl ReplicaRoot {
                 let prefix = u.path().trim_matches('/').to_string();
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
                 let mut region_set = false;
+                let mut allow_http = false;
                 for (k, v) in u.query_pairs() {
                     match &*k {
                         "endpoint" => {
-                            b = b.with_endpoint(v.to_string()).with_allow_http(v.starts_with("http://"));
+                            allow_http = v.starts_with("http://");
+                            b = b.with_endpoint(v.to_string());
                         }
                         "region" => {
                             b = b.with_region(v.to_string());
@@ -88,7 +90,7 @@ impl ReplicaRoot {
                 // Our own loop retries with backoff; the client gives up quickly so a dead endpoint
                 // never holds a sync for minutes.
                 let retry = RetryConfig { max_retries: 1, retry_timeout: request_timeout, ..Default::default() };
-                let opts = ClientOptions::new().with_timeout(request_timeout).with_connect_timeout(Duration::from_secs(2));
+                let opts = ClientOptions::new().with_allow_http(allow_http).with_timeout(request_timeout).with_connect_timeout(Duration::from_secs(2));
                 let store = b.with_retry(retry).with_client_options(opts).build().context("configuring the S3 client")?;
                 Ok(ReplicaRoot(Arc::new(Backend::S3 { store: Arc::new(store), prefix, bucket, query: u.query().unwrap_or("").to_string() })))
             }
