@@ -62,7 +62,7 @@ impl App {
                 r.set_source(Arc::downgrade(&src));
                 svc.hold(src);
                 control.set_replica(r.clone());
-                if backup::read_position(control.path()).is_none() || svc.pending_markers().iter().any(|m| m == backup::CONTROL_KEY) {
+                if backup::needs_sync(control.path()) {
                     r.mark_dirty();
                 }
                 Some(svc)
@@ -299,6 +299,11 @@ fn prometheus() -> PrometheusHandle {
             let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("static buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("warren_backup_rpo_seconds".into()),
+                    &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0],
+                )
                 .expect("static buckets");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

@@ -24,6 +24,10 @@ pub async fn create_tenant(state: &AppState, req: CreateTenant, actor: &'static 
     let data_dir = state.config.data_dir.clone();
     let (tenant, key, api_key) = tokio::task::spawn_blocking(move || create_blocking(&control, &data_dir, req, actor)).await??;
     state.auth.invalidate();
+    if let Some(b) = &state.backup {
+        // Every tenant has a replica from its first moment: the service opens it and ships a snapshot.
+        b.catch_up_tenant(&tenant.id);
+    }
     let quickstart = quickstart(&state.tenant_url(&tenant.slug), &api_key);
     Ok(Created { tenant, api_key, key, quickstart })
 }

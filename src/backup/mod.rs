@@ -88,6 +88,15 @@ fn write_position(db: &Path, p: &Position) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a database has something to ship: never replicated, or WAL frames after the shipped position
+/// (e.g. migrations run at open, or commits left by a crash).
+pub fn needs_sync(db: &Path) -> bool {
+    match read_position(db) {
+        None => true,
+        Some(p) => !matches!(wal::read_frames(db, &p.cursor), Ok(wal::Read_::Nothing)),
+    }
+}
+
 /// Forgets the shipped position (after a restore replaced the file): the next sync ships a full image.
 pub fn reset_position(db: &Path) {
     let _ = std::fs::remove_file(position_path(db));

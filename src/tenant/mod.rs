@@ -249,9 +249,10 @@ impl Inner {
         if let Some(r) = handle.replica() {
             let weak: Weak<dyn crate::backup::Source> = Arc::downgrade(&handle) as Weak<dyn crate::backup::Source>;
             r.set_source(weak);
-            // Never replicated yet (new tenant, or backups just turned on): ship its first snapshot.
+            // Never replicated (new tenant, backups just turned on) or changed since the last ship
+            // (migrations at open, a crash): queue it.
             let db = handle.dir().join(DB_FILE);
-            if !tokio::task::spawn_blocking(move || crate::backup::read_position(&db).is_some()).await.unwrap_or(true) {
+            if tokio::task::spawn_blocking(move || crate::backup::needs_sync(&db)).await.unwrap_or(true) {
                 let r = r.clone();
                 let _ = tokio::task::spawn_blocking(move || r.mark_dirty()).await;
             }

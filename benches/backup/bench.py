@@ -1,0 +1,242 @@
+"""Driver of benches/backup/run.sh. Plain stdlib HTTP; every number printed is measured here."""
+import http.client, json, os, re, shutil, socket, subprocess, sys, tempfile, threading, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+WARREN, VENV_BIN, TENANTS, WRITERS, RESTORE_MB = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ADMIN = "bench-admin-token-0123456789"
+ENV_S3 = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_http(url, tries=300):
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(url, timeout=1); return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def start_moto():
+    port = free_port()
+    p = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/")
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bucket", method="PUT"))
+    return p, port
+
+
+def start_warren(data, backup_url=None, extra=None):
+    port = free_port()
+    env = dict(os.environ, WARREN_DATA_DIR=data, WARREN_LISTEN=f"127.0.0.1:{port}", WARREN_ADMIN_TOKEN=ADMIN,
+               WARREN_MODEL_DIR=os.path.join(data, "no-model"), RUST_LOG="warn", **ENV_S3)
+    env.pop("WARREN_BACKUP_URL", None)
+    if backup_url:
+        env["WARREN_BACKUP_URL"] = backup_url
+    env.update(extra or {})
+    p = subprocess.Popen([WARREN, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return p, port
+
+
+class Client:
+    def __init__(self, port):
+        self.port = port
+        self.local = threading.local()
+
+    def conn(self):
+        c = getattr(self.local, "c", None)
+        if c is None:
+            c = self.local.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        return c
+
+    def req(self, method, path, body=None, token=ADMIN):
+        headers = {"Authorization": f"Bearer {token}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode(); headers["Content-Type"] = "application/json"
+        for attempt in range(3):
+            try:
+                c = self.conn(); c.request(method, path, data, headers)
+                r = c.getresponse(); raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+            except (http.client.HTTPException, ConnectionError, OSError):
+                self.local.c = None
+                if attempt == 2: raise
+
+
+def metric(port, name, labels=""):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + labels) and (line[len(name + labels)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total, text
+
+
+def hist_quantiles(text, name, qs):
+    buckets = []
+    for line in text.splitlines():
+        m = re.match(rf'{name}_bucket{{le="([^"]+)"}} (\S+)', line)
+        if m: buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
+    buckets.sort(); total = buckets[-1][1] if buckets else 0
+    out = []
+    for q in qs:
+        want = q * total
+        out.append(next((le for le, c in buckets if c >= want), float("nan")))
+    return out, int(total)
+
+
+def proc_stats(pid):
+    rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+    return rss // 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def count_objects(port):
+    n, token = 0, ""
+    while True:
+        q = f"/bucket?list-type=2&max-keys=1000" + (f"&continuation-token={urllib.request.quote(token)}" if token else "")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}{q}").read().decode()
+        n += body.count("<Key>")
+        m = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", body)
+        if not m: return n
+        token = m.group(1)
+
+
+def wait_caught_up(cl, port, slugs, timeout=600):
+    t0 = time.time()
+    for s in slugs:
+        while True:
+            st, v = cl.req("GET", f"/admin/v1/tenants/{s}/backup")
+            if st == 200 and not v["backup"]["pending"] and v["backup"]["last_txid"]: break
+            if time.time() - t0 > timeout: raise SystemExit(f"{s} not caught up: {v}")
+            time.sleep(0.2)
+
+
+def scale():
+    moto, mport = start_moto()
+    data = tempfile.mkdtemp(prefix="warren-bb-")
+    url = f"s3://bucket/scale?endpoint=http://127.0.0.1:{mport}&region=us-east-1"
+    p, port = start_warren(data, url)
+    cl = Client(port)
+    t0 = time.time()
+    def create(i):
+        st, v = cl.req("POST", "/admin/v1/tenants", {"slug": f"t{i:05d}", "name": "b", "email": "b@b.co", "tier": "pro"})
+        assert st == 201, (st, v); return v["api_key"]
+    with ThreadPoolExecutor(8) as ex:
+        keys = list(ex.map(create, range(TENANTS)))
+    print(f"created {TENANTS} tenants in {time.time() - t0:.0f} s")
+    # Every tenant ships its first snapshot right after creation; wait for the service to drain.
+    t0 = time.time()
+    while True:
+        pending, _ = metric(port, "warren_backup_pending")
+        if pending == 0: break
+        if time.time() - t0 > 1800: raise SystemExit("initial snapshots did not finish")
+        time.sleep(2)
+    print(f"initial snapshots of {TENANTS} tenants shipped {time.time() - t0:.0f} s after the last create; objects in S3: {count_objects(mport)}")
+    rss, fds = proc_stats(p.pid)
+    print(f"after creation: RSS {rss} MiB, fds {fds}")
+    # Idle: no PUTs.
+    time.sleep(5)
+    puts0, _ = metric(port, "warren_backup_puts_total"); objs0 = count_objects(mport)
+    time.sleep(60)
+    puts1, _ = metric(port, "warren_backup_puts_total"); objs1 = count_objects(mport)
+    rss, fds = proc_stats(p.pid)
+    print(f"idle 60 s with {TENANTS} tenants: {puts1 - puts0:.0f} PUTs by warren, S3 object count {objs0} -> {objs1}; RSS {rss} MiB, fds {fds}")
+    # 100 tenants writing steadily (each ~2 commits/s) for 60 s.
+    _, before = metric(port, "warren_backup_rpo_seconds_count")
+    stop = time.time() + 60
+    done = [0]; lock = threading.Lock()
+    peak = [0, 0]
+    def writer(w):
+        k = keys[w * (TENANTS // WRITERS)]
+        i = 0
+        while time.time() < stop:
+            st, _ = cl.req("POST", "/api/v1/documents", {"path": f"w/{i % 50}.md", "content": f"writer {w} revision {i} " + "lorem ipsum " * 40}, token=k)
+            assert st in (200, 201), st
+            i += 1
+            with lock: done[0] += 1
+            time.sleep(0.5)
+    def sampler():
+        while time.time() < stop:
+            r, f = proc_stats(p.pid); peak[0] = max(peak[0], r); peak[1] = max(peak[1], f); time.sleep(1)
+    th = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)] + [threading.Thread(target=sampler)]
+    for t in th: t.start()
+    for t in th: t.join()
+    time.sleep(3)
+    _, text = metric(port, "warren_backup_rpo_seconds_count")
+    (p50, p99), n = hist_quantiles(text, "warren_backup_rpo_seconds", [0.5, 0.99])
+    puts, _ = metric(port, "warren_backup_puts_total")
+    print(f"{WRITERS} writers x 60 s: {done[0]} acknowledged writes; RPO (first unshipped commit -> level-0 object) "
+          f"p50 <= {p50} s, p99 <= {p99} s over {n} syncs (histogram bucket upper bounds); peak RSS {peak[0]} MiB, peak fds {peak[1]}")
+    p.terminate(); p.wait(); moto.terminate(); moto.wait()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def throughput():
+    moto, mport = start_moto()
+    results = {"on": [], "off": []}
+    for rnd in range(2):
+        for mode in ("off", "on"):
+            data = tempfile.mkdtemp(prefix="warren-bt-")
+            url = f"s3://bucket/tp{rnd}{mode}?endpoint=http://127.0.0.1:{mport}&region=us-east-1" if mode == "on" else None
+            p, port = start_warren(data, url)
+            cl = Client(port)
+            keys = []
+            for i in range(8):
+                st, v = cl.req("POST", "/admin/v1/tenants", {"slug": f"w{i}", "name": "b", "email": "b@b.co", "tier": "pro"}); keys.append(v["api_key"])
+            stop = time.time() + 20; n = [0]; lock = threading.Lock()
+            def w(k):
+                i = 0
+                while time.time() < stop:
+                    st, _ = cl.req("POST", "/api/v1/documents", {"path": f"d/{i}.md", "content": f"doc {i} " + "some words here " * 30}, token=k)
+                    assert st in (200, 201), st
+                    i += 1
+                    with lock: n[0] += 1
+            th = [threading.Thread(target=w, args=(k,)) for k in keys]
+            for t in th: t.start()
+            for t in th: t.join()
+            results[mode].append(n[0] / 20)
+            p.terminate(); p.wait(); shutil.rmtree(data, ignore_errors=True)
+    on, off = sum(results["on"]) / 2, sum(results["off"]) / 2
+    print(f"write throughput (8 tenants, 8 client threads, POST /documents, 20 s per run, off/on alternating x2): "
+          f"off {results['off']} -> {off:.0f}/s, on {results['on']} -> {on:.0f}/s; overhead {100 * (off - on) / off:.1f} %")
+    moto.terminate(); moto.wait()
+
+
+def restore_time():
+    moto, mport = start_moto()
+    data = tempfile.mkdtemp(prefix="warren-br-")
+    url = f"s3://bucket/restore?endpoint=http://127.0.0.1:{mport}&region=us-east-1"
+    p, port = start_warren(data, url, {"WARREN_DOCS__MAX_BULK_BYTES": str(64 << 20)})
+    cl = Client(port)
+    st, v = cl.req("POST", "/admin/v1/tenants", {"slug": "big", "name": "b", "email": "b@b.co", "tier": "pro"}); key = v["api_key"]; tid = v["tenant"]["id"]
+    db = os.path.join(data, tid, "tenant.db")
+    i = 0
+    import random
+    rnd = random.Random(7); words = [("".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(3, 10)))) for _ in range(20000)]
+    while os.path.getsize(db) + (os.path.getsize(db + "-wal") if os.path.exists(db + "-wal") else 0) < RESTORE_MB << 20 and i < 100000:
+        docs = [{"path": f"big/{i + j}.md", "content": " ".join(rnd.choice(words) for _ in range(1500))} for j in range(50)]
+        st, r = cl.req("POST", "/api/v1/documents/bulk", {"documents": docs}, token=key)
+        assert st == 200, (st, r)
+        i += 50
+    wait_caught_up(cl, port, ["big"])
+    p.terminate(); p.wait()
+    size = os.path.getsize(db)
+    turl = f"s3://bucket/restore/tenants/{tid}?endpoint=http://127.0.0.1:{mport}&region=us-east-1"
+    env = dict(os.environ, WARREN_DATA_DIR=data, WARREN_BACKUP_URL=url, **ENV_S3); env.pop("AWS_CA_BUNDLE", None)
+    for tool in ("warren", "litestream", "warren", "litestream"):
+        out = os.path.join(data, f"restored-{tool}-{time.time_ns()}.db")
+        cmd = [WARREN, "restore", "big", "--to", out] if tool == "warren" else [os.path.join(VENV_BIN, "litestream"), "restore", "-o", out, turl]
+        t0 = time.time(); subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); dt = time.time() - t0
+        print(f"restore {size / 2**20:.0f} MiB tenant ({i} documents) from local S3 with {tool}: {dt:.2f} s")
+    moto.terminate(); moto.wait(); shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    which = os.environ.get("BENCH", "scale,throughput,restore").split(",")
+    if "throughput" in which: throughput()
+    if "restore" in which: restore_time()
+    if "scale" in which: scale()
