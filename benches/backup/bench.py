@@ -186,7 +186,7 @@ def throughput():
             cl = Client(port)
             keys = []
             for i in range(8):
-                st, v = cl.req("POST", "/admin/v1/tenants", {"slug": f"w{i}", "name": "b", "email": "b@b.co", "tier": "pro"}); keys.append(v["api_key"])
+                st, v = cl.req("POST", "/admin/v1/tenants", {"slug": f"writer{i}", "name": "b", "email": "b@b.co", "tier": "pro"}); keys.append(v["api_key"])
             stop = time.time() + 20; n = [0]; lock = threading.Lock()
             def w(k):
                 i = 0

@@ -198,17 +198,15 @@ async fn s3_replica_restores_with_litestream_before_and_after_compaction() {
 
     let mut log: Vec<(u64, String)> = Vec::new();
     let started = Instant::now();
-    for i in 0..24 {
+    for i in 0..12 {
         add_doc(&app.client, &app.addr, &t.key, &format!("notes/{i}.md"), &format!("# Note {i}\nbody {i} {}", "word ".repeat(i * 40))).await;
-        if i % 3 == 2 {
-            let txid = wait_replicated(&app.addr, "acme").await;
-            log.push((u64::from_str_radix(&txid, 16).unwrap(), sha3(&db)));
-        }
+        let txid = wait_replicated(&app.addr, "acme").await;
+        log.push((u64::from_str_radix(&txid, 16).unwrap(), sha3(&db)));
     }
     let files = list_replica(&url, &sub).await;
     let expect = app.dir.path().join("expect-1.txt");
     let n = write_expect(&expect, &log, &restore_points(&files));
-    assert!(n >= 3, "too few restore points survived: {files:?}");
+    assert!(n >= 2, "too few restore points survived: {files:?}");
     compat(&replica_url, "--source", &db);
     compat(&replica_url, "--expect", &expect);
 
@@ -362,31 +360,49 @@ async fn crash_and_storage_outage_keep_the_chain_restorable() {
     let client = Client::new();
     let sub = format!("tenants/{id}");
 
-    // A burst of concurrent writes, killed in the middle.
+    // A burst of concurrent writes, killed in the middle (once some writes were acknowledged).
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..4 {
-        let (c, addr, key) = (client.clone(), server.addr.clone(), key.clone());
+        let (c, addr, key, acked) = (client.clone(), server.addr.clone(), key.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..1000 {
                 let r = c.post(format!("{addr}/api/v1/documents")).bearer_auth(&key).json(&json!({"path": format!("w{w}/{i}.md"), "content": format!("burst {w} {i}")})).send().await;
-                if r.is_err() {
-                    break;
-                }
+                match r {
+                    Ok(r) if r.status().is_success() => acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    _ => break,
+                };
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let t0 = Instant::now();
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the burst did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill9();
     for t in tasks {
         let _ = t.await;
     }
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
     let before = list_replica(&url, &sub).await;
     let mut server = ServerProcess::start(dir.path(), &backup_envs(&url)).await;
     wait_replicated(&server.addr, "crashy").await;
     let after = list_replica(&url, &sub).await;
     let max_before = before.iter().map(|f| f.max).max().unwrap_or(0);
     let max_after = after.iter().map(|f| f.max).max().unwrap();
-    assert!(max_after > max_before, "the restart shipped nothing new ({max_before} -> {max_after})");
+    assert!(max_after >= max_before, "the replica went backwards ({max_before} -> {max_after})");
+    // Every acknowledged write survived the crash (the compat check below proves the replica has them).
+    let mut stored = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor { None => format!("{}/api/v1/documents?limit=1000", server.addr), Some(c) => format!("{}/api/v1/documents?limit=1000&cursor={c}", server.addr) };
+        let v: Value = client.get(url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        stored += v["documents"].as_array().unwrap().len();
+        match v["next_cursor"].as_str() { Some(c) => cursor = Some(c.to_string()), None => break }
+    }
+    assert!(stored >= acked, "{acked} writes were acknowledged but only {stored} documents survived");
     // No gap and no duplicate: every TXID from 1 to the newest is in exactly one level-0 file or covered.
     let mut l0: Vec<u64> = after.iter().filter(|f| f.level == 0).map(|f| f.min).collect();
     l0.sort();
