@@ -94,7 +94,9 @@ def proc_stats(pid):
     return rss // 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def count_objects(port):
+def count_objects(port, url=""):
+    if url.startswith("file://"):
+        return sum(len(f) for _, _, f in os.walk(url[len("file://"):]))
     n, token = 0, ""
     while True:
         q = f"/bucket?list-type=2&max-keys=1000" + (f"&continuation-token={urllib.request.quote(token)}" if token else "")
@@ -119,6 +121,8 @@ def scale():
     moto, mport = start_moto()
     data = tempfile.mkdtemp(prefix="warren-bb-")
     url = f"s3://bucket/scale?endpoint=http://127.0.0.1:{mport}&region=us-east-1"
+    if os.environ.get("SCALE_BACKEND") == "file":
+        url = "file://" + tempfile.mkdtemp(prefix="warren-bb-replica-")
     p, port = start_warren(data, url)
     cl = Client(port)
     t0 = time.time()
@@ -135,16 +139,17 @@ def scale():
         if pending == 0: break
         if time.time() - t0 > 1800: raise SystemExit("initial snapshots did not finish")
         time.sleep(2)
-    print(f"initial snapshots of {TENANTS} tenants shipped {time.time() - t0:.0f} s after the last create; objects in S3: {count_objects(mport)}")
+    print(f"replica: {url.split('?')[0]}")
+    print(f"initial snapshots of {TENANTS} tenants shipped {time.time() - t0:.0f} s after the last create; objects: {count_objects(mport, url)}")
     rss, fds = proc_stats(p.pid)
     print(f"after creation: RSS {rss} MiB, fds {fds}")
     # Idle: no PUTs.
     time.sleep(5)
-    puts0, _ = metric(port, "warren_backup_puts_total"); objs0 = count_objects(mport)
+    puts0, _ = metric(port, "warren_backup_puts_total"); objs0 = count_objects(mport, url)
     time.sleep(60)
-    puts1, _ = metric(port, "warren_backup_puts_total"); objs1 = count_objects(mport)
+    puts1, _ = metric(port, "warren_backup_puts_total"); objs1 = count_objects(mport, url)
     rss, fds = proc_stats(p.pid)
-    print(f"idle 60 s with {TENANTS} tenants: {puts1 - puts0:.0f} PUTs by warren, S3 object count {objs0} -> {objs1}; RSS {rss} MiB, fds {fds}")
+    print(f"idle 60 s with {TENANTS} tenants: {puts1 - puts0:.0f} PUTs by warren, object count {objs0} -> {objs1}; RSS {rss} MiB, fds {fds}")
     # 100 tenants writing steadily (each ~2 commits/s) for 60 s.
     _, before = metric(port, "warren_backup_rpo_seconds_count")
     stop = time.time() + 60

@@ -280,6 +280,12 @@ impl BackupService {
         };
         for id in orphans {
             let Some(reopen) = self.reopen.get() else { break };
+            // Reopen only as many as can sync now: a storm of catch-ups (thousands of new tenants, a
+            // restart after a crash) must not fill the handle cache with tenants waiting to ship.
+            if self.syncs.available_permits() == 0 || self.queue.lock().len() >= self.cfg.max_concurrent_syncs {
+                self.orphans.lock().insert(id, now);
+                continue;
+            }
             if let Err(e) = reopen(id.clone()).await {
                 tracing::warn!(tenant = %id, error = %e, "reopening a tenant for backup catch-up failed");
                 let key = Self::tenant_key(&id);
