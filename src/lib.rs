@@ -19,6 +19,7 @@ pub mod search;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -37,7 +37,7 @@ pub const MMR_LAMBDA: f32 = 0.75;
 pub const NEAR_DUPLICATE: f32 = 0.95;
 
 /// `POST /api/v1/context/assemble` body (ContextLite's request shape).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssembleRequest {
     pub query: String,
     pub max_tokens: usize,
@@ -70,7 +70,7 @@ impl AssembleRequest {
 }
 
 /// One document of an assembled context.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssembledDocument {
     pub id: String,
     pub path: String,
@@ -83,7 +83,7 @@ pub struct AssembledDocument {
 }
 
 /// `POST /api/v1/context/assemble` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssembleResponse {
     pub context: String,
     /// Exact o200k_base count of `context` (≤ `max_tokens`).
