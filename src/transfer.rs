@@ -80,11 +80,21 @@ pub fn walk(root: &Path, globs: &[String], excludes: &[String]) -> anyhow::Resul
     for g in excludes {
         ob.add(&format!("!{g}")).with_context(|| format!("--exclude {g}"))?;
     }
-    let overrides = ob.build()?;
+    // Applied after the walk, not as the walker's overrides: a whitelisting override would win
+    // over .gitignore, and --glob must only narrow what .gitignore leaves.
+    let filter = ob.build()?;
     let mut out = Vec::new();
-    for entry in ignore::WalkBuilder::new(root).require_git(false).overrides(overrides).sort_by_file_path(|a, b| a.cmp(b)).build() {
+    for entry in ignore::WalkBuilder::new(root).require_git(false).sort_by_file_path(|a, b| a.cmp(b)).build() {
         let entry = entry?;
         if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let keep = match filter.matched(entry.path(), false) {
+            ignore::Match::Whitelist(_) => true,
+            ignore::Match::Ignore(_) => false,
+            ignore::Match::None => globs.is_empty(),
+        };
+        if !keep {
             continue;
         }
         let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
