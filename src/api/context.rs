@@ -270,6 +270,7 @@ async fn delete_one(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiPa
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PrefixQuery {
     /// Required: every document whose path starts with it is deleted (empty: all).
     path_prefix: Option<String>,

@@ -158,7 +158,11 @@ impl Default for DocLimits {
 /// `POST /api/v1/documents` body (and one item of a bulk request).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentInput {
+    /// UTF-8 text, not blank, no NUL bytes.
+    #[schema(pattern = r"\S")]
     pub content: String,
+    /// Unique per tenant; the same path replaces the document. At most 1024 bytes, no control characters.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$", max_length = 256)]
     pub path: String,
     #[serde(default)]
     pub title: Option<String>,
@@ -253,6 +257,7 @@ pub struct DocumentSummary {
 
 /// `GET /api/v1/documents?path_prefix=&cursor=&limit=` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
     pub path_prefix: Option<String>,

@@ -114,8 +114,11 @@ fn default_limit() -> usize {
 /// `POST /api/v1/search` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchRequest {
+    /// Natural language or keywords (at most 4096 bytes).
+    #[schema(pattern = r"\S", max_length = 1024)]
     pub query: String,
     #[serde(default = "default_limit")]
+    #[schema(minimum = 1, maximum = 100, default = 10)]
     pub limit: usize,
     #[serde(default)]
     pub mode: SearchMode,

@@ -66,7 +66,7 @@ async fn openapi_is_valid_and_survives_the_fuzzer() {
     assert!(spec["paths"]["/api/v1/search"]["post"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
 
-    let out = run_python("openapi_check.py", vec![app.addr.clone(), t.key.clone(), "150".into()]).await;
+    let out = run_python("openapi_check.py", vec![app.addr.clone(), t.key.clone(), ADMIN.into(), "150".into()]).await;
     assert!(out.contains("openapi: valid 3.1"), "{out}");
     app.stop().await;
 }
