@@ -133,6 +133,12 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
                 d.sweep().await;
                 return Err(Error::not_found("session_not_found", "this MCP session reached its time limit: initialise a new one"));
             }
+            // Closed by the SDK (idle): answer in our error shape rather than the transport's.
+            let sid: Arc<str> = id.as_str().into();
+            if !d.manager.has_session(&sid).await.unwrap_or(false) {
+                d.sessions.lock().remove(id);
+                return Err(Error::not_found("session_not_found", "this MCP session was closed (idle): initialise a new one"));
+            }
         }
         None if parts.method == Method::POST => {
             d.sweep().await;
@@ -265,22 +271,20 @@ fn tenant(parts: &http::request::Parts) -> Result<TenantCtx, McpError> {
     parts.extensions.get::<TenantCtx>().cloned().ok_or_else(|| McpError::internal_error("no tenant on this request", None))
 }
 
-/// A domain error as a tool error the model can read: the REST error body as JSON text.
-fn tool_error(e: Error) -> CallToolResult {
-    let message = match &e {
-        Error::Internal(cause) => {
-            tracing::error!(error = ?cause, "internal error in MCP tool");
-            "internal server error".to_string()
-        }
-        other => other.to_string(),
-    };
-    CallToolResult::error(vec![ContentBlock::text(json!({"error": {"code": e.code(), "message": message}}).to_string())])
+/// A domain error as a tool error the model can read: exactly the REST error body (details
+/// included, 5xx opaque and logged once by `IntoResponse`), as JSON text.
+async fn tool_error(e: Error) -> CallToolResult {
+    let code = e.code();
+    let body = axum::body::to_bytes(e.into_response().into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8(body.to_vec())
+        .unwrap_or_else(|_| json!({"error": {"code": code, "message": "error"}}).to_string());
+    CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
-fn done<T: serde::Serialize>(r: Result<T, Error>) -> Result<CallToolResult, McpError> {
+async fn done<T: serde::Serialize>(r: Result<T, Error>) -> Result<CallToolResult, McpError> {
     Ok(match r {
         Ok(v) => CallToolResult::structured(serde_json::to_value(v).map_err(|e| McpError::internal_error(e.to_string(), None))?),
-        Err(e) => tool_error(e),
+        Err(e) => tool_error(e).await,
     })
 }
 
@@ -312,6 +316,7 @@ impl WarrenMcp {
             api::run_search(&ctx, &self.state, req).await
         }
         .await)
+        .await
     }
 
     #[tool(description = "Assemble the most relevant passages into one context block that fits max_tokens, ready to put in a prompt.")]
@@ -324,6 +329,7 @@ impl WarrenMcp {
             api::run_assemble(&ctx, &self.state, req).await
         }
         .await)
+        .await
     }
 
     #[tool(description = "Add a document at a path (or replace the one already there) so it becomes searchable.")]
@@ -335,6 +341,7 @@ impl WarrenMcp {
             api::write_document(&ctx, &self.state, input).await
         }
         .await)
+        .await
     }
 
     #[tool(description = "Read one whole document by its id or its path.")]
@@ -350,6 +357,7 @@ impl WarrenMcp {
             api::read_document(&ctx, r).await
         }
         .await)
+        .await
     }
 
     #[tool(description = "List documents (path, title, size; no content) ordered by path, one page at a time.")]
@@ -360,6 +368,7 @@ impl WarrenMcp {
             api::list_documents(&ctx, ListQuery { path_prefix: a.path_prefix, cursor: a.cursor, limit: None }).await
         }
         .await)
+        .await
     }
 
     #[tool(description = "Delete one document by its id.")]
@@ -371,6 +380,7 @@ impl WarrenMcp {
             Ok(json!({"deleted": a.id}))
         }
         .await)
+        .await
     }
 
     #[tool(description = "Recommend products for a customer (customer_id) or products similar to one (product_id).")]
@@ -387,6 +397,7 @@ impl WarrenMcp {
             Err(Error::unavailable("recommendations_unavailable", "recommendations are not available on this server yet", 60))
         }
         .await)
+        .await
     }
 }
 

@@ -258,6 +258,9 @@ async fn import_a_folder_then_resume_then_export_round_trips() {
         let data = data.clone();
         tokio::task::spawn_blocking(move || warren(&data, &args.iter().map(String::as_str).collect::<Vec<_>>()))
     };
+    // Offline mode refuses while a server holds the data dir, and says how to go through it.
+    let refused = run(vec!["import".into(), "importer".into(), src.clone()]).await.unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--server"));
     let first = ok_json(&run(vec!["import".into(), "importer".into(), src.clone(), "--server".into(), addr.clone(), "--key".into(), key.clone()]).await.unwrap());
     assert_eq!(first["imported"], 998, "{first}");
     assert_eq!(first["skipped_binary"], json!(["docs/logo.png"]), "{first}");
