@@ -140,7 +140,7 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
 /// Where documents go: a running server, or the tenant's files.
 enum Target {
     Http { client: reqwest::Client, base: String, key: String },
-    Offline { conn: rusqlite::Connection, search: crate::search::TenantSearch, embed: crate::embed::EmbedService, limits: DocLimits },
+    Offline { conn: rusqlite::Connection, search: Box<crate::search::TenantSearch>, embed: crate::embed::EmbedService, limits: DocLimits },
 }
 
 impl Target {
@@ -166,7 +166,7 @@ impl Target {
         let conn = rusqlite::Connection::open_with_flags(dir.join(crate::tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .with_context(|| format!("opening tenant {slug}"))?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let search = crate::search::TenantSearch::open(&dir, &conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let search = Box::new(crate::search::TenantSearch::open(&dir, &conn).map_err(|e| anyhow::anyhow!("{e}"))?);
         let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
             model_dir: config.model_dir.clone(),
             queue_capacity: config.embed.queue_capacity,
