@@ -74,6 +74,13 @@ async def main(base, key_a, key_b, key_free):
             fail(f"resource read answered {res}")
         summary["a_document"] = added["id"]
 
+    # The newest protocol (negotiated by the client's default "auto" mode, no sessions) works too.
+    async with client(url, key_a, mode="auto") as c:
+        found = structured(await c.call_tool("search", {"query": "rabbits dig burrows", "mode": "keyword"}))
+        if "guides/burrow.md" not in [r["path"] for r in found["results"]]:
+            fail(f"search over protocol {c.protocol_version} answered {found}")
+        summary["auto_protocol"] = c.protocol_version
+
     # Tenant isolation: B sees nothing of A's, by search, by id, by path or as a resource.
     async with client(url, key_b) as c:
         found = structured(await c.call_tool("search", {"query": "rabbits dig burrows", "mode": "keyword"}))
