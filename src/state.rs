@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The port actually bound (differs from the config when it says 0).
     pub port: u16,
+    /// Cancelled when the server begins to stop (ends long-lived streams such as MCP's).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -66,7 +66,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         move || Ok(WarrenMcp::new(s.clone())),
         manager.clone(),
         // Host and Origin are checked by `door` against the tenants' own names.
-        StreamableHttpServerConfig::default().disable_allowed_hosts().disable_allowed_origins(),
+        // Sessions and their streams end when the server stops, so they do not hold the drain.
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .disable_allowed_origins()
+            .with_cancellation_token(state.shutdown.child_token()),
     );
     let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), cfg });
     Router::new().route(

@@ -330,3 +330,28 @@ fn metadata_and_titles_round_trip_through_jsonl() {
     let got: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(got, lines.to_vec());
 }
+
+#[tokio::test]
+async fn mcp_accepts_jwts_and_open_streams_do_not_hold_shutdown() {
+    let app = spawn_with(|c| c.jwt.hs256_secret = Some("a-test-secret-of-enough-length-0123".into())).await;
+    app.create_tenant("jwt-mcp", "starter").await;
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let claims = json!({"tenant": "jwt-mcp", "exp": exp, "scopes": ["read", "write"]});
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"a-test-secret-of-enough-length-0123"),
+    )
+    .unwrap();
+    let sid = open_session(&app, &jwt).await;
+    // A client's standalone SSE stream stays open until the server shuts down.
+    let stream = send(
+        app.req(Method::GET, "/mcp").bearer_auth(&jwt).header("accept", "text/event-stream").header("mcp-session-id", &sid).header("mcp-protocol-version", "2025-06-18"),
+    )
+    .await;
+    assert_eq!(stream.status(), 200);
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "shutdown waited {:?} for an MCP stream", started.elapsed());
+    drop(stream);
+}
