@@ -72,7 +72,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             .disable_allowed_origins()
             .with_cancellation_token(state.shutdown.child_token()),
     );
-    let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), cfg });
+    let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()), cfg });
     Router::new().route(
         "/mcp",
         axum::routing::any(move |State(state): State<AppState>, req: Request| {
@@ -92,12 +92,21 @@ struct Door {
     manager: Arc<LocalSessionManager>,
     /// Session id → the tenant that opened it.
     sessions: Mutex<HashMap<String, Binding>>,
+    /// Sweeps run at most once a second (sessionless POSTs of the newest protocol would otherwise sweep each time).
+    last_sweep: Mutex<Instant>,
     cfg: McpConfig,
 }
 
 impl Door {
     /// Forgets bindings of sessions the SDK closed (idle) and closes those past their lifetime.
     async fn sweep(&self) {
+        {
+            let mut last = self.last_sweep.lock();
+            if last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+        }
         let max = Duration::from_secs(self.cfg.session_max_secs.max(1));
         let ids: Vec<(String, bool)> = self.sessions.lock().iter().map(|(id, b)| (id.clone(), b.started.elapsed() > max)).collect();
         for (id, expired) in ids {
@@ -133,12 +142,13 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
                     Some(b) => b.started.elapsed() > max,
                 }
             };
+            let sid: Arc<str> = id.as_str().into();
             if expired {
-                d.sweep().await;
+                let _ = d.manager.close_session(&sid).await;
+                d.sessions.lock().remove(id);
                 return Err(Error::not_found("session_not_found", "this MCP session reached its time limit: initialise a new one"));
             }
             // Closed by the SDK (idle): answer in our error shape rather than the transport's.
-            let sid: Arc<str> = id.as_str().into();
             if !d.manager.has_session(&sid).await.unwrap_or(false) {
                 d.sessions.lock().remove(id);
                 return Err(Error::not_found("session_not_found", "this MCP session was closed (idle): initialise a new one"));
