@@ -199,6 +199,15 @@ async fn mcp_door_auth_origin_sessions_and_metering() {
 #[tokio::test]
 async fn mcp_hides_recommend_without_the_feature_and_expires_sessions() {
     let app = spawn_with(|c| c.mcp.session_max_secs = 1).await;
+    // The admin quickstart carries the MCP snippet, filled in with the tenant's URL.
+    let created = json_of(
+        send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "qs-snip", "name": "Q", "email": "q@q.test", "tier": "starter"}))).await,
+    )
+    .await;
+    let qs = created["quickstart"].as_str().unwrap();
+    let url = format!("http://qs-snip.localhost:{}", app.port);
+    assert!(qs.contains(&format!("claude mcp add --transport http warren {url}/mcp")), "{qs}");
+    assert!(qs.contains(&format!("\"url\": \"{url}/mcp\"")) && qs.contains(&format!("warren import qs-snip ./docs")), "{qs}");
     let t = app.create_tenant("no-recs", "starter").await;
     send(app.admin(Method::PUT, "/tenants/no-recs/overrides").json(&json!({"features": {"recommendations": false}}))).await;
     let sid = open_session(&app, &t.key).await;
