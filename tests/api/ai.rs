@@ -364,3 +364,37 @@ async fn mcp_accepts_jwts_and_open_streams_do_not_hold_shutdown() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "shutdown waited {:?} for an MCP stream", started.elapsed());
     drop(stream);
 }
+
+#[tokio::test]
+async fn mcp_tool_calls_take_cells_from_the_rest_limiter() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("mcp-rl", "starter").await;
+    let r = send(app.admin(Method::PUT, "/tenants/mcp-rl/overrides").json(&json!({"rate_per_sec": 1, "burst": 3}))).await;
+    assert!(r.status().is_success());
+    let sid = open_session(&app, &t.key).await;
+    // Initialising took nothing; two searches take 2 cells, the REST call the last one.
+    for i in 0..2 {
+        let call = json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
+            "params": {"name": "search", "arguments": {"query": "x", "mode": "keyword"}}});
+        let (_, _, v) = mcp_post(&app, &t.key, Some(&sid), call, &[]).await;
+        assert_eq!(v["result"]["isError"], false, "{v}");
+    }
+    // The REST door sees the cells MCP took (one refills per second).
+    let r = send(app.api(Method::GET, "/tenant", &t.key)).await;
+    let remaining: u32 = r.headers()["ratelimit-remaining"].to_str().unwrap().parse().unwrap();
+    assert!(remaining <= 1, "remaining {remaining}");
+    // Rapid calls soon hit the limit, answered as a tool error with the REST body.
+    let mut v = Value::Null;
+    for i in 0..10 {
+        let call = json!({"jsonrpc": "2.0", "id": 20 + i, "method": "tools/call",
+            "params": {"name": "search", "arguments": {"query": "x", "mode": "keyword"}}});
+        v = mcp_post(&app, &t.key, Some(&sid), call, &[]).await.2;
+        if v["result"]["isError"] == true {
+            break;
+        }
+    }
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let body: Value = serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    app.stop().await;
+}
