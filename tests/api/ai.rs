@@ -373,6 +373,7 @@ async fn mcp_tool_calls_take_cells_from_the_rest_limiter() {
     assert!(r.status().is_success());
     let sid = open_session(&app, &t.key).await;
     // Initialising took nothing; two searches take 2 cells, the REST call the last one.
+    let started = std::time::Instant::now();
     for i in 0..2 {
         let call = json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
             "params": {"name": "search", "arguments": {"query": "x", "mode": "keyword"}}});
@@ -382,7 +383,9 @@ async fn mcp_tool_calls_take_cells_from_the_rest_limiter() {
     // The REST door sees the cells MCP took (one refills per second).
     let r = send(app.api(Method::GET, "/tenant", &t.key)).await;
     let remaining: u32 = r.headers()["ratelimit-remaining"].to_str().unwrap().parse().unwrap();
-    assert!(remaining <= 1, "remaining {remaining}");
+    if started.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(remaining, 0, "MCP calls and REST calls share the bucket");
+    }
     // Rapid calls soon hit the limit, answered as a tool error with the REST body.
     let mut v = Value::Null;
     for i in 0..10 {
