@@ -235,6 +235,10 @@ impl Target {
                         if b["error"]["code"] == "quota_exceeded" {
                             bail!("{b}");
                         }
+                        let (cost, limit) = (b["error"]["cost"].as_u64().unwrap_or(0), b["error"]["limit"].as_u64().unwrap_or(u64::MAX));
+                        if cost > limit {
+                            bail!("a batch of {} documents costs {cost} rate-limit cells, over this key's burst of {limit}: use --batch {}", paths.len(), limit.saturating_sub(2).max(1));
+                        }
                         tokio::time::sleep(Duration::from_secs(wait.min(60))).await;
                         continue;
                     }
