@@ -211,6 +211,21 @@ impl TenantCtx {
     pub fn deleted(&self) {
         self.state.plans.forget_stored(&self.tenant.id);
     }
+
+    /// What the REST door does for one call, for calls that arrive another way (MCP tools): takes
+    /// `cells` from the rate limiter and records an `api_call`.
+    pub fn charge_call(&self, cells: u32) -> Result<(), Error> {
+        self.charge(cells)?;
+        if self.state.plans.enforce {
+            self.state.meter.record(&self.tenant.id, crate::metering::Kind::ApiCall, 0);
+        }
+        Ok(())
+    }
+
+    /// The `[costs]` of this tenant's plan.
+    pub fn costs(&self) -> &crate::plans::Costs {
+        self.entitlements.costs()
+    }
 }
 
 /// Set by the middleware before routing; filled by the extractor (and [`TenantCtx::charge`]) with
@@ -286,6 +301,16 @@ impl FromRequestParts<AppState> for TenantCtx {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let needed = if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) { Scope::Read } else { Scope::Write };
+        TenantCtx::authenticate(parts, state, needed, true).await
+    }
+}
+
+impl TenantCtx {
+    /// Proves the tenant of a request: host and credentials agree, the tenant is active and the
+    /// credentials carry `needed`. With `charge_door`, takes the call's rate-limit cells and records
+    /// an `api_call` (REST); without, the caller charges per operation with [`TenantCtx::charge_call`] (MCP).
+    pub async fn authenticate(parts: &mut Parts, state: &AppState, needed: Scope, charge_door: bool) -> Result<TenantCtx, Error> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let host_tenant = state.auth.host_tenant(&parts.headers, parts.uri.host(), peer, &state.config).await?;
         let (cred_tenant, scopes, credential) = state.auth.credential_tenant(&parts.headers).await?;
@@ -299,7 +324,6 @@ impl FromRequestParts<AppState> for TenantCtx {
             Status::Cancelled => return Err(Error::forbidden("tenant_cancelled", "this tenant is cancelled")),
             Status::Trial | Status::Active => {}
         }
-        let needed = if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) { Scope::Read } else { Scope::Write };
         if !keys::allows(&scopes, needed) {
             return Err(Error::forbidden("insufficient_scope", format!("this call needs the {:?} scope", needed.as_str())));
         }
@@ -311,7 +335,7 @@ impl FromRequestParts<AppState> for TenantCtx {
             let _ = slot.0.set(entitlements.tier.as_str());
         }
         let rate = parts.extensions.get::<RateSlot>().cloned();
-        if state.plans.enforce {
+        if state.plans.enforce && charge_door {
             let (r, b) = entitlements.rate();
             let cost = door_cost(parts, entitlements.costs());
             let res = charge_cells(state, &cred_tenant.id, &credential, r, b, cost);

@@ -55,6 +55,37 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["slug", "to", "txid", "timestamp"])]
         all: bool,
     },
+    /// Import a folder (respecting .gitignore) or a JSONL file of {path, content, title?, metadata?}
+    /// lines as documents; unchanged documents are skipped by content hash, binary files reported.
+    Import {
+        slug: String,
+        /// A folder, or a .jsonl file.
+        source: PathBuf,
+        /// Only files matching this glob (repeatable), e.g. '**/*.md'.
+        #[arg(long = "glob")]
+        globs: Vec<String>,
+        /// Leave out files matching this glob (repeatable).
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// A running server, e.g. http://127.0.0.1:8080 (default: write to the data dir; the server must be stopped).
+        #[arg(long)]
+        server: Option<String>,
+        /// The tenant's API key for --server (or WARREN_KEY).
+        #[arg(long)]
+        key: Option<String>,
+        /// Documents per bulk request.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+    },
+    /// Write a tenant's documents as JSONL ({path, content, title?, metadata}), ordered by path.
+    Export {
+        slug: String,
+        /// Read through a running server instead of the data dir.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,12 +262,39 @@ fn print(v: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
+fn run_transfer(cmd: Command, config: &Config) -> anyhow::Result<()> {
+    match cmd {
+        Command::Import { slug, source, globs, excludes, server, key, batch } => {
+            let opts = crate::transfer::ImportOptions { slug, source, globs, excludes, server, key, batch };
+            let report = crate::transfer::import(config, opts)?;
+            print(serde_json::to_value(&report)?);
+            if !report.failed.is_empty() {
+                anyhow::bail!("{} document(s) failed", report.failed.len());
+            }
+        }
+        Command::Export { slug, server, key } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = crate::transfer::export(config, &slug, server, key, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("warren: exported {n} document(s)");
+        }
+        _ => unreachable!("only import and export"),
+    }
+    Ok(())
+}
+
 /// Runs a non-serve command.
 pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
     if let Command::Restore { slug, txid, timestamp, to, all } = cmd {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return rt.block_on(restore(config, slug, txid, timestamp, to, all));
     }
+    let cmd = match cmd {
+        // import/export open what they need themselves (possibly only a remote server).
+        c @ (Command::Import { .. } | Command::Export { .. }) => return run_transfer(c, config),
+        c => c,
+    };
     let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
     match cmd {
         Command::Serve => unreachable!("serve is handled by main"),
@@ -336,6 +394,7 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
                 other => anyhow::bail!("--format must be stripe, csv or json, not {other:?}"),
             }
         }
+        Command::Import { .. } | Command::Export { .. } => unreachable!("handled by run_transfer"),
         Command::Key(KeyCmd::Revoke { slug, key_id }) => {
             let t = tenant_id(&control, &slug)?;
             let key = control

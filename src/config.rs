@@ -70,6 +70,29 @@ pub struct Config {
     pub docs: DocsConfig,
     pub embed: EmbedSettings,
     pub billing: BillingConfig,
+    pub mcp: McpConfig,
+}
+
+/// The MCP endpoint at `/mcp` (`WARREN_MCP__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// Open MCP sessions on this server; a new session over it is 503 `overloaded`.
+    pub max_sessions: usize,
+    /// Open MCP sessions per tenant.
+    pub max_sessions_per_tenant: usize,
+    /// A session ends this many seconds after it began, active or not (the client re-initialises).
+    pub session_max_secs: u64,
+    /// A session idle this long is closed.
+    pub session_idle_secs: u64,
+    /// Browser origins allowed besides the request's own host (e.g. `https://app.example.com`).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig { max_sessions: 1000, max_sessions_per_tenant: 50, session_max_secs: 8 * 3600, session_idle_secs: 600, allowed_origins: Vec::new() }
+    }
 }
 
 /// Continuous backup settings. Times are in seconds unless the name says otherwise.
@@ -225,6 +248,7 @@ impl Default for Config {
             docs: DocsConfig::default(),
             embed: EmbedSettings::default(),
             billing: BillingConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod search;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,7 +98,9 @@ impl App {
         let clock = plans::Clock::default();
         let plan_store = Arc::new(plans::PlanStore::new(loaded, config.plans.clone(), config.billing.enforce, clock.clone()));
         plan_store.refresh_overrides_sync(&control).map_err(|e| anyhow::anyhow!("loading plan overrides: {e}"))?;
+        let shutdown = CancellationToken::new();
         let state = AppState {
+            shutdown: shutdown.clone(),
             meter: metering::Meter::with(control.clone(), clock, config.billing.enforce),
             plans: plan_store,
             config: Arc::new(config),
@@ -110,7 +113,7 @@ impl App {
             port,
             backup,
         };
-        Ok(App { listener, state, shutdown: CancellationToken::new(), _lock: lock })
+        Ok(App { listener, state, shutdown, _lock: lock })
     }
 
     pub fn port(&self) -> u16 {

@@ -28,7 +28,7 @@ pub async fn create_tenant(state: &AppState, req: CreateTenant, actor: &'static 
         // Every tenant has a replica from its first moment: the service opens it and ships a snapshot.
         b.catch_up_tenant(&tenant.id);
     }
-    let quickstart = quickstart(&state.tenant_url(&tenant.slug), &api_key);
+    let quickstart = quickstart(&tenant.slug, &state.tenant_url(&tenant.slug), &api_key);
     Ok(Created { tenant, api_key, key, quickstart })
 }
 
@@ -199,7 +199,7 @@ pub fn remove_storage(data_dir: &Path, tenant_id: &str) -> anyhow::Result<()> {
 }
 
 /// Ready-to-paste commands for a new tenant.
-pub fn quickstart(url: &str, key: &str) -> String {
+pub fn quickstart(slug: &str, url: &str, key: &str) -> String {
     format!(
         r##"# Your tenant is live at {url}
 # Keep this API key safe: it is shown only once.
@@ -224,6 +224,19 @@ curl -s -X POST $WARREN_URL/api/v1/context/assemble -H "Authorization: Bearer $W
 
 # Without DNS for the subdomain, send the key alone to the server's address:
 #   curl -s http://127.0.0.1:8080/api/v1/tenant -H "X-API-Key: $WARREN_KEY"
+
+# Use it from AI tools over MCP (plans with the `mcp` feature: starter and up).
+# Claude Code:
+claude mcp add --transport http warren {url}/mcp --header "Authorization: Bearer $WARREN_KEY"
+# Other clients (Claude Desktop, Cursor, VS Code...), JSON config:
+#   {{"mcpServers": {{"warren": {{"type": "http", "url": "{url}/mcp",
+#     "headers": {{"Authorization": "Bearer {key}"}}}}}}}}
+
+# Import a folder (respects .gitignore; re-runs skip unchanged files), export everything:
+warren import {slug} ./docs --glob '**/*.md' --server {url} --key $WARREN_KEY
+warren export {slug} --server {url} --key $WARREN_KEY > documents.jsonl
+
+# The REST API is described at {url}/openapi.json and browsable at {url}/docs
 "##
     )
 }

@@ -29,6 +29,8 @@ pub struct AppState {
     pub port: u16,
     /// Continuous backups, when `backup_url` is set.
     pub backup: Option<Arc<crate::backup::BackupService>>,
+    /// Cancelled when the server begins to stop (ends long-lived streams such as MCP's).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -17,6 +17,12 @@ use crate::error::Error;
 use crate::lifecycle;
 use crate::state::AppState;
 
+/// The admin API's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_tenant, list_tenants, show_tenant, patch_tenant, delete_tenant, create_key, list_keys, revoke_key,
+    rotate_key, audit_log, reindex, get_overrides, put_overrides, put_key_limit, usage_export))]
+pub struct AdminApi;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
@@ -58,6 +64,8 @@ pub struct Created {
     pub quickstart: String,
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), request_body(content = Object, description = "{slug, name, email, tier?, status?, trial_days?}"),
+    responses((status = 201, description = "{tenant, api_key, key, quickstart}", body = Object)))]
 async fn create_tenant(_: AdminCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CreateTenant>) -> Result<Response, Error> {
     let created = lifecycle::create_tenant(&state, req, "admin").await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -70,6 +78,8 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), params(("q" = Option<String>, Query, description = "Matches slug, name or email"), ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, description = "{tenants, next_cursor, total}", body = Object)))]
 async fn list_tenants(_: AdminCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<serde_json::Value>, Error> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -96,6 +106,8 @@ pub(crate) async fn tenant_by_slug(state: &AppState, slug: &str) -> Result<Tenan
         .ok_or_else(|| Error::not_found("tenant_not_found", "no such tenant"))
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "{tenant, keys, features}", body = Object)))]
 async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
     let t = tenant_by_slug(&state, &slug).await?;
     let id = t.id.clone();
@@ -104,6 +116,8 @@ async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): 
     Ok(Json(json!({"tenant": t, "keys": keys, "features": ent.feature_list(), "effective_tier": ent.tier, "limits": ent.limits_json()})))
 }
 
+#[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{tier?, status?, custom_domain?, name?, email?, trial_ends_at?}"),
+    responses((status = 200, description = "The tenant", body = Object)))]
 async fn patch_tenant(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -127,12 +141,16 @@ async fn patch_tenant(
     Ok(Json(updated))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<StatusCode, Error> {
     let t = tenant_by_slug(&state, &slug).await?;
     lifecycle::delete_tenant(&state, &t, "admin").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{name?, scopes?, expires_at?}"),
+    responses((status = 201, description = "{key, api_key}", body = Object)))]
 async fn create_key(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -160,12 +178,16 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(json!({"key": rec, "api_key": key}))).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "{keys}", body = Object)))]
 async fn list_keys(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
     let t = tenant_by_slug(&state, &slug).await?;
     let keys = state.control.run(move |c| Ok(keys::list(c, &t.id)?)).await?;
     Ok(Json(json!({"keys": keys})))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/tenants/{slug}/keys/{key_id}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),
+    responses((status = 200, description = "{key}", body = Object)))]
 async fn revoke_key(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -186,6 +208,8 @@ async fn revoke_key(
     Ok(Json(json!({"key": rec})))
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys/{key_id}/rotate", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),
+    responses((status = 201, description = "{key, api_key, old_key_valid_until}", body = Object)))]
 async fn rotate_key(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -206,6 +230,8 @@ async fn rotate_key(
     Ok((StatusCode::CREATED, Json(json!({"key": rec, "api_key": key, "old_key_valid_until": old_expires_at}))).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/audit", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "{events}", body = Object)))]
 async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
     let t = tenant_by_slug(&state, &slug).await?;
     let events = state.control.run(move |c| Ok(crate::control::list_audit(c, Some(&t.id), 200)?)).await?;
@@ -213,6 +239,8 @@ async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): Ap
 }
 
 /// Rebuilds the tenant's search index from SQLite, through its open handle.
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/reindex", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "{reindexed, chunks}", body = Object)))]
 async fn reindex(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
     let t = tenant_by_slug(&state, &slug).await?;
     let lease = state.registry.acquire(&t.id).await?;
@@ -305,6 +333,8 @@ impl CreateTenant {
     }
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "The overrides", body = Object)))]
 async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
     let t = tenant_by_slug(&state, &slug).await?;
     let o = state.control.run(move |c| crate::plans::get_overrides(c, &t.id)).await?;
@@ -312,6 +342,8 @@ async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug)
 }
 
 /// Sets a tenant's own limits and feature switches (`null` removes them). Applies on the next request.
+#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{rate_per_sec?, burst?, queries_per_month?, queries_hard_limit?, documents?, storage_bytes?, products?, features?} or null"),
+    responses((status = 200, description = "The overrides", body = Object)))]
 async fn put_overrides(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -345,6 +377,8 @@ struct KeyLimit {
 }
 
 /// Gives an API key its own (lower) rate limit; `null` removes it.
+#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/keys/{key_id}/rate_limit", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),request_body(content = Object, description = "{rate_per_sec, burst} or null"),
+    responses((status = 200, description = "{key_id, rate_limit}", body = Object)))]
 async fn put_key_limit(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -379,6 +413,8 @@ struct UsageQuery {
 }
 
 /// Every tenant's usage and bill for a month, as JSON or (`Accept: text/csv` or `format=csv`) CSV.
+#[utoipa::path(get, path = "/admin/v1/usage", tag = "admin", security(("admin_token" = [])), params(("period" = Option<String>, Query, description = "YYYY-MM"), ("format" = Option<String>, Query, description = "json or csv")),
+    responses((status = 200, description = "Every tenant's usage and bill", content((Object = "application/json"), (String = "text/csv")))))]
 async fn usage_export(
     _: AdminCtx,
     State(state): State<AppState>,

@@ -22,9 +22,25 @@ use crate::docs::{self, BulkItemResult, BulkRequest, DocLimits, DocsError, Docum
 use crate::embed::EmbedError;
 use crate::error::Error;
 use crate::metering::Kind;
-use crate::search::{AssembleRequest, SearchRequest, TenantSearch};
+use crate::search::{AssembleRequest, AssembleResponse, SearchRequest, SearchResponse, TenantSearch};
 use crate::state::AppState;
 use crate::tenant::Lease;
+
+/// The context API's part of the OpenAPI document (listed in [`super::openapi::MODULES`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create, bulk, list, get_one, delete_one, delete_prefix, search, assemble, embeddings),
+    components(schemas(docs::Document, docs::DocumentSummary, docs::BulkItemResult, docs::ItemError, BulkResponse))
+)]
+pub struct ContextApi;
+
+/// Answer of `POST /documents/bulk`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BulkResponse {
+    pub results: Vec<BulkItemResult>,
+    pub succeeded: usize,
+    pub failed: usize,
+}
 
 pub fn routes(config: &Config) -> Router<AppState> {
     // JSON escaping can double a document's size on the wire; the content limit itself is
@@ -105,23 +121,35 @@ async fn embed_docs(state: &AppState, prepared: &[&PreparedDocument]) -> Result<
     Ok(Some(prepared.iter().map(|d| flat.by_ref().take(d.chunks.len()).collect()).collect()))
 }
 
-async fn create(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(input): ApiJson<DocumentInput>) -> Result<Response, Error> {
+/// Validates, chunks, embeds and stores one document (REST `POST /documents`, MCP `add_document`).
+pub(crate) async fn write_document(ctx: &TenantCtx, state: &AppState, input: DocumentInput) -> Result<docs::WriteResult, Error> {
     ctx.require(Scope::Write)?;
-    let prepared = prepare_all(&state, vec![input]).await?.pop().expect("one in, one out")?;
+    let prepared = prepare_all(state, vec![input]).await?.pop().expect("one in, one out")?;
     let bytes = prepared.content.len() as u64;
     ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
-    let embeddings = embed_docs(&state, &[&prepared]).await?.map(|mut v| v.remove(0));
+    let embeddings = embed_docs(state, &[&prepared]).await?.map(|mut v| v.remove(0));
     let embedded_tokens: usize = prepared.chunks.iter().map(|c| c.llm_tokens).sum();
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let result = lease.blocking(move |h| h.with_writer(|c| Ok(search.upsert(c, prepared, embeddings)?))).await?;
     state.meter.record(&ctx.tenant().id, Kind::DocumentWrite, embedded_tokens as u64);
     ctx.wrote(result.created as u64, bytes);
+    Ok(result)
+}
+
+/// Adds a document, or replaces the one at the same path.
+#[utoipa::path(post, path = "/api/v1/documents", tag = "documents", request_body = DocumentInput,
+    responses((status = 201, description = "Created", body = docs::WriteResult), (status = 200, description = "Replaced the document at this path", body = docs::WriteResult)))]
+async fn create(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(input): ApiJson<DocumentInput>) -> Result<Response, Error> {
+    let result = write_document(&ctx, &state, input).await?;
     let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(result)).into_response())
 }
 
-async fn bulk(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<BulkRequest>) -> Result<Json<Value>, Error> {
+/// Adds or replaces up to `docs.max_bulk_documents` documents; one bad item does not sink the batch.
+#[utoipa::path(post, path = "/api/v1/documents/bulk", tag = "documents", request_body = BulkRequest,
+    responses((status = 200, description = "Per-item results", body = BulkResponse)))]
+async fn bulk(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<BulkRequest>) -> Result<Json<BulkResponse>, Error> {
     ctx.require(Scope::Write)?;
     let max = state.config.docs.max_bulk_documents;
     if req.documents.is_empty() || req.documents.len() > max {
@@ -179,35 +207,78 @@ async fn bulk(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req
     }
     let results: Vec<BulkItemResult> = results.into_iter().flatten().collect();
     let failed = results.iter().filter(|r| r.error.is_some()).count();
-    Ok(Json(json!({"results": results, "succeeded": n - failed, "failed": failed})))
+    Ok(Json(BulkResponse { results, succeeded: n - failed, failed }))
 }
 
 // Reads of documents come straight from SQLite: they never open the derived search state.
-async fn list(ctx: TenantCtx, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<docs::ListPage>, Error> {
+/// One page of documents ordered by path (REST `GET /documents`, MCP `list_documents`).
+pub(crate) async fn list_documents(ctx: &TenantCtx, q: ListQuery) -> Result<docs::ListPage, Error> {
     let lease = ctx.storage().await?;
-    Ok(Json(lease.blocking(move |h| h.with_reader(|c| Ok(docs::store::list(c, &q)?))).await?))
+    lease.blocking(move |h| h.with_reader(|c| Ok(docs::store::list(c, &q)?))).await
 }
 
-async fn get_one(ctx: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<docs::Document>, Error> {
-    let lease = ctx.storage().await?;
-    Ok(Json(lease.blocking(move |h| h.with_reader(|c| Ok(docs::store::get(c, &id)?))).await?))
+/// Which document to read: by id, or by path.
+pub(crate) enum DocRef {
+    Id(String),
+    Path(String),
 }
 
-async fn delete_one(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, Error> {
+/// One stored document (REST `GET /documents/{id}`, MCP `get_document` and resources).
+pub(crate) async fn read_document(ctx: &TenantCtx, r: DocRef) -> Result<docs::Document, Error> {
+    let lease = ctx.storage().await?;
+    lease
+        .blocking(move |h| {
+            h.with_reader(|c| match &r {
+                DocRef::Id(id) => Ok(docs::store::get(c, id)?),
+                DocRef::Path(p) => Ok(docs::store::get_by_path(c, p)?),
+            })
+        })
+        .await
+}
+
+/// Deletes one document by id (REST `DELETE /documents/{id}`, MCP `delete_document`).
+pub(crate) async fn remove_document(ctx: &TenantCtx, state: &AppState, id: String) -> Result<(), Error> {
     ctx.require(Scope::Write)?;
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     lease.blocking(move |h| h.with_writer(|c| Ok(search.delete(c, &id)?))).await?;
     state.meter.record(&ctx.tenant().id, Kind::DocumentDelete, 0);
     ctx.deleted();
+    Ok(())
+}
+
+/// Lists documents (without content), ordered by path, with keyset pagination.
+#[utoipa::path(get, path = "/api/v1/documents", tag = "documents", params(ListQuery),
+    responses((status = 200, description = "One page", body = docs::ListPage)))]
+async fn list(ctx: TenantCtx, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<docs::ListPage>, Error> {
+    Ok(Json(list_documents(&ctx, q).await?))
+}
+
+/// One document with its content.
+#[utoipa::path(get, path = "/api/v1/documents/{id}", tag = "documents", params(("id" = String, Path, description = "Document id")),
+    responses((status = 200, description = "The document", body = docs::Document)))]
+async fn get_one(ctx: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<docs::Document>, Error> {
+    Ok(Json(read_document(&ctx, DocRef::Id(id)).await?))
+}
+
+/// Deletes one document, its chunks, index entries and embeddings.
+#[utoipa::path(delete, path = "/api/v1/documents/{id}", tag = "documents", params(("id" = String, Path, description = "Document id")),
+    responses((status = 204, description = "Deleted")))]
+async fn delete_one(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, Error> {
+    remove_document(&ctx, &state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PrefixQuery {
+    /// Required: every document whose path starts with it is deleted (empty: all).
     path_prefix: Option<String>,
 }
 
+/// Deletes every document under a path prefix.
+#[utoipa::path(delete, path = "/api/v1/documents", tag = "documents", params(PrefixQuery),
+    responses((status = 200, description = "How many were deleted", body = docs::DeleteResult)))]
 async fn delete_prefix(
     ctx: TenantCtx,
     state: axum::extract::State<AppState>,
@@ -229,39 +300,56 @@ async fn embed_query(state: &AppState, query: &str) -> Result<Vec<f32>, Error> {
     v.pop().ok_or_else(|| Error::internal(anyhow::anyhow!("embedder returned nothing")))
 }
 
-async fn search(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<SearchRequest>) -> Result<Json<Value>, Error> {
+/// Hybrid, keyword or semantic search (REST `POST /search`, MCP `search`).
+pub(crate) async fn run_search(ctx: &TenantCtx, state: &AppState, req: SearchRequest) -> Result<SearchResponse, Error> {
     ctx.require_feature("search")?;
     ctx.check_query_quota().await?;
     req.validate()?;
-    let qvec = if req.mode.needs_embedding() { Some(embed_query(&state, &req.query).await?) } else { None };
+    let qvec = if req.mode.needs_embedding() { Some(embed_query(state, &req.query).await?) } else { None };
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.search(c, &req, qvec.as_deref())?))).await?;
     state.meter.record(&ctx.tenant().id, Kind::Search, 0);
-    Ok(Json(serde_json::to_value(resp).map_err(Error::internal)?))
+    Ok(resp)
 }
 
-async fn assemble(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<AssembleRequest>) -> Result<Json<Value>, Error> {
+/// Token-budgeted context assembly (REST `POST /context/assemble`, MCP `assemble_context`).
+pub(crate) async fn run_assemble(ctx: &TenantCtx, state: &AppState, req: AssembleRequest) -> Result<AssembleResponse, Error> {
     ctx.require_feature("context")?;
     ctx.check_query_quota().await?;
     req.validate()?;
     // Without a model, assembly still works from keyword matches.
-    let qvec = if state.embed.is_available() { Some(embed_query(&state, &req.query).await?) } else { None };
+    let qvec = if state.embed.is_available() { Some(embed_query(state, &req.query).await?) } else { None };
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.assemble(c, &req, qvec.as_deref())?))).await?;
     state.meter.record(&ctx.tenant().id, Kind::Assemble, resp.total_tokens as u64);
-    Ok(Json(serde_json::to_value(resp).map_err(Error::internal)?))
+    Ok(resp)
 }
 
-#[derive(Deserialize)]
+/// Searches the tenant's documents (BM25, exact cosine, or both fused).
+#[utoipa::path(post, path = "/api/v1/search", tag = "search", request_body = SearchRequest,
+    responses((status = 200, description = "Ranked chunks", body = SearchResponse)))]
+async fn search(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<SearchRequest>) -> Result<Json<SearchResponse>, Error> {
+    Ok(Json(run_search(&ctx, &state, req).await?))
+}
+
+/// Assembles the most relevant chunks into one context within `max_tokens` (o200k_base).
+#[utoipa::path(post, path = "/api/v1/context/assemble", tag = "search", request_body = AssembleRequest,
+    responses((status = 200, description = "The context", body = AssembleResponse)))]
+async fn assemble(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<AssembleRequest>) -> Result<Json<AssembleResponse>, Error> {
+    Ok(Json(run_assemble(&ctx, &state, req).await?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum EmbedInput {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Deserialize)]
+/// `POST /embeddings` body (OpenAI's shape).
+#[derive(Deserialize, utoipa::ToSchema)]
 struct EmbeddingsRequest {
     input: EmbedInput,
     #[serde(default)]
@@ -273,7 +361,9 @@ struct EmbeddingsRequest {
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 const MAX_EMBED_INPUTS: usize = 2048;
 
-/// OpenAI-compatible `POST /embeddings`.
+/// OpenAI-compatible embeddings with all-MiniLM-L6-v2 (384 dimensions).
+#[utoipa::path(post, path = "/api/v1/embeddings", tag = "search", request_body = EmbeddingsRequest,
+    responses((status = 200, description = "OpenAI's response shape: {object, data: [{object, index, embedding}], model, usage}", body = Object)))]
 async fn embeddings(ctx: TenantCtx, state: axum::extract::State<AppState>, ApiJson(req): ApiJson<EmbeddingsRequest>) -> Result<Json<Value>, Error> {
     if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
         return Err(Error::validation("encoding_format: only \"float\" is supported"));

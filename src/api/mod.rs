@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod billing;
 pub mod context;
+pub mod mcp;
 pub mod middleware;
+pub mod openapi;
 pub mod tenant;
 
 use axum::extract::{FromRequest, Request, State};
@@ -66,6 +68,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/admin/v1", admin::routes())
         .nest("/api/v1", api)
         .merge(billing::routes())
+        .merge(openapi::routes())
+        .merge(mcp::routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .with_state(state.clone());
@@ -76,11 +80,14 @@ async fn not_found() -> Error {
     Error::not_found("not_found", "no such route")
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "{status: ok}", body = Object)))]
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Ready when the control plane answers and the data dir takes a write.
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()), responses((status = 200, description = "{status, control_plane, data_dir_writable}", body = Object)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let control = state.control.clone();
     let dir = state.config.data_dir.clone();

@@ -17,6 +17,11 @@ use crate::lifecycle;
 use crate::metering::Kind;
 use crate::state::AppState;
 
+/// Tenant self-service in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(me, usage, audit, signup))]
+pub struct TenantApi;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/tenant", get(me))
@@ -43,6 +48,8 @@ async fn restore(ctx: TenantCtx, body: axum::body::Bytes) -> Result<Json<serde_j
     Ok(Json(serde_json::json!({"tenant": t.slug, "restored": report})))
 }
 
+#[utoipa::path(get, path = "/api/v1/tenant", tag = "tenant", 
+    responses((status = 200, description = "{id, slug, name, tier, status, trial_ends_at, custom_domain, features}", body = Object)))]
 async fn me(ctx: TenantCtx) -> Json<serde_json::Value> {
     let t = ctx.tenant();
     let ent = ctx.entitlements();
@@ -67,6 +74,8 @@ fn percent(used: u64, limit: Option<u64>) -> serde_json::Value {
 }
 
 /// The current UTC calendar month: usage, limits, percent used, overage so far and the reset date.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "tenant", 
+    responses((status = 200, description = "{period, tier, usage, limits, percent_used, overage, resets_at}", body = Object)))]
 async fn usage(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
     let now = state.plans.clock.now();
     let (period, _, resets_at) = crate::plans::period_of(now);
@@ -101,6 +110,8 @@ async fn usage(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<ser
 }
 
 /// The tenant's own audit log (feature `audit_log`).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "tenant", 
+    responses((status = 200, description = "{events}", body = Object)))]
 async fn audit(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
     ctx.require_feature("audit_log")?;
     let id = ctx.tenant().id.clone();
@@ -117,6 +128,8 @@ struct Signup {
 
 /// Open signup: creates a free tenant whose slug derives from the company name. Off unless
 /// `signup_enabled` is set.
+#[utoipa::path(post, path = "/api/v1/signup", tag = "tenant", security(()), request_body(content = Object, description = "{email, company}"),
+    responses((status = 201, description = "{tenant, api_key, key, quickstart}", body = Object)))]
 async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<Signup>) -> Result<Response, Error> {
     if !state.config.signup_enabled {
         return Err(Error::forbidden("signup_disabled", "open signup is switched off on this server"));

@@ -156,26 +156,32 @@ impl Default for DocLimits {
 }
 
 /// `POST /api/v1/documents` body (and one item of a bulk request).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentInput {
+    /// UTF-8 text, not blank, no NUL bytes.
+    #[schema(pattern = r"\S")]
     pub content: String,
+    /// Unique per tenant; the same path replaces the document. At most 1024 bytes, no control characters.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$", max_length = 256)]
     pub path: String,
     #[serde(default)]
     pub title: Option<String>,
     /// Must be a flat JSON object (values: string, number, bool or null).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
 /// `POST /api/v1/documents/bulk` body. Items stay raw JSON so one malformed item gets its own
 /// error instead of failing the whole batch; parse them with [`parse_bulk_item`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkRequest {
+    #[schema(value_type = Vec<DocumentInput>)]
     pub documents: Vec<Value>,
 }
 
 /// Answer to a create/upsert (`201 {id, path, chunks, tokens}`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WriteResult {
     pub id: String,
     pub path: String,
@@ -188,7 +194,7 @@ pub struct WriteResult {
 }
 
 /// One item of a bulk answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BulkItemResult {
     pub index: usize,
     pub status: u16,
@@ -198,7 +204,7 @@ pub struct BulkItemResult {
     pub error: Option<ItemError>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ItemError {
     pub code: String,
     pub message: String,
@@ -219,12 +225,13 @@ impl BulkItemResult {
 }
 
 /// A stored document (`GET /api/v1/documents/{id}`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Document {
     pub id: String,
     pub path: String,
     pub title: Option<String>,
     pub content: String,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub chunks: usize,
     pub tokens: usize,
@@ -233,19 +240,24 @@ pub struct Document {
 }
 
 /// A document in a listing (no content).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DocumentSummary {
     pub id: String,
     pub path: String,
     pub title: Option<String>,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub chunks: usize,
     pub tokens: usize,
     pub updated_at: String,
+    /// SHA-256 (hex) of the content: lets clients (e.g. `warren import`) skip unchanged documents.
+    #[serde(default)]
+    pub content_sha256: String,
 }
 
 /// `GET /api/v1/documents?path_prefix=&cursor=&limit=` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
     pub path_prefix: Option<String>,
@@ -256,14 +268,14 @@ pub struct ListQuery {
 }
 
 /// Listing page: ordered by path; `next_cursor` is opaque (absent on the last page).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ListPage {
     pub documents: Vec<DocumentSummary>,
     pub next_cursor: Option<String>,
 }
 
 /// Answer of `DELETE /api/v1/documents?path_prefix=`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DeleteResult {
     pub deleted: usize,
 }

@@ -210,9 +210,18 @@ fn parse_meta(s: &str) -> Map<String, Value> {
 
 /// One document by public id.
 pub fn get(conn: &Connection, id: &str) -> Result<Document> {
+    get_where(conn, "id", id)
+}
+
+/// One document by its path (MCP `get_document`, `warren://documents/{path}`).
+pub fn get_by_path(conn: &Connection, path: &str) -> Result<Document> {
+    get_where(conn, "path", path)
+}
+
+fn get_where(conn: &Connection, column: &'static str, value: &str) -> Result<Document> {
     conn.query_row(
-        "SELECT id, path, title, content, metadata, chunk_count, tokens, created_at, updated_at FROM documents WHERE id = ?1",
-        [id],
+        &format!("SELECT id, path, title, content, metadata, chunk_count, tokens, created_at, updated_at FROM documents WHERE {column} = ?1"),
+        [value],
         |r| {
             Ok(Document {
                 id: r.get(0)?,
@@ -246,7 +255,7 @@ pub fn list(conn: &Connection, q: &ListQuery) -> Result<ListPage> {
     };
     let prefix = q.path_prefix.clone().unwrap_or_default();
     let mut st = conn.prepare_cached(
-        "SELECT id, path, title, metadata, chunk_count, tokens, updated_at FROM documents
+        "SELECT id, path, title, metadata, chunk_count, tokens, updated_at, content_sha256 FROM documents
          WHERE path >= ?1 AND substr(path, 1, length(?1)) = ?1 AND (?2 IS NULL OR path > ?2)
          ORDER BY path LIMIT ?3",
     )?;
@@ -260,6 +269,7 @@ pub fn list(conn: &Connection, q: &ListQuery) -> Result<ListPage> {
                 chunks: r.get::<_, i64>(4)?.max(0) as usize,
                 tokens: r.get::<_, i64>(5)?.max(0) as usize,
                 updated_at: r.get(6)?,
+                content_sha256: r.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -37,11 +37,16 @@ pub const MMR_LAMBDA: f32 = 0.75;
 pub const NEAR_DUPLICATE: f32 = 0.95;
 
 /// `POST /api/v1/context/assemble` body (ContextLite's request shape).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssembleRequest {
+    /// The question or task the context is for (at most 4096 bytes).
+    #[schema(pattern = r"\S", max_length = 1024)]
     pub query: String,
+    /// Token budget (o200k_base), 1 to 200,000.
+    #[schema(minimum = 1, maximum = 200000)]
     pub max_tokens: usize,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_documents: Option<usize>,
     #[serde(default)]
     pub filter: Option<Filter>,
@@ -70,7 +75,7 @@ impl AssembleRequest {
 }
 
 /// One document of an assembled context.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssembledDocument {
     pub id: String,
     pub path: String,
@@ -83,7 +88,7 @@ pub struct AssembledDocument {
 }
 
 /// `POST /api/v1/context/assemble` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssembleResponse {
     pub context: String,
     /// Exact o200k_base count of `context` (≤ `max_tokens`).

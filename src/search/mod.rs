@@ -52,7 +52,7 @@ pub const DEFAULT_LIMIT: usize = 10;
 /// Maximum query length in bytes.
 pub const MAX_QUERY_BYTES: usize = 4096;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     #[default]
@@ -69,12 +69,13 @@ impl SearchMode {
 }
 
 /// `filter: {path_prefix?, metadata?: {key: value}}` — all conditions must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Filter {
     #[serde(default)]
     pub path_prefix: Option<String>,
     /// Equality on scalar metadata values (numbers compare by value).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
@@ -85,7 +86,7 @@ impl Filter {
 }
 
 /// `hybrid: {method, k | alpha, normalization?}`; unset fields take the documented defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HybridOptions {
     #[serde(default)]
     pub method: Option<FusionMethod>,
@@ -99,7 +100,7 @@ pub struct HybridOptions {
     pub normalization: Option<Normalization>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     Document,
@@ -111,10 +112,13 @@ fn default_limit() -> usize {
 }
 
 /// `POST /api/v1/search` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchRequest {
+    /// Natural language or keywords (at most 4096 bytes).
+    #[schema(pattern = r"\S", max_length = 1024)]
     pub query: String,
     #[serde(default = "default_limit")]
+    #[schema(minimum = 1, maximum = 100, default = 10)]
     pub limit: usize,
     #[serde(default)]
     pub mode: SearchMode,
@@ -184,7 +188,7 @@ impl SearchRequest {
 }
 
 /// One ranked hit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResult {
     pub document_id: String,
     pub path: String,
@@ -193,11 +197,12 @@ pub struct SearchResult {
     pub score: f32,
     /// Byte ranges `[start, end)` of keyword matches in `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Vec<u64>>>)]
     pub highlights: Option<Vec<[usize; 2]>>,
 }
 
 /// `POST /api/v1/search` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub results: Vec<SearchResult>,
     pub query_time_ms: f64,

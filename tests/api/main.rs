@@ -7,3 +7,4 @@ mod handles;
 mod context;
 mod plans;
 mod backup;
+mod ai;

@@ -1,0 +1,521 @@
+//! MCP (Model Context Protocol) at `/mcp`, over the Streamable HTTP transport of the official SDK (`rmcp`).
+//!
+//! Every HTTP request to `/mcp` passes [`door`] first, in this order:
+//! 1. **Host and Origin** (DNS rebinding): the Host must be one warren serves (loopback, an IP, the base
+//!    domain and its subdomains, or a registered custom domain), and a browser `Origin`, when sent,
+//!    must be that same host or one of `mcp.allowed_origins`; else 403 `origin_not_allowed`.
+//! 2. **Credentials**, exactly as REST ([`TenantCtx::authenticate`]): Bearer API key or JWT, on the
+//!    tenant's host or with the credentials alone. Then the plan's `mcp` feature (403 `feature_not_in_plan`).
+//! 3. **Session binding**: a session belongs to the tenant that opened it; another tenant's
+//!    credentials on it are 403 `tenant_mismatch`. Sessions are bounded (`mcp.max_sessions`, per tenant
+//!    `mcp.max_sessions_per_tenant`: 503 `overloaded`) and end `mcp.session_max_secs` after they began
+//!    (404 `session_not_found`, so the client re-initialises) or after `mcp.session_idle_secs` idle.
+//!
+//! The proven [`TenantCtx`] then rides in the request's extensions into the SDK, which hands the
+//! HTTP parts to each tool. Tools call the same functions as the REST handlers
+//! ([`super::context`]) and are charged like REST calls: the same `[costs]` cells from the same
+//! limiter, an `api_call` usage event each, and the same search/assemble/write events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use parking_lot::Mutex;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{tool, tool_router, ErrorData as McpError, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::context::{self as api, DocRef};
+use crate::auth::{classify_host, HostKind, TenantCtx};
+use crate::config::McpConfig;
+use crate::control::Scope;
+use crate::docs::{DocumentInput, ListQuery};
+use crate::error::Error;
+use crate::search::{AssembleRequest, Filter, SearchMode, SearchRequest};
+use crate::state::AppState;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const RESOURCE_PREFIX: &str = "warren://documents/";
+
+/// Mounts `/mcp`.
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let cfg = state.config.mcp.clone();
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(Duration::from_secs(cfg.session_idle_secs.max(1)));
+    let manager = Arc::new(manager);
+    let s = state.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(WarrenMcp::new(s.clone())),
+        manager.clone(),
+        // Host and Origin are checked by `door` against the tenants' own names.
+        // Sessions and their streams end when the server stops, so they do not hold the drain.
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .disable_allowed_origins()
+            .with_cancellation_token(state.shutdown.child_token()),
+    );
+    let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()), cfg });
+    Router::new().route(
+        "/mcp",
+        axum::routing::any(move |State(state): State<AppState>, req: Request| {
+            let d = door_state.clone();
+            async move { door(d, state, req).await.unwrap_or_else(IntoResponse::into_response) }
+        }),
+    )
+}
+
+struct Binding {
+    tenant_id: String,
+    started: Instant,
+}
+
+struct Door {
+    service: StreamableHttpService<WarrenMcp, LocalSessionManager>,
+    manager: Arc<LocalSessionManager>,
+    /// Session id → the tenant that opened it.
+    sessions: Mutex<HashMap<String, Binding>>,
+    /// Sweeps run at most once a second (sessionless POSTs of the newest protocol would otherwise sweep each time).
+    last_sweep: Mutex<Instant>,
+    cfg: McpConfig,
+}
+
+impl Door {
+    /// Forgets bindings of sessions the SDK closed (idle) and closes those past their lifetime.
+    async fn sweep(&self) {
+        {
+            let mut last = self.last_sweep.lock();
+            if last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let max = Duration::from_secs(self.cfg.session_max_secs.max(1));
+        let ids: Vec<(String, bool)> = self.sessions.lock().iter().map(|(id, b)| (id.clone(), b.started.elapsed() > max)).collect();
+        for (id, expired) in ids {
+            let sid: Arc<str> = id.as_str().into();
+            let alive = self.manager.has_session(&sid).await.unwrap_or(false);
+            if expired && alive {
+                let _ = self.manager.close_session(&sid).await;
+            }
+            if expired || !alive {
+                self.sessions.lock().remove(&id);
+            }
+        }
+    }
+}
+
+async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, Error> {
+    check_origin(&state, req.headers(), &d.cfg).await?;
+    let (mut parts, body) = req.into_parts();
+    let ctx = TenantCtx::authenticate(&mut parts, &state, Scope::Read, false).await?;
+    ctx.require_feature("mcp")?;
+    let tenant_id = ctx.tenant().id.clone();
+    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match &session {
+        Some(id) => {
+            let max = Duration::from_secs(d.cfg.session_max_secs.max(1));
+            let expired = {
+                let sessions = d.sessions.lock();
+                match sessions.get(id) {
+                    None => return Err(Error::not_found("session_not_found", "no such MCP session (expired or closed): initialise a new one")),
+                    Some(b) if b.tenant_id != tenant_id => {
+                        return Err(Error::forbidden("tenant_mismatch", "this MCP session belongs to another tenant"))
+                    }
+                    Some(b) => b.started.elapsed() > max,
+                }
+            };
+            let sid: Arc<str> = id.as_str().into();
+            if expired {
+                let _ = d.manager.close_session(&sid).await;
+                d.sessions.lock().remove(id);
+                return Err(Error::not_found("session_not_found", "this MCP session reached its time limit: initialise a new one"));
+            }
+            // Closed by the SDK (idle): answer in our error shape rather than the transport's.
+            if !d.manager.has_session(&sid).await.unwrap_or(false) {
+                d.sessions.lock().remove(id);
+                return Err(Error::not_found("session_not_found", "this MCP session was closed (idle): initialise a new one"));
+            }
+        }
+        None if parts.method == Method::POST => {
+            d.sweep().await;
+            let (total, mine) = {
+                let s = d.sessions.lock();
+                (s.len(), s.values().filter(|b| b.tenant_id == tenant_id).count())
+            };
+            if total >= d.cfg.max_sessions || mine >= d.cfg.max_sessions_per_tenant {
+                return Err(Error::unavailable("overloaded", "too many open MCP sessions; close one or retry later", 5));
+            }
+        }
+        None => {}
+    }
+    let method = parts.method.clone();
+    parts.extensions.insert(ctx);
+    let resp = match d.service.clone().oneshot(Request::from_parts(parts, body)).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (resp_parts, resp_body) = resp.into_parts();
+    if session.is_none() {
+        if let Some(id) = resp_parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+            d.sessions.lock().insert(id.to_string(), Binding { tenant_id, started: Instant::now() });
+        }
+    } else if method == Method::DELETE && resp_parts.status.is_success() {
+        d.sessions.lock().remove(session.as_deref().unwrap_or_default());
+    }
+    Ok(Response::from_parts(resp_parts, axum::body::Body::new(resp_body)))
+}
+
+/// DNS-rebinding guard: the Host must name something warren serves, and a browser Origin must be
+/// that same host (any scheme/port) or be listed in `mcp.allowed_origins`.
+async fn check_origin(state: &AppState, headers: &HeaderMap, cfg: &McpConfig) -> Result<(), Error> {
+    let refuse = |m: &str| Error::forbidden("origin_not_allowed", m.to_string());
+    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    if let HostKind::Other(domain) = classify_host(&host, &state.config.base_domain) {
+        let d = domain.clone();
+        let known = state.control.run(move |c| Ok(crate::control::tenants::get_by_domain(c, &d)?)).await?.is_some();
+        if !known {
+            return Err(refuse("this host is not served by warren (DNS rebinding guard)"));
+        }
+    }
+    let Some(origin) = headers.get("origin") else { return Ok(()) };
+    let origin = origin.to_str().map_err(|_| refuse("Origin is not valid text"))?.trim().trim_end_matches('/');
+    if cfg.allowed_origins.iter().any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
+    let origin_host = url::Url::parse(origin).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let host_name = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host.as_str(), |(h, _)| h);
+    match origin_host {
+        Some(h) if h == host_name.trim_end_matches('.') => Ok(()),
+        _ => Err(refuse("this Origin may not use the MCP endpoint (set mcp.allowed_origins)")),
+    }
+}
+
+// ---- the MCP server ----
+
+#[derive(Clone)]
+pub struct WarrenMcp {
+    state: AppState,
+    tool_router: ToolRouter<WarrenMcp>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct SearchArgs {
+    /// What to look for, in natural language or keywords.
+    pub query: String,
+    /// How many results (1-100, default 10).
+    pub limit: Option<usize>,
+    /// "hybrid" (default), "keyword" or "semantic".
+    pub mode: Option<String>,
+    /// Only documents whose path starts with this.
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct AssembleArgs {
+    /// The question or task the context is for.
+    pub query: String,
+    /// Token budget of the assembled context (o200k_base tokens).
+    pub max_tokens: usize,
+    /// Only documents whose path starts with this.
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct AddArgs {
+    /// Where the document lives, e.g. "guides/install.md"; the same path replaces the document.
+    pub path: String,
+    /// The text (Markdown works best).
+    pub content: String,
+    /// Flat JSON object of string, number or boolean values.
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct GetArgs {
+    /// The document id (from search or list results).
+    pub id: Option<String>,
+    /// Or its path.
+    pub path: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct ListArgs {
+    /// Only documents whose path starts with this.
+    pub path_prefix: Option<String>,
+    /// The next_cursor of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct DeleteArgs {
+    /// The document id.
+    pub id: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct RecommendArgs {
+    /// Recommend for this customer.
+    pub customer_id: Option<String>,
+    /// Or products like this one.
+    pub product_id: Option<String>,
+    /// How many (default 10).
+    pub limit: Option<usize>,
+}
+
+/// The tenant proven by [`door`] for this HTTP request.
+fn tenant(parts: &http::request::Parts) -> Result<TenantCtx, McpError> {
+    parts.extensions.get::<TenantCtx>().cloned().ok_or_else(|| McpError::internal_error("no tenant on this request", None))
+}
+
+/// A domain error as a tool error the model can read: exactly the REST error body (details
+/// included, 5xx opaque and logged once by `IntoResponse`), as JSON text.
+async fn tool_error(e: Error) -> CallToolResult {
+    let code = e.code();
+    let body = axum::body::to_bytes(e.into_response().into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8(body.to_vec())
+        .unwrap_or_else(|_| json!({"error": {"code": code, "message": "error"}}).to_string());
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+async fn done<T: serde::Serialize>(r: Result<T, Error>) -> Result<CallToolResult, McpError> {
+    Ok(match r {
+        Ok(v) => CallToolResult::structured(serde_json::to_value(v).map_err(|e| McpError::internal_error(e.to_string(), None))?),
+        Err(e) => tool_error(e).await,
+    })
+}
+
+fn filter(path_prefix: Option<String>) -> Option<Filter> {
+    path_prefix.filter(|p| !p.is_empty()).map(|p| Filter { path_prefix: Some(p), metadata: None })
+}
+
+#[tool_router]
+impl WarrenMcp {
+    pub fn new(state: AppState) -> Self {
+        WarrenMcp { state, tool_router: Self::tool_router() }
+    }
+
+    #[tool(description = "Search this workspace's documents (hybrid keyword + semantic) and return the best matching passages with their paths.")]
+    async fn search(&self, Parameters(a): Parameters<SearchArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done(async {
+            ctx.require(Scope::Write)?; // as POST /search
+            ctx.charge_call(ctx.costs().search)?;
+            let mode = match a.mode.as_deref() {
+                None | Some("") | Some("hybrid") => SearchMode::Hybrid,
+                Some("keyword") => SearchMode::Keyword,
+                Some("semantic") => SearchMode::Semantic,
+                Some(m) => return Err(Error::validation(format!("mode: {m:?} is not hybrid, keyword or semantic"))),
+            };
+            let mut req = SearchRequest::new(a.query, mode);
+            req.limit = a.limit.unwrap_or(crate::search::DEFAULT_LIMIT);
+            req.filter = filter(a.path_prefix);
+            api::run_search(&ctx, &self.state, req).await
+        }
+        .await)
+        .await
+    }
+
+    #[tool(description = "Assemble the most relevant passages into one context block that fits max_tokens, ready to put in a prompt.")]
+    async fn assemble_context(&self, Parameters(a): Parameters<AssembleArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done(async {
+            ctx.require(Scope::Write)?; // as POST /context/assemble
+            ctx.charge_call(ctx.costs().assemble)?;
+            let req = AssembleRequest { query: a.query, max_tokens: a.max_tokens, max_documents: None, filter: filter(a.path_prefix), include_metadata: None };
+            api::run_assemble(&ctx, &self.state, req).await
+        }
+        .await)
+        .await
+    }
+
+    #[tool(description = "Add a document at a path (or replace the one already there) so it becomes searchable.")]
+    async fn add_document(&self, Parameters(a): Parameters<AddArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done(async {
+            ctx.charge_call(ctx.costs().write)?;
+            let input = DocumentInput { content: a.content, path: a.path, title: None, metadata: a.metadata.map(Value::Object) };
+            api::write_document(&ctx, &self.state, input).await
+        }
+        .await)
+        .await
+    }
+
+    #[tool(description = "Read one whole document by its id or its path.")]
+    async fn get_document(&self, Parameters(a): Parameters<GetArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done(async {
+            ctx.charge_call(ctx.costs().read)?;
+            let r = match (a.id, a.path) {
+                (Some(id), _) if !id.is_empty() => DocRef::Id(id),
+                (_, Some(p)) if !p.is_empty() => DocRef::Path(p),
+                _ => return Err(Error::validation("give id or path")),
+            };
+            api::read_document(&ctx, r).await
+        }
+        .await)
+        .await
+    }
+
+    #[tool(description = "List documents (path, title, size; no content) ordered by path, one page at a time.")]
+    async fn list_documents(&self, Parameters(a): Parameters<ListArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done(async {
+            ctx.charge_call(ctx.costs().read)?;
+            api::list_documents(&ctx, ListQuery { path_prefix: a.path_prefix, cursor: a.cursor, limit: None }).await
+        }
+        .await)
+        .await
+    }
+
+    #[tool(description = "Delete one document by its id.")]
+    async fn delete_document(&self, Parameters(a): Parameters<DeleteArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done(async {
+            ctx.charge_call(ctx.costs().write)?;
+            api::remove_document(&ctx, &self.state, a.id.clone()).await?;
+            Ok(json!({"deleted": a.id}))
+        }
+        .await)
+        .await
+    }
+
+    #[tool(description = "Recommend products for a customer (customer_id) or products similar to one (product_id).")]
+    async fn recommend(&self, Parameters(a): Parameters<RecommendArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+        let ctx = tenant(&parts)?;
+        done::<Value>(async {
+            ctx.require_feature("recommendations")?;
+            if a.customer_id.is_none() && a.product_id.is_none() {
+                return Err(Error::validation("give customer_id or product_id"));
+            }
+            ctx.charge_call(ctx.costs().read)?;
+            let _ = a.limit;
+            // The recommendation engine lands in another branch; wire it here at merge.
+            Err(Error::unavailable("recommendations_unavailable", "recommendations are not available on this server yet", 60))
+        }
+        .await)
+        .await
+    }
+}
+
+impl ServerHandler for WarrenMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
+            .with_server_info(Implementation::new("warren", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "warren holds this workspace's documents. Use search to find passages, assemble_context to get a prompt-ready \
+                 context within a token budget, add_document to store text. Documents are also resources warren://documents/{path}.",
+            )
+    }
+
+    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
+        if request.name == "recommend" && !has_recommendations(&context) {
+            return Err(McpError::invalid_params("tool not found", None));
+        }
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(tcc).await
+    }
+
+    async fn list_tools(&self, _request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListToolsResult, McpError> {
+        let recs = has_recommendations(&context);
+        let tools = self.tool_router.list_all().into_iter().filter(|t| recs || t.name != "recommend").collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.tool_router.get(name).cloned()
+    }
+
+    async fn list_resources(&self, request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListResourcesResult, McpError> {
+        let ctx = ctx_of(&context)?;
+        ctx.charge_call(ctx.costs().read).map_err(mcp_error)?;
+        let cursor = request.and_then(|r| r.cursor);
+        let page = api::list_documents(&ctx, ListQuery { path_prefix: None, cursor, limit: None }).await.map_err(mcp_error)?;
+        let resources = page
+            .documents
+            .into_iter()
+            .map(|d| {
+                let mut r = Resource::new(format!("{RESOURCE_PREFIX}{}", d.path), d.path.clone()).with_mime_type(mime_of(&d.path));
+                if let Some(t) = d.title {
+                    r = r.with_title(t);
+                }
+                r
+            })
+            .collect();
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = page.next_cursor;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let t = ResourceTemplate::new(format!("{RESOURCE_PREFIX}{{path}}"), "document")
+            .with_description("A document of this workspace by its path.");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![t]))
+    }
+
+    async fn read_resource(&self, request: ReadResourceRequestParams, context: RequestContext<RoleServer>) -> Result<ReadResourceResponse, McpError> {
+        let ctx = ctx_of(&context)?;
+        let uri = request.uri.clone();
+        let path = uri
+            .strip_prefix(RESOURCE_PREFIX)
+            .ok_or_else(|| McpError::resource_not_found(format!("not a warren document URI: {uri}"), None))?;
+        ctx.charge_call(ctx.costs().read).map_err(mcp_error)?;
+        let doc = match api::read_document(&ctx, DocRef::Path(path.to_string())).await {
+            Ok(d) => d,
+            Err(e) if e.code() == "document_not_found" => return Err(McpError::resource_not_found(format!("no document at {path}"), None)),
+            Err(e) => return Err(mcp_error(e)),
+        };
+        let contents = ResourceContents::text(doc.content, uri).with_mime_type(mime_of(&doc.path));
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+fn ctx_of(context: &RequestContext<RoleServer>) -> Result<TenantCtx, McpError> {
+    let parts = context.extensions.get::<http::request::Parts>().ok_or_else(|| McpError::internal_error("no HTTP request", None))?;
+    tenant(parts)
+}
+
+fn has_recommendations(context: &RequestContext<RoleServer>) -> bool {
+    ctx_of(context).is_ok_and(|c| c.require_feature("recommendations").is_ok())
+}
+
+fn mcp_error(e: Error) -> McpError {
+    let data = Some(json!({"code": e.code()}));
+    match e {
+        Error::Internal(cause) => {
+            tracing::error!(error = ?cause, "internal error in MCP request");
+            McpError::internal_error("internal server error", data)
+        }
+        Error::BadRequest { message, .. } => McpError::invalid_params(message, data),
+        other => McpError::invalid_request(other.to_string(), data),
+    }
+}
+
+fn mime_of(path: &str) -> &'static str {
+    if path.ends_with(".md") || path.ends_with(".markdown") {
+        "text/markdown"
+    } else {
+        "text/plain"
+    }
+}
