@@ -67,6 +67,63 @@ pub struct Config {
     pub docs: DocsConfig,
     pub embed: EmbedSettings,
     pub billing: BillingConfig,
+    pub recs: RecsConfig,
+}
+
+/// Recommendations (`[recs]`, `WARREN_RECS__*`): training triggers, model size bounds and request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecsConfig {
+    /// A tenant retrains this long after its last data change (debounce), in milliseconds.
+    pub debounce_ms: u64,
+    /// ... but at most this long after the first change of a burst, in seconds.
+    pub max_delay_secs: u64,
+    /// Largest number of products with interactions trained with EASE (a dense n × n inverse: about
+    /// 4·n²·4 bytes of memory at peak and (2/3)·n³ multiply-adds); above it, sparse item-kNN.
+    pub ease_max_items: usize,
+    /// EASE's L2 regularisation λ.
+    pub ease_lambda: f32,
+    /// Neighbours kept per product (the model's rows are sparse).
+    pub neighbors: usize,
+    /// Half-life of an interaction's weight in training, in days, from the tenant's newest interaction.
+    pub half_life_days: f64,
+    /// Half-life of a customer's own interactions when recommending, in days, from their latest one.
+    pub recency_half_life_days: f64,
+    /// Shrinkage of item-kNN similarities.
+    pub knn_shrinkage: f32,
+    /// Most recent items per customer that item-kNN pairs up (bounds its cost).
+    pub knn_max_history: usize,
+    /// Customers in the leave-last-out evaluation run with each training (0 = no evaluation).
+    pub eval_users: usize,
+    /// Trainings running at once across all tenants.
+    pub max_concurrent_trainings: usize,
+    /// Most items in one products/customers/orders/events request.
+    pub max_batch: usize,
+    /// Largest body of those requests, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest `limit` of a recommendation request.
+    pub max_limit: usize,
+}
+
+impl Default for RecsConfig {
+    fn default() -> Self {
+        RecsConfig {
+            debounce_ms: 2000,
+            max_delay_secs: 30,
+            ease_max_items: 3000,
+            ease_lambda: 200.0,
+            neighbors: 100,
+            half_life_days: 180.0,
+            recency_half_life_days: 30.0,
+            knn_shrinkage: 10.0,
+            knn_max_history: 100,
+            eval_users: 200,
+            max_concurrent_trainings: 1,
+            max_batch: 1000,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_limit: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +220,7 @@ impl Default for Config {
             docs: DocsConfig::default(),
             embed: EmbedSettings::default(),
             billing: BillingConfig::default(),
+            recs: RecsConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod billing;
 pub mod context;
 pub mod middleware;
+pub mod recs;
 pub mod tenant;
 
 use axum::extract::{FromRequest, Request, State};
@@ -57,7 +58,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(tenant::routes())
-        .merge(context::routes(&state.config));
+        .merge(context::routes(&state.config))
+        .merge(recs::routes(&state.config));
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))

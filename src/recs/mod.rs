@@ -1,0 +1,581 @@
+//! Recommendations: commerce data, a per-tenant model trained in the background, and serving.
+//!
+//! # Threading model
+//! * [`Recs`] is a tenant-handle extension (dropped when the handle closes). It holds the current
+//!   model in an `ArcSwapOption`: a request loads the `Arc` once and scores against it, so a model
+//!   being swapped in never blocks or disturbs a request in flight.
+//! * Data writes call [`Recs::changed`], which bumps an in-memory generation and makes sure one
+//!   worker task runs for the tenant. The worker waits for `debounce_ms` of quiet (at most
+//!   `max_delay_secs` after the first change of a burst), or for `POST /recommendations/train`,
+//!   then trains: it embeds products that lack an embedding through the shared embedding queue,
+//!   reads a snapshot of the data on a reader connection, computes the model on a blocking thread
+//!   behind a process-wide semaphore (`max_concurrent_trainings`), writes it to `rec_model` and
+//!   swaps it in. Between turns it holds only a `Weak` to the extension (once the handle closes the
+//!   worker ends); during the database steps it holds a lease like a request does.
+//! * On open the extension loads the persisted model; if the data changed since it was trained (or
+//!   there is none), a training is scheduled at once.
+
+pub mod input;
+pub mod linalg;
+pub mod model;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::RecsConfig;
+use crate::error::Error;
+use crate::state::AppState;
+use crate::tenant::{Lease, TenantHandle};
+use model::{Model, ModelInfo, ProductRow, TrainParams};
+
+/// Why a product is recommended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    BoughtTogether,
+    Similar,
+    Personal,
+    Trending,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rec {
+    pub product_id: String,
+    pub score: f32,
+    pub reason: Reason,
+}
+
+impl RecsConfig {
+    pub fn params(&self) -> TrainParams {
+        TrainParams {
+            ease_max_items: self.ease_max_items,
+            ease_lambda: self.ease_lambda,
+            neighbors: self.neighbors.max(1),
+            half_life_secs: self.half_life_days * 86400.0,
+            recency_half_life_secs: self.recency_half_life_days * 86400.0,
+            knn_shrinkage: self.knn_shrinkage,
+            knn_max_history: self.knn_max_history.max(2),
+            eval_users: self.eval_users,
+        }
+    }
+}
+
+/// The per-tenant recommendation state (a tenant-handle extension).
+pub struct Recs {
+    model: ArcSwapOption<Model>,
+    /// Data changes seen (in memory) and the generation the last finished training started from.
+    generation: AtomicU64,
+    trained_generation: AtomicU64,
+    worker: AtomicBool,
+    training: AtomicBool,
+    forced: AtomicBool,
+    wake: Notify,
+    /// First change of the pending burst, and the latest change.
+    burst: Mutex<(Option<Instant>, Instant)>,
+    last_error: Mutex<Option<String>>,
+}
+
+fn training_permits(cfg: &RecsConfig) -> Arc<Semaphore> {
+    static SEM: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SEM.get_or_init(|| Arc::new(Semaphore::new(cfg.max_concurrent_trainings.max(1)))).clone()
+}
+
+/// Rebuilds the in-memory model from its persisted form and the products table.
+fn load_persisted(c: &Connection) -> Result<Option<Model>, Error> {
+    let Some((info, bytes)) = store::load_model(c)? else { return Ok(None) };
+    let (items, collab) = Model::from_bytes(&bytes).map_err(Error::internal)?;
+    let mut by_id: HashMap<String, ProductRow> = store::load_products(c)?.into_iter().map(|p| (p.id.clone(), p)).collect();
+    // Products deleted since training keep their row (without content); serving skips them.
+    let rows: Vec<ProductRow> =
+        items.iter().map(|id| by_id.remove(id).unwrap_or(ProductRow { id: id.clone(), words: Vec::new(), embedding: None })).collect();
+    Ok(Some(Model::assemble(info, &rows, collab).map_err(Error::internal)?))
+}
+
+impl Recs {
+    fn open(h: &TenantHandle) -> Result<Recs, Error> {
+        let (model, version) = h.with_reader(|c| {
+            let version = store::data_version(c)?;
+            let model = match load_persisted(c) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(tenant = %h.id(), error = %e, "stored recommendation model unreadable; retraining");
+                    None
+                }
+            };
+            Ok((model, version))
+        })?;
+        let stale = match &model {
+            Some(m) => m.info.data_version < version,
+            None => version > 0,
+        };
+        Ok(Recs {
+            model: ArcSwapOption::new(model.map(Arc::new)),
+            generation: AtomicU64::new(stale as u64),
+            trained_generation: AtomicU64::new(0),
+            worker: AtomicBool::new(false),
+            training: AtomicBool::new(false),
+            forced: AtomicBool::new(false),
+            wake: Notify::new(),
+            burst: Mutex::new((stale.then(Instant::now), Instant::now())),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The tenant's recommendation state, loading the stored model on first use of an open handle
+    /// (and scheduling a training if it is stale).
+    pub async fn of(state: &AppState, lease: &Lease) -> Result<Arc<Recs>, Error> {
+        let recs = lease.blocking(|h| h.extension(|| Recs::open(h))).await?;
+        if recs.pending() {
+            recs.ensure_worker(state, lease.id());
+        }
+        Ok(recs)
+    }
+
+    pub fn model(&self) -> Option<Arc<Model>> {
+        self.model.load_full()
+    }
+
+    fn pending(&self) -> bool {
+        self.generation.load(Ordering::SeqCst) != self.trained_generation.load(Ordering::SeqCst) || self.forced.load(Ordering::SeqCst)
+    }
+
+    /// Notes a data change: a training follows after the debounce.
+    pub fn changed(self: &Arc<Self>, state: &AppState, tenant_id: &str) {
+        {
+            let mut b = self.burst.lock();
+            let now = Instant::now();
+            b.0.get_or_insert(now);
+            b.1 = now;
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.ensure_worker(state, tenant_id);
+    }
+
+    /// Asks for a training now (no debounce).
+    pub fn train_now(self: &Arc<Self>, state: &AppState, tenant_id: &str) {
+        self.forced.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        self.ensure_worker(state, tenant_id);
+    }
+
+    fn ensure_worker(self: &Arc<Self>, state: &AppState, tenant_id: &str) {
+        if !self.worker.swap(true, Ordering::SeqCst) {
+            tokio::spawn(worker(state.clone(), tenant_id.to_string(), Arc::downgrade(self)));
+        }
+    }
+
+    /// `GET /recommendations/status` minus the data counts.
+    pub fn status(&self) -> serde_json::Value {
+        let m = self.model();
+        let info = m.as_ref().map(|m| &m.info);
+        serde_json::json!({
+            "model_version": info.map(|i| i.version).unwrap_or(0),
+            "trained_at": info.map(|i| i.trained_at.clone()),
+            "training": self.training.load(Ordering::SeqCst),
+            "pending_changes": self.pending(),
+            "training_ms": info.map(|i| i.training_ms),
+            "method": info.map(|i| i.method.clone()),
+            "content": info.map(|i| i.content.clone()),
+            "trained_on": info.map(|i| &i.counts),
+            "evaluation": info.and_then(|i| i.evaluation.as_ref()),
+            "last_error": self.last_error.lock().clone(),
+        })
+    }
+}
+
+async fn worker(state: AppState, tenant_id: String, weak: Weak<Recs>) {
+    let cfg = state.config.recs.clone();
+    loop {
+        let Some(r) = weak.upgrade() else { return };
+        if !r.pending() {
+            r.worker.store(false, Ordering::SeqCst);
+            // A change that raced with the check above re-claims the worker.
+            if r.pending() && !r.worker.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            return;
+        }
+        if !r.forced.load(Ordering::SeqCst) {
+            let due = {
+                let b = r.burst.lock();
+                let quiet = b.1 + Duration::from_millis(cfg.debounce_ms);
+                b.0.map_or(quiet, |first| quiet.min(first + Duration::from_secs(cfg.max_delay_secs)))
+            };
+            if Instant::now() < due {
+                // Holding the Arc for at most the debounce keeps a closed handle's state alive
+                // only that long; the next turn of the loop sees it gone.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = r.wake.notified() => {}
+                }
+                continue;
+            }
+        }
+        r.forced.store(false, Ordering::SeqCst);
+        r.burst.lock().0 = None;
+        let generation = r.generation.load(Ordering::SeqCst);
+        r.training.store(true, Ordering::SeqCst);
+        let result = train_once(&state, &tenant_id, &r).await;
+        r.training.store(false, Ordering::SeqCst);
+        match result {
+            Ok(more) => {
+                *r.last_error.lock() = None;
+                if more {
+                    // Products still await embeddings: go round again.
+                    r.generation.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant_id, error = %e, "recommendation training failed");
+                *r.last_error.lock() = Some(e.to_string());
+            }
+        }
+        r.trained_generation.store(generation, Ordering::SeqCst);
+    }
+}
+
+/// Products embedded per queue request, and per training pass.
+const EMBED_CHUNK: usize = 128;
+const EMBED_PER_PASS: usize = 8192;
+
+/// Embeds products that lack an embedding; true if some are left for another pass.
+async fn embed_missing(state: &AppState, lease: &Lease) -> Result<bool, Error> {
+    if !state.embed.is_available() {
+        return Ok(false);
+    }
+    let mut done = 0;
+    while done < EMBED_PER_PASS {
+        let todo = lease.blocking(|h| h.with_reader(|c| store::missing_embeddings(c, EMBED_CHUNK))).await?;
+        if todo.is_empty() {
+            return Ok(false);
+        }
+        done += todo.len();
+        let texts: Vec<String> = todo.iter().map(|t| t.1.clone()).collect();
+        match state.embed.embed(texts).await {
+            Ok(vectors) => {
+                let items: Vec<(String, String, Vec<f32>)> = todo.into_iter().zip(vectors).map(|((id, text), v)| (id, text, v)).collect();
+                lease.blocking(move |h| h.with_writer(|c| store::set_embeddings(c, items))).await?;
+            }
+            Err(crate::embed::EmbedError::Overloaded { .. }) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "embedding products failed; content similarity uses keywords for them");
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// One training: embed, snapshot, train (blocking, behind the global permit), persist, swap.
+async fn train_once(state: &AppState, tenant_id: &str, r: &Arc<Recs>) -> Result<bool, Error> {
+    let lease = state.registry.acquire(tenant_id).await?;
+    let more = embed_missing(state, &lease).await?;
+    let (data, data_version) = lease.blocking(|h| h.with_reader(store::load_train_data)).await?;
+    drop(lease);
+    let permits = training_permits(&state.config.recs);
+    let _permit = permits.acquire_owned().await.map_err(Error::internal)?;
+    let params = state.config.recs.params();
+    let version = r.model().map_or(0, |m| m.info.version) + 1;
+    let span = tracing::Span::current();
+    let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+        let _g = span.enter();
+        let started = Instant::now();
+        let evaluation = model::evaluate(&data, &params)?;
+        let (collab, interactions) = model::train(&data, &params)?;
+        let content = model::Content::build(&data.products)?;
+        let info = ModelInfo {
+            version,
+            trained_at: crate::control::ts(chrono::Utc::now()),
+            data_version,
+            method: collab.method.into(),
+            content: if content.uses_embeddings() { "minilm".into() } else { "keywords".into() },
+            training_ms: started.elapsed().as_millis() as u64,
+            counts: model::Counts {
+                products: data.products.len(),
+                products_with_interactions: collab.active,
+                products_embedded: content.embedded(),
+                users: collab.users,
+                interactions,
+            },
+            evaluation,
+        };
+        Model::assemble(info, &data.products, collab)
+    })
+    .await?
+    .map_err(Error::internal)?;
+    let bytes = model.to_bytes();
+    let info = model.info.clone();
+    let lease = state.registry.acquire(tenant_id).await?;
+    lease.blocking(move |h| h.with_writer(|c| store::save_model(c, &info, &bytes))).await?;
+    r.model.store(Some(Arc::new(model)));
+    metrics::counter!("warren_recs_trainings_total").increment(1);
+    Ok(more)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving (blocking: call on a reader connection from `Lease::blocking`).
+
+/// Filters applied to every candidate list.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub in_stock_only: bool,
+    pub category: Option<String>,
+    pub exclude: HashSet<String>,
+}
+
+/// Keeps candidates (best first, each product once) that exist and pass `f`, up to `limit`.
+fn finish(c: &Connection, cands: Vec<(String, f32, Reason)>, f: &Filter, limit: usize) -> Result<Vec<Rec>, Error> {
+    let mut out: Vec<Rec> = Vec::with_capacity(limit);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut i = 0;
+    while out.len() < limit && i < cands.len() {
+        let end = (i + (limit - out.len()) * 2 + 8).min(cands.len());
+        let chunk = &cands[i..end];
+        let ids: Vec<&str> = chunk.iter().map(|c| c.0.as_str()).filter(|id| !f.exclude.contains(*id) && !seen.contains(*id)).collect();
+        let facts = store::product_facts(c, &ids)?;
+        for (id, score, reason) in chunk {
+            if out.len() >= limit || f.exclude.contains(id) || seen.contains(id) {
+                continue;
+            }
+            let Some((in_stock, cats)) = facts.get(id) else { continue };
+            if f.in_stock_only && !in_stock {
+                continue;
+            }
+            if let Some(want) = &f.category {
+                if !cats.iter().any(|c| c.eq_ignore_ascii_case(want)) {
+                    continue;
+                }
+            }
+            seen.insert(id.clone());
+            out.push(Rec { product_id: id.clone(), score: (*score * 1e4).round() / 1e4, reason: *reason });
+        }
+        i = end;
+    }
+    Ok(out)
+}
+
+/// How many candidates to rank before filtering.
+fn depth(limit: usize, f: &Filter) -> usize {
+    if f.category.is_some() {
+        usize::MAX
+    } else {
+        limit * 4 + f.exclude.len() + 50
+    }
+}
+
+fn push_ranked(m: &Model, out: &mut Vec<(String, f32, Reason)>, scores: &[f32], skip: &HashSet<u32>, max: usize, reason: Reason) {
+    for (i, s) in model::ranked(scores, |i| skip.contains(&i), max) {
+        out.push((m.items[i as usize].clone(), s, reason));
+    }
+}
+
+fn push_popular(m: &Model, out: &mut Vec<(String, f32, Reason)>, skip: &HashSet<u32>, max: usize) {
+    let top = m.by_popularity.first().map_or(1.0, |&i| m.popularity[i as usize]).max(f32::MIN_POSITIVE);
+    for &i in m.by_popularity.iter().filter(|i| !skip.contains(i)).take(max) {
+        out.push((m.items[i as usize].clone(), m.popularity[i as usize] / top, Reason::Trending));
+    }
+}
+
+/// All-time trending from SQLite (no model yet).
+fn push_sql_trending(c: &Connection, out: &mut Vec<(String, f32, Reason)>, max: usize) -> Result<(), Error> {
+    let rows = store::trending(c, 0, max)?;
+    let top = rows.first().map_or(1.0, |r| r.1).max(f32::MIN_POSITIVE);
+    out.extend(rows.into_iter().map(|(id, s)| (id, s / top, Reason::Trending)));
+    Ok(())
+}
+
+/// The mean embedding of `items` (unit length), if any has one.
+fn mean_vector(m: &Model, items: impl Iterator<Item = (u32, f32)>) -> Option<Vec<f32>> {
+    let mut acc: Option<Vec<f32>> = None;
+    for (i, w) in items {
+        if let Some(v) = m.content.vector(i as usize) {
+            let a = acc.get_or_insert_with(|| vec![0.0; v.len()]);
+            for (x, y) in a.iter_mut().zip(v) {
+                *x += w * y;
+            }
+        }
+    }
+    let mut a = acc?;
+    let norm = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm <= 0.0 {
+        return None;
+    }
+    a.iter_mut().for_each(|x| *x /= norm);
+    Some(a)
+}
+
+/// `GET /recommendations`: personal (collaborative), then content-similar to the customer's items,
+/// then trending. A customer without history gets trending.
+pub fn recommend(c: &Connection, m: Option<&Model>, customer_id: Option<&str>, exclude_purchased: bool, mut f: Filter, limit: usize, recency_secs: f64) -> Result<Vec<Rec>, Error> {
+    let (rows, purchased) = match customer_id {
+        Some(id) => store::customer_history(c, id)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    if exclude_purchased {
+        f.exclude.extend(purchased);
+    }
+    let mut cands = Vec::new();
+    let max = depth(limit, &f);
+    match m {
+        Some(m) => {
+            let skip: HashSet<u32> = f.exclude.iter().filter_map(|id| m.index.get(id).copied()).collect();
+            let hist = model::user_history(&m.index, &rows, recency_secs);
+            if !hist.is_empty() {
+                push_ranked(m, &mut cands, &m.collab_scores(&hist), &skip, max, Reason::Personal);
+                if let Some(q) = mean_vector(m, hist.iter().copied()) {
+                    if let Some(s) = m.content.by_vector(&q) {
+                        let mut skip2 = skip.clone();
+                        skip2.extend(hist.iter().map(|h| h.0));
+                        push_ranked(m, &mut cands, &s, &skip2, max, Reason::Similar);
+                    }
+                }
+            }
+            push_popular(m, &mut cands, &skip, max);
+        }
+        None => push_sql_trending(c, &mut cands, max.min(10_000))?,
+    }
+    finish(c, cands, &f, limit)
+}
+
+/// Content similarity to product `id` even if the model predates it (its own embedding or words).
+fn content_to(c: &Connection, m: &Model, id: &str) -> Result<Option<Vec<f32>>, Error> {
+    if let Some(&i) = m.index.get(id) {
+        return Ok(Some(m.content.to_item(i as usize)));
+    }
+    let row = store::load_products_by_id(c, id)?;
+    Ok(row.map(|p| match p.embedding.as_deref().and_then(|v| m.content.by_vector(v)) {
+        Some(s) => s,
+        None => m.content.by_words(&p.words),
+    }))
+}
+
+/// A model over the products table only (no interactions), for requests before the first training.
+fn content_only(c: &Connection) -> Result<Model, Error> {
+    let products = store::load_products(c)?;
+    let (collab, _) = model::train(&model::TrainData { products: products.clone(), interactions: Vec::new() }, &TrainParams::default()).map_err(Error::internal)?;
+    let info = ModelInfo {
+        version: 0,
+        trained_at: String::new(),
+        data_version: 0,
+        method: "popularity".into(),
+        content: String::new(),
+        training_ms: 0,
+        counts: Default::default(),
+        evaluation: None,
+    };
+    Model::assemble(info, &products, collab).map_err(Error::internal)
+}
+
+fn require_product(c: &Connection, id: &str) -> Result<(), Error> {
+    if store::product_facts(c, &[id])?.is_empty() {
+        return Err(Error::not_found("product_not_found", "no such product"));
+    }
+    Ok(())
+}
+
+/// `GET /products/{id}/similar`: content only.
+pub fn similar(c: &Connection, m: Option<&Model>, id: &str, f: Filter, limit: usize) -> Result<Vec<Rec>, Error> {
+    require_product(c, id)?;
+    let tmp;
+    let m = match m {
+        Some(m) => m,
+        None => {
+            tmp = content_only(c)?;
+            &tmp
+        }
+    };
+    let mut cands = Vec::new();
+    if let Some(s) = content_to(c, m, id)? {
+        let skip: HashSet<u32> = m.index.get(id).copied().into_iter().collect();
+        push_ranked(m, &mut cands, &s, &skip, depth(limit, &f), Reason::Similar);
+    }
+    let mut f = f;
+    f.exclude.insert(id.to_string());
+    finish(c, cands, &f, limit)
+}
+
+/// Weight of the collaborative part in `related` (the rest is content similarity).
+const RELATED_COLLAB_WEIGHT: f32 = 0.7;
+
+/// `GET /products/{id}/related`: customers also bought, blended with content similarity.
+pub fn related(c: &Connection, m: Option<&Model>, id: &str, f: Filter, limit: usize) -> Result<Vec<Rec>, Error> {
+    require_product(c, id)?;
+    let Some(m) = m else { return similar(c, None, id, f, limit) };
+    let n = m.len();
+    let mut collab = vec![0f32; n];
+    if let Some(&i) = m.index.get(id) {
+        let nb: Vec<(u32, f32)> = m.neighbors(i).collect();
+        let top = nb.first().map_or(1.0, |x| x.1).max(f32::MIN_POSITIVE);
+        for (j, w) in nb {
+            collab[j as usize] = w / top;
+        }
+    }
+    let content = content_to(c, m, id)?.unwrap_or_else(|| vec![0.0; n]);
+    let mut scored: Vec<(u32, f32, Reason)> = (0..n)
+        .filter(|&j| m.items[j] != id)
+        .map(|j| {
+            let (a, b) = (RELATED_COLLAB_WEIGHT * collab[j], (1.0 - RELATED_COLLAB_WEIGHT) * content[j].max(0.0));
+            (j as u32, a + b, if a >= b { Reason::BoughtTogether } else { Reason::Similar })
+        })
+        .filter(|x| x.1 > 0.0)
+        .collect();
+    scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(depth(limit, &f).min(n));
+    let mut cands: Vec<(String, f32, Reason)> = scored.into_iter().map(|(j, s, r)| (m.items[j as usize].clone(), s, r)).collect();
+    let mut f = f;
+    f.exclude.insert(id.to_string());
+    push_popular(m, &mut cands, &HashSet::new(), limit + 1);
+    finish(c, cands, &f, limit)
+}
+
+/// `POST /recommendations/cart`: frequently bought together with the cart, then similar, then trending.
+pub fn cart(c: &Connection, m: Option<&Model>, ids: &[String], f: Filter, limit: usize) -> Result<Vec<Rec>, Error> {
+    let mut f = f;
+    f.exclude.extend(ids.iter().cloned());
+    let mut cands = Vec::new();
+    let max = depth(limit, &f);
+    match m {
+        Some(m) => {
+            let hist: Vec<(u32, f32)> = ids.iter().filter_map(|id| m.index.get(id)).map(|&i| (i, 1.0)).collect();
+            let skip: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+            let s = m.collab_scores(&hist);
+            let top = s.iter().copied().fold(0f32, f32::max).max(f32::MIN_POSITIVE);
+            let s: Vec<f32> = s.into_iter().map(|x| x / top).collect();
+            push_ranked(m, &mut cands, &s, &skip, max, Reason::BoughtTogether);
+            if let Some(q) = mean_vector(m, hist.iter().copied()) {
+                if let Some(s) = m.content.by_vector(&q) {
+                    push_ranked(m, &mut cands, &s, &skip, max, Reason::Similar);
+                }
+            }
+            push_popular(m, &mut cands, &skip, max);
+        }
+        None => push_sql_trending(c, &mut cands, max.min(10_000))?,
+    }
+    finish(c, cands, &f, limit)
+}
+
+/// `GET /recommendations/trending`: activity in the window, then (to fill) the model's decayed popularity.
+pub fn trending(c: &Connection, m: Option<&Model>, since: i64, f: Filter, limit: usize) -> Result<Vec<Rec>, Error> {
+    let max = depth(limit, &f).min(10_000);
+    let rows = store::trending(c, since, max)?;
+    let top = rows.first().map_or(1.0, |r| r.1).max(f32::MIN_POSITIVE);
+    let mut cands: Vec<(String, f32, Reason)> = rows.into_iter().map(|(id, s)| (id, s / top, Reason::Trending)).collect();
+    if let Some(m) = m {
+        // Below anything in the window.
+        let mut fill = Vec::new();
+        push_popular(m, &mut fill, &HashSet::new(), max);
+        cands.extend(fill.into_iter().map(|(id, s, r)| (id, s * 0.01, r)));
+    }
+    finish(c, cands, &f, limit)
+}
