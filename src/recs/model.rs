@@ -664,7 +664,7 @@ mod tests {
         for u in 0..30 {
             let cluster = if u % 2 == 0 { "a" } else { "b" };
             for k in 1..=3 {
-                if (u + k) % 4 != 0 {
+                if (u + k) % 3 != 0 {
                     interactions.push(buy(&format!("u{u}"), &format!("{cluster}{k}"), 1000 + u as i64));
                 }
             }

@@ -6,3 +6,4 @@ mod caddy;
 mod handles;
 mod context;
 mod plans;
+mod recs;
