@@ -87,8 +87,11 @@ pub struct RecsConfig {
     pub neighbors: usize,
     /// Half-life of an interaction's weight in training, in days, from the tenant's newest interaction.
     pub half_life_days: f64,
-    /// Half-life of a customer's own interactions when recommending, in days, from their latest one.
-    pub recency_half_life_days: f64,
+    /// Half-life of a customer's own interactions when recommending, in steps: distinct order/event
+    /// times counted back from their latest one.
+    pub recency_half_life_steps: f64,
+    /// Least weight of a customer's older interactions (0..1), so long-term taste still counts.
+    pub recency_floor: f32,
     /// Shrinkage of item-kNN similarities.
     pub knn_shrinkage: f32,
     /// Most recent items per customer that item-kNN pairs up (bounds its cost).
@@ -114,7 +117,8 @@ impl Default for RecsConfig {
             ease_lambda: 200.0,
             neighbors: 100,
             half_life_days: 180.0,
-            recency_half_life_days: 30.0,
+            recency_half_life_steps: 3.0,
+            recency_floor: 0.1,
             knn_shrinkage: 10.0,
             knn_max_history: 100,
             eval_users: 200,

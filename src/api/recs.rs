@@ -276,10 +276,10 @@ where
 
 async fn recommend(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
     let limit = q.limit(&state)?;
-    let recency = state.config.recs.recency_half_life_days * 86400.0;
+    let params = state.config.recs.params();
     let customer = q.customer_id.clone().filter(|c| !c.is_empty());
     let (excl, f) = (q.exclude_purchased, q.filter());
-    serve(&ctx, &state, move |c, m| recs::recommend(c, m, customer.as_deref(), excl, f, limit, recency)).await
+    serve(&ctx, &state, move |c, m| recs::recommend(c, m, customer.as_deref(), excl, f, limit, &params)).await
 }
 
 async fn related(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {

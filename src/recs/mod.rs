@@ -61,7 +61,8 @@ impl RecsConfig {
             ease_lambda: self.ease_lambda,
             neighbors: self.neighbors.max(1),
             half_life_secs: self.half_life_days * 86400.0,
-            recency_half_life_secs: self.recency_half_life_days * 86400.0,
+            recency_half_life_steps: self.recency_half_life_steps,
+            recency_floor: self.recency_floor,
             knn_shrinkage: self.knn_shrinkage,
             knn_max_history: self.knn_max_history.max(2),
             eval_users: self.eval_users,
@@ -417,7 +418,7 @@ fn mean_vector(m: &Model, items: impl Iterator<Item = (u32, f32)>) -> Option<Vec
 
 /// `GET /recommendations`: personal (collaborative), then content-similar to the customer's items,
 /// then trending. A customer without history gets trending.
-pub fn recommend(c: &Connection, m: Option<&Model>, customer_id: Option<&str>, exclude_purchased: bool, mut f: Filter, limit: usize, recency_secs: f64) -> Result<Vec<Rec>, Error> {
+pub fn recommend(c: &Connection, m: Option<&Model>, customer_id: Option<&str>, exclude_purchased: bool, mut f: Filter, limit: usize, p: &TrainParams) -> Result<Vec<Rec>, Error> {
     let (rows, purchased) = match customer_id {
         Some(id) => store::customer_history(c, id)?,
         None => (Vec::new(), Vec::new()),
@@ -430,7 +431,7 @@ pub fn recommend(c: &Connection, m: Option<&Model>, customer_id: Option<&str>, e
     match m {
         Some(m) => {
             let skip: HashSet<u32> = f.exclude.iter().filter_map(|id| m.index.get(id).copied()).collect();
-            let hist = model::user_history(&m.index, &rows, recency_secs);
+            let hist = model::user_history(&m.index, &rows, p);
             if !hist.is_empty() {
                 push_ranked(m, &mut cands, &m.collab_scores(&hist), &skip, max, Reason::Personal);
                 if let Some(q) = mean_vector(m, hist.iter().copied()) {

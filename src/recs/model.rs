@@ -34,7 +34,8 @@ pub struct TrainParams {
     pub ease_lambda: f32,
     pub neighbors: usize,
     pub half_life_secs: f64,
-    pub recency_half_life_secs: f64,
+    pub recency_half_life_steps: f64,
+    pub recency_floor: f32,
     pub knn_shrinkage: f32,
     pub knn_max_history: usize,
     pub eval_users: usize,
@@ -47,7 +48,8 @@ impl Default for TrainParams {
             ease_lambda: 200.0,
             neighbors: 100,
             half_life_secs: 180.0 * 86400.0,
-            recency_half_life_secs: 30.0 * 86400.0,
+            recency_half_life_steps: 3.0,
+            recency_floor: 0.1,
             knn_shrinkage: 10.0,
             knn_max_history: 100,
             eval_users: 200,
@@ -518,14 +520,20 @@ pub fn ranked(scores: &[f32], skip: impl Fn(u32) -> bool, max: usize) -> Vec<(u3
     v
 }
 
-/// A customer's history as model rows: `x_i = min(1, Σ weight · 0.5^(age / recency_half_life))`
-/// with the age from the customer's own latest interaction.
-pub fn user_history(model_index: &HashMap<String, u32>, rows: &[(String, f32, i64)], recency_half_life_secs: f64) -> Vec<(u32, f32)> {
-    let t_last = rows.iter().map(|r| r.2).max().unwrap_or(0);
+/// A customer's history as model rows: `x_i = min(1, Σ weight · max(floor, 0.5^(step / half_life)))`,
+/// where `step` counts the customer's distinct interaction times after this one (0 for the latest
+/// order or event, 1 for the one before, ...). Counting steps rather than seconds makes "what they
+/// did last" dominate whatever the store's pace, and lines of one order share a step; the floor keeps
+/// long-term taste in play. On MovieLens-100k this lifts HR@10 from 0.146 to 0.194 (docs/BENCHMARKS.md).
+pub fn user_history(model_index: &HashMap<String, u32>, rows: &[(String, f32, i64)], p: &TrainParams) -> Vec<(u32, f32)> {
+    let mut times: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    times.dedup();
     let mut acc: HashMap<u32, f32> = HashMap::new();
     for (pid, w, at) in rows {
         if let Some(&i) = model_index.get(pid) {
-            let decay = 0.5f64.powf((t_last - at).max(0) as f64 / recency_half_life_secs.max(1.0)) as f32;
+            let step = times.binary_search_by(|t| at.cmp(t)).unwrap_or(0) as f64;
+            let decay = 0.5f64.powf(step / p.recency_half_life_steps.max(0.01)).max(p.recency_floor as f64) as f32;
             *acc.entry(i).or_insert(0.0) += w * decay;
         }
     }
@@ -624,7 +632,7 @@ pub fn evaluate(data: &TrainData, p: &TrainParams) -> anyhow::Result<Option<Eval
             .filter(|it| it.user == *u && it.purchase)
             .filter_map(|it| index.get(&it.product).copied())
             .collect();
-        let hist = user_history(&model.index, &rows, p.recency_half_life_secs);
+        let hist = user_history(&model.index, &rows, p);
         let mut top = ranked(&model.collab_scores(&hist), |i| purchased.contains(&i), 10);
         for &i in &model.by_popularity {
             if top.len() >= 10 {
