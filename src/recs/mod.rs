@@ -289,29 +289,9 @@ async fn train_once(state: &AppState, tenant_id: &str, r: &Arc<Recs>) -> Result<
     let params = state.config.recs.params();
     let version = r.model().map_or(0, |m| m.info.version) + 1;
     let span = tracing::Span::current();
-    let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+    let model = tokio::task::spawn_blocking(move || {
         let _g = span.enter();
-        let started = Instant::now();
-        let evaluation = model::evaluate(&data, &params)?;
-        let (collab, interactions) = model::train(&data, &params)?;
-        let content = model::Content::build(&data.products)?;
-        let info = ModelInfo {
-            version,
-            trained_at: crate::control::ts(chrono::Utc::now()),
-            data_version,
-            method: collab.method.into(),
-            content: if content.uses_embeddings() { "minilm".into() } else { "keywords".into() },
-            training_ms: started.elapsed().as_millis() as u64,
-            counts: model::Counts {
-                products: data.products.len(),
-                products_with_interactions: collab.active,
-                products_embedded: content.embedded(),
-                users: collab.users,
-                interactions,
-            },
-            evaluation,
-        };
-        Model::assemble(info, &data.products, collab)
+        build_model(&data, &params, version, data_version)
     })
     .await?
     .map_err(Error::internal)?;
@@ -322,6 +302,34 @@ async fn train_once(state: &AppState, tenant_id: &str, r: &Arc<Recs>) -> Result<
     r.model.store(Some(Arc::new(model)));
     metrics::counter!("warren_recs_trainings_total").increment(1);
     Ok(more)
+}
+
+/// The whole training step (blocking, CPU-bound): the leave-last-out evaluation and the model.
+/// Public for the benchmarks (`benches/recs/bench.rs`).
+pub fn build_model(data: &model::TrainData, params: &TrainParams, version: u64, data_version: i64) -> anyhow::Result<Model> {
+    let started = Instant::now();
+    let evaluation = model::evaluate(data, params)?;
+    let (collab, interactions) = model::train(data, params)?;
+    let embedded = data.products.iter().filter(|p| p.embedding.as_ref().is_some_and(|e| e.len() == crate::embed::DIM)).count();
+    let info = ModelInfo {
+        version,
+        trained_at: crate::control::ts(chrono::Utc::now()),
+        data_version,
+        method: collab.method.into(),
+        content: if embedded > 0 { "minilm".into() } else { "keywords".into() },
+        training_ms: 0,
+        counts: model::Counts {
+            products: data.products.len(),
+            products_with_interactions: collab.active,
+            products_embedded: embedded,
+            users: collab.users,
+            interactions,
+        },
+        evaluation,
+    };
+    let mut model = Model::assemble(info, &data.products, collab)?;
+    model.info.training_ms = started.elapsed().as_millis() as u64;
+    Ok(model)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,8 +442,10 @@ pub fn recommend(c: &Connection, m: Option<&Model>, customer_id: Option<&str>, e
             let hist = model::user_history(&m.index, &rows, p);
             if !hist.is_empty() {
                 push_ranked(m, &mut cands, &m.collab_scores(&hist), &skip, max, Reason::Personal);
-                if let Some(q) = mean_vector(m, hist.iter().copied()) {
-                    if let Some(s) = m.content.by_vector(&q) {
+                // Content fills in only when the collaborative part has too little to say (new
+                // products, sparse data): the n × 384 scan is the costliest step of a request.
+                if cands.len() < 2 * limit {
+                    if let Some(s) = mean_vector(m, hist.iter().copied()).and_then(|q| m.content.by_vector(&q)) {
                         let mut skip2 = skip.clone();
                         skip2.extend(hist.iter().map(|h| h.0));
                         push_ranked(m, &mut cands, &s, &skip2, max, Reason::Similar);
@@ -554,8 +564,8 @@ pub fn cart(c: &Connection, m: Option<&Model>, ids: &[String], f: Filter, limit:
             let top = s.iter().copied().fold(0f32, f32::max).max(f32::MIN_POSITIVE);
             let s: Vec<f32> = s.into_iter().map(|x| x / top).collect();
             push_ranked(m, &mut cands, &s, &skip, max, Reason::BoughtTogether);
-            if let Some(q) = mean_vector(m, hist.iter().copied()) {
-                if let Some(s) = m.content.by_vector(&q) {
+            if cands.len() < 2 * limit {
+                if let Some(s) = mean_vector(m, hist.iter().copied()).and_then(|q| m.content.by_vector(&q)) {
                     push_ranked(m, &mut cands, &s, &skip, max, Reason::Similar);
                 }
             }
