@@ -335,66 +335,46 @@ pub fn train_collab(users: &[Vec<(u32, f32)>], n: usize, p: &TrainParams) -> any
     let method = if m == 0 {
         "popularity"
     } else if m <= p.ease_max_items {
-        // Gram matrix over active items, accumulated sparsely.
-        let mut g = vec![0f32; m * m];
-        for row in users {
-            let loc: Vec<(usize, f32)> = row.iter().map(|&(i, x)| (active_map[i as usize] as usize, x)).collect();
-            for &(a, xa) in &loc {
-                let base = a * m;
-                for &(b, xb) in &loc {
-                    g[base + b] += xa * xb;
-                }
-            }
-        }
-        for a in 0..m {
-            g[a * m + a] += p.ease_lambda.max(1.0);
-        }
-        let pinv = linalg::spd_inverse(&linalg::square(g, m)?)?;
-        let pm: Vec<f32> = pinv.flatten_all()?.to_vec1()?;
-        drop(pinv);
-        let diag: Vec<f32> = (0..m).map(|j| pm[j * m + j]).collect();
-        let mut brow = vec![0f32; m];
-        for a in 0..m {
-            for b in 0..m {
-                brow[b] = -pm[a * m + b] / diag[b];
-            }
-            brow[a] = 0.0;
-            rows[active[a] as usize] = top_positive(&brow, a, p.neighbors).into_iter().map(|(b, w)| (active[b as usize], w)).collect();
+        for (i, r) in ease_rows(users, &active, n, p)? {
+            rows[i as usize] = r;
         }
         "ease"
     } else {
-        // Item-item cosine with shrinkage over each user's most recent items (rows are in
-        // item order here; recency was already folded into x by the decay, so keep the largest x).
-        let mut norms = vec![0f32; n];
-        let mut co: Vec<HashMap<u32, f32>> = vec![HashMap::new(); n];
-        for row in users {
-            let mut r = row.clone();
-            if r.len() > p.knn_max_history {
-                r.select_nth_unstable_by(p.knn_max_history, |a, b| b.1.total_cmp(&a.1));
-                r.truncate(p.knn_max_history);
+        rows = knn_rows(users, n, p);
+        if p.ease_max_items >= 2 {
+            // EASE over the `ease_max_items` most popular products (where most of the demand is),
+            // item-kNN for the rest. A head row keeps its EASE weights and takes kNN weights towards
+            // tail products rescaled to the EASE row's range; tail rows are rescaled by the median
+            // of those factors, so both kinds of weight compete on one scale.
+            let mut head = active.clone();
+            head.sort_by(|a, b| popularity[*b as usize].total_cmp(&popularity[*a as usize]).then(a.cmp(b)));
+            head.truncate(p.ease_max_items);
+            let in_head: std::collections::HashSet<u32> = head.iter().copied().collect();
+            let mut factors = Vec::new();
+            for (i, er) in ease_rows(users, &head, n, p)? {
+                let knn = std::mem::take(&mut rows[i as usize]);
+                let (emax, kmax) = (er.first().map_or(0.0, |x| x.1), knn.first().map_or(0.0, |x| x.1));
+                let f = if kmax > 0.0 && emax > 0.0 { emax / kmax } else { 0.0 };
+                if f > 0.0 {
+                    factors.push(f);
+                }
+                let mut r = er;
+                r.extend(knn.into_iter().filter(|(j, _)| !in_head.contains(j)).map(|(j, w)| (j, w * f)));
+                r.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+                r.truncate(p.neighbors);
+                rows[i as usize] = r;
             }
-            for &(i, xi) in &r {
-                norms[i as usize] += xi * xi;
-                for &(j, xj) in &r {
-                    if i != j {
-                        *co[i as usize].entry(j).or_insert(0.0) += xi * xj;
-                    }
+            factors.sort_by(f32::total_cmp);
+            let f = factors.get(factors.len() / 2).copied().unwrap_or(1.0);
+            for (i, r) in rows.iter_mut().enumerate() {
+                if !in_head.contains(&(i as u32)) {
+                    r.iter_mut().for_each(|x| x.1 *= f);
                 }
             }
+            "ease_head+item_knn"
+        } else {
+            "item_knn"
         }
-        let norms: Vec<f32> = norms.into_iter().map(f32::sqrt).collect();
-        for i in 0..n {
-            let c = std::mem::take(&mut co[i]);
-            let mut v: Vec<(u32, f32)> =
-                c.into_iter().map(|(j, s)| (j, s / (norms[i] * norms[j as usize] + p.knn_shrinkage))).collect();
-            if v.len() > p.neighbors {
-                v.select_nth_unstable_by(p.neighbors, |a, b| b.1.total_cmp(&a.1));
-                v.truncate(p.neighbors);
-            }
-            v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-            rows[i] = v;
-        }
-        "item_knn"
     };
     let mut offsets = Vec::with_capacity(n + 1);
     let (mut nbr, mut w) = (Vec::new(), Vec::new());
@@ -407,6 +387,79 @@ pub fn train_collab(users: &[Vec<(u32, f32)>], n: usize, p: &TrainParams) -> any
         offsets.push(nbr.len() as u32);
     }
     Ok(Collab { method, offsets, nbr, w, popularity, users: users.len(), active: m })
+}
+
+/// EASE over `items` (global indices): their rows, in global indices, strongest first.
+fn ease_rows(users: &[Vec<(u32, f32)>], items: &[u32], n: usize, p: &TrainParams) -> anyhow::Result<Vec<(u32, Vec<(u32, f32)>)>> {
+    let m = items.len();
+    let mut local = vec![u32::MAX; n];
+    for (k, &i) in items.iter().enumerate() {
+        local[i as usize] = k as u32;
+    }
+    // Gram matrix, accumulated sparsely (X is mostly zeros).
+    let mut g = vec![0f32; m * m];
+    let mut loc: Vec<(usize, f32)> = Vec::new();
+    for row in users {
+        loc.clear();
+        loc.extend(row.iter().filter(|(i, _)| local[*i as usize] != u32::MAX).map(|&(i, x)| (local[i as usize] as usize, x)));
+        for &(a, xa) in &loc {
+            let base = a * m;
+            for &(b, xb) in &loc {
+                g[base + b] += xa * xb;
+            }
+        }
+    }
+    for a in 0..m {
+        g[a * m + a] += p.ease_lambda.max(1.0);
+    }
+    let pinv = linalg::spd_inverse(&linalg::square(g, m)?)?;
+    let pm: Vec<f32> = pinv.flatten_all()?.to_vec1()?;
+    drop(pinv);
+    let diag: Vec<f32> = (0..m).map(|j| pm[j * m + j]).collect();
+    let mut brow = vec![0f32; m];
+    let mut out = Vec::with_capacity(m);
+    for a in 0..m {
+        for b in 0..m {
+            brow[b] = -pm[a * m + b] / diag[b];
+        }
+        brow[a] = 0.0;
+        out.push((items[a], top_positive(&brow, a, p.neighbors).into_iter().map(|(b, w)| (items[b as usize], w)).collect()));
+    }
+    Ok(out)
+}
+
+/// Item-item cosine with shrinkage over each user's `knn_max_history` strongest items.
+fn knn_rows(users: &[Vec<(u32, f32)>], n: usize, p: &TrainParams) -> Vec<Vec<(u32, f32)>> {
+    let mut norms = vec![0f32; n];
+    let mut co: Vec<HashMap<u32, f32>> = vec![HashMap::new(); n];
+    for row in users {
+        let mut r = row.clone();
+        if r.len() > p.knn_max_history {
+            r.select_nth_unstable_by(p.knn_max_history, |a, b| b.1.total_cmp(&a.1));
+            r.truncate(p.knn_max_history);
+        }
+        for &(i, xi) in &r {
+            norms[i as usize] += xi * xi;
+            for &(j, xj) in &r {
+                if i != j {
+                    *co[i as usize].entry(j).or_insert(0.0) += xi * xj;
+                }
+            }
+        }
+    }
+    let norms: Vec<f32> = norms.into_iter().map(f32::sqrt).collect();
+    (0..n)
+        .map(|i| {
+            let c = std::mem::take(&mut co[i]);
+            let mut v: Vec<(u32, f32)> = c.into_iter().map(|(j, s)| (j, s / (norms[i] * norms[j as usize] + p.knn_shrinkage))).collect();
+            if v.len() > p.neighbors {
+                v.select_nth_unstable_by(p.neighbors, |a, b| b.1.total_cmp(&a.1));
+                v.truncate(p.neighbors);
+            }
+            v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+            v
+        })
+        .collect()
 }
 
 impl Model {
@@ -494,6 +547,7 @@ impl Model {
         let method: &'static str = match header["method"].as_str() {
             Some("ease") => "ease",
             Some("item_knn") => "item_knn",
+            Some("ease_head+item_knn") => "ease_head+item_knn",
             _ => "popularity",
         };
         let nnz = u32_at(take(4)?) as usize;
@@ -678,10 +732,10 @@ mod tests {
             }
         }
         let data = TrainData { products, interactions };
-        for max in [10, 1] {
+        for (max, method) in [(10, "ease"), (3, "ease_head+item_knn"), (1, "item_knn")] {
             let p = TrainParams { ease_max_items: max, ease_lambda: 5.0, ..TrainParams::default() };
             let (collab, _) = train(&data, &p).unwrap();
-            assert_eq!(collab.method, if max == 10 { "ease" } else { "item_knn" });
+            assert_eq!(collab.method, method);
             let info = ModelInfo {
                 version: 1,
                 trained_at: String::new(),
