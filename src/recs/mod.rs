@@ -66,6 +66,7 @@ impl RecsConfig {
             knn_shrinkage: self.knn_shrinkage,
             knn_max_history: self.knn_max_history.max(2),
             eval_users: self.eval_users,
+            knn_only: false,
         }
     }
 }
@@ -308,8 +309,20 @@ async fn train_once(state: &AppState, tenant_id: &str, r: &Arc<Recs>) -> Result<
 /// Public for the benchmarks (`benches/recs/bench.rs`).
 pub fn build_model(data: &model::TrainData, params: &TrainParams, version: u64, data_version: i64) -> anyhow::Result<Model> {
     let started = Instant::now();
-    let evaluation = model::evaluate(data, params)?;
-    let (collab, interactions) = model::train(data, params)?;
+    let mut params = params.clone();
+    let mut evaluation = model::evaluate(data, &params)?;
+    if model::active_products(data) > params.ease_max_items {
+        // Large catalog: EASE over the head plus kNN, or kNN alone, whichever the tenant's own
+        // leave-last-out evaluation prefers (by HR@10, then NDCG@10).
+        let knn = TrainParams { knn_only: true, ..params.clone() };
+        let alt = model::evaluate(data, &knn)?;
+        let key = |e: &Option<model::Evaluation>| e.as_ref().map(|e| (e.hr_at_10, e.ndcg_at_10));
+        if key(&alt) > key(&evaluation) {
+            params = knn;
+            evaluation = alt;
+        }
+    }
+    let (collab, interactions) = model::train(data, &params)?;
     let embedded = data.products.iter().filter(|p| p.embedding.as_ref().is_some_and(|e| e.len() == crate::embed::DIM)).count();
     let info = ModelInfo {
         version,

@@ -39,6 +39,8 @@ pub struct TrainParams {
     pub knn_shrinkage: f32,
     pub knn_max_history: usize,
     pub eval_users: usize,
+    /// Above `ease_max_items`: plain item-kNN instead of EASE-head + kNN (chosen per tenant by the evaluation).
+    pub knn_only: bool,
 }
 
 impl Default for TrainParams {
@@ -53,6 +55,7 @@ impl Default for TrainParams {
             knn_shrinkage: 10.0,
             knn_max_history: 100,
             eval_users: 200,
+            knn_only: false,
         }
     }
 }
@@ -341,7 +344,7 @@ pub fn train_collab(users: &[Vec<(u32, f32)>], n: usize, p: &TrainParams) -> any
         "ease"
     } else {
         rows = knn_rows(users, n, p);
-        if p.ease_max_items >= 2 {
+        if p.ease_max_items >= 2 && !p.knn_only {
             // EASE over the `ease_max_items` most popular products (where most of the demand is),
             // item-kNN for the rest. A head row keeps its EASE weights and takes kNN weights towards
             // tail products rescaled to the EASE row's range; tail rows are rescaled by the median
@@ -597,6 +600,12 @@ pub fn user_history(model_index: &HashMap<String, u32>, rows: &[(String, f32, i6
 }
 
 /// Trains a full model (no evaluation) from `data`.
+/// Products of the catalog that have interactions.
+pub fn active_products(data: &TrainData) -> usize {
+    let catalog: std::collections::HashSet<&str> = data.products.iter().map(|p| p.id.as_str()).collect();
+    data.interactions.iter().filter(|i| catalog.contains(i.product.as_str())).map(|i| i.product.as_str()).collect::<std::collections::HashSet<_>>().len()
+}
+
 pub fn train(data: &TrainData, p: &TrainParams) -> anyhow::Result<(Collab, usize)> {
     let index: HashMap<String, u32> = data.products.iter().enumerate().map(|(i, r)| (r.id.clone(), i as u32)).collect();
     let users = user_matrix(data, &index, p.half_life_secs);

@@ -309,3 +309,30 @@ async fn retraining_under_load_fails_no_request_and_the_model_survives_restart()
     assert!(reasons(&after).contains(&"personal".to_string()), "{after}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn similar_products_use_the_embedding_model_when_loaded() {
+    let dir = std::env::var("WARREN_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
+    assert!(dir.join("model.safetensors").exists(), "model missing in {}: run scripts/fetch-model.sh", dir.display());
+    let app = spawn_with(|c| {
+        quick(c);
+        c.model_dir = dir;
+    })
+    .await;
+    let t = app.create_tenant("semantic", "starter").await;
+    // No two products share a word: only the embeddings can tell the shoes from the cakes.
+    post(&app, &t.key, "/products", json!({"products": [
+        {"id": "shoe", "name": "Trail running shoes"},
+        {"id": "sneaker", "name": "Jogging sneakers for men"},
+        {"id": "cake", "name": "Chocolate birthday cake"},
+        {"id": "muffin", "name": "Blueberry muffins, six pack"},
+        {"id": "drill", "name": "Cordless power drill"}
+    ]})).await;
+    let s = trained(&app, &t.key, 1).await;
+    assert_eq!((s["content"].as_str(), s["data"]["products_embedded"].as_u64()), (Some("minilm"), Some(5)), "{s}");
+    assert_eq!(ids(&get(&app, &t.key, "/products/shoe/similar?limit=1").await), ["sneaker"]);
+    assert_eq!(ids(&get(&app, &t.key, "/products/cake/similar?limit=1").await), ["muffin"]);
+    app.stop().await;
+}
