@@ -98,6 +98,10 @@ pub struct RecsConfig {
     pub knn_max_history: usize,
     /// Customers in the leave-last-out evaluation run with each training (0 = no evaluation).
     pub eval_users: usize,
+    /// Content neighbours precomputed per product at training (0 = none: computed per request).
+    pub content_neighbors: usize,
+    /// ... only for catalogs up to this many products (n² × 384 multiply-adds).
+    pub content_neighbors_max_products: usize,
     /// Trainings running at once across all tenants.
     pub max_concurrent_trainings: usize,
     /// Most items in one products/customers/orders/events request.
@@ -122,6 +126,8 @@ impl Default for RecsConfig {
             knn_shrinkage: 10.0,
             knn_max_history: 100,
             eval_users: 200,
+            content_neighbors: 50,
+            content_neighbors_max_products: 20_000,
             max_concurrent_trainings: 1,
             max_batch: 1000,
             max_body_bytes: 16 * 1024 * 1024,

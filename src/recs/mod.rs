@@ -67,6 +67,8 @@ impl RecsConfig {
             knn_max_history: self.knn_max_history.max(2),
             eval_users: self.eval_users,
             knn_only: false,
+            content_neighbors: self.content_neighbors,
+            content_neighbors_max_products: self.content_neighbors_max_products,
         }
     }
 }
@@ -322,7 +324,10 @@ pub fn build_model(data: &model::TrainData, params: &TrainParams, version: u64, 
             evaluation = alt;
         }
     }
-    let (collab, interactions) = model::train(data, &params)?;
+    let (mut collab, interactions) = model::train(data, &params)?;
+    if params.content_neighbors > 0 && data.products.len() <= params.content_neighbors_max_products {
+        collab.similar = model::content_neighbors(&data.products, params.content_neighbors)?;
+    }
     let embedded = data.products.iter().filter(|p| p.embedding.as_ref().is_some_and(|e| e.len() == crate::embed::DIM)).count();
     let info = ModelInfo {
         version,
@@ -520,13 +525,26 @@ pub fn similar(c: &Connection, m: Option<&Model>, id: &str, f: Filter, limit: us
         }
     };
     let mut cands = Vec::new();
-    if let Some(s) = content_to(c, m, id)? {
-        let skip: HashSet<u32> = m.index.get(id).copied().into_iter().collect();
-        push_ranked(m, &mut cands, &s, &skip, depth(limit, &f), Reason::Similar);
+    match precomputed(m, id, &f, limit) {
+        Some(row) => cands.extend(row.into_iter().map(|(j, w)| (m.items[j as usize].clone(), w, Reason::Similar))),
+        None => {
+            if let Some(s) = content_to(c, m, id)? {
+                let skip: HashSet<u32> = m.index.get(id).copied().into_iter().collect();
+                push_ranked(m, &mut cands, &s, &skip, depth(limit, &f), Reason::Similar);
+            }
+        }
     }
     let mut f = f;
     f.exclude.insert(id.to_string());
     finish(c, cands, &f, limit)
+}
+
+/// The precomputed content neighbours of `id`, if the model has them for it and they are enough for
+/// the request (no category filter, at least 2 × limit of them).
+fn precomputed(m: &Model, id: &str, f: &Filter, limit: usize) -> Option<Vec<(u32, f32)>> {
+    let i = *m.index.get(id)?;
+    let row: Vec<(u32, f32)> = m.similar.as_ref()?.row(i).collect();
+    (f.category.is_none() && m.content.has_vector(i as usize) && row.len() >= (2 * limit).min(m.len().saturating_sub(1))).then_some(row)
 }
 
 /// Weight of the collaborative part in `related` (the rest is content similarity).
@@ -545,8 +563,23 @@ pub fn related(c: &Connection, m: Option<&Model>, id: &str, f: Filter, limit: us
             collab[j as usize] = w / top;
         }
     }
-    let content = content_to(c, m, id)?.unwrap_or_else(|| vec![0.0; n]);
-    let mut scored: Vec<(u32, f32, Reason)> = (0..n)
+    // The content side: the precomputed neighbours when they suffice, else a scan of all products.
+    let (content, pool): (Vec<f32>, Vec<usize>) = match precomputed(m, id, &f, limit) {
+        Some(row) => {
+            let mut dense = vec![0f32; n];
+            let mut pool: Vec<usize> = (0..n).filter(|&j| collab[j] > 0.0).collect();
+            for (j, w) in row {
+                dense[j as usize] = w;
+                pool.push(j as usize);
+            }
+            pool.sort_unstable();
+            pool.dedup();
+            (dense, pool)
+        }
+        None => (content_to(c, m, id)?.unwrap_or_else(|| vec![0.0; n]), (0..n).collect()),
+    };
+    let mut scored: Vec<(u32, f32, Reason)> = pool
+        .into_iter()
         .filter(|&j| m.items[j] != id)
         .map(|j| {
             let (a, b) = (RELATED_COLLAB_WEIGHT * collab[j], (1.0 - RELATED_COLLAB_WEIGHT) * content[j].max(0.0));

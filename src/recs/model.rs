@@ -41,6 +41,9 @@ pub struct TrainParams {
     pub eval_users: usize,
     /// Above `ease_max_items`: plain item-kNN instead of EASE-head + kNN (chosen per tenant by the evaluation).
     pub knn_only: bool,
+    /// Content neighbours precomputed per product, and the largest catalog for which they are.
+    pub content_neighbors: usize,
+    pub content_neighbors_max_products: usize,
 }
 
 impl Default for TrainParams {
@@ -56,6 +59,8 @@ impl Default for TrainParams {
             knn_max_history: 100,
             eval_users: 200,
             knn_only: false,
+            content_neighbors: 50,
+            content_neighbors_max_products: 20_000,
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct Model {
     /// Items by popularity, descending (only those with any).
     pub by_popularity: Vec<u32>,
     pub content: Content,
+    /// Precomputed content neighbours (see [`Collab::similar`]).
+    pub similar: Option<Sparse>,
 }
 
 /// The collaborative part of a trained model (what is persisted).
@@ -164,6 +171,49 @@ pub struct Collab {
     pub popularity: Vec<f32>,
     pub users: usize,
     pub active: usize,
+    /// Precomputed content neighbours (`content_neighbors` per product), when there are embeddings
+    /// and at most `content_neighbors_max_products` products.
+    pub similar: Option<Sparse>,
+}
+
+/// Sparse rows: row `i` is `idx[offsets[i]..offsets[i + 1]]` with weights `w[..]`, strongest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sparse {
+    pub offsets: Vec<u32>,
+    pub idx: Vec<u32>,
+    pub w: Vec<f32>,
+}
+
+impl Sparse {
+    pub fn from_rows(rows: Vec<Vec<(u32, f32)>>) -> Sparse {
+        let mut s = Sparse { offsets: vec![0], idx: Vec::new(), w: Vec::new() };
+        for r in rows {
+            for (j, x) in r {
+                s.idx.push(j);
+                s.w.push(x);
+            }
+            s.offsets.push(s.idx.len() as u32);
+        }
+        s
+    }
+
+    pub fn row(&self, i: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let (a, b) = (self.offsets[i as usize] as usize, self.offsets[i as usize + 1] as usize);
+        self.idx[a..b].iter().copied().zip(self.w[a..b].iter().copied())
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.idx.len() as u32).to_le_bytes());
+        for x in &self.offsets {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in &self.idx {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in &self.w {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
 }
 
 fn word_hashes(words: &[String]) -> Vec<u64> {
@@ -218,6 +268,10 @@ impl Content {
 
     pub fn uses_embeddings(&self) -> bool {
         self.emb.is_some()
+    }
+
+    pub fn has_vector(&self, i: usize) -> bool {
+        self.has_emb.get(i).copied().unwrap_or(false)
     }
 
     /// The embedding of item `i`, if it has one.
@@ -282,6 +336,32 @@ impl Content {
         }
         out
     }
+}
+
+/// The `k` most similar products of every product with an embedding (cosine), computed in blocks of
+/// rows with candle matmuls: n² × 384 multiply-adds, so only for catalogs up to a configured size.
+pub fn content_neighbors(products: &[ProductRow], k: usize) -> anyhow::Result<Option<Sparse>> {
+    let content = Content::build(products)?;
+    let Some(emb) = &content.emb else { return Ok(None) };
+    let n = products.len();
+    let et = emb.t()?.contiguous()?;
+    let mut rows: Vec<Vec<(u32, f32)>> = Vec::with_capacity(n);
+    const BLOCK: usize = 256;
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        let sims: Vec<f32> = emb.narrow(0, start, len)?.matmul(&et)?.flatten_all()?.to_vec1()?;
+        for r in 0..len {
+            let i = start + r;
+            if !content.has_emb[i] {
+                rows.push(Vec::new());
+                continue;
+            }
+            rows.push(top_positive(&sims[r * n..(r + 1) * n], i, k));
+        }
+        start += len;
+    }
+    Ok(Some(Sparse::from_rows(rows)))
 }
 
 /// `x_ui` per user from raw interactions (see the module docs). Users in first-seen order.
@@ -389,7 +469,7 @@ pub fn train_collab(users: &[Vec<(u32, f32)>], n: usize, p: &TrainParams) -> any
         }
         offsets.push(nbr.len() as u32);
     }
-    Ok(Collab { method, offsets, nbr, w, popularity, users: users.len(), active: m })
+    Ok(Collab { method, offsets, nbr, w, popularity, users: users.len(), active: m, similar: None })
 }
 
 /// EASE over `items` (global indices): their rows, in global indices, strongest first.
@@ -482,6 +562,7 @@ impl Model {
             popularity: collab.popularity,
             by_popularity,
             content: Content::build(products)?,
+            similar: collab.similar,
         })
     }
 
@@ -530,6 +611,10 @@ impl Model {
         for x in &self.popularity {
             out.extend_from_slice(&x.to_le_bytes());
         }
+        if let Some(sim) = &self.similar {
+            out.extend_from_slice(b"SIM1");
+            sim.write(&mut out);
+        }
         out
     }
 
@@ -562,7 +647,16 @@ impl Model {
         let w = read_f32(take(4 * nnz)?);
         let popularity = read_f32(take(4 * n)?);
         anyhow::ensure!(offsets.last().copied() == Some(nnz as u32) && nbr.iter().all(|&j| (j as usize) < n), "corrupt model");
-        Ok((items, Collab { method, offsets, nbr, w, popularity, users: 0, active: 0 }))
+        let similar = if let Ok(tag) = take(4) {
+            anyhow::ensure!(tag == b"SIM1", "unknown model section");
+            let nnz = u32_at(take(4)?) as usize;
+            let sim = Sparse { offsets: read_u32(take(4 * (n + 1))?), idx: read_u32(take(4 * nnz)?), w: read_f32(take(4 * nnz)?) };
+            anyhow::ensure!(sim.offsets.last().copied() == Some(nnz as u32) && sim.idx.iter().all(|&j| (j as usize) < n), "corrupt model");
+            Some(sim)
+        } else {
+            None
+        };
+        Ok((items, Collab { method, offsets, nbr, w, popularity, users: 0, active: 0, similar }))
     }
 }
 
@@ -767,6 +861,42 @@ mod tests {
             assert_eq!(c2.w, m.w);
             assert_eq!(c2.popularity, m.popularity);
         }
+    }
+
+    #[test]
+    fn content_neighbours_are_precomputed_and_persisted() {
+        // Three products on two axes of the embedding space: 0 and 1 close, 2 orthogonal; 3 has none.
+        let unit = |a: f32, b: f32| {
+            let mut v = vec![0f32; crate::embed::DIM];
+            let n = (a * a + b * b).sqrt();
+            v[0] = a / n;
+            v[1] = b / n;
+            v
+        };
+        let mut products: Vec<ProductRow> = ["x", "y", "z", "w"].into_iter().map(product).collect();
+        products[0].embedding = Some(unit(1.0, 0.1));
+        products[1].embedding = Some(unit(1.0, 0.3));
+        products[2].embedding = Some(unit(0.0, 1.0));
+        let sim = content_neighbors(&products, 2).unwrap().expect("embeddings present");
+        assert_eq!(sim.row(0).map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(sim.row(2).next().map(|x| x.0), Some(1));
+        assert_eq!(sim.row(3).count(), 0);
+        let data = TrainData { products: products.clone(), interactions: vec![buy("u", "x", 1), buy("u", "y", 2)] };
+        let (mut collab, _) = train(&data, &TrainParams::default()).unwrap();
+        collab.similar = Some(sim.clone());
+        let info = ModelInfo {
+            version: 1,
+            trained_at: String::new(),
+            data_version: 0,
+            method: collab.method.into(),
+            content: "minilm".into(),
+            training_ms: 0,
+            counts: Counts::default(),
+            evaluation: None,
+        };
+        let m = Model::assemble(info, &products, collab).unwrap();
+        let (_, back) = Model::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!(back.similar, Some(sim));
     }
 
     #[test]
