@@ -382,7 +382,12 @@ pub fn load_products(c: &Connection) -> Result<Vec<ProductRow>, Error> {
 pub fn load_train_data(c: &Connection) -> Result<(TrainData, i64), Error> {
     let tx = c.unchecked_transaction()?;
     let version = data_version(&tx)?;
-    let products = load_products(&tx)?;
+    let mut products = load_products(&tx)?;
+    if products.is_empty() {
+        let mut stmt = tx.prepare("SELECT product_id FROM order_lines UNION SELECT product_id FROM events ORDER BY 1")?;
+        let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        products = ids.into_iter().map(|id| ProductRow { id, words: Vec::new(), embedding: None }).collect();
+    }
     let mut interactions = Vec::new();
     {
         let mut stmt = tx.prepare(
@@ -435,7 +440,14 @@ pub fn customer_history(c: &Connection, customer_id: &str) -> Result<(Vec<(Strin
 }
 
 /// Stock and categories of the products among `ids` that exist.
+///
+/// A tenant that has sent orders or events but never a product runs *catalog-less*: products are
+/// known by the ids its orders name (all in stock, no categories), so orders alone still drive
+/// recommendations. The first product pushed ends that mode.
 pub fn product_facts(c: &Connection, ids: &[&str]) -> Result<HashMap<String, (bool, Vec<String>)>, Error> {
+    if catalog_less(c)? {
+        return Ok(ids.iter().map(|id| (id.to_string(), (true, Vec::new()))).collect());
+    }
     let mut out = HashMap::new();
     let mut stmt = c.prepare_cached("SELECT in_stock, categories FROM products WHERE id = ?1")?;
     for id in ids {
@@ -446,6 +458,11 @@ pub fn product_facts(c: &Connection, ids: &[&str]) -> Result<HashMap<String, (bo
     Ok(out)
 }
 
+/// True when the tenant has no product at all (see [`product_facts`]).
+pub fn catalog_less(c: &Connection) -> Result<bool, Error> {
+    Ok(!c.prepare_cached("SELECT 1 FROM products LIMIT 1")?.exists([])?)
+}
+
 /// Products by activity since `since` (unix seconds): order lines count their quantity, events their weight.
 pub fn trending(c: &Connection, since: i64, limit: usize) -> Result<Vec<(String, f32)>, Error> {
     let mut stmt = c.prepare_cached(
@@ -454,9 +471,11 @@ pub fn trending(c: &Connection, since: i64, limit: usize) -> Result<Vec<(String,
             UNION ALL
             SELECT product_id, CASE type WHEN 'purchase' THEN 1.0 WHEN 'cart' THEN 0.5 WHEN 'add_to_cart' THEN 0.5 WHEN 'wishlist' THEN 0.3
                                          WHEN 'view' THEN 0.15 WHEN 'click' THEN 0.15 ELSE 0.1 END FROM events WHERE at >= ?1
-         ) t JOIN products p ON p.id = t.product_id GROUP BY t.product_id ORDER BY s DESC, t.product_id LIMIT ?2",
+         ) t WHERE ?3 OR EXISTS (SELECT 1 FROM products p WHERE p.id = t.product_id)
+         GROUP BY t.product_id ORDER BY s DESC, t.product_id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![since, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)? as f32)))?;
+    let all = catalog_less(c)?;
+    let rows = stmt.query_map(params![since, limit as i64, all], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)? as f32)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

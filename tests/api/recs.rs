@@ -336,3 +336,30 @@ async fn similar_products_use_the_embedding_model_when_loaded() {
     assert_eq!(ids(&get(&app, &t.key, "/products/cake/similar?limit=1").await), ["muffin"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn orders_alone_drive_recommendations_until_a_catalog_exists() {
+    let app = spawn_with(quick).await;
+    let t = app.create_tenant("nocat", "starter").await;
+    let mut orders = Vec::new();
+    for u in 0..12 {
+        let fam = if u % 2 == 0 { "a" } else { "b" };
+        for (n, k) in [(u % 3) + 1, ((u + 1) % 3) + 1].into_iter().enumerate() {
+            orders.push(json!({"id": format!("o{u}-{n}"), "customer_id": format!("c{u}"), "created_at": 1_700_000_000 + u * 100 + n as i64,
+                "lines": [{"product_id": format!("{fam}{k}")}]}));
+        }
+    }
+    let v = post(&app, &t.key, "/orders", json!({"orders": orders})).await;
+    assert_eq!(v["unknown_products"], json!(["a1", "a2", "a3", "b1", "b2", "b3"]), "{v}");
+    trained(&app, &t.key, 1).await;
+    // c0 bought a1 and a2: the one product left in their family comes first, known by its id only.
+    let v = get(&app, &t.key, "/recommendations?customer_id=c0&limit=1").await;
+    assert_eq!((ids(&v), reasons(&v)), (vec!["a3".to_string()], vec!["personal".to_string()]), "{v}");
+    // The 2023 orders are outside any window: the decayed popularity fills in, with the order-only ids.
+    assert_eq!(ids(&get(&app, &t.key, "/recommendations/trending?window=1d&limit=10").await).len(), 6);
+    // Once a catalog exists, only its products are recommended.
+    post(&app, &t.key, "/products", json!({"products": [{"id": "b1", "name": "Bee one"}]})).await;
+    let v = get(&app, &t.key, "/recommendations?customer_id=c0&limit=5").await;
+    assert_eq!(ids(&v), ["b1"], "{v}");
+    app.stop().await;
+}
