@@ -55,6 +55,8 @@ pub fn id_of(v: Option<&Value>, field: &str) -> R<String> {
     let s = match v {
         Some(Value::String(s)) => s.trim().to_string(),
         Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        // `12.0` from clients that send every number as a float.
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) => (n.as_f64().unwrap_or(0.0) as i64).to_string(),
         Some(Value::Null) | None => return Err(format!("{field} is required")),
         _ => return Err(format!("{field} must be a string or an integer")),
     };
@@ -102,17 +104,54 @@ fn number(v: Option<&Value>, field: &str) -> R<Option<f64>> {
     }
 }
 
-/// A time: RFC 3339, `YYYY-MM-DDTHH:MM:SS` (UTC) or unix seconds. Absent means now.
+/// A time: RFC 3339, `YYYY-MM-DD[T| ]HH:MM:SS[.f]` (UTC), `YYYY-MM-DD` (midnight UTC), or unix
+/// seconds (a number or a string of digits; numbers above 10¹¹ are taken as milliseconds).
+/// Absent means now.
 pub fn time_of(v: Option<&Value>, field: &str) -> R<i64> {
+    let err = || format!("{field} must be an RFC 3339 time, YYYY-MM-DD[ HH:MM:SS] or unix seconds");
+    let from_number = |t: f64| -> R<i64> {
+        let t = if t > 1e11 { t / 1000.0 } else { t };
+        if t.is_finite() && (0.0..=253_402_300_799.0).contains(&t) {
+            Ok(t as i64)
+        } else {
+            Err(err())
+        }
+    };
     match v {
         None | Some(Value::Null) => Ok(Utc::now().timestamp()),
-        Some(Value::Number(n)) => n.as_i64().filter(|t| (0..=253_402_300_799).contains(t)).ok_or_else(|| format!("{field} must be unix seconds")),
-        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.timestamp())
-            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc().timestamp()))
-            .map_err(|_| format!("{field} must be an RFC 3339 time or unix seconds")),
-        Some(_) => Err(format!("{field} must be an RFC 3339 time or unix seconds")),
+        Some(Value::Number(n)) => from_number(n.as_f64().ok_or_else(err)?),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                return from_number(s.parse::<f64>().map_err(|_| err())?);
+            }
+            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+                return Ok(t.timestamp());
+            }
+            for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+                if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+                    return Ok(t.and_utc().timestamp());
+                }
+            }
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp())
+                .ok_or_else(err)
+        }
+        Some(_) => Err(err()),
     }
+}
+
+/// A quantity: a positive integer, also as `2.0` or `"2"`.
+fn quantity_of(v: Option<&Value>, field: &str) -> R<i64> {
+    let q = match v {
+        None | Some(Value::Null) => return Ok(1),
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(_) => None,
+    };
+    q.filter(|q| (1..=1_000_000).contains(q)).ok_or_else(|| format!("{field} must be an integer from 1"))
 }
 
 fn object(v: &Value) -> R<&Map<String, Value>> {
@@ -178,10 +217,7 @@ pub fn order(v: &Value) -> R<OrderInput> {
         .enumerate()
         .map(|(k, l)| {
             let l = l.as_object().ok_or_else(|| format!("lines[{k}] must be an object"))?;
-            let quantity = match l.get("quantity") {
-                None | Some(Value::Null) => 1,
-                Some(q) => q.as_i64().filter(|q| (1..=1_000_000).contains(q)).ok_or_else(|| format!("lines[{k}].quantity must be an integer from 1"))?,
-            };
+            let quantity = quantity_of(l.get("quantity"), &format!("lines[{k}].quantity"))?;
             Ok(OrderLine {
                 product_id: id_of(l.get("product_id"), &format!("lines[{k}].product_id"))?,
                 quantity,
@@ -328,7 +364,15 @@ mod tests {
     fn orders_and_times() {
         let o = order(&json!({"id": "o1", "customer_id": 5, "created_at": "2024-03-01T10:00:00Z", "lines": [{"product_id": "p", "quantity": 2}]})).unwrap();
         assert_eq!((o.customer_id.as_str(), o.created_at, o.lines[0].quantity), ("5", 1709287200, 2));
-        assert_eq!(time_of(Some(&json!("2024-03-01T10:00:00")), "t").unwrap(), 1709287200);
+        for t in [json!("2024-03-01T10:00:00"), json!("2024-03-01 10:00:00"), json!("2024-03-01T11:00:00+01:00"), json!(1709287200), json!("1709287200"), json!(1709287200000i64), json!(1709287200.0)] {
+            assert_eq!(time_of(Some(&t), "t").unwrap(), 1709287200, "{t}");
+        }
+        assert_eq!(time_of(Some(&json!("2024-03-01")), "t").unwrap(), 1709251200);
+        assert!(time_of(Some(&json!("yesterday")), "t").is_err());
+        let o = order(&json!({"id": 1, "customer_id": 2, "lines": [{"product_id": 3, "quantity": 2.0}, {"product_id": 4, "quantity": "3"}]})).unwrap();
+        assert_eq!((o.lines[0].quantity, o.lines[1].quantity), (2, 3));
+        assert_eq!(id_of(Some(&json!(42.0)), "id").unwrap(), "42");
+        assert!(id_of(Some(&json!(4.5)), "id").is_err());
         assert!(order(&json!({"id": "o1", "customer_id": 5, "lines": []})).unwrap_err().contains("lines"));
         assert!(order(&json!({"id": "o1", "customer_id": 5, "lines": [{"product_id": "p", "quantity": 0}]})).unwrap_err().contains("quantity"));
         assert!(event(&json!({"product_id": "p", "type": "view"})).unwrap_err().contains("customer_id"));
