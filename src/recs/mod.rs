@@ -184,7 +184,10 @@ impl Recs {
         serde_json::json!({
             "model_version": info.map(|i| i.version).unwrap_or(0),
             "trained_at": info.map(|i| i.trained_at.clone()),
-            "training": self.training.load(Ordering::SeqCst),
+            // True from the moment a training is due (data changed, or one was asked for) until the
+            // new model is in, so polling for `training == false` after writes or a train call
+            // never sees the old model as final.
+            "training": self.training.load(Ordering::SeqCst) || self.pending(),
             "pending_changes": self.pending(),
             "training_ms": info.map(|i| i.training_ms),
             "method": info.map(|i| i.method.clone()),
