@@ -71,6 +71,7 @@ pub struct Config {
     pub embed: EmbedSettings,
     pub billing: BillingConfig,
     pub mcp: McpConfig,
+    pub recs: RecsConfig,
 }
 
 /// The MCP endpoint at `/mcp` (`WARREN_MCP__*`).
@@ -149,6 +150,72 @@ impl Default for BackupSettings {
             close_timeout_secs: 5,
             access_key_id: None,
             secret_access_key: None,
+        }
+    }
+}
+
+/// Recommendations (`[recs]`, `WARREN_RECS__*`): training triggers, model size bounds and request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecsConfig {
+    /// A tenant retrains this long after its last data change (debounce), in milliseconds.
+    pub debounce_ms: u64,
+    /// ... but at most this long after the first change of a burst, in seconds.
+    pub max_delay_secs: u64,
+    /// Largest number of products with interactions trained with EASE (a dense n × n inverse: about
+    /// 4·n²·4 bytes of memory at peak and (2/3)·n³ multiply-adds); above it, sparse item-kNN.
+    pub ease_max_items: usize,
+    /// EASE's L2 regularisation λ.
+    pub ease_lambda: f32,
+    /// Neighbours kept per product (the model's rows are sparse).
+    pub neighbors: usize,
+    /// Half-life of an interaction's weight in training, in days, from the tenant's newest interaction.
+    pub half_life_days: f64,
+    /// Half-life of a customer's own interactions when recommending, in steps: distinct order/event
+    /// times counted back from their latest one.
+    pub recency_half_life_steps: f64,
+    /// Least weight of a customer's older interactions (0..1), so long-term taste still counts.
+    pub recency_floor: f32,
+    /// Shrinkage of item-kNN similarities.
+    pub knn_shrinkage: f32,
+    /// Most recent items per customer that item-kNN pairs up (bounds its cost).
+    pub knn_max_history: usize,
+    /// Customers in the leave-last-out evaluation run with each training (0 = no evaluation).
+    pub eval_users: usize,
+    /// Content neighbours precomputed per product at training (0 = none: computed per request).
+    pub content_neighbors: usize,
+    /// ... only for catalogs up to this many products (n² × 384 multiply-adds).
+    pub content_neighbors_max_products: usize,
+    /// Trainings running at once across all tenants.
+    pub max_concurrent_trainings: usize,
+    /// Most items in one products/customers/orders/events request.
+    pub max_batch: usize,
+    /// Largest body of those requests, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest `limit` of a recommendation request.
+    pub max_limit: usize,
+}
+
+impl Default for RecsConfig {
+    fn default() -> Self {
+        RecsConfig {
+            debounce_ms: 2000,
+            max_delay_secs: 30,
+            ease_max_items: 3000,
+            ease_lambda: 200.0,
+            neighbors: 100,
+            half_life_days: 180.0,
+            recency_half_life_steps: 3.0,
+            recency_floor: 0.1,
+            knn_shrinkage: 10.0,
+            knn_max_history: 100,
+            eval_users: 200,
+            content_neighbors: 50,
+            content_neighbors_max_products: 20_000,
+            max_concurrent_trainings: 1,
+            max_batch: 1000,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_limit: 100,
         }
     }
 }
@@ -249,6 +316,7 @@ impl Default for Config {
             embed: EmbedSettings::default(),
             billing: BillingConfig::default(),
             mcp: McpConfig::default(),
+            recs: RecsConfig::default(),
         }
     }
 }

@@ -224,6 +224,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("tenant_not_found", 404, "No such tenant."),
     ("key_not_found", 404, "No such API key for this tenant."),
     ("not_found", 404, "No such route or resource."),
+    ("product_not_found", 404, "No such product in this tenant's catalog."),
     ("method_not_allowed", 405, "The route exists but not with this method."),
     ("slug_taken", 409, "Another tenant has this slug."),
     ("domain_taken", 409, "Another tenant has this custom domain."),

@@ -16,6 +16,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod metering;
 pub mod plans;
+pub mod recs;
 pub mod search;
 pub mod state;
 pub mod telemetry;

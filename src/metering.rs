@@ -31,12 +31,14 @@ pub enum Kind {
     DocumentDelete,
     /// Every authenticated tenant API call that passed the rate limiter.
     ApiCall,
+    /// A recommendation request (personal, related, similar, trending, cart).
+    Recommendation,
 }
 
-pub const KINDS: usize = 6;
+pub const KINDS: usize = 7;
 
 impl Kind {
-    pub const ALL: [Kind; KINDS] = [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall];
+    pub const ALL: [Kind; KINDS] = [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall, Kind::Recommendation];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::DocumentWrite => "document_write",
             Kind::DocumentDelete => "document_delete",
             Kind::ApiCall => "api_call",
+            Kind::Recommendation => "recommendation",
         }
     }
 
@@ -61,6 +64,7 @@ impl Kind {
             Kind::DocumentWrite => 3,
             Kind::DocumentDelete => 4,
             Kind::ApiCall => 5,
+            Kind::Recommendation => 6,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod context;
 pub mod mcp;
 pub mod middleware;
 pub mod openapi;
+pub mod recs;
 pub mod tenant;
 
 use axum::extract::{FromRequest, Request, State};
@@ -59,7 +60,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(tenant::routes())
-        .merge(context::routes(&state.config));
+        .merge(context::routes(&state.config))
+        .merge(recs::routes(&state.config));
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -30,6 +30,8 @@ pub fn migrations() -> Vec<&'static str> {
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         // v2: documents, chunks and embeddings (context API).
         crate::docs::SCHEMA,
+        // v3: commerce data and the recommendation model (recommendations).
+        crate::recs::store::SCHEMA,
     ]
 }
 

@@ -8,3 +8,4 @@ mod context;
 mod plans;
 mod backup;
 mod ai;
+mod recs;

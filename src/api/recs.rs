@@ -1,0 +1,336 @@
+//! Recommendations over HTTP: commerce data (products, customers, orders, events, WooCommerce
+//! adapters), training control and status, and the recommendation endpoints.
+//!
+//! Every route needs the `recommendations` feature (403 `feature_not_in_plan`). Batches cost one
+//! rate-limit cell per item (`[costs] bulk_document`) and answer per item; recommendation calls are
+//! metered as `recommendation` usage events. SQLite and scoring run on blocking threads; the model
+//! is an `Arc` loaded once per request, so a training swapping in a new one never disturbs it.
+
+use std::collections::HashSet;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiJson, ApiPath, ApiQuery};
+use crate::auth::TenantCtx;
+use crate::config::Config;
+use crate::error::Error;
+use crate::metering::Kind;
+use crate::recs::store::{self, ItemResult};
+use crate::recs::{self, input, Filter, Rec, Recs};
+use crate::state::AppState;
+
+const FEATURE: &str = "recommendations";
+
+pub fn routes(config: &Config) -> Router<AppState> {
+    let body = DefaultBodyLimit::max(config.recs.max_body_bytes);
+    Router::new()
+        .route("/products", post(products).layer(body))
+        .route("/products/{id}", get(get_product).delete(delete_product))
+        .route("/products/{id}/related", get(related))
+        .route("/products/{id}/similar", get(similar))
+        .route("/integrations/woocommerce/products", post(woo_products).layer(body))
+        .route("/integrations/woocommerce/orders", post(woo_orders).layer(body))
+        .route("/customers", post(customers).layer(body))
+        .route("/orders", post(orders).layer(body))
+        .route("/events", post(events).layer(body))
+        .route("/recommendations", get(recommend))
+        .route("/recommendations/status", get(status))
+        .route("/recommendations/train", post(train))
+        .route("/recommendations/trending", get(trending))
+        .route("/recommendations/cart", post(cart))
+}
+
+/// Items of a batch body, charged one rate-limit cell each beyond the first; `single` when the body
+/// was one object (answered as one result rather than a list).
+fn batch(ctx: &TenantCtx, state: &AppState, body: Value, key: &str) -> Result<(Vec<Value>, bool), Error> {
+    ctx.require_feature(FEATURE)?;
+    let single = body.is_object() && !body.as_object().is_some_and(|o| o.contains_key(key));
+    let items = input::items_of(body, key).map_err(Error::validation)?;
+    let max = state.config.recs.max_batch;
+    if items.is_empty() || items.len() > max {
+        return Err(Error::validation(format!("{key} must hold 1 to {max} items")));
+    }
+    ctx.charge(ctx.entitlements().costs().bulk_document.saturating_mul(items.len() as u32 - 1))?;
+    Ok((items, single))
+}
+
+/// Validates every item; the valid ones go on with their index, the others become error results.
+fn validate<T>(items: Vec<Value>, parse: impl Fn(&Value) -> Result<T, String>) -> (Vec<(usize, T)>, Vec<ItemResult>) {
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for (i, v) in items.iter().enumerate() {
+        match parse(v) {
+            Ok(t) => ok.push((i, t)),
+            Err(m) => bad.push(ItemResult::err(i, v.get("id").and_then(|x| input::id_of(Some(x), "id").ok()), m)),
+        }
+    }
+    (ok, bad)
+}
+
+/// `{results, succeeded, failed}` in request order, or for a one-object body its one result.
+fn answer(mut results: Vec<ItemResult>, single: bool) -> Result<Response, Error> {
+    results.sort_by_key(|r| r.index);
+    if single {
+        let r = results.pop().expect("one item");
+        if let Some(e) = r.error {
+            return Err(Error::validation(e["message"].as_str().unwrap_or("invalid item").to_string()));
+        }
+        let status = if r.status == "created" { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok((status, Json(serde_json::to_value(r).map_err(Error::internal)?)).into_response());
+    }
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    let mut unknown: Vec<String> = results.iter().flat_map(|r| r.unknown_products.iter().flatten().cloned()).collect();
+    unknown.sort();
+    unknown.dedup();
+    Ok(Json(json!({"results": results, "succeeded": results.len() - failed, "failed": failed, "unknown_products": unknown})).into_response())
+}
+
+async fn changed(ctx: &TenantCtx, state: &AppState, lease: &crate::tenant::Lease) -> Result<(), Error> {
+    Recs::of(state, lease).await?.changed(state, &ctx.tenant().id);
+    Ok(())
+}
+
+async fn upsert_products(ctx: TenantCtx, state: AppState, items: Vec<Value>, single: bool) -> Result<Response, Error> {
+    let (ok, mut results) = validate(items, input::product);
+    if !ok.is_empty() {
+        let ent = ctx.entitlements();
+        let limit = ent.products_limit();
+        let upgrade = ent.upgrade_url(crate::plans::TIERS.into_iter().find(|t| *t > ent.tier), "products");
+        let lease = ctx.storage().await?;
+        let written = lease
+            .blocking(move |h| {
+                h.with_writer(|c| {
+                    if let Some(limit) = limit {
+                        let ids: Vec<String> = ok.iter().map(|(_, p)| p.id.clone()).collect();
+                        let (new, total) = store::new_product_count(c, &ids)?;
+                        if new > 0 && total + new > limit {
+                            let mut d = serde_json::Map::new();
+                            d.insert("limit".into(), "products".into());
+                            d.insert("limit_value".into(), limit.into());
+                            d.insert("used".into(), total.into());
+                            d.insert("upgrade_url".into(), upgrade.into());
+                            return Err(Error::forbidden_with(
+                                "plan_limit_reached",
+                                format!("this write would pass the plan's products limit of {limit} ({total} stored, {new} new)"),
+                                d,
+                            ));
+                        }
+                    }
+                    store::upsert_products(c, ok)
+                })
+            })
+            .await?;
+        results.extend(written);
+        changed(&ctx, &state, &lease).await?;
+    }
+    answer(results, single)
+}
+
+async fn products(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
+    let (items, single) = batch(&ctx, &state, body, "products")?;
+    upsert_products(ctx, state, items, single).await
+}
+
+async fn woo_products(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
+    let (items, single) = batch(&ctx, &state, body, "products")?;
+    // Map each payload; one that cannot be mapped is kept as is and fails validation as an item.
+    let items = items.into_iter().map(|v| input::woo_product(&v).unwrap_or(v)).collect();
+    upsert_products(ctx, state, items, single).await
+}
+
+async fn get_product(ctx: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<store::Product>, Error> {
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    lease
+        .blocking(move |h| h.with_reader(|c| store::get_product(c, &id)))
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::not_found("product_not_found", "no such product"))
+}
+
+async fn delete_product(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, Error> {
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    if !lease.blocking(move |h| h.with_writer(|c| store::delete_product(c, &id))).await? {
+        return Err(Error::not_found("product_not_found", "no such product"));
+    }
+    changed(&ctx, &state, &lease).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn customers(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
+    let (items, single) = batch(&ctx, &state, body, "customers")?;
+    let (ok, mut results) = validate(items, input::customer);
+    if !ok.is_empty() {
+        let rows = ok.into_iter().map(|(i, (id, data))| (i, id, data)).collect();
+        let lease = ctx.storage().await?;
+        results.extend(lease.blocking(move |h| h.with_writer(|c| store::upsert_customers(c, rows))).await?);
+    }
+    answer(results, single)
+}
+
+async fn insert_orders(ctx: TenantCtx, state: AppState, items: Vec<Value>, single: bool) -> Result<Response, Error> {
+    let (ok, mut results) = validate(items, input::order);
+    if !ok.is_empty() {
+        let lease = ctx.storage().await?;
+        let written = lease.blocking(move |h| h.with_writer(|c| store::insert_orders(c, ok))).await?;
+        let any_new = written.iter().any(|r| r.status == "created");
+        results.extend(written);
+        if any_new {
+            changed(&ctx, &state, &lease).await?;
+        }
+    }
+    answer(results, single)
+}
+
+async fn orders(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
+    let (items, single) = batch(&ctx, &state, body, "orders")?;
+    insert_orders(ctx, state, items, single).await
+}
+
+async fn woo_orders(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
+    let (items, single) = batch(&ctx, &state, body, "orders")?;
+    let items = items.into_iter().map(|v| input::woo_order(&v).unwrap_or(v)).collect();
+    insert_orders(ctx, state, items, single).await
+}
+
+async fn events(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
+    let (items, single) = batch(&ctx, &state, body, "events")?;
+    let (ok, mut results) = validate(items, input::event);
+    if !ok.is_empty() {
+        let lease = ctx.storage().await?;
+        results.extend(lease.blocking(move |h| h.with_writer(|c| store::insert_events(c, ok))).await?);
+        changed(&ctx, &state, &lease).await?;
+    }
+    answer(results, single)
+}
+
+async fn status(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<Value>, Error> {
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    let recs = Recs::of(&state, &lease).await?;
+    let (counts, unknown) = lease.blocking(|h| h.with_reader(|c| Ok((store::counts(c)?, store::unknown_products(c, 20)?)))).await?;
+    let mut v = recs.status();
+    v["data"] = counts;
+    v["unknown_products"] = json!(unknown);
+    Ok(Json(v))
+}
+
+async fn train(ctx: TenantCtx, State(state): State<AppState>) -> Result<Response, Error> {
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    let recs = Recs::of(&state, &lease).await?;
+    recs.train_now(&state, &ctx.tenant().id);
+    let mut v = recs.status();
+    v["training"] = json!(true);
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct RecQuery {
+    customer_id: Option<String>,
+    limit: Option<usize>,
+    #[serde(default = "default_true")]
+    exclude_purchased: bool,
+    #[serde(default = "default_true")]
+    in_stock_only: bool,
+    category: Option<String>,
+    window: Option<String>,
+}
+
+impl RecQuery {
+    fn limit(&self, state: &AppState) -> Result<usize, Error> {
+        let max = state.config.recs.max_limit;
+        match self.limit {
+            None => Ok(10.min(max)),
+            Some(l) if (1..=max).contains(&l) => Ok(l),
+            Some(_) => Err(Error::validation(format!("limit must be 1 to {max}"))),
+        }
+    }
+    fn filter(&self) -> Filter {
+        Filter { in_stock_only: self.in_stock_only, category: self.category.clone().filter(|c| !c.is_empty()), exclude: HashSet::new() }
+    }
+}
+
+/// Runs a scoring function on a reader connection with the current model; meters the call.
+async fn serve<F>(ctx: &TenantCtx, state: &AppState, f: F) -> Result<Json<Value>, Error>
+where
+    F: FnOnce(&rusqlite::Connection, Option<&recs::model::Model>) -> Result<Vec<Rec>, Error> + Send + 'static,
+{
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    let model = Recs::of(state, &lease).await?.model();
+    let results = lease.blocking(move |h| h.with_reader(|c| f(c, model.as_deref()))).await?;
+    state.meter.record(&ctx.tenant().id, Kind::Recommendation, 0);
+    Ok(Json(json!({ "results": results })))
+}
+
+async fn recommend(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
+    let limit = q.limit(&state)?;
+    let params = state.config.recs.params();
+    let customer = q.customer_id.clone().filter(|c| !c.is_empty());
+    let (excl, f) = (q.exclude_purchased, q.filter());
+    serve(&ctx, &state, move |c, m| recs::recommend(c, m, customer.as_deref(), excl, f, limit, &params)).await
+}
+
+async fn related(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
+    let (limit, f) = (q.limit(&state)?, q.filter());
+    serve(&ctx, &state, move |c, m| recs::related(c, m, &id, f, limit)).await
+}
+
+async fn similar(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
+    let (limit, f) = (q.limit(&state)?, q.filter());
+    serve(&ctx, &state, move |c, m| recs::similar(c, m, &id, f, limit)).await
+}
+
+/// `7d`, `24h`, `30m` (at most 365 days); default 7 days.
+fn window_secs(w: Option<&str>) -> Result<i64, Error> {
+    let Some(w) = w.filter(|w| !w.is_empty()) else { return Ok(7 * 86400) };
+    let bad = || Error::validation("window must be like 7d, 24h or 30m (at most 365d)");
+    let (num, unit) = w.split_at(w.len() - 1);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => n * 86400,
+        "h" => n * 3600,
+        "m" => n * 60,
+        _ => return Err(bad()),
+    };
+    if secs <= 0 || secs > 365 * 86400 {
+        return Err(bad());
+    }
+    Ok(secs)
+}
+
+async fn trending(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
+    let (limit, f) = (q.limit(&state)?, q.filter());
+    let since = chrono::Utc::now().timestamp() - window_secs(q.window.as_deref())?;
+    serve(&ctx, &state, move |c, m| recs::trending(c, m, since, f, limit)).await
+}
+
+#[derive(Deserialize)]
+struct CartRequest {
+    product_ids: Vec<Value>,
+    limit: Option<usize>,
+    #[serde(default = "default_true")]
+    in_stock_only: bool,
+    category: Option<String>,
+}
+
+async fn cart(ctx: TenantCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CartRequest>) -> Result<Json<Value>, Error> {
+    if req.product_ids.is_empty() || req.product_ids.len() > 100 {
+        return Err(Error::validation("product_ids must hold 1 to 100 ids"));
+    }
+    let ids = req.product_ids.iter().map(|v| input::id_of(Some(v), "product_ids[]")).collect::<Result<Vec<_>, _>>().map_err(Error::validation)?;
+    let q = RecQuery { customer_id: None, limit: req.limit, exclude_purchased: false, in_stock_only: req.in_stock_only, category: req.category, window: None };
+    let (limit, f) = (q.limit(&state)?, q.filter());
+    serve(&ctx, &state, move |c, m| recs::cart(c, m, &ids, f, limit)).await
+}
