@@ -76,11 +76,16 @@ def metric(port, name, labels=""):
     return total, text
 
 
-def hist_quantiles(text, name, qs):
-    buckets = []
-    for line in text.splitlines():
-        m = re.match(rf'{name}_bucket{{le="([^"]+)"}} (\S+)', line)
-        if m: buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
+def hist_quantiles(text, name, qs, before_text=""):
+    """Quantiles (bucket upper bounds) of the observations made between before_text and text."""
+    def parse(t):
+        out = {}
+        for line in t.splitlines():
+            m = re.match(rf'{name}_bucket{{le="([^"]+)"}} (\S+)', line)
+            if m: out[float("inf") if m.group(1) == "+Inf" else float(m.group(1))] = float(m.group(2))
+        return out
+    now, then = parse(text), parse(before_text)
+    buckets = [(le, c - then.get(le, 0.0)) for le, c in now.items()]
     buckets.sort(); total = buckets[-1][1] if buckets else 0
     out = []
     for q in qs:
@@ -151,7 +156,7 @@ def scale():
     rss, fds = proc_stats(p.pid)
     print(f"idle 60 s with {TENANTS} tenants: {puts1 - puts0:.0f} PUTs by warren, object count {objs0} -> {objs1}; RSS {rss} MiB, fds {fds}")
     # 100 tenants writing steadily (each ~2 commits/s) for 60 s.
-    _, before = metric(port, "warren_backup_rpo_seconds_count")
+    _, before_text = metric(port, "warren_backup_rpo_seconds_count")
     stop = time.time() + 60
     done = [0]; lock = threading.Lock()
     peak = [0, 0]
@@ -172,7 +177,7 @@ def scale():
     for t in th: t.join()
     time.sleep(3)
     _, text = metric(port, "warren_backup_rpo_seconds_count")
-    (p50, p99), n = hist_quantiles(text, "warren_backup_rpo_seconds", [0.5, 0.99])
+    (p50, p99), n = hist_quantiles(text, "warren_backup_rpo_seconds", [0.5, 0.99], before_text)
     puts, _ = metric(port, "warren_backup_puts_total")
     print(f"{WRITERS} writers x 60 s: {done[0]} acknowledged writes; RPO (first unshipped commit -> level-0 object) "
           f"p50 <= {p50} s, p99 <= {p99} s over {n} syncs (histogram bucket upper bounds); peak RSS {peak[0]} MiB, peak fds {peak[1]}")

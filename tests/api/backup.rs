@@ -158,12 +158,14 @@ async fn list_replica(url: &str, sub: &str) -> Vec<FileInfo> {
     ReplicaRoot::parse(url, &creds, Duration::from_secs(5)).unwrap().replica(sub).list().await.unwrap()
 }
 
-/// TXIDs at which `litestream restore -txid` lands exactly: ends of files at or after the oldest snapshot.
+/// TXIDs at which `litestream restore -txid` lands exactly: those where Litestream's file choice
+/// (mirrored by warren's planner) ends on a file whose last TXID is that one.
 fn restore_points(files: &[FileInfo]) -> Vec<u64> {
-    let oldest = files.iter().filter(|f| f.level == 9).map(|f| f.max).min().unwrap_or(0);
-    let mut v: Vec<u64> = files.iter().map(|f| f.max).filter(|m| *m >= oldest).collect();
+    use warren::backup::restore::{plan, Target};
+    let mut v: Vec<u64> = files.iter().map(|f| f.max).collect();
     v.sort();
     v.dedup();
+    v.retain(|t| plan(files, Target::Txid(*t)).is_ok_and(|chain| chain.last().is_some_and(|f| f.max == *t)));
     v
 }
 

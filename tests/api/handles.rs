@@ -170,7 +170,12 @@ async fn kill_dash_nine_keeps_every_acknowledged_write() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Kill mid-burst once enough writes are acknowledged (a loaded machine may need longer than 3 s).
+    let started = std::time::Instant::now();
+    while acked.lock().len() < 12 || started.elapsed() < Duration::from_millis(1500) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the burst did not get going: {}", acked.lock().len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.kill9();
     stop.store(true, Ordering::Relaxed);
     for w in writers {
