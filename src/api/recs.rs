@@ -476,3 +476,19 @@ async fn cart(ctx: TenantCtx, State(state): State<AppState>, ApiJson(req): ApiJs
     let (limit, f) = (q.limit(&state)?, q.filter());
     Ok(Json(serve(&ctx, &state, move |c, m| recs::cart(c, m, &ids, f, limit)).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::window_secs;
+
+    #[test]
+    fn windows_parse_and_bad_ones_are_400_not_panics() {
+        assert_eq!(window_secs(None).unwrap(), 7 * 86400);
+        assert_eq!(window_secs(Some("24h")).unwrap(), 86400);
+        assert_eq!(window_secs(Some("30m")).unwrap(), 1800);
+        // A multi-byte last character used to split inside it; a huge count used to overflow.
+        for bad in ["é", "7é", "0d", "-1d", "366d", "9223372036854775807d", "d", "7"] {
+            assert!(window_secs(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
