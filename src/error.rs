@@ -245,6 +245,5 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("origin_not_allowed", 403, "MCP: the Host is not served here or the browser Origin is not allowed (DNS rebinding guard)."),
     ("session_not_found", 404, "MCP: the session is unknown, closed or past its time limit; initialise a new one."),
     ("document_not_found", 404, "No such document."),
-    ("recommendations_unavailable", 503, "MCP recommend: this server has no recommendation engine yet."),
     ("internal", 500, "An unexpected error; the cause is in the server log."),
 ];

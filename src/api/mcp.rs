@@ -44,6 +44,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::context::{self as api, DocRef};
+use super::recs::{self as recs_api, RecQuery};
 use crate::auth::{classify_host, HostKind, TenantCtx};
 use crate::config::McpConfig;
 use crate::control::Scope;
@@ -276,7 +277,7 @@ pub struct RecommendArgs {
     pub customer_id: Option<String>,
     /// Or products like this one.
     pub product_id: Option<String>,
-    /// How many (default 10).
+    /// How many (1-100, default 10).
     pub limit: Option<usize>,
 }
 
@@ -400,15 +401,21 @@ impl WarrenMcp {
     #[tool(description = "Recommend products for a customer (customer_id) or products similar to one (product_id).")]
     async fn recommend(&self, Parameters(a): Parameters<RecommendArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done::<Value>(async {
+        done(async {
             ctx.require_feature("recommendations")?;
-            if a.customer_id.is_none() && a.product_id.is_none() {
+            let customer = a.customer_id.filter(|c| !c.is_empty());
+            let product = a.product_id.filter(|p| !p.is_empty());
+            if customer.is_none() && product.is_none() {
                 return Err(Error::validation("give customer_id or product_id"));
             }
-            ctx.charge_call(ctx.costs().read)?;
-            let _ = a.limit;
-            // The recommendation engine lands in another branch; wire it here at merge.
-            Err(Error::unavailable("recommendations_unavailable", "recommendations are not available on this server yet", 60))
+            ctx.charge_call(ctx.costs().read)?; // as GET /recommendations or /products/{id}/related
+            // A customer wins when both are given.
+            let r = match product.filter(|_| customer.is_none()) {
+                Some(p) => recs_api::related_to(&ctx, &self.state, p, RecQuery::new(None, a.limit)).await?,
+                None => recs_api::recommend_for(&ctx, &self.state, RecQuery::new(customer, a.limit)).await?,
+            };
+            // Through the text form, so the f32 scores read as REST writes them (0.3, not 0.30000001192092896).
+            serde_json::to_string(&r).and_then(|s| serde_json::from_str::<Value>(&s)).map_err(Error::internal)
         }
         .await)
         .await

@@ -22,6 +22,7 @@ pub const MODULES: &[fn() -> utoipa::openapi::OpenApi] = &[
     super::tenant::TenantApi::openapi,
     super::context::ContextApi::openapi,
     super::admin::AdminApi::openapi,
+    super::recs::RecsApi::openapi,
 ];
 
 /// Health and readiness (no credentials).
@@ -164,7 +165,7 @@ mod tests {
         let doc = document();
         assert_eq!(doc["openapi"].as_str().map(|s| s.starts_with("3.1")), Some(true));
         let paths = doc["paths"].as_object().unwrap();
-        for p in ["/api/v1/documents", "/api/v1/search", "/api/v1/context/assemble", "/admin/v1/tenants", "/health"] {
+        for p in ["/api/v1/documents", "/api/v1/search", "/api/v1/context/assemble", "/admin/v1/tenants", "/health", "/api/v1/recommendations"] {
             assert!(paths.contains_key(p), "{p} missing");
         }
         for (_, item) in paths {

@@ -27,6 +27,72 @@ use crate::state::AppState;
 
 const FEATURE: &str = "recommendations";
 
+/// The recommendation API's part of the OpenAPI document (listed in [`super::openapi::MODULES`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(products, get_product, delete_product, related, similar, woo_products, woo_orders, customers, orders, events, recommend, status, train, trending, cart),
+    components(schemas(store::ItemResult, store::Product, Rec, recs::Reason, BatchResponse, BatchAnswer, RecsResponse))
+)]
+pub struct RecsApi;
+
+/// `{products: [...]}` (a list, or one product object on its own). Each product: `id` (string or
+/// integer), `name`, optional `description`, `categories`, `tags`, `price`, `currency`, `in_stock`, `attributes`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; items stay raw JSON so each gets its own error
+struct ProductsBody {
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
+    products: Vec<Value>,
+}
+
+/// `{customers: [...]}` (or one customer object): `id` and any other attributes (at most 16 KiB).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CustomersBody {
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
+    customers: Vec<Value>,
+}
+
+/// `{orders: [...]}` (or one order object): `id`, `customer_id`, `created_at`, `lines` [{product_id, quantity, price}].
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OrdersBody {
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
+    orders: Vec<Value>,
+}
+
+/// `{events: [...]}` (or one event object): `customer_id` or `session_id`, `product_id`, `type` (view, cart, ...), `at`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct EventsBody {
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
+    events: Vec<Value>,
+}
+
+/// Answer of a batch write: per-item results in request order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<ItemResult>,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// Product ids referenced by orders or events that are not in the catalog (yet).
+    pub unknown_products: Vec<String>,
+}
+
+/// A batch write answers one result for a one-object body, the list form otherwise.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documents the 200 answer
+pub enum BatchAnswer {
+    One(ItemResult),
+    Many(BatchResponse),
+}
+
+/// Answer of every recommendation call.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RecsResponse {
+    pub results: Vec<Rec>,
+}
+
 pub fn routes(config: &Config) -> Router<AppState> {
     let body = DefaultBodyLimit::max(config.recs.max_body_bytes);
     Router::new()
@@ -87,7 +153,7 @@ fn answer(mut results: Vec<ItemResult>, single: bool) -> Result<Response, Error>
     let mut unknown: Vec<String> = results.iter().flat_map(|r| r.unknown_products.iter().flatten().cloned()).collect();
     unknown.sort();
     unknown.dedup();
-    Ok(Json(json!({"results": results, "succeeded": results.len() - failed, "failed": failed, "unknown_products": unknown})).into_response())
+    Ok(Json(BatchResponse { succeeded: results.len() - failed, failed, unknown_products: unknown, results }).into_response())
 }
 
 async fn changed(ctx: &TenantCtx, state: &AppState, lease: &crate::tenant::Lease) -> Result<(), Error> {
@@ -131,11 +197,17 @@ async fn upsert_products(ctx: TenantCtx, state: AppState, items: Vec<Value>, sin
     answer(results, single)
 }
 
+/// Adds or updates products (up to `recs.max_batch`; one bad item does not sink the batch).
+#[utoipa::path(post, path = "/api/v1/products", tag = "commerce", request_body = ProductsBody,
+    responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn products(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     let (items, single) = batch(&ctx, &state, body, "products")?;
     upsert_products(ctx, state, items, single).await
 }
 
+/// Adds or updates products from WooCommerce REST API product payloads.
+#[utoipa::path(post, path = "/api/v1/integrations/woocommerce/products", tag = "commerce", request_body = ProductsBody,
+    responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn woo_products(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     let (items, single) = batch(&ctx, &state, body, "products")?;
     // Map each payload; one that cannot be mapped is kept as is and fails validation as an item.
@@ -143,6 +215,9 @@ async fn woo_products(ctx: TenantCtx, State(state): State<AppState>, ApiJson(bod
     upsert_products(ctx, state, items, single).await
 }
 
+/// One product.
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "commerce", params(("id" = String, Path, description = "Product id")),
+    responses((status = 200, description = "The product", body = store::Product)))]
 async fn get_product(ctx: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<store::Product>, Error> {
     ctx.require_feature(FEATURE)?;
     let lease = ctx.storage().await?;
@@ -153,6 +228,9 @@ async fn get_product(ctx: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Jso
         .ok_or_else(|| Error::not_found("product_not_found", "no such product"))
 }
 
+/// Deletes a product (its orders and events stay, and are skipped in training).
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "commerce", params(("id" = String, Path, description = "Product id")),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_product(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, Error> {
     ctx.require_feature(FEATURE)?;
     let lease = ctx.storage().await?;
@@ -163,6 +241,9 @@ async fn delete_product(ctx: TenantCtx, State(state): State<AppState>, ApiPath(i
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Adds or updates customers.
+#[utoipa::path(post, path = "/api/v1/customers", tag = "commerce", request_body = CustomersBody,
+    responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn customers(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     let (items, single) = batch(&ctx, &state, body, "customers")?;
     let (ok, mut results) = validate(items, input::customer);
@@ -188,17 +269,26 @@ async fn insert_orders(ctx: TenantCtx, state: AppState, items: Vec<Value>, singl
     answer(results, single)
 }
 
+/// Adds orders (an order id seen before is a `duplicate`).
+#[utoipa::path(post, path = "/api/v1/orders", tag = "commerce", request_body = OrdersBody,
+    responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn orders(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     let (items, single) = batch(&ctx, &state, body, "orders")?;
     insert_orders(ctx, state, items, single).await
 }
 
+/// Adds orders from WooCommerce REST API order payloads.
+#[utoipa::path(post, path = "/api/v1/integrations/woocommerce/orders", tag = "commerce", request_body = OrdersBody,
+    responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn woo_orders(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     let (items, single) = batch(&ctx, &state, body, "orders")?;
     let items = items.into_iter().map(|v| input::woo_order(&v).unwrap_or(v)).collect();
     insert_orders(ctx, state, items, single).await
 }
 
+/// Adds behaviour events (views, carts, purchases, ...).
+#[utoipa::path(post, path = "/api/v1/events", tag = "commerce", request_body = EventsBody,
+    responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn events(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     let (items, single) = batch(&ctx, &state, body, "events")?;
     let (ok, mut results) = validate(items, input::event);
@@ -210,6 +300,9 @@ async fn events(ctx: TenantCtx, State(state): State<AppState>, ApiJson(body): Ap
     answer(results, single)
 }
 
+/// The model (version, training time, method, evaluation), whether a training is due or running, and data counts.
+#[utoipa::path(get, path = "/api/v1/recommendations/status", tag = "recommendations",
+    responses((status = 200, description = "{model_version, trained_at, training, pending_changes, method, evaluation, data, unknown_products, ...}", body = Object)))]
 async fn status(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<Value>, Error> {
     ctx.require_feature(FEATURE)?;
     let lease = ctx.storage().await?;
@@ -221,6 +314,9 @@ async fn status(ctx: TenantCtx, State(state): State<AppState>) -> Result<Json<Va
     Ok(Json(v))
 }
 
+/// Starts a training now (no debounce); poll the status until `training` is false.
+#[utoipa::path(post, path = "/api/v1/recommendations/train", tag = "recommendations",
+    responses((status = 202, description = "Training scheduled: the status, with training true", body = Object)))]
 async fn train(ctx: TenantCtx, State(state): State<AppState>) -> Result<Response, Error> {
     ctx.require_feature(FEATURE)?;
     let lease = ctx.storage().await?;
@@ -235,16 +331,35 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize)]
-struct RecQuery {
-    customer_id: Option<String>,
-    limit: Option<usize>,
+/// Query of the recommendation calls (each uses the parameters that apply to it).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RecQuery {
+    /// `GET /recommendations`: personalise for this customer (without: popular products).
+    pub customer_id: Option<String>,
+    /// How many results (1 to `recs.max_limit`, default 10).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+    /// `GET /recommendations`: leave out what the customer bought (default true).
     #[serde(default = "default_true")]
-    exclude_purchased: bool,
+    #[param(default = true)]
+    pub exclude_purchased: bool,
+    /// Only products in stock (default true).
     #[serde(default = "default_true")]
-    in_stock_only: bool,
-    category: Option<String>,
-    window: Option<String>,
+    #[param(default = true)]
+    pub in_stock_only: bool,
+    /// Only products in this category (case-insensitive).
+    pub category: Option<String>,
+    /// `GET /recommendations/trending`: how far back, like 7d, 24h or 30m (at most 365d; default 7d).
+    #[param(pattern = "^[0-9]+[dhm]$")]
+    pub window: Option<String>,
+}
+
+impl RecQuery {
+    /// Defaults for everything but the customer and the limit (MCP `recommend`).
+    pub(crate) fn new(customer_id: Option<String>, limit: Option<usize>) -> RecQuery {
+        RecQuery { customer_id, limit, exclude_purchased: true, in_stock_only: true, category: None, window: None }
+    }
 }
 
 impl RecQuery {
@@ -262,7 +377,7 @@ impl RecQuery {
 }
 
 /// Runs a scoring function on a reader connection with the current model; meters the call.
-async fn serve<F>(ctx: &TenantCtx, state: &AppState, f: F) -> Result<Json<Value>, Error>
+async fn serve<F>(ctx: &TenantCtx, state: &AppState, f: F) -> Result<RecsResponse, Error>
 where
     F: FnOnce(&rusqlite::Connection, Option<&recs::model::Model>) -> Result<Vec<Rec>, Error> + Send + 'static,
 {
@@ -271,66 +386,109 @@ where
     let model = Recs::of(state, &lease).await?.model();
     let results = lease.blocking(move |h| h.with_reader(|c| f(c, model.as_deref()))).await?;
     state.meter.record(&ctx.tenant().id, Kind::Recommendation, 0);
-    Ok(Json(json!({ "results": results })))
+    Ok(RecsResponse { results })
 }
 
-async fn recommend(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
-    let limit = q.limit(&state)?;
+/// Recommendations for a customer, or popular products without one (REST `GET /recommendations`, MCP `recommend`).
+pub(crate) async fn recommend_for(ctx: &TenantCtx, state: &AppState, q: RecQuery) -> Result<RecsResponse, Error> {
+    let limit = q.limit(state)?;
     let params = state.config.recs.params();
     let customer = q.customer_id.clone().filter(|c| !c.is_empty());
     let (excl, f) = (q.exclude_purchased, q.filter());
-    serve(&ctx, &state, move |c, m| recs::recommend(c, m, customer.as_deref(), excl, f, limit, &params)).await
+    serve(ctx, state, move |c, m| recs::recommend(c, m, customer.as_deref(), excl, f, limit, &params)).await
 }
 
-async fn related(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
-    let (limit, f) = (q.limit(&state)?, q.filter());
-    serve(&ctx, &state, move |c, m| recs::related(c, m, &id, f, limit)).await
+/// Products bought together with (or like) one product (REST `GET /products/{id}/related`, MCP `recommend`).
+pub(crate) async fn related_to(ctx: &TenantCtx, state: &AppState, id: String, q: RecQuery) -> Result<RecsResponse, Error> {
+    let (limit, f) = (q.limit(state)?, q.filter());
+    serve(ctx, state, move |c, m| recs::related(c, m, &id, f, limit)).await
 }
 
-async fn similar(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
+/// Personalised recommendations for `customer_id`, or popular products without one.
+#[utoipa::path(get, path = "/api/v1/recommendations", tag = "recommendations", params(RecQuery),
+    responses((status = 200, description = "Best first", body = RecsResponse)))]
+async fn recommend(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<RecsResponse>, Error> {
+    Ok(Json(recommend_for(&ctx, &state, q).await?))
+}
+
+/// Products often bought with this one (falling back to similar products).
+#[utoipa::path(get, path = "/api/v1/products/{id}/related", tag = "recommendations", params(("id" = String, Path, description = "Product id"), RecQuery),
+    responses((status = 200, description = "Best first", body = RecsResponse)))]
+async fn related(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<RecsResponse>, Error> {
+    Ok(Json(related_to(&ctx, &state, id, q).await?))
+}
+
+/// Products similar in content (name, description, categories) to this one.
+#[utoipa::path(get, path = "/api/v1/products/{id}/similar", tag = "recommendations", params(("id" = String, Path, description = "Product id"), RecQuery),
+    responses((status = 200, description = "Best first", body = RecsResponse)))]
+async fn similar(ctx: TenantCtx, State(state): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<RecsResponse>, Error> {
     let (limit, f) = (q.limit(&state)?, q.filter());
-    serve(&ctx, &state, move |c, m| recs::similar(c, m, &id, f, limit)).await
+    Ok(Json(serve(&ctx, &state, move |c, m| recs::similar(c, m, &id, f, limit)).await?))
 }
 
 /// `7d`, `24h`, `30m` (at most 365 days); default 7 days.
 fn window_secs(w: Option<&str>) -> Result<i64, Error> {
     let Some(w) = w.filter(|w| !w.is_empty()) else { return Ok(7 * 86400) };
     let bad = || Error::validation("window must be like 7d, 24h or 30m (at most 365d)");
-    let (num, unit) = w.split_at(w.len() - 1);
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "d" => n * 86400,
-        "h" => n * 3600,
-        "m" => n * 60,
+    // The unit is the last character (which need not be ASCII: never split inside it).
+    let unit = w.chars().next_back().ok_or_else(bad)?;
+    let n: i64 = w[..w.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let scale = match unit {
+        'd' => 86400,
+        'h' => 3600,
+        'm' => 60,
         _ => return Err(bad()),
     };
-    if secs <= 0 || secs > 365 * 86400 {
-        return Err(bad());
-    }
-    Ok(secs)
+    n.checked_mul(scale).filter(|s| (1..=365 * 86400).contains(s)).ok_or_else(bad)
 }
 
-async fn trending(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<Value>, Error> {
+/// The most bought products over `window`.
+#[utoipa::path(get, path = "/api/v1/recommendations/trending", tag = "recommendations", params(RecQuery),
+    responses((status = 200, description = "Best first", body = RecsResponse)))]
+async fn trending(ctx: TenantCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<RecQuery>) -> Result<Json<RecsResponse>, Error> {
     let (limit, f) = (q.limit(&state)?, q.filter());
     let since = chrono::Utc::now().timestamp() - window_secs(q.window.as_deref())?;
-    serve(&ctx, &state, move |c, m| recs::trending(c, m, since, f, limit)).await
+    Ok(Json(serve(&ctx, &state, move |c, m| recs::trending(c, m, since, f, limit)).await?))
 }
 
-#[derive(Deserialize)]
+/// `POST /recommendations/cart` body.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CartRequest {
+    /// The products in the cart (strings or integers).
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 100)]
     product_ids: Vec<Value>,
+    #[schema(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     #[serde(default = "default_true")]
     in_stock_only: bool,
     category: Option<String>,
 }
 
-async fn cart(ctx: TenantCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CartRequest>) -> Result<Json<Value>, Error> {
+/// Products that go with a cart's contents.
+#[utoipa::path(post, path = "/api/v1/recommendations/cart", tag = "recommendations", request_body = CartRequest,
+    responses((status = 200, description = "Best first", body = RecsResponse)))]
+async fn cart(ctx: TenantCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CartRequest>) -> Result<Json<RecsResponse>, Error> {
     if req.product_ids.is_empty() || req.product_ids.len() > 100 {
         return Err(Error::validation("product_ids must hold 1 to 100 ids"));
     }
     let ids = req.product_ids.iter().map(|v| input::id_of(Some(v), "product_ids[]")).collect::<Result<Vec<_>, _>>().map_err(Error::validation)?;
     let q = RecQuery { customer_id: None, limit: req.limit, exclude_purchased: false, in_stock_only: req.in_stock_only, category: req.category, window: None };
     let (limit, f) = (q.limit(&state)?, q.filter());
-    serve(&ctx, &state, move |c, m| recs::cart(c, m, &ids, f, limit)).await
+    Ok(Json(serve(&ctx, &state, move |c, m| recs::cart(c, m, &ids, f, limit)).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_secs;
+
+    #[test]
+    fn windows_parse_and_bad_ones_are_400_not_panics() {
+        assert_eq!(window_secs(None).unwrap(), 7 * 86400);
+        assert_eq!(window_secs(Some("24h")).unwrap(), 86400);
+        assert_eq!(window_secs(Some("30m")).unwrap(), 1800);
+        // A multi-byte last character used to split inside it; a huge count used to overflow.
+        for bad in ["é", "7é", "0d", "-1d", "366d", "9223372036854775807d", "d", "7"] {
+            assert!(window_secs(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

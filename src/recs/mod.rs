@@ -42,7 +42,7 @@ use crate::tenant::{Lease, TenantHandle};
 use model::{Model, ModelInfo, ProductRow, TrainParams};
 
 /// Why a product is recommended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     BoughtTogether,
@@ -51,7 +51,8 @@ pub enum Reason {
     Trending,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One recommended product.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rec {
     pub product_id: String,
     pub score: f32,

@@ -93,16 +93,19 @@ pub fn data_version(c: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Outcome of one batch item.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemResult {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// `created`, `updated`, `duplicate` or `error`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_products: Option<Vec<String>>,
+    /// `{code, message}` when the item failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
 }
 
@@ -181,16 +184,20 @@ pub fn upsert_products(c: &mut Connection, items: Vec<(usize, ProductInput)>) ->
     Ok(out)
 }
 
-#[derive(Debug, Serialize)]
+/// A stored product (`GET /api/v1/products/{id}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Product {
     pub id: String,
     pub name: String,
     pub description: Option<String>,
+    #[schema(value_type = Vec<String>)]
     pub categories: Value,
+    #[schema(value_type = Vec<String>)]
     pub tags: Value,
     pub price: Option<f64>,
     pub currency: Option<String>,
     pub in_stock: bool,
+    #[schema(value_type = Object)]
     pub attributes: Value,
     pub embedded: bool,
     pub created_at: String,

@@ -401,3 +401,71 @@ async fn mcp_tool_calls_take_cells_from_the_rest_limiter() {
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn mcp_recommend_serves_the_trained_model_like_rest() {
+    let (app, state) = spawn_state(None, |c| {
+        c.recs.debounce_ms = 100;
+        c.recs.max_delay_secs = 2;
+    })
+    .await;
+    let t = app.create_tenant("mcp-recs", "starter").await;
+    // Two product families; customers buy within one family.
+    let mut products = Vec::new();
+    for k in 1..=4 {
+        products.push(json!({"id": format!("a{k}"), "name": format!("Kitchen knife model {k}"), "categories": ["Kitchen"]}));
+        products.push(json!({"id": format!("b{k}"), "name": format!("Garden hose type {k}"), "categories": ["Garden"]}));
+    }
+    let r = send(app.api(Method::POST, "/products", &t.key).json(&json!({"products": products}))).await;
+    assert_eq!(r.status(), 200);
+    let mut orders = Vec::new();
+    for u in 0..12i64 {
+        let fam = if u % 2 == 0 { "a" } else { "b" };
+        for (n, k) in [(u % 4) + 1, ((u + 1) % 4) + 1].into_iter().enumerate() {
+            orders.push(json!({"id": format!("o{u}-{n}"), "customer_id": format!("c{u}"),
+                "created_at": 1_700_000_000 + u * 1000 + n as i64 * 10, "lines": [{"product_id": format!("{fam}{k}")}]}));
+        }
+    }
+    let v = json_of(send(app.api(Method::POST, "/orders", &t.key).json(&json!({"orders": orders}))).await).await;
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(send(app.api(Method::POST, "/recommendations/train", &t.key)).await.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = json_of(send(app.api(Method::GET, "/recommendations/status", &t.key)).await).await;
+        if s["model_version"].as_u64().unwrap_or(0) >= 1 && s["training"] == false && s["pending_changes"] == false {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no model in time: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let sid = open_session(&app, &t.key).await;
+    let recs_of = |m: &warren::metering::MonthUsage| m.count(warren::metering::Kind::Recommendation);
+    let call = |id: u64, args: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "recommend", "arguments": args}});
+    // customer_id: the personalised list, exactly what REST answers, metered as one recommendation and one api_call.
+    let before = state.meter.month(&t.id).await.unwrap();
+    let (s, _, v) = mcp_post(&app, &t.key, Some(&sid), call(2, json!({"customer_id": "c0", "limit": 3})), &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    let after = state.meter.month(&t.id).await.unwrap();
+    assert_eq!((recs_of(&after) - recs_of(&before), after.count(warren::metering::Kind::ApiCall) - before.count(warren::metering::Kind::ApiCall)), (1, 1));
+    let got = &v["result"]["structuredContent"];
+    let results = got["results"].as_array().unwrap_or_else(|| panic!("no results: {v}"));
+    assert!(!results.is_empty() && results.len() <= 3, "{got}");
+    for r in results {
+        assert!(r["product_id"].is_string() && r["score"].is_number() && r["reason"].is_string(), "{got}");
+    }
+    let rest = json_of(send(app.api(Method::GET, "/recommendations?customer_id=c0&limit=3", &t.key)).await).await;
+    assert_eq!(got, &rest);
+    // product_id: related products, as GET /products/{id}/related.
+    let (_, _, v) = mcp_post(&app, &t.key, Some(&sid), call(3, json!({"product_id": "b1"})), &[]).await;
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    let rest = json_of(send(app.api(Method::GET, "/products/b1/related", &t.key)).await).await;
+    assert!(!rest["results"].as_array().unwrap().is_empty(), "{rest}");
+    assert_eq!(v["result"]["structuredContent"], rest);
+    // Bad input is a tool error with the REST error body.
+    let (_, _, v) = mcp_post(&app, &t.key, Some(&sid), call(4, json!({"customer_id": "c0", "limit": 1000})), &[]).await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("validation_failed"), "{v}");
+    app.stop().await;
+}
