@@ -87,6 +87,7 @@ def hist_quantiles(text, name, qs, before_text=""):
     now, then = parse(text), parse(before_text)
     buckets = [(le, c - then.get(le, 0.0)) for le, c in now.items()]
     buckets.sort(); total = buckets[-1][1] if buckets else 0
+    print("  rpo histogram (le: count):", ", ".join(f"{le}: {int(c)}" for le, c in buckets if c > 0))
     out = []
     for q in qs:
         want = q * total
@@ -141,7 +142,7 @@ def scale():
     t0 = time.time()
     while True:
         pending, _ = metric(port, "warren_backup_pending")
-        if pending == 0: break
+        if pending == 0 and count_objects(mport, url) >= 2 * TENANTS: break
         if time.time() - t0 > 1800: raise SystemExit("initial snapshots did not finish")
         time.sleep(2)
     print(f"replica: {url.split('?')[0]}")
@@ -157,15 +158,17 @@ def scale():
     print(f"idle 60 s with {TENANTS} tenants: {puts1 - puts0:.0f} PUTs by warren, object count {objs0} -> {objs1}; RSS {rss} MiB, fds {fds}")
     # 100 tenants writing steadily (each ~2 commits/s) for 60 s.
     _, before_text = metric(port, "warren_backup_rpo_seconds_count")
-    stop = time.time() + 60
-    done = [0]; lock = threading.Lock()
+    stop = time.time() + int(os.environ.get("WRITE_SECS", "60"))
+    done = [0]; lock = threading.Lock(); errors = []
     peak = [0, 0]
     def writer(w):
         k = keys[w * (TENANTS // WRITERS)]
         i = 0
         while time.time() < stop:
-            st, _ = cl.req("POST", "/api/v1/documents", {"path": f"w/{i % 50}.md", "content": f"writer {w} revision {i} " + "lorem ipsum " * 40}, token=k)
-            assert st in (200, 201), st
+            st, body = cl.req("POST", "/api/v1/documents", {"path": f"w/{i % 50}.md", "content": f"writer {w} revision {i} " + "lorem ipsum " * 40}, token=k)
+            if st not in (200, 201):
+                with lock: errors.append((st, json.dumps(body)[:300]))
+                time.sleep(0.5); continue
             i += 1
             with lock: done[0] += 1
             time.sleep(0.5)
@@ -181,6 +184,8 @@ def scale():
     puts, _ = metric(port, "warren_backup_puts_total")
     print(f"{WRITERS} writers x 60 s: {done[0]} acknowledged writes; RPO (first unshipped commit -> level-0 object) "
           f"p50 <= {p50} s, p99 <= {p99} s over {n} syncs (histogram bucket upper bounds); peak RSS {peak[0]} MiB, peak fds {peak[1]}")
+    if errors:
+        print(f"  {len(errors)} failed writes, e.g. {errors[:3]}")
     p.terminate(); p.wait(); moto.terminate(); moto.wait()
     shutil.rmtree(data, ignore_errors=True)
 

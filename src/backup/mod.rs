@@ -129,6 +129,8 @@ pub struct BackupService {
     cfg: BackupSettings,
     data_dir: PathBuf,
     queue: Mutex<HashMap<String, Arc<DbReplica>>>,
+    /// Every replica that was queued in this process and is still open (for lag and status).
+    active: Mutex<HashMap<String, Weak<DbReplica>>>,
     /// Replicas whose database is closed but has unshipped changes: reopened by `reopen`.
     orphans: Mutex<HashMap<String, Instant>>,
     health: Mutex<HashMap<String, Health>>,
@@ -150,6 +152,7 @@ impl BackupService {
             cfg,
             data_dir: data_dir.to_path_buf(),
             queue: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
@@ -198,6 +201,7 @@ impl BackupService {
     }
 
     fn enqueue(&self, r: Arc<DbReplica>) {
+        self.active.lock().insert(r.key.clone(), Arc::downgrade(&r));
         self.queue.lock().insert(r.key.clone(), r);
     }
 
@@ -252,17 +256,15 @@ impl BackupService {
                 .collect();
             keys.into_iter().filter_map(|k| q.remove(&k)).collect()
         };
+        // Oldest changes first; each waits for a sync slot (the semaphore is FIFO), so no database is
+        // starved behind others however many are dirty at once.
+        let mut due = due;
+        due.sort_by_key(|r| r.dirty_since().unwrap_or(now));
         for r in due {
-            let permit = match self.syncs.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    self.enqueue(r); // at capacity: next round
-                    continue;
-                }
-            };
+            let slots = self.syncs.clone();
             tokio::spawn(async move {
+                let Ok(_permit) = slots.acquire_owned().await else { return };
                 let _ = r.sync().await;
-                drop(permit);
             });
         }
         let orphans: Vec<String> = {
@@ -282,7 +284,7 @@ impl BackupService {
             let Some(reopen) = self.reopen.get() else { break };
             // Reopen only as many as can sync now: a storm of catch-ups (thousands of new tenants, a
             // restart after a crash) must not fill the handle cache with tenants waiting to ship.
-            if self.syncs.available_permits() == 0 || self.queue.lock().len() >= self.cfg.max_concurrent_syncs {
+            if self.syncs.available_permits() == 0 {
                 self.orphans.lock().insert(id, now);
                 continue;
             }
@@ -325,7 +327,12 @@ impl BackupService {
     }
 
     fn publish_metrics(&self) {
-        let queued = self.queue.lock().values().filter_map(|r| r.lag()).fold(0.0f64, f64::max);
+        let live: Vec<Arc<DbReplica>> = {
+            let mut active = self.active.lock();
+            active.retain(|_, w| w.strong_count() > 0);
+            active.values().filter_map(Weak::upgrade).collect()
+        };
+        let queued = live.iter().filter_map(|r| r.lag()).fold(0.0f64, f64::max);
         metrics::gauge!("warren_backup_lag_seconds").set(queued);
         metrics::gauge!("warren_backup_pending").set(self.queue.lock().len() as f64 + self.orphans.lock().len() as f64);
         let failing = self.health.lock().values().filter(|h| h.failures > 0).count();
@@ -335,8 +342,8 @@ impl BackupService {
     /// Status of one replica, from memory when its database is active, else from its position file.
     pub fn status(&self, key: &str, db_path: &Path) -> Status {
         let pos = read_position(db_path);
-        let queued = self.queue.lock().get(key).cloned();
-        let lag = queued.as_ref().and_then(|r| r.lag());
+        let active = self.active.lock().get(key).and_then(Weak::upgrade);
+        let lag = active.as_ref().and_then(|r| r.lag());
         let pending = lag.is_some() || self.marker(key).exists();
         let h = self.health.lock();
         let h = h.get(key);
@@ -400,6 +407,10 @@ impl DbReplica {
         let _ = self.source.set(s);
     }
 
+    fn dirty_since(&self) -> Option<Instant> {
+        *self.dirty.lock()
+    }
+
     fn lag(&self) -> Option<f64> {
         self.dirty.lock().map(|t| t.elapsed().as_secs_f64())
     }
@@ -411,18 +422,22 @@ impl DbReplica {
             return;
         }
         *d = Some(Instant::now());
-        if let Some(svc) = self.svc.upgrade() {
-            if let Err(e) = std::fs::File::create(svc.marker(&self.key)) {
-                tracing::warn!(replica = %self.key, error = %e, "writing the backup marker failed");
-            }
-            svc.enqueue(self.clone());
+        let Some(svc) = self.svc.upgrade() else { return };
+        // The marker is written under the flag's lock (sync removes it under the same lock).
+        if let Err(e) = std::fs::File::create(svc.marker(&self.key)) {
+            tracing::warn!(replica = %self.key, error = %e, "writing the backup marker failed");
         }
+        drop(d); // never hold the flag while taking the service's locks (they take flags in turn)
+        svc.enqueue(self.clone());
     }
 
     /// Ships everything committed so far. Also runs compaction, snapshots, retention and the checkpoint
     /// when due. Errors are recorded (status, metrics) and the database stays queued with backoff.
     pub async fn sync(self: &Arc<Self>) -> anyhow::Result<()> {
         let Some(svc) = self.svc.upgrade() else { return Ok(()) };
+        if self.source.get().and_then(Weak::upgrade).is_none() && self.dirty.lock().is_none() {
+            return Ok(()); // closed, and its close shipped everything
+        }
         let since = self.dirty.lock().take();
         let result = self.sync_inner(&svc).await;
         match &result {
