@@ -240,13 +240,7 @@ async fn restore(config: &Config, slug: Option<String>, txid: Option<String>, ti
     let dir = crate::tenant::tenant_dir(data, &t.id);
     let staged = dir.join("tenant.db.restoring");
     let rep = restore::restore_to(&replica, target, &staged).await?;
-    let db = dir.join(crate::tenant::DB_FILE);
-    for ext in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-    }
-    std::fs::rename(&staged, &db)?;
-    crate::backup::reset_position(&db);
-    let _ = std::fs::remove_dir_all(dir.join("index"));
+    crate::lifecycle::install_restored(&dir, &staged, &t.id)?;
     // The next server start ships this state as a full image at the next TXID.
     std::fs::create_dir_all(data.join(crate::backup::PENDING_DIR))?;
     std::fs::File::create(data.join(crate::backup::PENDING_DIR).join(&t.id))?;

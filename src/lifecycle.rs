@@ -148,22 +148,7 @@ pub async fn restore_tenant(
     let outcome = match result {
         Ok(report) => {
             let (dir2, id) = (dir.clone(), tenant.id.clone());
-            let swapped = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let db = dir2.join(crate::tenant::DB_FILE);
-                {
-                    let c = rusqlite::Connection::open(&staged)?;
-                    let owner: Option<String> = rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
-                    anyhow::ensure!(owner.as_deref() == Some(id.as_str()), "the replica belongs to tenant {owner:?}, not {id}");
-                }
-                for ext in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
-                    let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-                }
-                std::fs::rename(&staged, &db)?;
-                crate::backup::reset_position(&db);
-                let _ = std::fs::remove_dir_all(dir2.join("index"));
-                Ok(())
-            })
+            let swapped = tokio::task::spawn_blocking(move || install_restored(&dir2, &staged, &id))
             .await
             .map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
             match swapped {
@@ -182,6 +167,27 @@ pub async fn restore_tenant(
     }
     state.registry.unblock(&tenant.id);
     outcome
+}
+
+/// Puts a restored database (`staged`, in the tenant's directory) in place of the tenant's file: checks
+/// that it belongs to the tenant, drops the old WAL and shared memory, renames it atomically, forgets the
+/// shipped position (the next TXID is a full image) and removes the derived index (rebuilt on open).
+/// The tenant must be closed (blocked, or no server running).
+pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::Result<()> {
+    let db = dir.join(crate::tenant::DB_FILE);
+    {
+        let c = rusqlite::Connection::open(staged)?;
+        let owner: Option<String> = rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+        anyhow::ensure!(owner.as_deref() == Some(tenant_id), "the replica belongs to tenant {owner:?}, not {tenant_id}");
+    }
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    std::fs::rename(staged, &db)?;
+    crate::backup::reset_position(&db);
+    let _ = std::fs::remove_dir_all(dir.join("index"));
+    Ok(())
 }
 
 /// Moves a tenant's directory to the trash and removes it.

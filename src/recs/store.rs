@@ -370,18 +370,21 @@ fn decode_embedding(b: Option<Vec<u8>>) -> Option<Vec<f32>> {
     (b.len() == crate::embed::DIM * 4).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
 }
 
+/// One `SELECT id, name, categories, tags, embedding` row as the model sees it.
+fn product_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProductRow> {
+    let (id, name, cats, tags): (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    let cats: Vec<String> = serde_json::from_str(&cats).unwrap_or_default();
+    let tags: Vec<String> = serde_json::from_str(&tags).unwrap_or_default();
+    let mut texts: Vec<&str> = vec![name.as_str()];
+    texts.extend(cats.iter().map(String::as_str));
+    texts.extend(tags.iter().map(String::as_str));
+    Ok(ProductRow { words: words_of(&texts), embedding: decode_embedding(r.get(4)?), id })
+}
+
 /// Products as the model sees them, in a stable order.
 pub fn load_products(c: &Connection) -> Result<Vec<ProductRow>, Error> {
     let mut stmt = c.prepare_cached("SELECT id, name, categories, tags, embedding FROM products ORDER BY id")?;
-    let rows = stmt.query_map([], |r| {
-        let (id, name, cats, tags): (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let cats: Vec<String> = serde_json::from_str(&cats).unwrap_or_default();
-        let tags: Vec<String> = serde_json::from_str(&tags).unwrap_or_default();
-        let mut texts: Vec<&str> = vec![name.as_str()];
-        texts.extend(cats.iter().map(String::as_str));
-        texts.extend(tags.iter().map(String::as_str));
-        Ok(ProductRow { words: words_of(&texts), embedding: decode_embedding(r.get(4)?), id })
-    })?;
+    let rows = stmt.query_map([], product_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -528,15 +531,7 @@ pub fn unknown_products(c: &Connection, limit: usize) -> Result<Vec<String>, Err
 pub fn load_products_by_id(c: &Connection, id: &str) -> Result<Option<ProductRow>, Error> {
     let mut stmt = c.prepare_cached("SELECT id, name, categories, tags, embedding FROM products WHERE id = ?1")?;
     let row = stmt
-        .query_row([id], |r| {
-            let (id, name, cats, tags): (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            let cats: Vec<String> = serde_json::from_str(&cats).unwrap_or_default();
-            let tags: Vec<String> = serde_json::from_str(&tags).unwrap_or_default();
-            let mut texts: Vec<&str> = vec![name.as_str()];
-            texts.extend(cats.iter().map(String::as_str));
-            texts.extend(tags.iter().map(String::as_str));
-            Ok(ProductRow { words: words_of(&texts), embedding: decode_embedding(r.get(4)?), id })
-        })
+        .query_row([id], product_row)
         .optional()?;
     Ok(row)
 }
