@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::api::admin::CreateTenant;
+use crate::auth::AdminProof;
 use crate::config::Config;
-use crate::control::{keys, tenants, ControlPlane, NewKey, Scope, Tier};
+use crate::control::{NewKey, Scope, Tier};
 use crate::error::Error;
+use crate::services::tenants::CreateTenant;
+use crate::services::{Actor, Operator};
 
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "Multi-tenant edge server: SQLite + Tantivy per tenant, local embeddings")]
@@ -103,7 +105,7 @@ pub enum UsageCmd {
 }
 
 /// Meter events for Stripe's usage API, one JSON object per line: (event name, quantity) per tenant.
-pub fn stripe_meter_lines(rows: &[crate::plans::UsageRow]) -> (Vec<String>, Vec<String>) {
+pub fn stripe_meter_lines(rows: &[crate::billing::UsageRow]) -> (Vec<String>, Vec<String>) {
     let mut lines = Vec::new();
     let mut skipped = Vec::new();
     for r in rows {
@@ -111,7 +113,7 @@ pub fn stripe_meter_lines(rows: &[crate::plans::UsageRow]) -> (Vec<String>, Vec<
             skipped.push(r.slug.clone());
             continue;
         };
-        let ts = crate::plans::parse_period(&r.period).map(|(_, _, end)| end.timestamp() - 1).unwrap_or(0);
+        let ts = crate::clock::parse_period(&r.period).map(|(_, _, end)| end.timestamp() - 1).unwrap_or(0);
         for (metric, value) in [
             ("queries", r.queries),
             ("overage_queries", r.overage_queries),
@@ -183,35 +185,30 @@ pub enum KeyCmd {
     Revoke { slug: String, key_id: String },
 }
 
-fn tenant_id(control: &ControlPlane, slug: &str) -> anyhow::Result<crate::control::Tenant> {
-    control
-        .run_sync(|c| Ok(tenants::get_by_slug(c, slug)?))
-        .map_err(err)?
-        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))
-}
-
 async fn restore(config: &Config, slug: Option<String>, txid: Option<String>, timestamp: Option<String>, to: Option<PathBuf>, all: bool) -> anyhow::Result<()> {
-    use crate::backup::{restore, BackupService, ReplicaRoot};
+    use crate::backup::{restore, ReplicaKey, ReplicaRoot};
     let url = config.backup_url.as_deref().ok_or_else(|| anyhow::anyhow!("no backup_url is configured (WARREN_BACKUP_URL)"))?;
     let b = &config.backup;
-    let creds = crate::backup::store::S3Credentials { access_key_id: b.access_key_id.clone(), secret_access_key: b.secret_access_key.clone() };
+    let creds = crate::backup::store::S3Credentials {
+        access_key_id: b.access_key_id.clone(),
+        secret_access_key: b.secret_access_key.as_ref().map(|s| s.expose().to_string()),
+    };
     let root = ReplicaRoot::parse(url, &creds, std::time::Duration::from_secs(b.request_timeout_secs.max(1)))?;
     let data = &config.data_dir;
     if all {
-        anyhow::ensure!(!crate::server_running(data), "a warren server is running on {}; stop it first", data.display());
+        anyhow::ensure!(!crate::datadir::server_running(data), "a warren server is running on {}; stop it first", data.display());
         anyhow::ensure!(!data.join("control.db").exists(), "{} already has a control.db: --all restores into an empty data dir", data.display());
         std::fs::create_dir_all(data)?;
-        let r = restore::restore_to(&root.replica(crate::backup::CONTROL_KEY), restore::Target::Latest, &data.join("control.db"))
+        let r = restore::restore_to(&root.replica(&ReplicaKey::Control.path()), restore::Target::Latest, &data.join("control.db"))
             .await
             .map_err(|e| anyhow::anyhow!("restoring the control plane: {e:#}"))?;
-        let control = ControlPlane::open(data)?;
-        let list = control.run_sync(|c| Ok(tenants::list(c, None, None, u32::MAX)?)).map_err(err)?;
+        let ops = Operator::offline(config, Actor::Cli)?;
+        let list = ops.list_tenants(None, None, u32::MAX - 1).await.map_err(err)?.tenants;
         let mut restored = Vec::new();
         let mut failed = Vec::new();
         for t in &list {
-            let dir = crate::tenant::tenant_dir(data, &t.id);
-            let out = dir.join(crate::tenant::DB_FILE);
-            match restore::restore_to(&root.replica(&BackupService::tenant_key(&t.id)), restore::Target::Latest, &out).await {
+            let out = crate::tenant::tenant_dir(data, &t.id).join(crate::tenant::DB_FILE);
+            match restore::restore_to(&root.replica(&ReplicaKey::tenant(&t.id).path()), restore::Target::Latest, &out).await {
                 Ok(rep) => restored.push(json!({"slug": t.slug, "txid": rep.txid, "pages": rep.pages})),
                 Err(e) => failed.push(json!({"slug": t.slug, "error": format!("{e:#}")})),
             }
@@ -222,16 +219,16 @@ async fn restore(config: &Config, slug: Option<String>, txid: Option<String>, ti
     }
     let slug = slug.ok_or_else(|| anyhow::anyhow!("name a tenant, or pass --all"))?;
     let target = restore::Target::parse(txid.as_deref(), timestamp.as_deref())?;
-    let control = ControlPlane::open(data)?;
-    let t = tenant_id(&control, &slug)?;
-    let replica = root.replica(&BackupService::tenant_key(&t.id));
+    let ops = Operator::offline(config, Actor::Cli)?;
+    let t = ops.tenant(&slug).await.map_err(err)?;
+    let replica = root.replica(&ReplicaKey::tenant(&t.id).path());
     if let Some(out) = to {
         anyhow::ensure!(!out.exists(), "{} exists; choose a new path", out.display());
         let rep = restore::restore_to(&replica, target, &out).await?;
         print(json!({"tenant": t.slug, "restored_to": out, "restored": rep}));
         return Ok(());
     }
-    if crate::server_running(data) {
+    if crate::datadir::server_running(data) {
         anyhow::bail!(
             "a warren server is running on {}; restore through it so the tenant's handle closes first:\n  curl -X POST -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://<server>/admin/v1/tenants/{slug}/restore -d '{{}}'\n(or pass --to PATH to restore into a separate file)",
             data.display()
@@ -240,7 +237,7 @@ async fn restore(config: &Config, slug: Option<String>, txid: Option<String>, ti
     let dir = crate::tenant::tenant_dir(data, &t.id);
     let staged = dir.join("tenant.db.restoring");
     let rep = restore::restore_to(&replica, target, &staged).await?;
-    crate::lifecycle::install_restored(&dir, &staged, &t.id)?;
+    crate::services::restore::install_restored(&dir, &staged, &t.id)?;
     // The next server start ships this state as a full image at the next TXID.
     std::fs::create_dir_all(data.join(crate::backup::PENDING_DIR))?;
     std::fs::File::create(data.join(crate::backup::PENDING_DIR).join(&t.id))?;
@@ -278,96 +275,75 @@ fn run_transfer(cmd: Command, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a non-serve command.
+/// Runs a non-serve command. Every tenant and key command goes through the same services as the
+/// admin API ([`Operator`], offline: no server runs on the data dir for the commands that need that).
 pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
-    if let Command::Restore { slug, txid, timestamp, to, all } = cmd {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return rt.block_on(restore(config, slug, txid, timestamp, to, all));
-    }
     let cmd = match cmd {
         // import/export open what they need themselves (possibly only a remote server).
         c @ (Command::Import { .. } | Command::Export { .. }) => return run_transfer(c, config),
         c => c,
     };
-    let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run_async(cmd, config))
+}
+
+async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
+    if let Command::Restore { slug, txid, timestamp, to, all } = cmd {
+        return restore(config, slug, txid, timestamp, to, all).await;
+    }
+    let ops = Operator::offline(config, Actor::Cli)?;
+    let operator = AdminProof::local_operator();
     match cmd {
         Command::Serve => unreachable!("serve is handled by main"),
         Command::Restore { .. } => unreachable!("restore is handled above"),
+        Command::Import { .. } | Command::Export { .. } => unreachable!("handled by run_transfer"),
         Command::Tenant(TenantCmd::Create { slug, name, email, tier }) => {
             let tier = Tier::parse(&tier).ok_or_else(|| anyhow::anyhow!("tier must be one of {:?}", Tier::ALL))?;
             let req = CreateTenant { slug, name, email, tier, status: None, trial_days: None };
-            let (tenant, key, api_key) = crate::lifecycle::create_blocking(&control, &config.data_dir, req, "cli").map_err(err)?;
-            print(json!({"tenant": tenant, "key": key, "api_key": api_key}));
+            let created = ops.create_tenant(req).await.map_err(err)?;
+            print(json!({"tenant": created.tenant, "key": created.key, "api_key": created.api_key}));
         }
         Command::Tenant(TenantCmd::List { query }) => {
-            let list = control.run_sync(|c| Ok(tenants::list(c, query.as_deref(), None, 100_000)?)).map_err(err)?;
-            print(json!({"tenants": list}));
+            let page = ops.list_tenants(query, None, 100_000).await.map_err(err)?;
+            print(json!({"tenants": page.tenants}));
         }
         Command::Tenant(TenantCmd::Show { slug }) => {
-            let t = tenant_id(&control, &slug)?;
-            let ks = control.run_sync(|c| Ok(keys::list(c, &t.id)?)).map_err(err)?;
+            let t = ops.tenant(&slug).await.map_err(err)?;
+            let ks = ops.list_keys(&slug).await.map_err(err)?;
             print(json!({"tenant": t, "keys": ks}));
         }
         Command::Tenant(TenantCmd::Delete { slug, yes }) => {
             anyhow::ensure!(yes, "deleting {slug} removes all its data: pass --yes to confirm");
-            if crate::server_running(&config.data_dir) {
-                anyhow::bail!(
-                    "a warren server is running on {}; delete through it so open handles close first:\n  curl -X DELETE -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://{}/admin/v1/tenants/{slug}",
-                    config.data_dir.display(),
-                    config.listen
-                );
-            }
-            let t = tenant_id(&control, &slug)?;
-            control
-                .write_sync(|c| {
-                    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    tenants::delete(&tx, &t.id)?;
-                    crate::control::audit(&tx, "cli", Some(&t.id), "tenant.deleted", &json!({"slug": t.slug}))?;
-                    tx.commit()?;
-                    Ok(())
-                })
-                .map_err(err)?;
-            crate::lifecycle::remove_storage(&config.data_dir, &t.id)?;
+            ops.delete_tenant(&slug).await.map_err(err)?;
             print(json!({"deleted": slug}));
         }
         Command::Tenant(TenantCmd::Reindex { slug }) => {
-            if crate::server_running(&config.data_dir) {
+            if crate::datadir::server_running(&config.data_dir) {
                 anyhow::bail!(
                     "a warren server is running on {}; reindex through it:\n  curl -X POST -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://{}/admin/v1/tenants/{slug}/reindex",
                     config.data_dir.display(),
                     config.listen
                 );
             }
-            let t = tenant_id(&control, &slug)?;
-            let dir = crate::tenant::tenant_dir(&config.data_dir, &t.id);
-            let conn = rusqlite::Connection::open_with_flags(dir.join(crate::tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-            let search = crate::search::TenantSearch::open(&dir, &conn).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let n = search.rebuild(&conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (slug, n) = ops.reindex(&operator, &slug).await.map_err(err)?;
             print(json!({"reindexed": slug, "chunks": n}));
         }
         Command::Key(KeyCmd::Create { slug, name, scopes, expires_in_days }) => {
-            let t = tenant_id(&control, &slug)?;
             let scopes = scopes
                 .split(',')
                 .map(|s| Scope::parse(s.trim()).ok_or_else(|| anyhow::anyhow!("unknown scope {s:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let expires_at = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d as i64));
-            let new = NewKey { name, scopes, expires_at };
-            let (key, api_key) = control
-                .write_sync(|c| {
-                    let out = keys::create(c, &t.id, &new)?;
-                    crate::control::audit(c, "cli", Some(&t.id), "key.created", &json!({"key_id": out.0.id}))?;
-                    Ok(out)
-                })
-                .map_err(err)?;
-            print(json!({"key": key, "api_key": api_key}));
+            let issued = ops.create_key(&slug, NewKey { name, scopes, expires_at }).await.map_err(err)?;
+            print(json!(issued));
+        }
+        Command::Key(KeyCmd::Revoke { slug, key_id }) => {
+            let key = ops.revoke_key(&slug, &key_id).await.map_err(err)?;
+            print(json!({"key": key}));
         }
         Command::Usage(UsageCmd::Export { period, format }) => {
-            anyhow::ensure!(crate::plans::parse_period(&period).is_some(), "--period must be YYYY-MM");
-            let plans = crate::plans::Plans::load(config.plans.as_deref())?;
-            let store = crate::plans::PlanStore::new(plans, config.plans.clone(), true, crate::plans::Clock::default());
-            store.refresh_overrides_sync(&control).map_err(err)?;
-            let rows = control.run_sync(|c| crate::plans::usage_report(c, &store, &period)).map_err(err)?;
+            anyhow::ensure!(crate::clock::parse_period(&period).is_some(), "--period must be YYYY-MM");
+            let (period, rows) = ops.usage_report(Some(period)).await.map_err(err)?;
             match format.as_str() {
                 "stripe" => {
                     let (lines, skipped) = stripe_meter_lines(&rows);
@@ -379,7 +355,7 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
                     }
                 }
                 "csv" => {
-                    println!("{}", crate::plans::USAGE_CSV_HEADER);
+                    println!("{}", crate::billing::USAGE_CSV_HEADER);
                     for r in &rows {
                         println!("{}", r.csv_line());
                     }
@@ -387,18 +363,6 @@ pub fn run_admin(cmd: Command, config: &Config) -> anyhow::Result<()> {
                 "json" => print(json!({"period": period, "tenants": rows})),
                 other => anyhow::bail!("--format must be stripe, csv or json, not {other:?}"),
             }
-        }
-        Command::Import { .. } | Command::Export { .. } => unreachable!("handled by run_transfer"),
-        Command::Key(KeyCmd::Revoke { slug, key_id }) => {
-            let t = tenant_id(&control, &slug)?;
-            let key = control
-                .write_sync(|c| {
-                    let k = keys::revoke(c, &t.id, &key_id)?;
-                    crate::control::audit(c, "cli", Some(&t.id), "key.revoked", &json!({"key_id": key_id}))?;
-                    Ok(k)
-                })
-                .map_err(err)?;
-            print(json!({"key": key}));
         }
     }
     Ok(())

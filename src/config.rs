@@ -23,7 +23,7 @@ pub struct Config {
     /// Data directory: `control.db` plus one directory per tenant id (`WARREN_DATA_DIR`).
     pub data_dir: PathBuf,
     /// Admin bearer token (`WARREN_ADMIN_TOKEN`). When unset, one is generated on first start.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::secret::Secret>,
     /// Tenants are served at `<slug>.<base_domain>` (`WARREN_BASE_DOMAIN`).
     pub base_domain: String,
     /// Public URL scheme and port used in quickstart texts, e.g. `https://{slug}.example.com`.
@@ -51,7 +51,7 @@ pub struct Config {
     /// Plans file (`WARREN_PLANS`); default `config/plans.toml`, else the compiled-in plans.
     pub plans: Option<PathBuf>,
     /// Stripe webhook endpoint secret (`WARREN_STRIPE_WEBHOOK_SECRET`); without it the webhook answers 404.
-    pub stripe_webhook_secret: Option<String>,
+    pub stripe_webhook_secret: Option<crate::secret::Secret>,
     /// `text` or `json` (`WARREN_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Largest request body accepted on ordinary endpoints, in bytes (413 above).
@@ -69,6 +69,7 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub docs: DocsConfig,
     pub embed: EmbedSettings,
+    pub search: SearchSettings,
     pub billing: BillingConfig,
     pub mcp: McpConfig,
     pub recs: RecsConfig,
@@ -117,6 +118,8 @@ pub struct BackupSettings {
     pub l0_retention_secs: u64,
     /// A deleted tenant's replica is deleted this long after the tenant.
     pub delete_grace_secs: u64,
+    /// How often the server looks for replicas of deleted tenants that are due for deletion.
+    pub delete_sweep_secs: u64,
     /// Databases synced at the same time.
     pub max_concurrent_syncs: usize,
     /// Timeout of one object-storage request.
@@ -128,7 +131,7 @@ pub struct BackupSettings {
     pub close_timeout_secs: u64,
     /// S3 credentials when not in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<crate::secret::Secret>,
 }
 
 impl Default for BackupSettings {
@@ -143,6 +146,7 @@ impl Default for BackupSettings {
             retention_secs: 86_400,
             l0_retention_secs: 300,
             delete_grace_secs: 7 * 86_400,
+            delete_sweep_secs: 60,
             max_concurrent_syncs: 32,
             request_timeout_secs: 10,
             retry_min_ms: 500,
@@ -244,7 +248,7 @@ impl Default for BillingConfig {
 #[serde(default)]
 pub struct JwtConfig {
     /// HS256 shared secret (`WARREN_JWT__HS256_SECRET`).
-    pub hs256_secret: Option<String>,
+    pub hs256_secret: Option<crate::secret::Secret>,
     /// PEM public key file for RS256 or ES256 (`WARREN_JWT__PUBLIC_KEY_PATH`).
     pub public_key_path: Option<PathBuf>,
     /// `RS256` or `ES256`, the algorithm of `public_key_path`.
@@ -277,6 +281,22 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Threads for the model (0 = physical cores).
     pub threads: usize,
+}
+
+/// The bounded CPU queue of search and context assembly (`[search]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchSettings {
+    /// Searches and assemblies computed at once (0 = one per core).
+    pub cpu_workers: usize,
+    /// Searches and assemblies waiting for a worker before the next one answers 503 `overloaded`.
+    pub queue_capacity: usize,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings { cpu_workers: 0, queue_capacity: 256 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -314,6 +334,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             docs: DocsConfig::default(),
             embed: EmbedSettings::default(),
+            search: SearchSettings::default(),
             billing: BillingConfig::default(),
             mcp: McpConfig::default(),
             recs: RecsConfig::default(),
@@ -361,10 +382,10 @@ impl Config {
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(!self.base_domain.is_empty(), "base_domain must not be empty");
         if let Some(s) = &self.stripe_webhook_secret {
-            anyhow::ensure!(!s.is_empty(), "stripe_webhook_secret must not be empty");
+            anyhow::ensure!(!s.expose().is_empty(), "stripe_webhook_secret must not be empty");
         }
         if let Some(t) = &self.admin_token {
-            anyhow::ensure!(t.len() >= 16, "admin_token must be at least 16 characters");
+            anyhow::ensure!(t.expose().len() >= 16, "admin_token must be at least 16 characters");
         }
         if self.jwt.public_key_path.is_some() {
             let alg = self.jwt.public_key_algorithm.as_deref().unwrap_or("");

@@ -4,20 +4,28 @@
 //! [`App::run_until_stopped`] serves until SIGTERM/SIGINT or [`App::shutdown_token`] fires, then drains
 //! requests in flight and closes every tenant handle. `main.rs` only parses the command line.
 
+#[cfg(test)]
+mod architecture_tests;
+
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod billing;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
+pub mod cpu;
+pub mod datadir;
 pub mod docs;
 pub mod embed;
 pub mod error;
-pub mod lifecycle;
 pub mod metering;
 pub mod plans;
 pub mod recs;
 pub mod search;
+pub mod secret;
+pub mod services;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
@@ -41,8 +49,7 @@ use crate::control::ControlPlane;
 use crate::state::AppState;
 use crate::tenant::{RegistryConfig, TenantRegistry};
 
-/// File (mode 0600) holding a generated admin token, in the data dir.
-pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+pub use datadir::ADMIN_TOKEN_FILE;
 
 pub struct App {
     listener: TcpListener,
@@ -54,23 +61,23 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate()?;
-        let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
-        let lock = take_server_lock(&config.data_dir)?;
+        // Built once, in order, each with its dependencies passed in: the lock, the backup service,
+        // the control plane (with its replica), the registry (with the backup service).
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let lock = datadir::take_server_lock(&config.data_dir)?;
         let backup = match &config.backup_url {
-            Some(url) => {
-                let svc = backup::BackupService::new(url, config.backup.clone(), &config.data_dir)?;
-                let r = svc.replica_for(backup::CONTROL_KEY, control.path());
-                let src: Arc<dyn backup::Source> = Arc::new(control.clone());
-                r.set_source(Arc::downgrade(&src));
-                svc.hold(src);
-                control.set_replica(r.clone());
-                if backup::needs_sync(control.path()) {
-                    r.mark_dirty();
-                }
-                Some(svc)
-            }
+            Some(url) => Some(backup::BackupService::new(url, config.backup.clone(), &config.data_dir)?),
             None => None,
         };
+        let control = match &backup {
+            Some(svc) => ControlPlane::open_replicated(&config.data_dir, svc)?,
+            None => ControlPlane::open(&config.data_dir)?,
+        };
+        if let Some(r) = control.replica() {
+            if backup::needs_sync(control.path()) {
+                r.mark_dirty();
+            }
+        }
         let admin_token_hash = admin_token_hash(&control, &config)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -81,25 +88,19 @@ impl App {
             read_pool_size: config.tenant_read_pool_size,
             open_timeout: Duration::from_millis(config.tenant_open_timeout_ms),
         }, backup.clone());
-        if let Some(b) = &backup {
-            let reg = registry.clone();
-            b.set_reopen(move |id| {
-                let reg = reg.clone();
-                Box::pin(async move { reg.open_for_backup(&id).await })
-            });
-        }
         let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
             model_dir: config.model_dir.clone(),
             queue_capacity: config.embed.queue_capacity,
             max_batch: config.embed.max_batch,
             threads: config.embed.threads,
         });
-        let auth = Arc::new(auth::Authenticator::new(control.clone(), &config)?);
+        let clock = clock::Clock::default();
+        let auth = Arc::new(auth::Authenticator::new(control.clone(), &config, clock.clone())?);
         let loaded = plans::Plans::load(config.plans.as_deref())?;
-        let clock = plans::Clock::default();
         let plan_store = Arc::new(plans::PlanStore::new(loaded, config.plans.clone(), config.billing.enforce, clock.clone()));
         plan_store.refresh_overrides_sync(&control).map_err(|e| anyhow::anyhow!("loading plan overrides: {e}"))?;
         let shutdown = CancellationToken::new();
+        let search_cpu = cpu::CpuQueue::new("search", config.search.cpu_workers, config.search.queue_capacity);
         let state = AppState {
             shutdown: shutdown.clone(),
             meter: metering::Meter::with(control.clone(), clock, config.billing.enforce),
@@ -111,6 +112,7 @@ impl App {
             embed,
             admin_token_hash: admin_token_hash.into(),
             metrics: prometheus(),
+            search_cpu,
             port,
             backup,
         };
@@ -139,7 +141,8 @@ impl App {
         let background = spawn_background(&state, shutdown.clone());
         let backup_loop = state.backup.clone().map(|b| {
             let stop = background.clone();
-            tokio::spawn(b.run(stop))
+            let reopen: Arc<dyn backup::Reopen> = Arc::new(state.registry.clone());
+            tokio::spawn(b.run(stop, reopen))
         });
         let router = api::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "warren listening");
@@ -218,38 +221,18 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
                 }
             }
             if n % s.config.billing.trial_sweep_secs.max(1) == 0 {
-                sweep_trials(&s).await;
+                services::billing::sweep_trials(&s).await;
             }
             if n % 10 == 0 {
                 s.auth.flush_key_usage().await;
             }
-            if n % 60 == 0 {
-                if let Some(b) = s.backup.clone() {
-                    lifecycle::delete_due_replicas(&s, &b).await;
-                }
+            if s.backup.is_some() && n % s.config.backup.delete_sweep_secs.max(1) == 0 {
+                services::Operator::live(&s, services::Actor::System).delete_due_replicas().await;
+            }
             }
         }
     });
     stop
-}
-
-/// Ends trials past `trial_ends_at` that no request has touched (tier free + audit event).
-pub async fn sweep_trials(s: &AppState) {
-    let now = s.plans.clock.now();
-    let ids = match s.control.run(move |c| Ok(plans::expired_trials(c, now)?)).await {
-        Ok(ids) => ids,
-        Err(e) => return tracing::warn!(error = %e, "trial sweep failed"),
-    };
-    let mut changed = false;
-    for id in ids {
-        match s.control.write(move |c| plans::expire_trial(c, &id, now)).await {
-            Ok(c) => changed |= c,
-            Err(e) => tracing::warn!(error = %e, "ending a trial failed"),
-        }
-    }
-    if changed {
-        s.auth.invalidate();
-    }
 }
 
 /// SIGHUP reloads the plans file and the tenant overrides without a restart.
@@ -319,30 +302,10 @@ fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Takes `<data dir>/.warren.lock` so that CLI commands that would race the server (delete) can
-/// refuse clearly, and two servers never share a data dir.
-fn take_server_lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
-    let path = data_dir.join(".warren.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(_) => anyhow::bail!("another warren server is using {}", data_dir.display()),
-    }
-}
-
-/// Whether a server holds the data dir (for the CLI).
-pub fn server_running(data_dir: &Path) -> bool {
-    let path = data_dir.join(".warren.lock");
-    match std::fs::OpenOptions::new().write(true).open(&path) {
-        Ok(f) => f.try_lock().is_err(),
-        Err(_) => false,
-    }
-}
-
 /// The SHA-256 of the admin token: from the config, or stored, or generated on first start.
 fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<Vec<u8>> {
     if let Some(t) = &config.admin_token {
-        return Ok(Sha256::digest(t.as_bytes()).to_vec());
+        return Ok(Sha256::digest(t.expose().as_bytes()).to_vec());
     }
     let stored = control.run_sync(|c| Ok(control::get_setting(c, "admin_token_sha256")?)).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(h) = stored {
@@ -364,17 +327,3 @@ fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<V
     Ok(hash)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}

@@ -18,9 +18,10 @@ use chrono::{DateTime, Datelike, Utc};
 use parking_lot::{Mutex, RwLock};
 use rusqlite::params;
 
-use crate::control::{ts, ControlPlane};
+use crate::clock::ts;
+use crate::control::ControlPlane;
 use crate::error::Error;
-use crate::plans::Clock;
+use crate::clock::Clock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -213,7 +214,7 @@ impl Meter {
                 return Ok(sum(seed, g.delta));
             }
         }
-        let (_, from, to) = crate::plans::period_of(now);
+        let (_, from, to) = crate::clock::period_of(now);
         let (id, boundary) = (tenant_id.to_string(), self.boundary);
         let rows = self
             .control

@@ -1,4 +1,5 @@
-//! Shared application state handed to every handler.
+//! The composition root's product: every long-lived component, built once in order by `App::build`
+//! and shared by the doors and the services.
 
 use std::sync::Arc;
 
@@ -31,14 +32,7 @@ pub struct AppState {
     pub backup: Option<Arc<crate::backup::BackupService>>,
     /// Cancelled when the server begins to stop (ends long-lived streams such as MCP's).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The bounded CPU queue of search and context assembly.
+    pub search_cpu: crate::cpu::CpuQueue,
 }
 
-impl AppState {
-    /// The public base URL of a tenant, for quickstarts and snippets.
-    pub fn tenant_url(&self, slug: &str) -> String {
-        match &self.config.public_url_template {
-            Some(t) => t.replace("{slug}", slug),
-            None => format!("http://{slug}.{}:{}", self.config.base_domain, self.port),
-        }
-    }
-}

@@ -150,7 +150,7 @@ impl Target {
             let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
             return Ok(Target::Http { client, base: base.trim_end_matches('/').to_string(), key });
         }
-        if crate::server_running(&config.data_dir) {
+        if crate::datadir::server_running(&config.data_dir) {
             bail!(
                 "a warren server is running on {}: import through it with --server http://{} --key <tenant API key>",
                 config.data_dir.display(),

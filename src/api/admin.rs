@@ -1,20 +1,23 @@
 //! The admin API under `/admin/v1` (admin bearer token), and Caddy's on-demand TLS `ask` endpoint.
+//! Each handler calls [`Operator`] (the control-plane services) with the admin proof.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{Duration, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
+use super::extract::AdminCtx;
 use super::{ApiJson, ApiPath, ApiQuery};
-use crate::auth::{classify_host, AdminCtx, HostKind};
-use crate::control::tenants::{self, NewTenant, TenantPatch};
-use crate::control::{keys, ApiKey, NewKey, Slug, Status, Tenant, Tier};
-use crate::error::Error;
-use crate::lifecycle;
+use crate::auth::{classify_host, HostKind};
+use crate::control::tenants::TenantPatch;
+use crate::control::{NewKey, Slug, Tenant};
+use crate::error::{Code, Error};
+use crate::services::restore::RestoreRequest;
+use crate::services::tenants::CreateTenant;
+use crate::services::{Actor, Operator};
 use crate::state::AppState;
 
 /// The admin API's part of the OpenAPI document.
@@ -39,35 +42,14 @@ pub fn routes() -> Router<AppState> {
         .route("/usage", get(usage_export))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTenant {
-    pub slug: String,
-    pub name: String,
-    pub email: String,
-    #[serde(default = "default_tier")]
-    pub tier: Tier,
-    /// `trial` makes the tenant a trial of `tier` for `trial_days` (default 14).
-    pub status: Option<Status>,
-    pub trial_days: Option<u32>,
-}
-
-fn default_tier() -> Tier {
-    Tier::Free
-}
-
-#[derive(Serialize)]
-pub struct Created {
-    pub tenant: Tenant,
-    pub api_key: String,
-    pub key: ApiKey,
-    pub quickstart: String,
+fn ops(state: &AppState) -> Operator {
+    Operator::live(state, Actor::Admin)
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), request_body(content = Object, description = "{slug, name, email, tier?, status?, trial_days?}"),
     responses((status = 201, description = "{tenant, api_key, key, quickstart}", body = Object)))]
 async fn create_tenant(_: AdminCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CreateTenant>) -> Result<Response, Error> {
-    let created = lifecycle::create_tenant(&state, req, "admin").await?;
+    let created = ops(&state).create_tenant(req).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -80,224 +62,94 @@ struct ListQuery {
 
 #[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), params(("q" = Option<String>, Query, description = "Matches slug, name or email"), ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, description = "{tenants, next_cursor, total}", body = Object)))]
-async fn list_tenants(_: AdminCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<serde_json::Value>, Error> {
+async fn list_tenants(_: AdminCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, Error> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(Error::validation("limit must be between 1 and 500"));
     }
-    let (search, after) = (q.q.clone(), q.cursor.clone());
-    let (list, total) = state
-        .control
-        .run(move |c| Ok((tenants::list(c, search.as_deref(), after.as_deref(), limit + 1)?, tenants::count(c)?)))
-        .await?;
-    let more = list.len() > limit as usize;
-    let page: Vec<Tenant> = list.into_iter().take(limit as usize).collect();
-    let next = if more { page.last().map(|t| t.slug.clone()) } else { None };
-    Ok(Json(json!({"tenants": page, "next_cursor": next, "total": total})))
-}
-
-/// Looks a tenant up by slug for admin routes (404 when absent, 400 when the slug is malformed).
-pub(crate) async fn tenant_by_slug(state: &AppState, slug: &str) -> Result<Tenant, Error> {
-    let slug = Slug::parse(slug).map_err(|e| if e.code() == "reserved_slug" { Error::not_found("tenant_not_found", "no such tenant") } else { e })?;
-    state
-        .control
-        .run(move |c| Ok(tenants::get_by_slug(c, slug.as_str())?))
-        .await?
-        .ok_or_else(|| Error::not_found("tenant_not_found", "no such tenant"))
+    let page = ops(&state).list_tenants(q.q, q.cursor, limit).await?;
+    Ok(Json(json!(page)))
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "{tenant, keys, features}", body = Object)))]
-async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let id = t.id.clone();
-    let keys = state.control.run(move |c| Ok(keys::list(c, &id)?)).await?;
+async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
+    let o = ops(&state);
+    let t = o.tenant(&slug).await?;
+    let keys = o.list_keys(&slug).await?;
     let ent = state.plans.entitlements(&t);
     Ok(Json(json!({"tenant": t, "keys": keys, "features": ent.feature_list(), "effective_tier": ent.tier, "limits": ent.limits_json()})))
 }
 
 #[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{tier?, status?, custom_domain?, name?, email?, trial_ends_at?}"),
     responses((status = 200, description = "The tenant", body = Object)))]
-async fn patch_tenant(
-    _: AdminCtx,
-    State(state): State<AppState>,
-    ApiPath(slug): ApiPath<String>,
-    ApiJson(patch): ApiJson<TenantPatch>,
-) -> Result<Json<Tenant>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let id = t.id.clone();
-    let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain});
-    let updated = state
-        .control
-        .write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let u = tenants::update(&tx, &id, &patch)?;
-            crate::control::audit(&tx, "admin", Some(&id), "tenant.updated", &detail)?;
-            tx.commit()?;
-            Ok(u)
-        })
-        .await?;
-    state.auth.invalidate();
-    Ok(Json(updated))
+async fn patch_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, ApiJson(patch): ApiJson<TenantPatch>) -> Result<Json<Tenant>, Error> {
+    Ok(Json(ops(&state).update_tenant(&slug, patch).await?))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 204, description = "Deleted")))]
 async fn delete_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<StatusCode, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    lifecycle::delete_tenant(&state, &t, "admin").await?;
+    ops(&state).delete_tenant(&slug).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{name?, scopes?, expires_at?}"),
     responses((status = 201, description = "{key, api_key}", body = Object)))]
-async fn create_key(
-    _: AdminCtx,
-    State(state): State<AppState>,
-    ApiPath(slug): ApiPath<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
+async fn create_key(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, body: axum::body::Bytes) -> Result<Response, Error> {
     // The body is optional: an empty one makes a read+write key named "default".
     let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
         NewKey::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| Error::bad_request("invalid_json", format!("invalid request body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| Error::bad_request(Code::InvalidJson, format!("invalid request body: {e}")))?
     };
-    let id = t.id.clone();
-    let (rec, key) = state
-        .control
-        .write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = keys::create(&tx, &id, &new)?;
-            crate::control::audit(&tx, "admin", Some(&id), "key.created", &json!({"key_id": out.0.id, "name": out.0.name}))?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!({"key": rec, "api_key": key}))).into_response())
+    let issued = ops(&state).create_key(&slug, new).await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "{keys}", body = Object)))]
-async fn list_keys(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let keys = state.control.run(move |c| Ok(keys::list(c, &t.id)?)).await?;
-    Ok(Json(json!({"keys": keys})))
+async fn list_keys(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
+    Ok(Json(json!({"keys": ops(&state).list_keys(&slug).await?})))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{slug}/keys/{key_id}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),
     responses((status = 200, description = "{key}", body = Object)))]
-async fn revoke_key(
-    _: AdminCtx,
-    State(state): State<AppState>,
-    ApiPath((slug, key_id)): ApiPath<(String, String)>,
-) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let rec = state
-        .control
-        .write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let rec = keys::revoke(&tx, &t.id, &key_id)?;
-            crate::control::audit(&tx, "admin", Some(&t.id), "key.revoked", &json!({"key_id": key_id}))?;
-            tx.commit()?;
-            Ok(rec)
-        })
-        .await?;
-    state.auth.invalidate();
-    Ok(Json(json!({"key": rec})))
+async fn revoke_key(_: AdminCtx, State(state): State<AppState>, ApiPath((slug, key_id)): ApiPath<(String, String)>) -> Result<Json<Value>, Error> {
+    Ok(Json(json!({"key": ops(&state).revoke_key(&slug, &key_id).await?})))
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys/{key_id}/rotate", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),
     responses((status = 201, description = "{key, api_key, old_key_valid_until}", body = Object)))]
-async fn rotate_key(
-    _: AdminCtx,
-    State(state): State<AppState>,
-    ApiPath((slug, key_id)): ApiPath<(String, String)>,
-) -> Result<Response, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let overlap = Duration::seconds(state.config.key_rotation_overlap_secs as i64);
-    let (rec, key) = state
-        .control
-        .write(move |c| {
-            let out = keys::rotate(c, &t.id, &key_id, overlap)?;
-            crate::control::audit(c, "admin", Some(&t.id), "key.rotated", &json!({"old_key_id": key_id, "new_key_id": out.0.id}))?;
-            Ok(out)
-        })
-        .await?;
-    state.auth.invalidate();
-    let old_expires_at = Utc::now() + overlap;
-    Ok((StatusCode::CREATED, Json(json!({"key": rec, "api_key": key, "old_key_valid_until": old_expires_at}))).into_response())
+async fn rotate_key(_: AdminCtx, State(state): State<AppState>, ApiPath((slug, key_id)): ApiPath<(String, String)>) -> Result<Response, Error> {
+    let rotated = ops(&state).rotate_key(&slug, &key_id).await?;
+    Ok((StatusCode::CREATED, Json(rotated)).into_response())
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/audit", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "{events}", body = Object)))]
-async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let events = state.control.run(move |c| Ok(crate::control::list_audit(c, Some(&t.id), 200)?)).await?;
-    Ok(Json(json!({"events": events})))
+async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
+    Ok(Json(json!({"events": ops(&state).audit_log(&slug).await?})))
 }
 
 /// Rebuilds the tenant's search index from SQLite, through its open handle.
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/reindex", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "{reindexed, chunks}", body = Object)))]
-async fn reindex(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let lease = state.registry.acquire(&t.id).await?;
-    let n = lease
-        .blocking(|h| {
-            let search = h.extension(|| h.with_reader(|c| Ok(crate::search::TenantSearch::open(h.dir(), c)?)))?;
-            h.with_reader(|c| Ok(search.rebuild(c)?))
-        })
-        .await?;
-    Ok(Json(json!({"reindexed": t.slug, "chunks": n})))
+async fn reindex(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
+    let (slug, n) = ops(&state).reindex(&proof, &slug).await?;
+    Ok(Json(json!({"reindexed": slug, "chunks": n})))
 }
 
 /// Replication state of one tenant: replica URL, last replicated TXID and time, lag, last error.
-async fn backup_status(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    Ok(Json(backup_status_json(&state, &t)))
-}
-
-pub(crate) fn backup_status_json(state: &AppState, t: &Tenant) -> serde_json::Value {
-    match &state.backup {
-        None => json!({"tenant": t.slug, "enabled": false}),
-        Some(b) => {
-            let db = crate::tenant::tenant_dir(&state.config.data_dir, &t.id).join(crate::tenant::DB_FILE);
-            let st = b.status(&crate::backup::BackupService::tenant_key(&t.id), &db);
-            json!({"tenant": t.slug, "enabled": true, "backup": st})
-        }
-    }
-}
-
-/// Body of a restore: at most one of `txid` (16 hex digits) and `timestamp` (RFC 3339); neither means latest.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RestoreRequest {
-    pub txid: Option<String>,
-    pub timestamp: Option<String>,
-}
-
-/// Parses an optional restore body (empty means latest) into a target.
-pub(crate) fn restore_target_from(body: &[u8]) -> Result<crate::backup::restore::Target, Error> {
-    let req: RestoreRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RestoreRequest::default()
-    } else {
-        serde_json::from_slice(body).map_err(|e| Error::bad_request("invalid_json", format!("invalid JSON body: {e}")))?
-    };
-    restore_target(&req)
-}
-
-pub(crate) fn restore_target(req: &RestoreRequest) -> Result<crate::backup::restore::Target, Error> {
-    crate::backup::restore::Target::parse(req.txid.as_deref(), req.timestamp.as_deref()).map_err(|e| Error::validation(format!("{e:#}")))
+async fn backup_status(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
+    Ok(Json(ops(&state).backup_status(&slug).await?))
 }
 
 /// Restores one tenant in place (latest, a TXID or a time). Other tenants keep serving.
-async fn restore(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, Error> {
-    let target = restore_target_from(&body)?;
-    let t = tenant_by_slug(&state, &slug).await?;
-    let report = crate::lifecycle::restore_tenant(&state, &t, target, "admin").await?;
-    Ok(Json(json!({"tenant": t.slug, "restored": report})))
+async fn restore(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<Value>, Error> {
+    let req = RestoreRequest::from_body(&body)?;
+    req.target()?;
+    Ok(Json(ops(&state).restore(&proof, &slug, req).await?))
 }
 
 #[derive(Deserialize)]
@@ -312,33 +164,18 @@ pub(crate) async fn tls_ask(State(state): State<AppState>, ApiQuery(q): ApiQuery
     let found = match classify_host(&domain, &state.config.base_domain) {
         HostKind::None => domain == state.config.base_domain.to_ascii_lowercase(),
         HostKind::Subdomain(label) => match Slug::parse(&label) {
-            Ok(slug) => state.control.run(move |c| Ok(tenants::get_by_slug(c, slug.as_str())?.is_some())).await?,
+            Ok(slug) => state.auth.tenant_by_slug(slug.as_str()).await?.is_some(),
             Err(_) => false,
         },
-        HostKind::Other(d) => state.control.run(move |c| Ok(tenants::get_by_domain(c, &d)?.is_some())).await?,
+        HostKind::Other(d) => state.auth.tenant_by_domain(&d).await?.is_some(),
     };
     Ok(if found { StatusCode::OK } else { StatusCode::NOT_FOUND })
 }
 
-impl CreateTenant {
-    pub(crate) fn into_new(self) -> Result<NewTenant, Error> {
-        let slug = Slug::parse(&self.slug)?;
-        tenants::validate_profile(&self.name, &self.email)?;
-        let status = self.status.unwrap_or(Status::Active);
-        let trial_ends_at = match status {
-            Status::Trial => Some(Utc::now() + Duration::days(self.trial_days.unwrap_or(14).clamp(1, 365) as i64)),
-            _ => None,
-        };
-        Ok(NewTenant { slug, name: self.name, email: self.email, tier: self.tier, status, trial_ends_at })
-    }
-}
-
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "The overrides", body = Object)))]
-async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<serde_json::Value>, Error> {
-    let t = tenant_by_slug(&state, &slug).await?;
-    let o = state.control.run(move |c| crate::plans::get_overrides(c, &t.id)).await?;
-    Ok(Json(json!({"overrides": o})))
+async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
+    Ok(Json(json!({"overrides": ops(&state).overrides(&slug).await?})))
 }
 
 /// Sets a tenant's own limits and feature switches (`null` removes them). Applies on the next request.
@@ -349,23 +186,8 @@ async fn put_overrides(
     State(state): State<AppState>,
     ApiPath(slug): ApiPath<String>,
     ApiJson(o): ApiJson<Option<crate::plans::Overrides>>,
-) -> Result<Json<serde_json::Value>, Error> {
-    if let Some(o) = &o {
-        o.validate()?;
-    }
-    let t = tenant_by_slug(&state, &slug).await?;
-    let stored = o.clone();
-    state
-        .control
-        .write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            crate::plans::put_overrides(&tx, &t.id, stored.as_ref())?;
-            crate::control::audit(&tx, "admin", Some(&t.id), "plan.overrides", &json!({"overrides": stored}))?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await?;
-    state.plans.refresh_overrides(&state.control).await?;
+) -> Result<Json<Value>, Error> {
+    ops(&state).put_overrides(&slug, o.clone()).await?;
     Ok(Json(json!({"overrides": o})))
 }
 
@@ -384,25 +206,9 @@ async fn put_key_limit(
     State(state): State<AppState>,
     ApiPath((slug, key_id)): ApiPath<(String, String)>,
     ApiJson(limit): ApiJson<Option<KeyLimit>>,
-) -> Result<Json<serde_json::Value>, Error> {
-    if limit.as_ref().is_some_and(|l| l.rate_per_sec == 0 || l.burst == 0) {
-        return Err(Error::validation("rate_per_sec and burst must be at least 1"));
-    }
-    let t = tenant_by_slug(&state, &slug).await?;
+) -> Result<Json<Value>, Error> {
     let pair = limit.as_ref().map(|l| (l.rate_per_sec, l.burst));
-    let kid = key_id.clone();
-    state
-        .control
-        .write(move |c| {
-            if !keys::list(c, &t.id)?.iter().any(|k| k.id == kid) {
-                return Err(Error::not_found("key_not_found", "no such key for this tenant"));
-            }
-            crate::plans::put_key_limit(c, &kid, pair)?;
-            crate::control::audit(c, "admin", Some(&t.id), "key.rate_limit", &json!({"key_id": kid, "limit": pair}))?;
-            Ok(())
-        })
-        .await?;
-    state.plans.refresh_overrides(&state.control).await?;
+    ops(&state).set_key_limit(&slug, &key_id, pair).await?;
     Ok(Json(json!({"key_id": key_id, "rate_limit": pair.map(|(r, b)| json!({"rate_per_sec": r, "burst": b}))})))
 }
 
@@ -421,18 +227,11 @@ async fn usage_export(
     headers: axum::http::HeaderMap,
     ApiQuery(q): ApiQuery<UsageQuery>,
 ) -> Result<Response, Error> {
-    let period = q.period.unwrap_or_else(|| crate::plans::period_of(state.plans.clock.now()).0);
-    if crate::plans::parse_period(&period).is_none() {
-        return Err(Error::bad_request("invalid_query", "period must be YYYY-MM"));
-    }
-    state.meter.flush().await;
-    let store = state.plans.clone();
-    let p = period.clone();
-    let rows = state.control.run(move |c| crate::plans::usage_report(c, &store, &p)).await?;
+    let (period, rows) = ops(&state).usage_report(q.period).await?;
     let wants_csv = q.format.as_deref() == Some("csv")
         || headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
     if wants_csv {
-        let mut out = String::from(crate::plans::USAGE_CSV_HEADER);
+        let mut out = String::from(crate::billing::USAGE_CSV_HEADER);
         out.push('\n');
         for r in &rows {
             out.push_str(&r.csv_line());

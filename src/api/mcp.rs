@@ -43,13 +43,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::context::{self as api, DocRef};
-use super::recs::{self as recs_api, RecQuery};
-use crate::auth::{classify_host, HostKind, TenantCtx};
+use crate::auth::{classify_host, HostKind};
 use crate::config::McpConfig;
-use crate::control::Scope;
 use crate::docs::{DocumentInput, ListQuery};
-use crate::error::Error;
+use crate::error::{Code, Error};
+use crate::services::documents::{self, DocRef};
+use crate::services::recs::{self as recs_api, RecQuery};
+use crate::services::{search as search_api, Op, TenantCtx};
 use crate::search::{AssembleRequest, Filter, SearchMode, SearchRequest};
 use crate::state::AppState;
 
@@ -126,7 +126,8 @@ impl Door {
 async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, Error> {
     check_origin(&state, req.headers(), &d.cfg).await?;
     let (mut parts, body) = req.into_parts();
-    let ctx = TenantCtx::authenticate(&mut parts, &state, Scope::Read, false).await?;
+    let ctx = super::extract::authenticate(&parts, &state).await?;
+    ctx.authorize(Op::McpSession)?;
     ctx.require_feature("mcp")?;
     let tenant_id = ctx.tenant().id.clone();
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -136,9 +137,9 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
             let expired = {
                 let sessions = d.sessions.lock();
                 match sessions.get(id) {
-                    None => return Err(Error::not_found("session_not_found", "no such MCP session (expired or closed): initialise a new one")),
+                    None => return Err(Error::not_found(Code::SessionNotFound, "no such MCP session (expired or closed): initialise a new one")),
                     Some(b) if b.tenant_id != tenant_id => {
-                        return Err(Error::forbidden("tenant_mismatch", "this MCP session belongs to another tenant"))
+                        return Err(Error::forbidden(Code::TenantMismatch, "this MCP session belongs to another tenant"))
                     }
                     Some(b) => b.started.elapsed() > max,
                 }
@@ -147,12 +148,12 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
             if expired {
                 let _ = d.manager.close_session(&sid).await;
                 d.sessions.lock().remove(id);
-                return Err(Error::not_found("session_not_found", "this MCP session reached its time limit: initialise a new one"));
+                return Err(Error::not_found(Code::SessionNotFound, "this MCP session reached its time limit: initialise a new one"));
             }
             // Closed by the SDK (idle): answer in our error shape rather than the transport's.
             if !d.manager.has_session(&sid).await.unwrap_or(false) {
                 d.sessions.lock().remove(id);
-                return Err(Error::not_found("session_not_found", "this MCP session was closed (idle): initialise a new one"));
+                return Err(Error::not_found(Code::SessionNotFound, "this MCP session was closed (idle): initialise a new one"));
             }
         }
         None if parts.method == Method::POST => {
@@ -162,7 +163,7 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
                 (s.len(), s.values().filter(|b| b.tenant_id == tenant_id).count())
             };
             if total >= d.cfg.max_sessions || mine >= d.cfg.max_sessions_per_tenant {
-                return Err(Error::unavailable("overloaded", "too many open MCP sessions; close one or retry later", 5));
+                return Err(Error::unavailable(Code::Overloaded, "too many open MCP sessions; close one or retry later", 5));
             }
         }
         None => {}
@@ -187,11 +188,11 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
 /// DNS-rebinding guard: the Host must name something warren serves, and a browser Origin must be
 /// that same host (any scheme/port) or be listed in `mcp.allowed_origins`.
 async fn check_origin(state: &AppState, headers: &HeaderMap, cfg: &McpConfig) -> Result<(), Error> {
-    let refuse = |m: &str| Error::forbidden("origin_not_allowed", m.to_string());
+    let refuse = |m: &str| Error::forbidden(Code::OriginNotAllowed, m.to_string());
     let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
     if let HostKind::Other(domain) = classify_host(&host, &state.config.base_domain) {
         let d = domain.clone();
-        let known = state.control.run(move |c| Ok(crate::control::tenants::get_by_domain(c, &d)?)).await?.is_some();
+        let known = state.auth.tenant_by_domain(&d).await?.is_some();
         if !known {
             return Err(refuse("this host is not served by warren (DNS rebinding guard)"));
         }
@@ -289,11 +290,7 @@ fn tenant(parts: &http::request::Parts) -> Result<TenantCtx, McpError> {
 /// A domain error as a tool error the model can read: exactly the REST error body (details
 /// included, 5xx opaque and logged once by `IntoResponse`), as JSON text.
 async fn tool_error(e: Error) -> CallToolResult {
-    let code = e.code();
-    let body = axum::body::to_bytes(e.into_response().into_body(), 64 * 1024).await.unwrap_or_default();
-    let text = String::from_utf8(body.to_vec())
-        .unwrap_or_else(|_| json!({"error": {"code": code, "message": "error"}}).to_string());
-    CallToolResult::error(vec![ContentBlock::text(text)])
+    CallToolResult::error(vec![ContentBlock::text(super::error::public_body(&e).to_string())])
 }
 
 async fn done<T: serde::Serialize>(r: Result<T, Error>) -> Result<CallToolResult, McpError> {
@@ -317,8 +314,7 @@ impl WarrenMcp {
     async fn search(&self, Parameters(a): Parameters<SearchArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
         done(async {
-            ctx.require(Scope::Write)?; // as POST /search
-            ctx.charge_call(ctx.costs().search)?;
+            ctx.begin(Op::Search)?;
             let mode = match a.mode.as_deref() {
                 None | Some("") | Some("hybrid") => SearchMode::Hybrid,
                 Some("keyword") => SearchMode::Keyword,
@@ -328,7 +324,7 @@ impl WarrenMcp {
             let mut req = SearchRequest::new(a.query, mode);
             req.limit = a.limit.unwrap_or(crate::search::DEFAULT_LIMIT);
             req.filter = filter(a.path_prefix);
-            api::run_search(&ctx, &self.state, req).await
+            search_api::search(&ctx, req).await
         }
         .await)
         .await
@@ -338,10 +334,9 @@ impl WarrenMcp {
     async fn assemble_context(&self, Parameters(a): Parameters<AssembleArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
         done(async {
-            ctx.require(Scope::Write)?; // as POST /context/assemble
-            ctx.charge_call(ctx.costs().assemble)?;
+            ctx.begin(Op::Assemble)?;
             let req = AssembleRequest { query: a.query, max_tokens: a.max_tokens, max_documents: None, filter: filter(a.path_prefix), include_metadata: None };
-            api::run_assemble(&ctx, &self.state, req).await
+            search_api::assemble(&ctx, req).await
         }
         .await)
         .await
@@ -351,9 +346,9 @@ impl WarrenMcp {
     async fn add_document(&self, Parameters(a): Parameters<AddArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
         done(async {
-            ctx.charge_call(ctx.costs().write)?;
+            ctx.begin(Op::DocumentWrite)?;
             let input = DocumentInput { content: a.content, path: a.path, title: None, metadata: a.metadata.map(Value::Object) };
-            api::write_document(&ctx, &self.state, input).await
+            documents::write(&ctx, input).await
         }
         .await)
         .await
@@ -363,13 +358,13 @@ impl WarrenMcp {
     async fn get_document(&self, Parameters(a): Parameters<GetArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
         done(async {
-            ctx.charge_call(ctx.costs().read)?;
+            ctx.begin(Op::DocumentGet)?;
             let r = match (a.id, a.path) {
                 (Some(id), _) if !id.is_empty() => DocRef::Id(id),
                 (_, Some(p)) if !p.is_empty() => DocRef::Path(p),
                 _ => return Err(Error::validation("give id or path")),
             };
-            api::read_document(&ctx, r).await
+            documents::get(&ctx, r).await
         }
         .await)
         .await
@@ -379,8 +374,8 @@ impl WarrenMcp {
     async fn list_documents(&self, Parameters(a): Parameters<ListArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
         done(async {
-            ctx.charge_call(ctx.costs().read)?;
-            api::list_documents(&ctx, ListQuery { path_prefix: a.path_prefix, cursor: a.cursor, limit: None }).await
+            ctx.begin(Op::DocumentList)?;
+            documents::list(&ctx, ListQuery { path_prefix: a.path_prefix, cursor: a.cursor, limit: None }).await
         }
         .await)
         .await
@@ -390,8 +385,8 @@ impl WarrenMcp {
     async fn delete_document(&self, Parameters(a): Parameters<DeleteArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
         done(async {
-            ctx.charge_call(ctx.costs().write)?;
-            api::remove_document(&ctx, &self.state, a.id.clone()).await?;
+            ctx.begin(Op::DocumentDelete)?;
+            documents::delete(&ctx, a.id.clone()).await?;
             Ok(json!({"deleted": a.id}))
         }
         .await)
@@ -408,11 +403,11 @@ impl WarrenMcp {
             if customer.is_none() && product.is_none() {
                 return Err(Error::validation("give customer_id or product_id"));
             }
-            ctx.charge_call(ctx.costs().read)?; // as GET /recommendations or /products/{id}/related
+            ctx.begin(Op::Recommend)?;
             // A customer wins when both are given.
             let r = match product.filter(|_| customer.is_none()) {
-                Some(p) => recs_api::related_to(&ctx, &self.state, p, RecQuery::new(None, a.limit)).await?,
-                None => recs_api::recommend_for(&ctx, &self.state, RecQuery::new(customer, a.limit)).await?,
+                Some(p) => recs_api::related_to(&ctx, p, RecQuery::new(None, a.limit)).await?,
+                None => recs_api::recommend_for(&ctx, RecQuery::new(customer, a.limit)).await?,
             };
             // Through the text form, so the f32 scores read as REST writes them (0.3, not 0.30000001192092896).
             serde_json::to_string(&r).and_then(|s| serde_json::from_str::<Value>(&s)).map_err(Error::internal)
@@ -442,7 +437,10 @@ impl ServerHandler for WarrenMcp {
 
     async fn list_tools(&self, _request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListToolsResult, McpError> {
         let recs = has_recommendations(&context);
-        let tools = self.tool_router.list_all().into_iter().filter(|t| recs || t.name != "recommend").collect();
+        let ctx = ctx_of(&context).ok();
+        // Only the tools this key may call (the operation table's scopes) and the plan allows.
+        let allowed = |name: &str| ctx.as_ref().is_some_and(|c| tool_op(name).is_none_or(|op| c.may(op)));
+        let tools = self.tool_router.list_all().into_iter().filter(|t| (recs || t.name != "recommend") && allowed(&t.name)).collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -452,9 +450,9 @@ impl ServerHandler for WarrenMcp {
 
     async fn list_resources(&self, request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListResourcesResult, McpError> {
         let ctx = ctx_of(&context)?;
-        ctx.charge_call(ctx.costs().read).map_err(mcp_error)?;
+        ctx.begin(Op::DocumentList).map_err(mcp_error)?;
         let cursor = request.and_then(|r| r.cursor);
-        let page = api::list_documents(&ctx, ListQuery { path_prefix: None, cursor, limit: None }).await.map_err(mcp_error)?;
+        let page = documents::list(&ctx, ListQuery { path_prefix: None, cursor, limit: None }).await.map_err(mcp_error)?;
         let resources = page
             .documents
             .into_iter()
@@ -487,15 +485,29 @@ impl ServerHandler for WarrenMcp {
         let path = uri
             .strip_prefix(RESOURCE_PREFIX)
             .ok_or_else(|| McpError::resource_not_found(format!("not a warren document URI: {uri}"), None))?;
-        ctx.charge_call(ctx.costs().read).map_err(mcp_error)?;
-        let doc = match api::read_document(&ctx, DocRef::Path(path.to_string())).await {
+        ctx.begin(Op::DocumentGet).map_err(mcp_error)?;
+        let doc = match documents::get(&ctx, DocRef::Path(path.to_string())).await {
             Ok(d) => d,
-            Err(e) if e.code() == "document_not_found" => return Err(McpError::resource_not_found(format!("no document at {path}"), None)),
+            Err(e) if e.code() == Code::DocumentNotFound => return Err(McpError::resource_not_found(format!("no document at {path}"), None)),
             Err(e) => return Err(mcp_error(e)),
         };
         let contents = ResourceContents::text(doc.content, uri).with_mime_type(mime_of(&doc.path));
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
+}
+
+/// The operation behind each tool (for `tools/list`; each call starts its operation itself).
+fn tool_op(name: &str) -> Option<Op> {
+    Some(match name {
+        "search" => Op::Search,
+        "assemble_context" => Op::Assemble,
+        "add_document" => Op::DocumentWrite,
+        "get_document" => Op::DocumentGet,
+        "list_documents" => Op::DocumentList,
+        "delete_document" => Op::DocumentDelete,
+        "recommend" => Op::Recommend,
+        _ => return None,
+    })
 }
 
 fn ctx_of(context: &RequestContext<RoleServer>) -> Result<TenantCtx, McpError> {
@@ -514,7 +526,7 @@ fn mcp_error(e: Error) -> McpError {
             tracing::error!(error = ?cause, "internal error in MCP request");
             McpError::internal_error("internal server error", data)
         }
-        Error::BadRequest { message, .. } => McpError::invalid_params(message, data),
+        other if other.code().status() == 400 => McpError::invalid_params(other.to_string(), data),
         other => McpError::invalid_request(other.to_string(), data),
     }
 }

@@ -1,5 +1,6 @@
 //! The layers every request passes: panic guard, request id + tracing span, header-size check,
-//! timeout, global concurrency limit, body limit, and request metrics by route, status and tier.
+//! timeout, body limit, and request metrics by route, status and tier. (CPU-heavy work is bounded
+//! where it runs: the embedding queue and the search queue answer 503 `overloaded` when full.)
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{RateSlot, TierSlot};
-use crate::error::Error;
+use crate::services::{RateSlot, TierSlot};
+use crate::error::{Code, Error};
 use crate::state::AppState;
 
 /// Wraps the router in the common layers (applied per route by axum, so `MatchedPath` is known).
@@ -31,7 +32,7 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Error::internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
-/// Header limit, timeout, concurrency limit and metrics in one pass.
+/// Header limit, timeout and metrics in one pass.
 async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
@@ -43,14 +44,14 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
     req.extensions_mut().insert(rate.clone());
 
     let response = if header_bytes > state.config.max_header_bytes {
-        Error::HeadersTooLarge.into_response()
+        super::error::headers_too_large().into_response()
     } else {
         // Bulk ingest embeds up to `max_bulk_documents` documents: it gets its own, longer limit.
         let secs = if route == "/api/v1/documents/bulk" { state.config.docs.bulk_timeout_secs } else { state.config.request_timeout_secs };
         let timeout = Duration::from_secs(secs);
         match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(r) => r,
-            Err(_) => Error::unavailable("timeout", "the request timed out", 1).into_response(),
+            Err(_) => Error::unavailable(Code::Timeout, "the request timed out", 1).into_response(),
         }
     };
 

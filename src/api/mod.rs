@@ -1,9 +1,11 @@
-//! HTTP routers and thin handlers. Handlers parse, call the domain, and shape JSON; they never touch
-//! SQLite or Tantivy themselves.
+//! The REST door: routers and thin handlers. Handlers parse, call one service
+//! ([`crate::services`]), and shape JSON; they never touch SQLite, Tantivy or control-plane SQL.
 
 pub mod admin;
 pub mod billing;
 pub mod context;
+pub mod error;
+pub mod extract;
 pub mod mcp;
 pub mod middleware;
 pub mod openapi;
@@ -18,7 +20,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::state::AppState;
 
 /// `Json<T>` whose rejections are our JSON errors (400 `invalid_json`, 413, 415).
@@ -28,7 +30,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await.map_err(error::from_json_rejection)?;
         Ok(ApiJson(v))
     }
 }
@@ -40,7 +42,7 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Error> {
-        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await.map_err(error::from_query_rejection)?;
         Ok(ApiQuery(v))
     }
 }
@@ -52,7 +54,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Error> {
-        let axum::extract::Path(v) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        let axum::extract::Path(v) = axum::extract::Path::<T>::from_request_parts(parts, state).await.map_err(error::from_path_rejection)?;
         Ok(ApiPath(v))
     }
 }
@@ -73,13 +75,13 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         .merge(mcp::routes(&state))
         .fallback(not_found)
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .method_not_allowed_fallback(|| async { error::method_not_allowed() })
         .with_state(state.clone());
     middleware::apply(router, state)
 }
 
 async fn not_found() -> Error {
-    Error::not_found("not_found", "no such route")
+    Error::not_found(crate::error::Code::NotFound, "no such route")
 }
 
 /// Liveness.

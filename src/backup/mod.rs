@@ -28,7 +28,7 @@ pub mod wal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -44,8 +44,62 @@ pub use store::{FileInfo, Replica, ReplicaRoot};
 
 /// Directory of marker files, one per database with changes not yet shipped.
 pub const PENDING_DIR: &str = ".backup-pending";
-/// Marker name of the control plane (tenant markers are named by tenant id).
-pub const CONTROL_KEY: &str = "control";
+/// Which database a replica belongs to. Its objects live under [`ReplicaKey::path`] of the replica
+/// root, and its pending-marker file is named by [`ReplicaKey::marker_name`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReplicaKey {
+    /// `control.db`: `<url>/control`.
+    Control,
+    /// A tenant's `tenant.db`: `<url>/tenants/<id>`.
+    Tenant(String),
+}
+
+impl ReplicaKey {
+    pub fn tenant(id: &str) -> ReplicaKey {
+        ReplicaKey::Tenant(id.to_string())
+    }
+
+    /// The replica's folder under the root URL.
+    pub fn path(&self) -> String {
+        match self {
+            ReplicaKey::Control => "control".into(),
+            ReplicaKey::Tenant(id) => format!("tenants/{id}"),
+        }
+    }
+
+    pub fn tenant_id(&self) -> Option<&str> {
+        match self {
+            ReplicaKey::Control => None,
+            ReplicaKey::Tenant(id) => Some(id),
+        }
+    }
+
+    fn marker_name(&self) -> &str {
+        match self {
+            ReplicaKey::Control => "control",
+            ReplicaKey::Tenant(id) => id,
+        }
+    }
+
+    fn from_marker(name: &str) -> ReplicaKey {
+        if name == "control" {
+            ReplicaKey::Control
+        } else {
+            ReplicaKey::Tenant(name.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+/// How the service reopens a closed tenant that still has changes to ship (the registry does).
+pub trait Reopen: Send + Sync {
+    fn reopen(&self, tenant_id: String) -> futures::future::BoxFuture<'static, anyhow::Result<()>>;
+}
 
 /// A database whose writer lock the shipper can take (to read a consistent full image and to checkpoint).
 pub trait Source: Send + Sync {
@@ -128,22 +182,21 @@ pub struct BackupService {
     root: ReplicaRoot,
     cfg: BackupSettings,
     data_dir: PathBuf,
-    queue: Mutex<HashMap<String, Arc<DbReplica>>>,
+    queue: Mutex<HashMap<ReplicaKey, Arc<DbReplica>>>,
     /// Every replica that was queued in this process and is still open (for lag and status).
-    active: Mutex<HashMap<String, Weak<DbReplica>>>,
+    active: Mutex<HashMap<ReplicaKey, Weak<DbReplica>>>,
     /// Replicas whose database is closed but has unshipped changes: reopened by `reopen`.
     orphans: Mutex<HashMap<String, Instant>>,
-    health: Mutex<HashMap<String, Health>>,
+    health: Mutex<HashMap<ReplicaKey, Health>>,
     syncs: Arc<Semaphore>,
     wake: tokio::sync::Notify,
-    reopen: OnceLock<Box<dyn Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>>,
     /// Sources that live as long as the service (the control plane).
     held: Mutex<Vec<Arc<dyn Source>>>,
 }
 
 impl BackupService {
     pub fn new(url: &str, cfg: BackupSettings, data_dir: &Path) -> anyhow::Result<Arc<BackupService>> {
-        let creds = store::S3Credentials { access_key_id: cfg.access_key_id.clone(), secret_access_key: cfg.secret_access_key.clone() };
+        let creds = store::S3Credentials { access_key_id: cfg.access_key_id.clone(), secret_access_key: cfg.secret_access_key.as_ref().map(|s| s.expose().to_string()) };
         let root = ReplicaRoot::parse(url, &creds, Duration::from_secs(cfg.request_timeout_secs.max(1)))?;
         std::fs::create_dir_all(data_dir.join(PENDING_DIR))?;
         Ok(Arc::new(BackupService {
@@ -156,7 +209,6 @@ impl BackupService {
             orphans: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
-            reopen: OnceLock::new(),
             held: Mutex::new(Vec::new()),
         }))
     }
@@ -169,20 +221,17 @@ impl BackupService {
         &self.cfg
     }
 
-    pub fn tenant_key(tenant_id: &str) -> String {
-        format!("tenants/{tenant_id}")
-    }
-
-    /// The replica handle for a database: created when the database is opened.
-    pub fn replica_for(self: &Arc<Self>, key: &str, db_path: &Path) -> Arc<DbReplica> {
+    /// The replica handle for a database, created when the database is opened. `source` is the
+    /// database's owner (its handle), through which the shipper takes the writer lock.
+    pub fn replica_for(self: &Arc<Self>, key: ReplicaKey, db_path: &Path, source: Weak<dyn Source>) -> Arc<DbReplica> {
         Arc::new(DbReplica {
-            key: key.to_string(),
+            replica: self.root.replica(&key.path()),
+            key,
             db_path: db_path.to_path_buf(),
-            replica: self.root.replica(key),
             svc: Arc::downgrade(self),
             dirty: Mutex::new(None),
             ship: tokio::sync::Mutex::new(None),
-            source: OnceLock::new(),
+            source,
         })
     }
 
@@ -191,13 +240,8 @@ impl BackupService {
         self.held.lock().push(s);
     }
 
-    /// How the service reopens a closed tenant that still has changes to ship (set by the app).
-    pub fn set_reopen(&self, f: impl Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync + 'static) {
-        let _ = self.reopen.set(Box::new(f));
-    }
-
-    fn marker(&self, key: &str) -> PathBuf {
-        self.data_dir.join(PENDING_DIR).join(key.strip_prefix("tenants/").unwrap_or(key))
+    fn marker(&self, key: &ReplicaKey) -> PathBuf {
+        self.data_dir.join(PENDING_DIR).join(key.marker_name())
     }
 
     fn enqueue(&self, r: Arc<DbReplica>) {
@@ -205,12 +249,12 @@ impl BackupService {
         self.queue.lock().insert(r.key.clone(), r);
     }
 
-    /// Keys (tenant ids or `control`) with changes not yet shipped, from the marker files.
-    pub fn pending_markers(&self) -> Vec<String> {
+    /// Databases with changes not yet shipped, from the marker files.
+    pub fn pending_markers(&self) -> Vec<ReplicaKey> {
         let mut out = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.data_dir.join(PENDING_DIR)) {
             for e in rd.flatten() {
-                out.push(e.file_name().to_string_lossy().into_owned());
+                out.push(ReplicaKey::from_marker(&e.file_name().to_string_lossy()));
             }
         }
         out
@@ -219,15 +263,15 @@ impl BackupService {
     /// Queues a closed tenant for catch-up (start-up after a crash, a failed ship on close, a restore).
     pub fn catch_up_tenant(&self, tenant_id: &str) {
         self.orphans.lock().insert(tenant_id.to_string(), Instant::now());
-        let _ = std::fs::File::create(self.marker(&Self::tenant_key(tenant_id)));
+        let _ = std::fs::File::create(self.marker(&ReplicaKey::tenant(tenant_id)));
         self.wake.notify_one();
     }
 
     /// The process-wide replication loop. Runs until `stop`, then returns (shutdown ships the rest).
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, reopen: Arc<dyn Reopen>) {
         for m in self.pending_markers() {
-            if m != CONTROL_KEY {
-                self.orphans.lock().insert(m, Instant::now());
+            if let ReplicaKey::Tenant(id) = m {
+                self.orphans.lock().insert(id, Instant::now());
             }
         }
         let interval = Duration::from_millis(self.cfg.sync_interval_ms.max(10));
@@ -272,7 +316,7 @@ impl BackupService {
             let mut o = self.orphans.lock();
             let ids: Vec<String> = o
                 .iter()
-                .filter(|(id, t)| **t <= now && health.get(&Self::tenant_key(id)).and_then(|h| h.retry_at).is_none_or(|t| t <= now))
+                .filter(|(id, t)| **t <= now && health.get(&ReplicaKey::tenant(id)).and_then(|h| h.retry_at).is_none_or(|t| t <= now))
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &ids {
@@ -281,16 +325,15 @@ impl BackupService {
             ids
         };
         for id in orphans {
-            let Some(reopen) = self.reopen.get() else { break };
             // Reopen only as many as can sync now: a storm of catch-ups (thousands of new tenants, a
             // restart after a crash) must not fill the handle cache with tenants waiting to ship.
             if self.syncs.available_permits() == 0 {
                 self.orphans.lock().insert(id, now);
                 continue;
             }
-            if let Err(e) = reopen(id.clone()).await {
+            if let Err(e) = reopen.reopen(id.clone()).await {
                 tracing::warn!(tenant = %id, error = %e, "reopening a tenant for backup catch-up failed");
-                let key = Self::tenant_key(&id);
+                let key = ReplicaKey::tenant(&id);
                 if !self.data_dir.join(&id).exists() {
                     // The tenant is gone (deleted): nothing left to ship.
                     let _ = std::fs::remove_file(self.marker(&key));
@@ -303,9 +346,9 @@ impl BackupService {
         self.publish_metrics();
     }
 
-    fn record_failure(&self, key: &str, e: &anyhow::Error) -> Duration {
+    fn record_failure(&self, key: &ReplicaKey, e: &anyhow::Error) -> Duration {
         let mut h = self.health.lock();
-        let h = h.entry(key.to_string()).or_default();
+        let h = h.entry(key.clone()).or_default();
         h.failures += 1;
         h.last_error = Some(format!("{e:#}"));
         let exp = (h.failures - 1).min(16);
@@ -315,7 +358,7 @@ impl BackupService {
         backoff
     }
 
-    fn record_success(&self, key: &str) {
+    fn record_success(&self, key: &ReplicaKey) {
         let mut h = self.health.lock();
         if let Some(x) = h.get_mut(key) {
             if x.failures > 0 {
@@ -340,7 +383,7 @@ impl BackupService {
     }
 
     /// Status of one replica, from memory when its database is active, else from its position file.
-    pub fn status(&self, key: &str, db_path: &Path) -> Status {
+    pub fn status(&self, key: &ReplicaKey, db_path: &Path) -> Status {
         let pos = read_position(db_path);
         let active = self.active.lock().get(key).and_then(Weak::upgrade);
         let lag = active.as_ref().and_then(|r| r.lag());
@@ -348,9 +391,9 @@ impl BackupService {
         let h = self.health.lock();
         let h = h.get(key);
         Status {
-            replica_url: self.root.replica(key).url(),
+            replica_url: self.root.replica(&key.path()).url(),
             last_txid: pos.as_ref().filter(|p| p.txid > 0).map(|p| format!("{:016x}", p.txid)),
-            last_replicated_at: pos.as_ref().filter(|p| p.txid > 0).map(|p| crate::control::ts(chrono::DateTime::from_timestamp_millis(p.replicated_at_ms).unwrap_or_default())),
+            last_replicated_at: pos.as_ref().filter(|p| p.txid > 0).map(|p| crate::clock::ts(chrono::DateTime::from_timestamp_millis(p.replicated_at_ms).unwrap_or_default())),
             lag_secs: lag.unwrap_or(0.0),
             pending,
             last_error: h.and_then(|h| h.last_error.clone()),
@@ -366,14 +409,14 @@ impl BackupService {
     }
 
     /// Deletes a tenant's whole replica (after the grace period of a deleted tenant).
-    pub async fn delete_replica(&self, tenant_id: &str) -> anyhow::Result<usize> {
-        self.root.replica(&Self::tenant_key(tenant_id)).delete_all().await
+    pub async fn delete_replica(&self, key: &ReplicaKey) -> anyhow::Result<usize> {
+        self.root.replica(&key.path()).delete_all().await
     }
 }
 
 /// The replication state of one database while it is open.
 pub struct DbReplica {
-    key: String,
+    key: ReplicaKey,
     db_path: PathBuf,
     replica: Replica,
     svc: Weak<BackupService>,
@@ -381,7 +424,7 @@ pub struct DbReplica {
     dirty: Mutex<Option<Instant>>,
     /// Shipping state; loaded on the first sync in this process.
     ship: tokio::sync::Mutex<Option<ShipState>>,
-    source: OnceLock<Weak<dyn Source>>,
+    source: Weak<dyn Source>,
 }
 
 struct ShipState {
@@ -399,12 +442,8 @@ enum Batch {
 }
 
 impl DbReplica {
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &ReplicaKey {
         &self.key
-    }
-
-    pub fn set_source(&self, s: Weak<dyn Source>) {
-        let _ = self.source.set(s);
     }
 
     fn dirty_since(&self) -> Option<Instant> {
@@ -435,7 +474,7 @@ impl DbReplica {
     /// when due. Errors are recorded (status, metrics) and the database stays queued with backoff.
     pub async fn sync(self: &Arc<Self>) -> anyhow::Result<()> {
         let Some(svc) = self.svc.upgrade() else { return Ok(()) };
-        if self.source.get().and_then(Weak::upgrade).is_none() && self.dirty.lock().is_none() {
+        if self.source.upgrade().is_none() && self.dirty.lock().is_none() {
             return Ok(()); // closed, and its close shipped everything
         }
         let since = self.dirty.lock().take();
@@ -461,9 +500,9 @@ impl DbReplica {
                 };
                 *d = Some(t);
                 drop(d);
-                if self.source.get().and_then(Weak::upgrade).is_some() {
+                if self.source.upgrade().is_some() {
                     svc.enqueue(self.clone());
-                } else if let Some(id) = self.key.strip_prefix("tenants/") {
+                } else if let Some(id) = self.key.tenant_id() {
                     // Closed meanwhile: catch up by reopening it later.
                     svc.orphans.lock().insert(id.to_string(), Instant::now() + backoff);
                 }
@@ -473,7 +512,7 @@ impl DbReplica {
     }
 
     async fn sync_inner(self: &Arc<Self>, svc: &Arc<BackupService>) -> anyhow::Result<()> {
-        let Some(source) = self.source.get().and_then(Weak::upgrade) else {
+        let Some(source) = self.source.upgrade() else {
             anyhow::bail!("the database is closed");
         };
         let mut guard = self.ship.lock().await;
@@ -682,7 +721,7 @@ impl DbReplica {
 
     /// After a failed close: the service reopens the tenant later to ship what is left.
     pub fn defer_after_close(&self) {
-        if let (Some(svc), Some(id)) = (self.svc.upgrade(), self.key.strip_prefix("tenants/")) {
+        if let (Some(svc), Some(id)) = (self.svc.upgrade(), self.key.tenant_id()) {
             svc.queue.lock().remove(&self.key);
             svc.orphans.lock().insert(id.to_string(), Instant::now() + Duration::from_millis(svc.cfg.retry_min_ms));
         }

@@ -30,7 +30,7 @@ impl Target {
                 anyhow::ensure!(!t.is_empty() && t.len() <= 16 && t.bytes().all(|b| b.is_ascii_hexdigit()), "TXID must be up to 16 hex digits");
                 Ok(Target::Txid(u64::from_str_radix(t, 16)?))
             }
-            (None, Some(s)) => Ok(Target::Time(crate::control::parse_ts(s).context("timestamp must be RFC 3339")?)),
+            (None, Some(s)) => Ok(Target::Time(crate::clock::parse_ts(s).context("timestamp must be RFC 3339")?)),
             (None, None) => Ok(Target::Latest),
         }
     }
@@ -162,7 +162,7 @@ pub async fn restore_to(replica: &Replica, target: Target, out: &Path) -> anyhow
         files: chain.len(),
         pages: h.commit,
         bytes,
-        timestamp: crate::control::ts(DateTime::from_timestamp_millis(h.timestamp_ms).unwrap_or_default()),
+        timestamp: crate::clock::ts(DateTime::from_timestamp_millis(h.timestamp_ms).unwrap_or_default()),
     })
 }
 

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{parse_ts, ts};
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 pub const KEY_PREFIX: &str = "wk_live_";
 const ID_LEN: usize = 8;
@@ -152,22 +152,22 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     })
 }
 
-fn validate(new: &NewKey) -> Result<(), Error> {
+fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), Error> {
     if new.name.trim().is_empty() || new.name.chars().count() > 100 || new.name.chars().any(char::is_control) {
         return Err(Error::validation("key name must be 1-100 printable characters"));
     }
     if new.scopes.is_empty() {
         return Err(Error::validation("a key needs at least one scope (read, write, admin)"));
     }
-    if new.expires_at.is_some_and(|e| e <= Utc::now()) {
+    if new.expires_at.is_some_and(|e| e <= now) {
         return Err(Error::validation("expires_at must be in the future"));
     }
     Ok(())
 }
 
 /// Creates a key; returns the record and the plaintext, which is never stored or shown again.
-pub fn create(conn: &Connection, tenant_id: &str, new: &NewKey) -> Result<(ApiKey, String), Error> {
-    validate(new)?;
+pub fn create(conn: &Connection, tenant_id: &str, new: &NewKey, now: DateTime<Utc>) -> Result<(ApiKey, String), Error> {
+    validate(new, now)?;
     let mut scopes = new.scopes.clone();
     scopes.sort();
     scopes.dedup();
@@ -178,7 +178,7 @@ pub fn create(conn: &Connection, tenant_id: &str, new: &NewKey) -> Result<(ApiKe
         let res = conn.execute(
             "INSERT INTO api_keys (id, tenant_id, prefix, hash, name, scopes, expires_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, tenant_id, prefix, hash_key(&key), new.name, scopes, new.expires_at.map(ts), ts(Utc::now())],
+            params![id, tenant_id, prefix, hash_key(&key), new.name, scopes, new.expires_at.map(ts), ts(now)],
         );
         match res {
             Ok(_) => {
@@ -208,31 +208,29 @@ pub fn list(conn: &Connection, tenant_id: &str) -> rusqlite::Result<Vec<ApiKey>>
     rows.collect()
 }
 
-pub fn revoke(conn: &Connection, tenant_id: &str, key_id: &str) -> Result<ApiKey, Error> {
+pub fn revoke(conn: &Connection, tenant_id: &str, key_id: &str, now: DateTime<Utc>) -> Result<ApiKey, Error> {
     let n = conn.execute(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE id = ?1 AND tenant_id = ?2",
-        params![key_id, tenant_id, ts(Utc::now())],
+        params![key_id, tenant_id, ts(now)],
     )?;
     if n == 0 {
-        return Err(Error::not_found("key_not_found", "no such key for this tenant"));
+        return Err(Error::not_found(Code::KeyNotFound, "no such key for this tenant"));
     }
-    get(conn, tenant_id, key_id)?.ok_or_else(|| Error::not_found("key_not_found", "no such key for this tenant"))
+    get(conn, tenant_id, key_id)?.ok_or_else(|| Error::not_found(Code::KeyNotFound, "no such key for this tenant"))
 }
 
 /// Issues a replacement with the same name and scopes; the old key expires after `overlap`.
-pub fn rotate(conn: &mut Connection, tenant_id: &str, key_id: &str, overlap: Duration) -> Result<(ApiKey, String), Error> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let old = get(&tx, tenant_id, key_id)?.ok_or_else(|| Error::not_found("key_not_found", "no such key for this tenant"))?;
-    if !old.is_live(Utc::now()) {
+pub fn rotate(conn: &Connection, tenant_id: &str, key_id: &str, overlap: Duration, now: DateTime<Utc>) -> Result<(ApiKey, String, DateTime<Utc>), Error> {
+    let old = get(conn, tenant_id, key_id)?.ok_or_else(|| Error::not_found(Code::KeyNotFound, "no such key for this tenant"))?;
+    if !old.is_live(now) {
         return Err(Error::validation("only a live key can be rotated"));
     }
     let new = NewKey { name: old.name.clone(), scopes: old.scopes.clone(), expires_at: old.expires_at };
-    let (rec, key) = create(&tx, tenant_id, &new)?;
-    let until = Utc::now() + overlap;
+    let (rec, key) = create(conn, tenant_id, &new, now)?;
+    let until = now + overlap;
     let until = old.expires_at.map_or(until, |e| e.min(until));
-    tx.execute("UPDATE api_keys SET expires_at = ?2, replaced_by = ?3 WHERE id = ?1", params![key_id, ts(until), rec.id])?;
-    tx.commit()?;
-    Ok((rec, key))
+    conn.execute("UPDATE api_keys SET expires_at = ?2, replaced_by = ?3 WHERE id = ?1", params![key_id, ts(until), rec.id])?;
+    Ok((rec, key, until))
 }
 
 /// Records last use for a batch of keys (flushed periodically, not per request).

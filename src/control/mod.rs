@@ -100,14 +100,7 @@ CREATE TABLE replica_deletions (
 );
 "#];
 
-/// RFC 3339 with milliseconds in UTC: sorts lexicographically in SQLite.
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-pub fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
-    Ok(DateTime::parse_from_rfc3339(s).with_context(|| format!("bad timestamp {s:?}"))?.with_timezone(&Utc))
-}
+pub use crate::clock::{parse_ts, ts};
 
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -117,8 +110,22 @@ pub struct ControlPlane {
     /// handler polls with growing sleeps, so under contention a waiter can starve past the busy
     /// timeout; a fair in-process lock queues them instead.
     writer: std::sync::Arc<parking_lot::FairMutex<()>>,
-    /// Continuous backup of control.db, when backups are on (set once by the app).
-    replica: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::backup::DbReplica>>>,
+    /// Continuous backup of control.db, when the server runs with backups on.
+    replica: Option<std::sync::Arc<crate::backup::DbReplica>>,
+}
+
+/// What the backup shipper locks to read control.db consistently: the pool and the writer lock.
+struct ControlSource {
+    pool: Pool,
+    writer: std::sync::Arc<parking_lot::FairMutex<()>>,
+}
+
+impl crate::backup::Source for ControlSource {
+    fn locked(&self, f: &mut dyn FnMut(&Connection) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let _w = self.writer.lock();
+        let conn = self.pool.get().map_err(|e| anyhow::anyhow!("control.db pool: {e}"))?;
+        f(&conn)
+    }
 }
 
 impl ControlPlane {
@@ -130,6 +137,15 @@ impl ControlPlane {
     /// Like [`open`](Self::open); `replicated` turns automatic checkpoints off on every connection
     /// (the backup shipper checkpoints after shipping).
     pub fn open_with(data_dir: &Path, replicated: bool) -> anyhow::Result<ControlPlane> {
+        Self::open_inner(data_dir, replicated, None)
+    }
+
+    /// Opens control.db for a server that ships it to `backup` continuously.
+    pub fn open_replicated(data_dir: &Path, backup: &std::sync::Arc<crate::backup::BackupService>) -> anyhow::Result<ControlPlane> {
+        Self::open_inner(data_dir, true, Some(backup))
+    }
+
+    fn open_inner(data_dir: &Path, replicated: bool, backup: Option<&std::sync::Arc<crate::backup::BackupService>>) -> anyhow::Result<ControlPlane> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let path = data_dir.join("control.db");
         let manager = SqliteConnectionManager::file(&path).with_init(move |c| {
@@ -149,7 +165,14 @@ impl ControlPlane {
             .context("opening control.db")?;
         let mut conn = pool.get()?;
         migrate(&mut conn, MIGRATIONS).context("migrating control.db")?;
-        Ok(ControlPlane { pool, path, writer: Default::default(), replica: Default::default() })
+        let writer: std::sync::Arc<parking_lot::FairMutex<()>> = Default::default();
+        let replica = backup.map(|svc| {
+            let source: std::sync::Arc<dyn crate::backup::Source> = std::sync::Arc::new(ControlSource { pool: pool.clone(), writer: writer.clone() });
+            let r = svc.replica_for(crate::backup::ReplicaKey::Control, &path, std::sync::Arc::downgrade(&source));
+            svc.hold(source);
+            r
+        });
+        Ok(ControlPlane { pool, path, writer, replica })
     }
 
     pub fn path(&self) -> &Path {
@@ -179,7 +202,7 @@ impl ControlPlane {
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     {
         let writer = self.writer.clone();
-        let replica = self.replica.get().cloned();
+        let replica = self.replica.clone();
         self.run(move |c| {
             let _w = writer.lock();
             let out = f(c);
@@ -191,20 +214,15 @@ impl ControlPlane {
         .await
     }
 
-    /// Attaches the backup of control.db (once, at start-up).
-    pub fn set_replica(&self, r: std::sync::Arc<crate::backup::DbReplica>) {
-        let _ = self.replica.set(r);
-    }
-
     pub fn replica(&self) -> Option<&std::sync::Arc<crate::backup::DbReplica>> {
-        self.replica.get()
+        self.replica.as_ref()
     }
 
     /// Like [`run_sync`](Self::run_sync), for closures that write.
     pub fn write_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let _w = self.writer.lock();
         let out = self.run_sync(f);
-        if let Some(r) = self.replica.get() {
+        if let Some(r) = &self.replica {
             r.mark_dirty();
         }
         out
@@ -248,9 +266,14 @@ pub fn set_setting(conn: &Connection, key: &str, value: &str) -> rusqlite::Resul
 
 /// Appends an audit event. `actor` is `admin`, `cli`, `tenant:<id>`, `system` or `stripe`.
 pub fn audit(conn: &Connection, actor: &str, tenant_id: Option<&str>, action: &str, detail: &serde_json::Value) -> rusqlite::Result<()> {
+    audit_at(conn, Utc::now(), actor, tenant_id, action, detail)
+}
+
+/// [`audit`] at a given time (services pass their clock's now).
+pub fn audit_at(conn: &Connection, at: DateTime<Utc>, actor: &str, tenant_id: Option<&str>, action: &str, detail: &serde_json::Value) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO audit_events(at, actor, tenant_id, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![ts(Utc::now()), actor, tenant_id, action, detail.to_string()],
+        rusqlite::params![ts(at), actor, tenant_id, action, detail.to_string()],
     )?;
     Ok(())
 }
@@ -314,10 +337,22 @@ impl Watcher {
     }
 }
 
-impl crate::backup::Source for ControlPlane {
-    fn locked(&self, f: &mut dyn FnMut(&Connection) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let _w = self.writer.lock();
-        let conn = self.pool.get().map_err(|e| anyhow::anyhow!("control.db pool: {e}"))?;
-        f(&conn)
-    }
+
+/// Schedules the deletion of a deleted tenant's replica (inside the deleting transaction).
+pub fn schedule_replica_deletion(conn: &Connection, tenant_id: &str, due: DateTime<Utc>) -> rusqlite::Result<()> {
+    conn.execute("INSERT OR REPLACE INTO replica_deletions(tenant_id, due_at) VALUES (?1, ?2)", rusqlite::params![tenant_id, ts(due)])?;
+    Ok(())
+}
+
+/// Tenants whose replica is due for deletion at `now`.
+pub fn due_replica_deletions(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT tenant_id FROM replica_deletions WHERE due_at <= ?1")?;
+    let ids = st.query_map([ts(now)], |r| r.get::<_, String>(0))?.collect();
+    ids
+}
+
+/// Forgets a replica deletion once done.
+pub fn replica_deleted(conn: &Connection, tenant_id: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM replica_deletions WHERE tenant_id = ?1", [tenant_id])?;
+    Ok(())
 }

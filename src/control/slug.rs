@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// Names refused as slugs because they collide with infrastructure subdomains.
 pub const RESERVED: &[&str] = &[
@@ -25,15 +25,21 @@ impl Slug {
         let ok_edges = !s.starts_with('-') && !s.ends_with('-');
         if !(ok_len && ok_chars && ok_edges) {
             return Err(Error::bad_request(
-                "invalid_slug",
+                Code::InvalidSlug,
                 format!(
                     "invalid slug {:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
                     truncate(s, 80)
                 ),
             ));
         }
+        if is_id_shaped(s) {
+            return Err(Error::bad_request(
+                Code::InvalidSlug,
+                format!("invalid slug {s:?}: 26 characters of the ULID alphabet is the shape of a tenant id, which a slug may never be"),
+            ));
+        }
         if RESERVED.contains(&s) {
-            return Err(Error::bad_request("reserved_slug", format!("the slug {s:?} is reserved")));
+            return Err(Error::bad_request(Code::ReservedSlug, format!("the slug {s:?} is reserved")));
         }
         Ok(Slug(s.to_string()))
     }
@@ -41,6 +47,13 @@ impl Slug {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `s` has the shape of a tenant id (a ULID: 26 characters of Crockford base32, any case).
+/// Slugs of this shape are refused, so ids and slugs live in disjoint namespaces and a lookup always
+/// knows which one it was given.
+pub fn is_id_shaped(s: &str) -> bool {
+    s.len() == 26 && s.parse::<ulid::Ulid>().is_ok() && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -82,7 +95,12 @@ mod tests {
         for s in ["ab", "-abc", "abc-", "ABC", "a_b", "a.b", "../etc", "a/b", "", &"a".repeat(64), "caf\u{e9}", "www", "api"] {
             assert!(Slug::parse(s).is_err(), "{s}");
         }
-        assert_eq!(Slug::parse("admin").unwrap_err().code(), "reserved_slug");
-        assert_eq!(Slug::parse("../x").unwrap_err().code(), "invalid_slug");
+        assert_eq!(Slug::parse("admin").unwrap_err().code(), Code::ReservedSlug);
+        assert_eq!(Slug::parse("../x").unwrap_err().code(), Code::InvalidSlug);
+        let id = ulid::Ulid::new().to_string();
+        assert!(is_id_shaped(&id) && is_id_shaped(&id.to_ascii_lowercase()));
+        assert_eq!(Slug::parse(&id.to_ascii_lowercase()).unwrap_err().code(), Code::InvalidSlug);
+        assert!(Slug::parse("abcdefghjkmnpqrstvwxyz0123").is_err() || !is_id_shaped("abcdefghjkmnpqrstvwxyz0123"));
+        assert!(Slug::parse("a-normal-slug-of-26-chars0").is_ok());
     }
 }

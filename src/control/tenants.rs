@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{parse_ts, ts, Slug};
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -131,8 +131,8 @@ pub fn new_id() -> String {
     ulid::Ulid::new().to_string().to_ascii_lowercase()
 }
 
-pub fn insert(conn: &Connection, id: &str, t: &NewTenant) -> Result<Tenant, Error> {
-    let now = ts(Utc::now());
+pub fn insert(conn: &Connection, id: &str, t: &NewTenant, now: DateTime<Utc>) -> Result<Tenant, Error> {
+    let now = ts(now);
     let res = conn.execute(
         &format!("INSERT INTO tenants ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, ?8)"),
         params![id, t.slug.as_str(), t.name, t.email, t.tier.as_str(), t.status.as_str(), t.trial_ends_at.map(ts), now],
@@ -140,7 +140,7 @@ pub fn insert(conn: &Connection, id: &str, t: &NewTenant) -> Result<Tenant, Erro
     match res {
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(Error::Conflict { code: "slug_taken", message: format!("the slug {:?} is taken", t.slug.as_str()) })
+            return Err(Error::conflict(Code::SlugTaken, format!("the slug {:?} is taken", t.slug.as_str())))
         }
         Err(e) => return Err(e.into()),
     }
@@ -160,13 +160,6 @@ pub fn get_by_domain(conn: &Connection, domain: &str) -> rusqlite::Result<Option
 }
 
 /// A slug, or a tenant id (as JWTs may carry either).
-pub fn get_by_slug_or_id(conn: &Connection, key: &str) -> rusqlite::Result<Option<Tenant>> {
-    match get_by_slug(conn, key)? {
-        Some(t) => Ok(Some(t)),
-        None => get_by_id(conn, key),
-    }
-}
-
 /// Keyset pagination over slugs; `q` matches slug, name or email (substring, case-insensitive).
 pub fn list(conn: &Connection, q: Option<&str>, after: Option<&str>, limit: u32) -> rusqlite::Result<Vec<Tenant>> {
     let pattern = q.map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
@@ -202,8 +195,8 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) ->
     Option::<T>::deserialize(d).map(Some)
 }
 
-pub fn update(conn: &Connection, id: &str, p: &TenantPatch) -> Result<Tenant, Error> {
-    let mut t = get_by_id(conn, id)?.ok_or_else(|| Error::not_found("tenant_not_found", "no such tenant"))?;
+pub fn update(conn: &Connection, id: &str, p: &TenantPatch, now: DateTime<Utc>) -> Result<Tenant, Error> {
+    let mut t = get_by_id(conn, id)?.ok_or_else(|| Error::not_found(Code::TenantNotFound, "no such tenant"))?;
     if let Some(tier) = p.tier {
         t.tier = tier;
     }
@@ -225,16 +218,16 @@ pub fn update(conn: &Connection, id: &str, p: &TenantPatch) -> Result<Tenant, Er
     }
     let res = conn.execute(
         "UPDATE tenants SET tier=?2, status=?3, custom_domain=?4, name=?5, email=?6, trial_ends_at=?7, updated_at=?8 WHERE id=?1",
-        params![id, t.tier.as_str(), t.status.as_str(), t.custom_domain, t.name, t.email, t.trial_ends_at.map(ts), ts(Utc::now())],
+        params![id, t.tier.as_str(), t.status.as_str(), t.custom_domain, t.name, t.email, t.trial_ends_at.map(ts), ts(now)],
     );
     match res {
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(Error::Conflict { code: "domain_taken", message: "another tenant has this custom domain".into() })
+            return Err(Error::conflict(Code::DomainTaken, "another tenant has this custom domain"))
         }
         Err(e) => return Err(e.into()),
     }
-    get_by_id(conn, id)?.ok_or_else(|| Error::not_found("tenant_not_found", "no such tenant"))
+    get_by_id(conn, id)?.ok_or_else(|| Error::not_found(Code::TenantNotFound, "no such tenant"))
 }
 
 /// Removes the tenant row (its keys cascade). Returns false if it was not there.

@@ -18,60 +18,12 @@ pub mod chunk;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::Code;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use chunk::{ChunkPlan, TokenCounter};
-
-/// Idempotent DDL for the tenant database (register it as a tenant migration).
-///
-/// - `documents.seq` is the compact integer key used by the index and the vector cache; `id` (a
-///   ULID) is the public id and is kept when a document is replaced through its path.
-/// - `chunks.id` is `AUTOINCREMENT`, so a chunk id is never reused: a stale index entry can only
-///   point at a missing row (and is then dropped), never at someone else's text.
-/// - `chunk_embeddings.vector` is `dim` little-endian f32s, L2-normalised.
-/// - `search_state` holds a generation number bumped by every write; the Tantivy index stores the
-///   generation it reflects in its commit payload, so a stale index is detected on open.
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS documents (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    id           TEXT NOT NULL UNIQUE,
-    path         TEXT NOT NULL UNIQUE,
-    title        TEXT,
-    content      TEXT NOT NULL,
-    metadata     TEXT NOT NULL DEFAULT '{}',
-    content_sha256 TEXT NOT NULL,
-    tokens       INTEGER NOT NULL,
-    chunk_count  INTEGER NOT NULL,
-    created_at   TEXT NOT NULL,
-    updated_at   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    doc_seq      INTEGER NOT NULL,
-    ord          INTEGER NOT NULL,
-    start_byte   INTEGER NOT NULL,
-    end_byte     INTEGER NOT NULL,
-    heading_path TEXT NOT NULL DEFAULT '[]',
-    prefix       TEXT NOT NULL DEFAULT '',
-    text         TEXT NOT NULL,
-    model_tokens INTEGER NOT NULL,
-    llm_tokens   INTEGER NOT NULL,
-    UNIQUE (doc_seq, ord)
-);
-CREATE TABLE IF NOT EXISTS chunk_embeddings (
-    chunk_id     INTEGER PRIMARY KEY,
-    doc_seq      INTEGER NOT NULL,
-    dim          INTEGER NOT NULL,
-    vector       BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chunk_embeddings_doc ON chunk_embeddings (doc_seq);
-CREATE TABLE IF NOT EXISTS search_state (
-    key          TEXT PRIMARY KEY,
-    value        INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO search_state (key, value) VALUES ('generation', 0);
-"#;
 
 /// Errors of the documents/search domain. Map: `Invalid` → 400, `NotFound` → 404,
 /// `TooLarge` → 413, `EmbeddingsUnavailable` → 503 `embeddings_unavailable`, `Internal` → 500.
@@ -93,25 +45,30 @@ impl DocsError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         DocsError::Invalid { field: field.to_string(), message: message.into() }
     }
-    /// A stable machine-readable code, handy for per-item bulk results.
-    pub fn code(&self) -> &'static str {
+    /// The stable code of this error (per-item bulk results use it too).
+    pub fn code(&self) -> Code {
         match self {
-            DocsError::Invalid { .. } => "invalid_request",
-            DocsError::NotFound => "not_found",
-            DocsError::TooLarge { .. } => "payload_too_large",
-            DocsError::EmbeddingsUnavailable => "embeddings_unavailable",
-            DocsError::Internal(_) => "internal",
+            DocsError::Invalid { .. } => Code::ValidationFailed,
+            DocsError::NotFound => Code::DocumentNotFound,
+            DocsError::TooLarge { .. } => Code::PayloadTooLarge,
+            DocsError::EmbeddingsUnavailable => Code::EmbeddingsUnavailable,
+            DocsError::Internal(_) => Code::Internal,
         }
     }
-    /// The HTTP status the lead maps this to (for per-item bulk results).
-    pub fn status(&self) -> u16 {
+    /// What a client may read: internal causes are logged here once and hidden.
+    pub fn public_message(&self) -> String {
         match self {
-            DocsError::Invalid { .. } => 400,
-            DocsError::NotFound => 404,
-            DocsError::TooLarge { .. } => 413,
-            DocsError::EmbeddingsUnavailable => 503,
-            DocsError::Internal(_) => 500,
+            DocsError::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error in a batch item");
+                "internal server error".into()
+            }
+            other => other.to_string(),
         }
+    }
+    /// The HTTP status of [`code`](Self::code) (for per-item bulk results).
+    pub fn status(&self) -> u16 {
+        self.code().status()
+    }
     }
 }
 
@@ -218,7 +175,7 @@ impl BulkItemResult {
                 index,
                 status: e.status(),
                 result: None,
-                error: Some(ItemError { code: e.code().to_string(), message: e.to_string() }),
+                error: Some(ItemError { code: e.code().as_str().to_string(), message: e.public_message() }),
             },
         }
     }
@@ -430,5 +387,22 @@ mod tests {
         assert!(ok(json!({"content": "a", "path": "p", "metadata": {"a": 1, "b": "x", "c": true, "d": null}})).is_ok());
         assert!(validate_text_bytes(&[0xff, 0xfe, 0x00]).is_err());
         assert!(parse_bulk_item(json!({"content": 3})).is_err());
+    }
+}
+
+impl From<DocsError> for crate::error::Error {
+    fn from(e: DocsError) -> Self {
+        use crate::error::Error;
+        match e {
+            DocsError::Invalid { field, message } => Error::validation(format!("{field}: {message}")),
+            DocsError::NotFound => Error::not_found(Code::DocumentNotFound, "no such document"),
+            DocsError::TooLarge { .. } => Error::new(Code::PayloadTooLarge, e.to_string()),
+            DocsError::EmbeddingsUnavailable => Error::unavailable(
+                Code::EmbeddingsUnavailable,
+                "the embedding model is not loaded on this server; keyword search still works (mode: \"keyword\")",
+                60,
+            ),
+            DocsError::Internal(m) => Error::internal(anyhow::anyhow!(m)),
+        }
     }
 }

@@ -438,3 +438,22 @@ impl From<Vec<i64>> for DeleteResult {
         DeleteResult { deleted: v.len() }
     }
 }
+
+/// How many of `paths` already hold a document (for the plan's document limit).
+pub fn count_existing(conn: &Connection, paths: &[String]) -> rusqlite::Result<u64> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM documents WHERE path = ?1")?;
+    let mut n = 0u64;
+    for p in paths {
+        if stmt.exists([p])? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The tenant's documents and the bytes of their content (for the plan's storage limits).
+pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row("SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(content AS BLOB))), 0) FROM documents", [], |r| {
+        Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+    })
+}

@@ -5,7 +5,7 @@
 //! overrides of its own (custom limits, features switched on or off) and an API key may carry a lower
 //! rate limit; both live in control.db and are mirrored in memory, refreshed whenever control.db changes.
 //!
-//! Every tenant request passes [`crate::auth::TenantCtx`], which resolves the tenant's
+//! Every tenant request passes [`crate::services::TenantCtx`], which resolves the tenant's
 //! [`Entitlements`] (tier after trial expiry + plan + overrides), charges the rate limiter
 //! ([`limiter`]) and counts the call. Handlers call [`Entitlements::require_feature`] and the quota
 //! checks of [`PlanStore`].
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::control::{ControlPlane, Tenant, Tier};
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// The plans shipped with warren (the same text as `config/plans.toml`).
 pub const DEFAULT_PLANS: &str = include_str!("../../config/plans.toml");
@@ -274,14 +274,11 @@ impl Entitlements {
         d.insert("feature".into(), json!(feature));
         d.insert("required_tier".into(), json!(required));
         d.insert("upgrade_url".into(), json!(self.upgrade_url(required, feature)));
-        Err(Error::Forbidden {
-            code: "feature_not_in_plan",
-            message: match required {
-                Some(t) => format!("the {feature:?} feature needs the {t} plan"),
-                None => format!("the {feature:?} feature is not enabled for this tenant"),
-            },
-            details: Some(d),
-        })
+        let message = match required {
+            Some(t) => format!("the {feature:?} feature needs the {t} plan"),
+            None => format!("the {feature:?} feature is not enabled for this tenant"),
+        };
+        Err(Error::forbidden_with(Code::FeatureNotInPlan, message, d))
     }
 
     /// The limits as JSON (`null` = unlimited).
@@ -315,45 +312,7 @@ impl Entitlements {
     }
 }
 
-/// The server's notion of "now". Tests move it forward; production leaves the offset at zero.
-#[derive(Clone, Default)]
-pub struct Clock {
-    offset_ms: Arc<AtomicI64>,
-}
-
-impl Clock {
-    pub fn now(&self) -> DateTime<Utc> {
-        let off = self.offset_ms.load(Ordering::Relaxed);
-        if off == 0 {
-            Utc::now()
-        } else {
-            Utc::now() + chrono::Duration::milliseconds(off)
-        }
-    }
-    /// Moves the clock forward (or back) by `d` (tests).
-    pub fn advance(&self, d: chrono::Duration) {
-        self.offset_ms.fetch_add(d.num_milliseconds(), Ordering::Relaxed);
-    }
-}
-
-/// `YYYY-MM` of `t`, and the bounds `[start, end)` of that month.
-pub fn period_of(t: DateTime<Utc>) -> (String, DateTime<Utc>, DateTime<Utc>) {
-    let start = Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0).single().unwrap_or(t);
-    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
-    let end = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(t);
-    (format!("{:04}-{:02}", t.year(), t.month()), start, end)
-}
-
-/// Parses `YYYY-MM` into its bounds.
-pub fn parse_period(p: &str) -> Option<(String, DateTime<Utc>, DateTime<Utc>)> {
-    let (y, m) = p.split_once('-')?;
-    if y.len() != 4 || m.len() != 2 {
-        return None;
-    }
-    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    let t = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single()?;
-    Some(period_of(t))
-}
+pub use crate::clock::{parse_period, period_of, Clock};
 
 /// Documents and storage of one tenant, measured from its SQLite file now and then and adjusted on writes.
 #[derive(Debug, Clone, Copy)]
@@ -527,7 +486,7 @@ pub fn put_overrides(c: &rusqlite::Connection, tenant_id: &str, o: Option<&Overr
             c.execute(
                 "INSERT INTO plan_overrides (tenant_id, overrides, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(tenant_id) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
-                rusqlite::params![tenant_id, text, crate::control::ts(Utc::now())],
+                rusqlite::params![tenant_id, text, crate::clock::ts(Utc::now())],
             )?;
         }
         None => {
@@ -570,7 +529,7 @@ pub fn expire_trial(c: &mut rusqlite::Connection, tenant_id: &str, now: DateTime
     }
     tx.execute(
         "UPDATE tenants SET tier = 'free', status = 'active', updated_at = ?2 WHERE id = ?1",
-        rusqlite::params![tenant_id, crate::control::ts(Utc::now())],
+        rusqlite::params![tenant_id, crate::clock::ts(Utc::now())],
     )?;
     crate::control::audit(
         &tx,
@@ -586,7 +545,7 @@ pub fn expire_trial(c: &mut rusqlite::Connection, tenant_id: &str, now: DateTime
 /// Ids of trials past their end (for the periodic sweep).
 pub fn expired_trials(c: &rusqlite::Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<String>> {
     let mut stmt = c.prepare("SELECT id FROM tenants WHERE status = 'trial' AND trial_ends_at IS NOT NULL AND trial_ends_at <= ?1")?;
-    let rows = stmt.query_map([crate::control::ts(now)], |r| r.get(0))?;
+    let rows = stmt.query_map([crate::clock::ts(now)], |r| r.get(0))?;
     rows.collect()
 }
 
@@ -646,130 +605,3 @@ mod tests {
 }
 
 /// What a tenant owes for a month: the plan's base price plus overage of soft query quotas.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Bill {
-    pub base_price_usd: f64,
-    pub overage_queries: u64,
-    pub overage_usd: f64,
-    pub total_usd: f64,
-}
-
-/// Overage is charged per started block of 1,000 queries over a soft quota, at the plan's rate.
-pub fn bill(ent: &Entitlements, usage: &crate::metering::MonthUsage) -> Bill {
-    let overage_queries = match ent.queries_limit() {
-        Some(limit) if !ent.queries_hard() => usage.queries().saturating_sub(limit),
-        _ => 0,
-    };
-    let cents = |usd: f64| (usd * 100.0).round() / 100.0;
-    let overage_usd = cents(overage_queries.div_ceil(1000) as f64 * ent.plan.overage_usd_per_1000_queries);
-    let base = cents(ent.plan.price_usd);
-    Bill { base_price_usd: base, overage_queries, overage_usd, total_usd: cents(base + overage_usd) }
-}
-
-/// One tenant's line of a monthly usage export (admin API, CSV, CLI).
-#[derive(Debug, Clone, Serialize)]
-pub struct UsageRow {
-    pub period: String,
-    pub tenant_id: String,
-    pub slug: String,
-    pub tier: Tier,
-    pub stripe_customer_id: Option<String>,
-    pub api_calls: u64,
-    pub queries: u64,
-    pub searches: u64,
-    pub assembles: u64,
-    pub embedding_calls: u64,
-    pub tokens_embedded: u64,
-    pub tokens_returned: u64,
-    pub document_writes: u64,
-    pub document_deletes: u64,
-    /// Last measured by this server (empty when the tenant was not measured since start).
-    pub documents: Option<u64>,
-    pub storage_bytes: Option<u64>,
-    pub queries_limit: Option<u64>,
-    pub base_price_usd: f64,
-    pub overage_queries: u64,
-    pub overage_usd: f64,
-    pub total_usd: f64,
-}
-
-pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-impl UsageRow {
-    pub fn csv_line(&self) -> String {
-        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
-        [
-            csv_field(&self.period),
-            csv_field(&self.tenant_id),
-            csv_field(&self.slug),
-            self.tier.to_string(),
-            csv_field(self.stripe_customer_id.as_deref().unwrap_or("")),
-            self.api_calls.to_string(),
-            self.queries.to_string(),
-            self.searches.to_string(),
-            self.assembles.to_string(),
-            self.embedding_calls.to_string(),
-            self.tokens_embedded.to_string(),
-            self.tokens_returned.to_string(),
-            self.document_writes.to_string(),
-            self.document_deletes.to_string(),
-            opt(self.documents),
-            opt(self.storage_bytes),
-            opt(self.queries_limit),
-            format!("{:.2}", self.base_price_usd),
-            self.overage_queries.to_string(),
-            format!("{:.2}", self.overage_usd),
-            format!("{:.2}", self.total_usd),
-        ]
-        .join(",")
-    }
-}
-
-/// Every tenant's usage and bill for `period` (`YYYY-MM`), from control.db. Tiers and overrides are
-/// the tenants' current ones; flush the meter first for an up-to-the-second current month.
-pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -> Result<Vec<UsageRow>, Error> {
-    use crate::metering::Kind;
-    let (period, from, to) = parse_period(period).ok_or_else(|| Error::bad_request("invalid_query", "period must be YYYY-MM"))?;
-    let totals = crate::metering::totals_all(c, &crate::control::ts(from), &crate::control::ts(to))?;
-    let tenants = crate::control::tenants::list(c, None, None, u32::MAX)?;
-    Ok(tenants
-        .into_iter()
-        .map(|t| {
-            let u = totals.get(&t.id).copied().unwrap_or_default();
-            let ent = store.entitlements(&t);
-            let b = bill(&ent, &u);
-            let stored = store.stored_any(&t.id);
-            UsageRow {
-                period: period.clone(),
-                tenant_id: t.id.clone(),
-                slug: t.slug.clone(),
-                tier: ent.tier,
-                stripe_customer_id: t.stripe_customer_id.clone(),
-                api_calls: u.count(Kind::ApiCall),
-                queries: u.queries(),
-                searches: u.count(Kind::Search),
-                assembles: u.count(Kind::Assemble),
-                embedding_calls: u.count(Kind::Embedding),
-                tokens_embedded: u.tokens_embedded(),
-                tokens_returned: u.tokens_returned(),
-                document_writes: u.count(Kind::DocumentWrite),
-                document_deletes: u.count(Kind::DocumentDelete),
-                documents: stored.map(|s| s.documents),
-                storage_bytes: stored.map(|s| s.storage_bytes),
-                queries_limit: ent.queries_limit(),
-                base_price_usd: b.base_price_usd,
-                overage_queries: b.overage_queries,
-                overage_usd: b.overage_usd,
-                total_usd: b.total_usd,
-            }
-        })
-        .collect())
-}

@@ -37,9 +37,17 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::RecsConfig;
 use crate::error::Error;
-use crate::state::AppState;
-use crate::tenant::{Lease, TenantHandle};
+use crate::tenant::{Lease, TenantCap, TenantHandle};
 use model::{Model, ModelInfo, ProductRow, TrainParams};
+
+/// What a training worker needs: the settings, the shared embedder, and a worker capability for
+/// its tenant (handed over by the service that noticed the change).
+#[derive(Clone)]
+pub struct Trainer {
+    pub config: Arc<crate::config::Config>,
+    pub embed: crate::embed::EmbedService,
+    pub cap: TenantCap,
+}
 
 /// Why a product is recommended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -141,10 +149,10 @@ impl Recs {
 
     /// The tenant's recommendation state, loading the stored model on first use of an open handle
     /// (and scheduling a training if it is stale).
-    pub async fn of(state: &AppState, lease: &Lease) -> Result<Arc<Recs>, Error> {
+    pub async fn of(trainer: &Trainer, lease: &Lease) -> Result<Arc<Recs>, Error> {
         let recs = lease.blocking(|h| h.extension(|| Recs::open(h))).await?;
         if recs.pending() {
-            recs.ensure_worker(state, lease.id());
+            recs.ensure_worker(trainer);
         }
         Ok(recs)
     }
@@ -158,7 +166,7 @@ impl Recs {
     }
 
     /// Notes a data change: a training follows after the debounce.
-    pub fn changed(self: &Arc<Self>, state: &AppState, tenant_id: &str) {
+    pub fn changed(self: &Arc<Self>, trainer: &Trainer) {
         {
             let mut b = self.burst.lock();
             let now = Instant::now();
@@ -166,19 +174,19 @@ impl Recs {
             b.1 = now;
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.ensure_worker(state, tenant_id);
+        self.ensure_worker(trainer);
     }
 
     /// Asks for a training now (no debounce).
-    pub fn train_now(self: &Arc<Self>, state: &AppState, tenant_id: &str) {
+    pub fn train_now(self: &Arc<Self>, trainer: &Trainer) {
         self.forced.store(true, Ordering::SeqCst);
         self.wake.notify_one();
-        self.ensure_worker(state, tenant_id);
+        self.ensure_worker(trainer);
     }
 
-    fn ensure_worker(self: &Arc<Self>, state: &AppState, tenant_id: &str) {
+    fn ensure_worker(self: &Arc<Self>, trainer: &Trainer) {
         if !self.worker.swap(true, Ordering::SeqCst) {
-            tokio::spawn(worker(state.clone(), tenant_id.to_string(), Arc::downgrade(self)));
+            tokio::spawn(worker(trainer.clone(), Arc::downgrade(self)));
         }
     }
 
@@ -204,8 +212,9 @@ impl Recs {
     }
 }
 
-async fn worker(state: AppState, tenant_id: String, weak: Weak<Recs>) {
-    let cfg = state.config.recs.clone();
+async fn worker(t: Trainer, weak: Weak<Recs>) {
+    let cfg = t.config.recs.clone();
+    let tenant_id = t.cap.id().to_string();
     loop {
         let Some(r) = weak.upgrade() else { return };
         if !r.pending() {
@@ -236,7 +245,7 @@ async fn worker(state: AppState, tenant_id: String, weak: Weak<Recs>) {
         r.burst.lock().0 = None;
         let generation = r.generation.load(Ordering::SeqCst);
         r.training.store(true, Ordering::SeqCst);
-        let result = train_once(&state, &tenant_id, &r).await;
+        let result = train_once(&t, &r).await;
         r.training.store(false, Ordering::SeqCst);
         match result {
             Ok(more) => {
@@ -260,8 +269,8 @@ const EMBED_CHUNK: usize = 128;
 const EMBED_PER_PASS: usize = 8192;
 
 /// Embeds products that lack an embedding; true if some are left for another pass.
-async fn embed_missing(state: &AppState, lease: &Lease) -> Result<bool, Error> {
-    if !state.embed.is_available() {
+async fn embed_missing(t: &Trainer, lease: &Lease) -> Result<bool, Error> {
+    if !t.embed.is_available() {
         return Ok(false);
     }
     let mut done = 0;
@@ -272,7 +281,7 @@ async fn embed_missing(state: &AppState, lease: &Lease) -> Result<bool, Error> {
         }
         done += todo.len();
         let texts: Vec<String> = todo.iter().map(|t| t.1.clone()).collect();
-        match state.embed.embed(texts).await {
+        match t.embed.embed(texts).await {
             Ok(vectors) => {
                 let items: Vec<(String, String, Vec<f32>)> = todo.into_iter().zip(vectors).map(|((id, text), v)| (id, text, v)).collect();
                 lease.blocking(move |h| h.with_writer(|c| store::set_embeddings(c, items))).await?;
@@ -290,14 +299,14 @@ async fn embed_missing(state: &AppState, lease: &Lease) -> Result<bool, Error> {
 }
 
 /// One training: embed, snapshot, train (blocking, behind the global permit), persist, swap.
-async fn train_once(state: &AppState, tenant_id: &str, r: &Arc<Recs>) -> Result<bool, Error> {
-    let lease = state.registry.acquire(tenant_id).await?;
-    let more = embed_missing(state, &lease).await?;
+async fn train_once(t: &Trainer, r: &Arc<Recs>) -> Result<bool, Error> {
+    let lease = t.cap.lease().await?;
+    let more = embed_missing(t, &lease).await?;
     let (data, data_version) = lease.blocking(|h| h.with_reader(store::load_train_data)).await?;
     drop(lease);
-    let permits = training_permits(&state.config.recs);
+    let permits = training_permits(&t.config.recs);
     let _permit = permits.acquire_owned().await.map_err(Error::internal)?;
-    let params = state.config.recs.params();
+    let params = t.config.recs.params();
     let version = r.model().map_or(0, |m| m.info.version) + 1;
     let span = tracing::Span::current();
     let model = tokio::task::spawn_blocking(move || {
@@ -308,7 +317,7 @@ async fn train_once(state: &AppState, tenant_id: &str, r: &Arc<Recs>) -> Result<
     .map_err(Error::internal)?;
     let bytes = model.to_bytes();
     let info = model.info.clone();
-    let lease = state.registry.acquire(tenant_id).await?;
+    let lease = t.cap.lease().await?;
     lease.blocking(move |h| h.with_writer(|c| store::save_model(c, &info, &bytes))).await?;
     r.model.store(Some(Arc::new(model)));
     metrics::counter!("warren_recs_trainings_total").increment(1);
@@ -339,7 +348,7 @@ pub fn build_model(data: &model::TrainData, params: &TrainParams, version: u64, 
     let embedded = data.products.iter().filter(|p| p.embedding.as_ref().is_some_and(|e| e.len() == crate::embed::DIM)).count();
     let info = ModelInfo {
         version,
-        trained_at: crate::control::ts(chrono::Utc::now()),
+        trained_at: crate::clock::ts(chrono::Utc::now()),
         data_version,
         method: collab.method.into(),
         content: if embedded > 0 { "minilm".into() } else { "keywords".into() },

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use super::model::{self, Model, ModelInfo, TrainParams};
 use super::{store, Reason, Rec};
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// Filters applied to every candidate list.
 #[derive(Debug, Default, Clone)]
@@ -165,7 +165,7 @@ fn content_only(c: &Connection) -> Result<Model, Error> {
 
 fn require_product(c: &Connection, id: &str) -> Result<(), Error> {
     if store::product_facts(c, &[id])?.is_empty() {
-        return Err(Error::not_found("product_not_found", "no such product"));
+        return Err(Error::not_found(Code::ProductNotFound, "no such product"));
     }
     Ok(())
 }

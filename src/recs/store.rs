@@ -13,74 +13,8 @@ use super::input::{EventInput, OrderInput, ProductInput};
 use super::model::{event_weight, purchase_weight, words_of, Interaction, ModelInfo, ProductRow, TrainData};
 use crate::error::Error;
 
-/// Tenant migration v3.
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS products (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    description TEXT,
-    categories  TEXT NOT NULL DEFAULT '[]',
-    tags        TEXT NOT NULL DEFAULT '[]',
-    price       REAL,
-    currency    TEXT,
-    in_stock    INTEGER NOT NULL DEFAULT 1,
-    attributes  TEXT NOT NULL DEFAULT '{}',
-    embedding   BLOB,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS customers (
-    id         TEXT PRIMARY KEY,
-    data       TEXT NOT NULL DEFAULT '{}',
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS orders (
-    id               TEXT PRIMARY KEY,
-    customer_id      TEXT NOT NULL,
-    created_at       INTEGER NOT NULL,
-    received_at      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_customer ON orders(customer_id);
-CREATE INDEX IF NOT EXISTS orders_created ON orders(created_at);
-CREATE TABLE IF NOT EXISTS order_lines (
-    order_id   TEXT NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
-    line       INTEGER NOT NULL,
-    product_id TEXT NOT NULL,
-    quantity   INTEGER NOT NULL,
-    price      REAL,
-    PRIMARY KEY (order_id, line)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS order_lines_product ON order_lines(product_id);
-CREATE TABLE IF NOT EXISTS events (
-    id          INTEGER PRIMARY KEY,
-    customer_id TEXT,
-    session_id  TEXT,
-    product_id  TEXT NOT NULL,
-    type        TEXT NOT NULL,
-    at          INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_customer ON events(customer_id) WHERE customer_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_at ON events(at);
-CREATE TABLE IF NOT EXISTS unknown_products (
-    product_id TEXT NOT NULL,
-    source     TEXT NOT NULL,
-    ref        TEXT NOT NULL,
-    at         TEXT NOT NULL,
-    PRIMARY KEY (product_id, source, ref)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rec_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO rec_state(key, value) VALUES ('data_version', 0);
-CREATE TABLE IF NOT EXISTS rec_model (
-    id      INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL,
-    info    TEXT NOT NULL,
-    data    BLOB NOT NULL
-);
-"#;
-
 fn now() -> String {
-    crate::control::ts(chrono::Utc::now())
+    crate::clock::ts(chrono::Utc::now())
 }
 
 fn bump(c: &Connection) -> rusqlite::Result<()> {

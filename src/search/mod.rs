@@ -662,3 +662,10 @@ impl TenantSearch {
 pub(crate) fn ms(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
+
+/// Rebuilds a closed tenant's index from its SQLite file (the CLI, with the server stopped).
+pub fn rebuild_offline(dir: &Path) -> anyhow::Result<usize> {
+    let conn = Connection::open_with_flags(dir.join(crate::tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let search = TenantSearch::open(dir, &conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(search.rebuild(&conn).map_err(|e| anyhow::anyhow!("{e}"))? as usize)
+}

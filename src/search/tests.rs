@@ -33,8 +33,8 @@ pub(crate) struct Tenant {
 pub(crate) fn open_conn(dir: &Path) -> Connection {
     let conn = Connection::open(dir.join("tenant.db")).expect("open db");
     conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
-    conn.execute_batch(docs::SCHEMA).expect("schema");
-    conn.execute_batch(docs::SCHEMA).expect("schema is idempotent");
+    conn.execute_batch(crate::tenant::schema::DOCUMENTS).expect("schema");
+    conn.execute_batch(crate::tenant::schema::DOCUMENTS).expect("schema is idempotent");
     conn
 }
 

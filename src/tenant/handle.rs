@@ -21,18 +21,11 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// Tenant schema migrations; `PRAGMA user_version` counts those applied.
-pub fn migrations() -> Vec<&'static str> {
-    vec![
-        // v1: tenant metadata (the id this file belongs to, guarding against misplaced files).
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-        // v2: documents, chunks and embeddings (context API).
-        crate::docs::SCHEMA,
-        // v3: commerce data and the recommendation model (recommendations).
-        crate::recs::store::SCHEMA,
-    ]
+pub fn migrations() -> &'static [&'static str] {
+    super::schema::MIGRATIONS
 }
 
 pub const DB_FILE: &str = "tenant.db";
@@ -44,7 +37,7 @@ pub fn create_storage(dir: &Path, tenant_id: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut conn = Connection::open(dir.join(DB_FILE))?;
     conn.execute_batch(PRAGMAS)?;
-    crate::control::migrate(&mut conn, &migrations())?;
+    crate::control::migrate(&mut conn, migrations())?;
     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('tenant_id', ?1)", [tenant_id])?;
     Ok(())
 }
@@ -73,7 +66,7 @@ impl TenantHandle {
         thread_pool: Arc<scheduled_thread_pool::ScheduledThreadPool>,
         permit: OwnedSemaphorePermit,
         backup: Option<&Arc<crate::backup::BackupService>>,
-    ) -> anyhow::Result<TenantHandle> {
+    ) -> anyhow::Result<Arc<TenantHandle>> {
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let mut writer = Connection::open_with_flags(&path, flags).with_context(|| format!("opening {}", path.display()))?;
@@ -82,7 +75,7 @@ impl TenantHandle {
         if replicated {
             crate::backup::prepare_connection(&writer)?;
         }
-        crate::control::migrate(&mut writer, &migrations())?;
+        crate::control::migrate(&mut writer, migrations())?;
         let owner: Option<String> =
             rusqlite::OptionalExtension::optional(writer.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
         anyhow::ensure!(owner.as_deref() == Some(id), "{} belongs to tenant {:?}, not {id}", path.display(), owner);
@@ -103,7 +96,7 @@ impl TenantHandle {
             .connection_timeout(Duration::from_secs(10))
             .thread_pool(thread_pool)
             .build_unchecked(manager);
-        Ok(TenantHandle {
+        Ok(Arc::new_cyclic(|me: &std::sync::Weak<TenantHandle>| TenantHandle {
             id: id.to_string(),
             dir,
             writer: Mutex::new(Some(writer)),
@@ -112,9 +105,12 @@ impl TenantHandle {
             closing: AtomicBool::new(false),
             released: Notify::new(),
             extensions: Mutex::new(Vec::new()),
-            replica: backup.map(|b| b.replica_for(&crate::backup::BackupService::tenant_key(id), &path)),
+            replica: backup.map(|b| {
+                let source: std::sync::Weak<dyn crate::backup::Source> = me.clone();
+                b.replica_for(crate::backup::ReplicaKey::tenant(id), &path, source)
+            }),
             _permit: permit,
-        })
+        }))
     }
 
     pub fn id(&self) -> &str {
@@ -194,7 +190,7 @@ impl TenantHandle {
     /// Runs `f` with the writer connection (blocking; call from `spawn_blocking`).
     pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let mut guard = self.writer.lock();
-        let conn = guard.as_mut().ok_or_else(|| Error::unavailable("tenant_restoring", "tenant is closing", 1))?;
+        let conn = guard.as_mut().ok_or_else(|| Error::unavailable(Code::TenantRestoring, "tenant is closing", 1))?;
         let out = f(conn);
         drop(guard);
         if let Some(r) = &self.replica {

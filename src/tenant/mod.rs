@@ -11,7 +11,11 @@
 //! * **Never created on the request path.** Opening requires the tenant's database to exist; tenants are
 //!   created explicitly by the control plane. Blocked tenants (being deleted or restored) never reopen.
 
+mod cap;
 mod handle;
+pub mod schema;
+
+pub use cap::{Origin, TenantCap, WorkerProof};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 pub use handle::{create_storage, migrations, Lease, TenantHandle, DB_FILE};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -107,8 +111,8 @@ impl TenantRegistry {
     }
 
     /// Leases the open handle of `tenant_id`, opening it (once, for all concurrent callers) if needed.
-    /// Callers prove the tenant first (`auth::TenantCtx::storage` or an admin path).
-    pub(crate) async fn acquire(&self, tenant_id: &str) -> Result<Lease, Error> {
+    /// Private: the only door is [`TenantCap::lease`], and a capability needs a proof.
+    async fn acquire(&self, tenant_id: &str) -> Result<Lease, Error> {
         let deadline = Instant::now() + self.inner.cfg.open_timeout;
         loop {
             self.check_blocked(tenant_id)?;
@@ -121,11 +125,8 @@ impl TenantRegistry {
                 .try_get_with(id.clone(), async move { inner.open(&id, deadline).await })
                 .await
                 .map_err(|e: Arc<Error>| match &*e {
-                    Error::Unavailable { code, message, retry_after_secs } => {
-                        Error::unavailable(code, message.clone(), *retry_after_secs)
-                    }
-                    Error::NotFound { code, message } => Error::not_found(code, message.clone()),
-                    other => Error::internal(anyhow::anyhow!("opening tenant {tenant_id}: {other}")),
+                    Error::Internal(cause) => Error::internal(anyhow::anyhow!("opening tenant {tenant_id}: {cause:#}")),
+                    coded => coded.duplicate(),
                 })?;
             if let Some(lease) = handle.lease() {
                 return Ok(lease);
@@ -135,17 +136,11 @@ impl TenantRegistry {
         }
     }
 
-    /// `acquire` for benchmarks and tools outside the request path (no capability check).
-    #[doc(hidden)]
-    pub async fn bench_acquire(&self, tenant_id: &str) -> Result<Lease, Error> {
-        self.acquire(tenant_id).await
-    }
-
     fn check_blocked(&self, tenant_id: &str) -> Result<(), Error> {
         match self.inner.blocked.lock().get(tenant_id) {
             None => Ok(()),
-            Some(Block::Deleting) => Err(Error::not_found("tenant_not_found", "no such tenant")),
-            Some(Block::Restoring) => Err(Error::unavailable("tenant_restoring", "the tenant is being restored", 5)),
+            Some(Block::Deleting) => Err(Error::not_found(Code::TenantNotFound, "no such tenant")),
+            Some(Block::Restoring) => Err(Error::unavailable(Code::TenantRestoring, "the tenant is being restored", 5)),
         }
     }
 
@@ -154,7 +149,7 @@ impl TenantRegistry {
         if let Some(mut rx) = rx {
             let wait = rx.wait_for(|done| *done);
             if tokio::time::timeout_at(deadline.into(), wait).await.is_err() {
-                return Err(Error::unavailable("tenant_restoring", "the tenant is closing; retry shortly", 1));
+                return Err(Error::unavailable(Code::TenantUnavailable, "the tenant could not be opened in time (it is still closing); retry shortly", 1));
             }
         }
         Ok(())
@@ -177,9 +172,10 @@ impl TenantRegistry {
     }
 
     /// Opens a tenant that has changes left to ship (backup catch-up) and queues it. The handle then
-    /// closes through the cache like any other.
+    /// closes through the cache like any other. The backup service names the tenant from its own
+    /// pending markers: it acts as a worker.
     pub async fn open_for_backup(&self, tenant_id: &str) -> anyhow::Result<()> {
-        let lease = self.acquire(tenant_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let lease = self.cap_for_worker(WorkerProof::new("backup-catch-up"), tenant_id).lease().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(r) = lease.replica().cloned() {
             tokio::task::spawn_blocking(move || r.mark_dirty()).await?;
         }
@@ -214,6 +210,13 @@ impl TenantRegistry {
     }
 }
 
+impl crate::backup::Reopen for TenantRegistry {
+    fn reopen(&self, tenant_id: String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+        let reg = self.clone();
+        Box::pin(async move { reg.open_for_backup(&tenant_id).await })
+    }
+}
+
 impl Inner {
     async fn open(self: Arc<Self>, id: &str, deadline: Instant) -> Result<Arc<TenantHandle>, Error> {
         let started = Instant::now();
@@ -228,7 +231,7 @@ impl Inner {
                         Ok(Ok(p)) => break p,
                         _ => {
                             return Err(Error::unavailable(
-                                "overloaded",
+                                Code::Overloaded,
                                 "too many tenants are open or closing; retry shortly",
                                 1,
                             ))
@@ -239,16 +242,13 @@ impl Inner {
         };
         let dir = tenant_dir(&self.cfg.data_dir, id);
         if !dir.join(DB_FILE).exists() {
-            return Err(Error::not_found("tenant_not_found", "no such tenant"));
+            return Err(Error::not_found(Code::TenantNotFound, "no such tenant"));
         }
         let (pool_size, threads, owned_id, backup) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string(), self.backup.clone());
         let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit, backup.as_ref()))
             .await?
             .map_err(Error::Internal)?;
-        let handle = Arc::new(handle);
         if let Some(r) = handle.replica() {
-            let weak: Weak<dyn crate::backup::Source> = Arc::downgrade(&handle) as Weak<dyn crate::backup::Source>;
-            r.set_source(weak);
             // Never replicated (new tenant, backups just turned on) or changed since the last ship
             // (migrations at open, a crash): queue it.
             let db = handle.dir().join(DB_FILE);

@@ -312,7 +312,7 @@ async fn usage_counts_equal_the_requests_and_the_export_bills_them() {
     let csv_text = send(app.admin(Method::GET, &format!("/usage?period={period}")).header("Accept", "text/csv")).await.text().await.unwrap();
     let mut rdr = csv::Reader::from_reader(csv_text.as_bytes());
     let headers = rdr.headers().unwrap().clone();
-    assert_eq!(headers.iter().collect::<Vec<_>>().join(","), warren::plans::USAGE_CSV_HEADER);
+    assert_eq!(headers.iter().collect::<Vec<_>>().join(","), warren::billing::USAGE_CSV_HEADER);
     let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("CSV row parses")).collect();
     assert_eq!(rows.len(), 2);
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();

@@ -1,0 +1,135 @@
+//! The monthly bill: plan prices, quotas and overage applied to metered usage, and the usage export
+//! (JSON, CSV, Stripe meter events) built from it.
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::plans::{Entitlements, PlanStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bill {
+    pub base_price_usd: f64,
+    pub overage_queries: u64,
+    pub overage_usd: f64,
+    pub total_usd: f64,
+}
+
+/// Overage is charged per started block of 1,000 queries over a soft quota, at the plan's rate.
+pub fn bill(ent: &Entitlements, usage: &crate::metering::MonthUsage) -> Bill {
+    let overage_queries = match ent.queries_limit() {
+        Some(limit) if !ent.queries_hard() => usage.queries().saturating_sub(limit),
+        _ => 0,
+    };
+    let cents = |usd: f64| (usd * 100.0).round() / 100.0;
+    let overage_usd = cents(overage_queries.div_ceil(1000) as f64 * ent.plan.overage_usd_per_1000_queries);
+    let base = cents(ent.plan.price_usd);
+    Bill { base_price_usd: base, overage_queries, overage_usd, total_usd: cents(base + overage_usd) }
+}
+
+/// One tenant's line of a monthly usage export (admin API, CSV, CLI).
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    pub period: String,
+    pub tenant_id: String,
+    pub slug: String,
+    pub tier: Tier,
+    pub stripe_customer_id: Option<String>,
+    pub api_calls: u64,
+    pub queries: u64,
+    pub searches: u64,
+    pub assembles: u64,
+    pub embedding_calls: u64,
+    pub tokens_embedded: u64,
+    pub tokens_returned: u64,
+    pub document_writes: u64,
+    pub document_deletes: u64,
+    /// Last measured by this server (empty when the tenant was not measured since start).
+    pub documents: Option<u64>,
+    pub storage_bytes: Option<u64>,
+    pub queries_limit: Option<u64>,
+    pub base_price_usd: f64,
+    pub overage_queries: u64,
+    pub overage_usd: f64,
+    pub total_usd: f64,
+}
+
+pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+impl UsageRow {
+    pub fn csv_line(&self) -> String {
+        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
+        [
+            csv_field(&self.period),
+            csv_field(&self.tenant_id),
+            csv_field(&self.slug),
+            self.tier.to_string(),
+            csv_field(self.stripe_customer_id.as_deref().unwrap_or("")),
+            self.api_calls.to_string(),
+            self.queries.to_string(),
+            self.searches.to_string(),
+            self.assembles.to_string(),
+            self.embedding_calls.to_string(),
+            self.tokens_embedded.to_string(),
+            self.tokens_returned.to_string(),
+            self.document_writes.to_string(),
+            self.document_deletes.to_string(),
+            opt(self.documents),
+            opt(self.storage_bytes),
+            opt(self.queries_limit),
+            format!("{:.2}", self.base_price_usd),
+            self.overage_queries.to_string(),
+            format!("{:.2}", self.overage_usd),
+            format!("{:.2}", self.total_usd),
+        ]
+        .join(",")
+    }
+}
+
+/// Every tenant's usage and bill for `period` (`YYYY-MM`), from control.db. Tiers and overrides are
+/// the tenants' current ones; flush the meter first for an up-to-the-second current month.
+pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -> Result<Vec<UsageRow>, Error> {
+    use crate::metering::Kind;
+    let (period, from, to) = parse_period(period).ok_or_else(|| Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"))?;
+    let totals = crate::metering::totals_all(c, &crate::clock::ts(from), &crate::clock::ts(to))?;
+    let tenants = crate::control::tenants::list(c, None, None, u32::MAX)?;
+    Ok(tenants
+        .into_iter()
+        .map(|t| {
+            let u = totals.get(&t.id).copied().unwrap_or_default();
+            let ent = store.entitlements(&t);
+            let b = bill(&ent, &u);
+            let stored = store.stored_any(&t.id);
+            UsageRow {
+                period: period.clone(),
+                tenant_id: t.id.clone(),
+                slug: t.slug.clone(),
+                tier: ent.tier,
+                stripe_customer_id: t.stripe_customer_id.clone(),
+                api_calls: u.count(Kind::ApiCall),
+                queries: u.queries(),
+                searches: u.count(Kind::Search),
+                assembles: u.count(Kind::Assemble),
+                embedding_calls: u.count(Kind::Embedding),
+                tokens_embedded: u.tokens_embedded(),
+                tokens_returned: u.tokens_returned(),
+                document_writes: u.count(Kind::DocumentWrite),
+                document_deletes: u.count(Kind::DocumentDelete),
+                documents: stored.map(|s| s.documents),
+                storage_bytes: stored.map(|s| s.storage_bytes),
+                queries_limit: ent.queries_limit(),
+                base_price_usd: b.base_price_usd,
+                overage_queries: b.overage_queries,
+                overage_usd: b.overage_usd,
+                total_usd: b.total_usd,
+            }
+        })
+        .collect())
+}

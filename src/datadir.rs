@@ -1,0 +1,45 @@
+//! The data dir: the server's lock (so CLI commands that would race a server refuse clearly, and two
+//! servers never share a data dir) and private files.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// File (mode 0600) holding a generated admin token, in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Takes `<data dir>/.warren.lock` so that CLI commands that would race the server (delete) can
+/// refuse clearly, and two servers never share a data dir.
+pub fn take_server_lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join(".warren.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => anyhow::bail!("another warren server is using {}", data_dir.display()),
+    }
+}
+
+/// Whether a server holds the data dir (for the CLI).
+pub fn server_running(data_dir: &Path) -> bool {
+    let path = data_dir.join(".warren.lock");
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f.try_lock().is_err(),
+        Err(_) => false,
+    }
+}
+
+
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The one way a service changes the control plane: [`Operator::audited`] runs the change and its
+//! audit event in one IMMEDIATE transaction, so a change is never committed without its record.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::control::ControlPlane;
+use crate::error::Error;
+use crate::state::AppState;
+
+/// Who caused a change, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The admin API (admin token).
+    Admin,
+    /// The command line on the server's data dir.
+    Cli,
+    /// Open signup.
+    Signup,
+    /// The server itself (trial sweeps, replica deletions).
+    System,
+    /// A verified Stripe webhook.
+    Stripe,
+    /// A tenant acting on itself with an admin-scoped key.
+    Tenant(String),
+}
+
+impl Actor {
+    pub fn as_string(&self) -> String {
+        match self {
+            Actor::Admin => "admin".into(),
+            Actor::Cli => "cli".into(),
+            Actor::Signup => "signup".into(),
+            Actor::System => "system".into(),
+            Actor::Stripe => "stripe".into(),
+            Actor::Tenant(id) => format!("tenant:{id}"),
+        }
+    }
+}
+
+/// The control-plane services' handle: the control plane, settings and clock, and — when the call
+/// comes through a running server — that server's state, whose caches and handles a change must
+/// reach. The CLI makes one with [`Operator::offline`], the server with [`Operator::live`].
+#[derive(Clone)]
+pub struct Operator {
+    pub(crate) control: ControlPlane,
+    pub(crate) config: Arc<Config>,
+    pub(crate) clock: Clock,
+    pub(crate) live: Option<AppState>,
+    pub(crate) actor: Actor,
+}
+
+impl Operator {
+    pub fn live(state: &AppState, actor: Actor) -> Operator {
+        Operator { control: state.control.clone(), config: state.config.clone(), clock: state.plans.clock.clone(), live: Some(state.clone()), actor }
+    }
+
+    /// For the CLI: the control plane of `config.data_dir`, no server.
+    pub fn offline(config: &Config, actor: Actor) -> anyhow::Result<Operator> {
+        let clock = Clock::default();
+        let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
+        Ok(Operator { control, config: Arc::new(config.clone()), clock, live: None, actor })
+    }
+
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs `change` and appends the audit event `action` (with the detail it returns) in one
+    /// transaction, then drops the server's credential caches if a server is attached.
+    pub async fn audited<T, F>(&self, tenant_id: Option<&str>, action: &'static str, change: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, Value), Error> + Send + 'static,
+    {
+        let actor = self.actor.as_string();
+        let tenant_id = tenant_id.map(str::to_string);
+        let clock = self.clock.clone();
+        let out = self
+            .control
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let (out, detail) = change(&tx)?;
+                crate::control::audit_at(&tx, clock.now(), &actor, tenant_id.as_deref(), action, &detail)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        if let Some(s) = &self.live {
+            s.auth.invalidate();
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,180 @@
+//! Documents: add or replace, bulk, list, get, delete, delete by prefix. Validation and chunking run
+//! on blocking threads, embedding goes through the shared worker (bounded queue), and the SQLite and
+//! Tantivy writes run under the tenant's lease. Every write and delete records a usage event and
+//! adjusts the plan's storage measurement.
+
+use serde::Serialize;
+
+use super::context::TenantCtx;
+use super::ops::Op;
+use super::search::{embed_error, search_state};
+use crate::docs::{self, BulkItemResult, DocLimits, DocumentInput, ListQuery, PreparedDocument, TokenCounter};
+use crate::error::Error;
+use crate::metering::Kind;
+
+/// Answer of a bulk write.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BulkResponse {
+    pub results: Vec<BulkItemResult>,
+    pub succeeded: usize,
+    pub failed: usize,
+}
+
+/// Which document to read: by id, or by path.
+pub enum DocRef {
+    Id(String),
+    Path(String),
+}
+
+fn limits(ctx: &TenantCtx) -> DocLimits {
+    DocLimits { max_content_bytes: ctx.state().config.docs.max_document_bytes, ..DocLimits::default() }
+}
+
+/// Validates and chunks documents on a blocking thread (tokenising is CPU work).
+async fn prepare_all(ctx: &TenantCtx, inputs: Vec<DocumentInput>) -> Result<Vec<docs::Result<PreparedDocument>>, Error> {
+    let limits = limits(ctx);
+    let tokenizer = ctx.state().embed.tokenizer();
+    Ok(tokio::task::spawn_blocking(move || {
+        let counter = TokenCounter::new(tokenizer.as_deref());
+        inputs.into_iter().map(|i| docs::prepare(i, &limits, &counter)).collect()
+    })
+    .await?)
+}
+
+/// Embeds every chunk of the prepared documents in one queue request; None when no model is loaded
+/// (the documents are then stored for keyword search only).
+async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument]) -> Result<Option<Vec<Vec<Vec<f32>>>>, Error> {
+    let embed = &ctx.state().embed;
+    if !embed.is_available() {
+        return Ok(None);
+    }
+    let texts: Vec<String> = prepared.iter().flat_map(|d| d.embedding_inputs()).collect();
+    if texts.is_empty() {
+        return Ok(Some(prepared.iter().map(|_| Vec::new()).collect()));
+    }
+    let mut flat = embed.embed(texts).await.map_err(embed_error)?.into_iter();
+    Ok(Some(prepared.iter().map(|d| flat.by_ref().take(d.chunks.len()).collect()).collect()))
+}
+
+/// Validates, chunks, embeds and stores one document.
+pub async fn write(ctx: &TenantCtx, input: DocumentInput) -> Result<docs::WriteResult, Error> {
+    ctx.authorize(Op::DocumentWrite)?;
+    let prepared = prepare_all(ctx, vec![input]).await?.pop().ok_or_else(|| Error::internal(anyhow::anyhow!("no prepared document")))??;
+    let bytes = prepared.content.len() as u64;
+    ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
+    let embeddings = embed_docs(ctx, &[&prepared]).await?.map(|mut v| v.remove(0));
+    let embedded_tokens: usize = prepared.chunks.iter().map(|c| c.llm_tokens).sum();
+    let lease = ctx.storage().await?;
+    let search = search_state(&lease).await?;
+    let result = lease.blocking(move |h| h.with_writer(|c| Ok(search.upsert(c, prepared, embeddings)?))).await?;
+    ctx.state().meter.record(ctx.id(), Kind::DocumentWrite, embedded_tokens as u64);
+    ctx.wrote(result.created as u64, bytes);
+    Ok(result)
+}
+
+/// Adds or replaces up to `docs.max_bulk_documents` documents; one bad item does not sink the batch.
+pub async fn bulk(ctx: &TenantCtx, documents: Vec<serde_json::Value>) -> Result<BulkResponse, Error> {
+    ctx.authorize(Op::DocumentBulk)?;
+    let max = ctx.state().config.docs.max_bulk_documents;
+    if documents.is_empty() || documents.len() > max {
+        return Err(Error::validation(format!("documents must hold 1 to {max} items")));
+    }
+    let n = documents.len();
+    ctx.charge(ctx.costs().bulk_document.saturating_mul(n as u32))?;
+    let mut results: Vec<Option<BulkItemResult>> = vec![None; n];
+    let mut inputs = Vec::new();
+    let mut positions = Vec::new();
+    for (i, raw) in documents.into_iter().enumerate() {
+        match docs::parse_bulk_item(raw) {
+            Ok(input) => {
+                inputs.push(input);
+                positions.push(i);
+            }
+            Err(e) => results[i] = Some(BulkItemResult::from_result(i, Err(e))),
+        }
+    }
+    let prepared = prepare_all(ctx, inputs).await?;
+    let mut ok_docs = Vec::new();
+    let mut ok_pos = Vec::new();
+    for (p, r) in positions.into_iter().zip(prepared) {
+        match r {
+            Ok(d) => {
+                ok_docs.push(d);
+                ok_pos.push(p);
+            }
+            Err(e) => results[p] = Some(BulkItemResult::from_result(p, Err(e))),
+        }
+    }
+    if !ok_docs.is_empty() {
+        let bytes: u64 = ok_docs.iter().map(|d| d.content.len() as u64).sum();
+        ctx.check_storage(ok_docs.iter().map(|d| d.path.clone()).collect(), bytes).await?;
+        let refs: Vec<&PreparedDocument> = ok_docs.iter().collect();
+        let embeddings = embed_docs(ctx, &refs).await?;
+        let tokens: usize = ok_docs.iter().flat_map(|d| d.chunks.iter().map(|c| c.llm_tokens)).sum();
+        let lease = ctx.storage().await?;
+        let search = search_state(&lease).await?;
+        let written = lease
+            .blocking(move |h| {
+                let items: Vec<(PreparedDocument, Option<Vec<Vec<f32>>>)> = match embeddings {
+                    Some(e) => ok_docs.into_iter().zip(e.into_iter().map(Some)).collect(),
+                    None => ok_docs.into_iter().map(|d| (d, None)).collect(),
+                };
+                h.with_writer(|c| Ok(search.upsert_many(c, items)))
+            })
+            .await?;
+        let ok = written.iter().filter(|r| r.is_ok()).count();
+        ctx.wrote(written.iter().filter(|r| r.as_ref().is_ok_and(|w| w.created)).count() as u64, bytes);
+        for (p, r) in ok_pos.into_iter().zip(written) {
+            results[p] = Some(BulkItemResult::from_result(p, r));
+        }
+        ctx.state().meter.record_n(ctx.id(), Kind::DocumentWrite, ok as u64, tokens as u64);
+    }
+    let results: Vec<BulkItemResult> = results.into_iter().flatten().collect();
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    Ok(BulkResponse { results, succeeded: n - failed, failed })
+}
+
+/// One page of documents ordered by path. Reads come straight from SQLite: they never open the
+/// derived search state.
+pub async fn list(ctx: &TenantCtx, q: ListQuery) -> Result<docs::ListPage, Error> {
+    ctx.authorize(Op::DocumentList)?;
+    let lease = ctx.storage().await?;
+    lease.blocking(move |h| h.with_reader(|c| Ok(docs::store::list(c, &q)?))).await
+}
+
+/// One stored document with its content.
+pub async fn get(ctx: &TenantCtx, r: DocRef) -> Result<docs::Document, Error> {
+    ctx.authorize(Op::DocumentGet)?;
+    let lease = ctx.storage().await?;
+    lease
+        .blocking(move |h| {
+            h.with_reader(|c| match &r {
+                DocRef::Id(id) => Ok(docs::store::get(c, id)?),
+                DocRef::Path(p) => Ok(docs::store::get_by_path(c, p)?),
+            })
+        })
+        .await
+}
+
+/// Deletes one document, its chunks, index entries and embeddings.
+pub async fn delete(ctx: &TenantCtx, id: String) -> Result<(), Error> {
+    ctx.authorize(Op::DocumentDelete)?;
+    let lease = ctx.storage().await?;
+    let search = search_state(&lease).await?;
+    lease.blocking(move |h| h.with_writer(|c| Ok(search.delete(c, &id)?))).await?;
+    ctx.state().meter.record(ctx.id(), Kind::DocumentDelete, 0);
+    ctx.deleted();
+    Ok(())
+}
+
+/// Deletes every document under a path prefix (an empty prefix deletes everything).
+pub async fn delete_prefix(ctx: &TenantCtx, prefix: Option<String>) -> Result<docs::DeleteResult, Error> {
+    ctx.authorize(Op::DocumentDeletePrefix)?;
+    let prefix = prefix.ok_or_else(|| Error::validation("path_prefix is required (use path_prefix= with care: an empty prefix deletes everything)"))?;
+    let lease = ctx.storage().await?;
+    let search = search_state(&lease).await?;
+    let r = lease.blocking(move |h| h.with_writer(|c| Ok(search.delete_by_prefix(c, &prefix)?))).await?;
+    ctx.state().meter.record_n(ctx.id(), Kind::DocumentDelete, r.deleted as u64, 0);
+    ctx.deleted();
+    Ok(r)
+}

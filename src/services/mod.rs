@@ -1,0 +1,34 @@
+//! The application services: the one layer every door (REST, MCP, the CLI, and the dashboards to
+//! come) calls for a tenant operation. Doors parse, call a service, and shape the answer; they never
+//! touch SQLite, Tantivy or control-plane SQL (a test in `tests/architecture.rs` checks this).
+//!
+//! | capability | module | takes |
+//! |---|---|---|
+//! | scopes and costs of every operation | [`ops`] | — |
+//! | the proven tenant | [`context`] | a request proof |
+//! | audited control-plane changes | [`audit`] | an [`Operator`] |
+//! | tenants: create, update, suspend, delete, reindex, overrides | [`tenants`] | an [`Operator`] |
+//! | keys: create, rotate, revoke, limits | [`keys`] | an [`Operator`] |
+//! | documents | [`documents`] | a [`TenantCtx`] |
+//! | search, assemble, embeddings (bounded CPU queue: [`crate::cpu`]) | [`search`] | a [`TenantCtx`] |
+//! | recommendations and commerce data | [`recs`] | a [`TenantCtx`] |
+//! | usage, audit log, usage export | [`usage`] | either |
+//! | Stripe webhooks, trials | [`billing`] | the app state |
+//! | backup status and restore | [`restore`] | either, plus an admin proof |
+
+pub mod audit;
+pub mod billing;
+pub mod context;
+pub mod documents;
+pub mod keys;
+pub mod ops;
+pub mod quickstart;
+pub mod recs;
+pub mod restore;
+pub mod search;
+pub mod tenants;
+pub mod usage;
+
+pub use audit::{Actor, Operator};
+pub use context::{RateSlot, TenantCtx, TierSlot};
+pub use ops::{op, Op, Operation};

@@ -1,0 +1,151 @@
+//! Backups from the tenant's side: replication status and point-in-time restore in place, for the
+//! operator (admin API, CLI) and for a tenant's own admin-scoped key on plans with `pitr_restore`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::audit::Operator;
+use super::context::TenantCtx;
+use super::ops::Op;
+use crate::auth::AdminProof;
+use crate::backup::restore::{Report, Target};
+use crate::backup::ReplicaKey;
+use crate::control::Tenant;
+use crate::error::{Code, Error};
+use crate::state::AppState;
+use crate::tenant::{tenant_dir, Block, TenantCap};
+
+/// Body of a restore: at most one of `txid` (16 hex digits) and `timestamp` (RFC 3339); neither means latest.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub txid: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+impl RestoreRequest {
+    /// Parses an optional body (empty means latest).
+    pub fn from_body(body: &[u8]) -> Result<RestoreRequest, Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(RestoreRequest::default());
+        }
+        serde_json::from_slice(body).map_err(|e| Error::bad_request(Code::InvalidJson, format!("invalid JSON body: {e}")))
+    }
+
+    pub fn target(&self) -> Result<Target, Error> {
+        Target::parse(self.txid.as_deref(), self.timestamp.as_deref()).map_err(|e| Error::validation(format!("{e:#}")))
+    }
+}
+
+fn status_json(state: &AppState, t: &Tenant) -> Value {
+    match &state.backup {
+        None => json!({"tenant": t.slug, "enabled": false}),
+        Some(b) => {
+            let db = tenant_dir(&state.config.data_dir, &t.id).join(crate::tenant::DB_FILE);
+            json!({"tenant": t.slug, "enabled": true, "backup": b.status(&ReplicaKey::tenant(&t.id), &db)})
+        }
+    }
+}
+
+/// The tenant's own replication state (admin-scoped key).
+pub fn backup_status(ctx: &TenantCtx) -> Result<Value, Error> {
+    ctx.authorize(Op::BackupStatus)?;
+    Ok(status_json(ctx.state(), ctx.tenant()))
+}
+
+/// Point-in-time restore of the tenant's own data: admin-scoped key and `pitr_restore` in the plan.
+pub async fn restore_own(ctx: &TenantCtx, req: RestoreRequest) -> Result<Value, Error> {
+    ctx.authorize(Op::Restore)?;
+    ctx.require_feature("pitr_restore")?;
+    let target = req.target()?;
+    let t = ctx.tenant().clone();
+    let report = restore_tenant(ctx.state(), ctx.cap(), &t, target, &super::Actor::Tenant(t.id.clone()).as_string()).await?;
+    Ok(json!({"tenant": t.slug, "restored": report}))
+}
+
+impl Operator {
+    /// A tenant's replication state: replica URL, last replicated TXID and time, lag, last error.
+    pub async fn backup_status(&self, slug: &str) -> Result<Value, Error> {
+        let t = self.tenant(slug).await?;
+        let s = self.live.as_ref().ok_or_else(|| Error::internal(anyhow::anyhow!("backup status needs a running server")))?;
+        Ok(status_json(s, &t))
+    }
+
+    /// Restores one tenant in place on a running server (latest, a TXID or a time). Other tenants keep serving.
+    pub async fn restore(&self, proof: &AdminProof, slug: &str, req: RestoreRequest) -> Result<Value, Error> {
+        let target = req.target()?;
+        let t = self.tenant(slug).await?;
+        let s = self.live.as_ref().ok_or_else(|| Error::internal(anyhow::anyhow!("an in-place restore through the service needs a running server")))?;
+        let cap = s.registry.cap_for_admin(proof, &t.id);
+        let report = restore_tenant(s, &cap, &t, target, &self.actor.as_string()).await?;
+        Ok(json!({"tenant": t.slug, "restored": report}))
+    }
+}
+
+/// Restores one tenant in place from its replica: the tenant is offline (503 `tenant_restoring`) while
+/// its handle closes and the file is replaced atomically; its derived index is rebuilt on next open.
+/// Other tenants are untouched.
+async fn restore_tenant(
+    state: &AppState,
+    cap: &TenantCap,
+    tenant: &Tenant,
+    target: Target,
+    actor: &str,
+) -> Result<Report, Error> {
+    let backup = state.backup.clone().ok_or_else(|| Error::conflict(Code::BackupsDisabled, "backups are not configured (backup_url)"))?;
+    let replica = backup.root().replica(&ReplicaKey::tenant(cap.id()).path());
+    // Check the replica before taking the tenant offline: a bad target is a 4xx and nothing changes.
+    let files = replica.list().await.map_err(|e| Error::unavailable(Code::BackupUnavailable, format!("the replica cannot be listed: {e:#}"), 5))?;
+    crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request(Code::RestorePointUnavailable, format!("{e:#}")))?;
+    state.registry.block_and_close(&tenant.id, Block::Restoring).await;
+    let dir = tenant_dir(&state.config.data_dir, &tenant.id);
+    let staged = dir.join("tenant.db.restoring");
+    let result = crate::backup::restore::restore_to(&replica, target, &staged).await;
+    let outcome = match result {
+        Ok(report) => {
+            let (dir2, id) = (dir.clone(), tenant.id.clone());
+            let swapped = tokio::task::spawn_blocking(move || install_restored(&dir2, &staged, &id))
+            .await
+            .map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
+            match swapped {
+                Ok(()) => Ok(report),
+                Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
+            }
+        }
+        Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
+    };
+    if outcome.is_ok() {
+        // The restored state is the new history: the next TXID is a full image.
+        backup.catch_up_tenant(&tenant.id);
+        let (id, detail) = (tenant.id.clone(), json!({"txid": outcome.as_ref().map(|r| r.txid.clone()).unwrap_or_default()}));
+        let actor = actor.to_string();
+        let now = state.plans.clock.now();
+        let _ = state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&id), "tenant.restored", &detail)?)).await;
+    }
+    state.registry.unblock(&tenant.id);
+    outcome
+}
+
+/// Puts a restored database (`staged`, in the tenant's directory) in place of the tenant's file: checks
+/// that it belongs to the tenant, drops the old WAL and shared memory, renames it atomically, forgets the
+/// shipped position (the next TXID is a full image) and removes the derived index (rebuilt on open).
+/// The tenant must be closed (blocked, or no server running).
+pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::Result<()> {
+    let db = dir.join(crate::tenant::DB_FILE);
+    {
+        let c = rusqlite::Connection::open(staged)?;
+        let owner: Option<String> = rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+        anyhow::ensure!(owner.as_deref() == Some(tenant_id), "the replica belongs to tenant {owner:?}, not {tenant_id}");
+    }
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    std::fs::rename(staged, &db)?;
+    crate::backup::reset_position(&db);
+    let _ = std::fs::remove_dir_all(dir.join("index"));
+    Ok(())
+}
+

@@ -1,0 +1,280 @@
+//! Tenants: create, list, show, update (tier, status — suspend and resume —, domain, profile),
+//! delete, restore, reindex, plan overrides. The same functions serve the admin API, open signup,
+//! Stripe and the CLI; each change runs in one audited transaction ([`Operator::audited`]).
+//!
+//! Creation writes the tenant's storage first, then the control-plane row, the first API key and the
+//! audit event in one transaction: if the storage cannot be created, nothing is committed.
+//!
+//! Deletion follows a fixed order so that no request can reopen a tenant being deleted:
+//! 1. remove the row (keys cascade), record the audit event and, when backups are configured,
+//!    schedule the replica's deletion after `backup.delete_grace_secs` — all in one transaction;
+//! 2. on a running server, drop the auth caches, block the id in the registry, close its handle and
+//!    wait for in-flight requests;
+//! 3. move the directory into `<data dir>/.trash/` (atomic rename) and remove it.
+//!
+//! The CLI runs the same steps with the server stopped (step 2 has nothing to close); the server's
+//! replica sweeper deletes the replica once it is due, whichever door deleted the tenant.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::audit::Operator;
+use crate::auth::AdminProof;
+use crate::backup::ReplicaKey;
+use crate::control::tenants::{self, NewTenant, TenantPatch};
+use crate::control::{keys, ApiKey, NewKey, Slug, Status, Tenant, Tier};
+use crate::error::{Code, Error};
+use crate::tenant::{create_storage, tenant_dir, Block};
+
+/// `POST /admin/v1/tenants` body (and the CLI's and signup's input).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub slug: String,
+    pub name: String,
+    pub email: String,
+    #[serde(default = "default_tier")]
+    pub tier: Tier,
+    /// `trial` makes the tenant a trial of `tier` for `trial_days` (default 14).
+    pub status: Option<Status>,
+    pub trial_days: Option<u32>,
+}
+
+fn default_tier() -> Tier {
+    Tier::Free
+}
+
+/// A created tenant with its first key (the plaintext is shown once).
+#[derive(Serialize)]
+pub struct Created {
+    pub tenant: Tenant,
+    pub api_key: String,
+    pub key: ApiKey,
+    pub quickstart: String,
+}
+
+/// One page of tenants.
+#[derive(Serialize)]
+pub struct TenantPage {
+    pub tenants: Vec<Tenant>,
+    pub next_cursor: Option<String>,
+    pub total: i64,
+}
+
+impl Operator {
+    /// Looks a tenant up by slug (404 when absent or reserved, 400 when malformed).
+    pub async fn tenant(&self, slug: &str) -> Result<Tenant, Error> {
+        let slug = Slug::parse(slug).map_err(|e| if e.code() == Code::ReservedSlug { not_found() } else { e })?;
+        self.control.run(move |c| Ok(tenants::get_by_slug(c, slug.as_str())?)).await?.ok_or_else(not_found)
+    }
+
+    /// Looks a tenant up by id (ids and slugs never collide: see `control::slug::is_id_shaped`).
+    pub async fn tenant_by_id(&self, id: &str) -> Result<Option<Tenant>, Error> {
+        let id = id.to_string();
+        self.control.run(move |c| Ok(tenants::get_by_id(c, &id)?)).await
+    }
+
+    /// Creates a tenant with storage and a first key.
+    pub async fn create_tenant(&self, req: CreateTenant) -> Result<Created, Error> {
+        let now = self.clock.now();
+        let new = into_new(req, now)?;
+        let id = tenants::new_id();
+        let dir = tenant_dir(&self.config.data_dir, &id);
+        // Storage first, outside the control-plane write lock; the row that makes the tenant reachable
+        // comes last, so no request can see a tenant without storage.
+        let d = dir.clone();
+        let sid = id.clone();
+        let made = tokio::task::spawn_blocking(move || create_storage(&d, &sid)).await?;
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::internal(e.context("creating tenant storage")));
+        }
+        let tid = id.clone();
+        let created = self
+            .audited(Some(&id), "tenant.created", move |tx| {
+                let tenant = tenants::insert(tx, &tid, &new, now)?;
+                let (key, api_key) = keys::create(tx, &tenant.id, &NewKey::default(), now)?;
+                let detail = json!({"slug": tenant.slug, "tier": tenant.tier});
+                Ok(((tenant, key, api_key), detail))
+            })
+            .await;
+        let (tenant, key, api_key) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        if let Some(b) = self.live.as_ref().and_then(|s| s.backup.as_ref()) {
+            // Every tenant has a replica from its first moment: the service opens it and ships a snapshot.
+            b.catch_up_tenant(&tenant.id);
+        }
+        let quickstart = super::quickstart::text(&tenant.slug, &self.tenant_url(&tenant.slug), &api_key);
+        Ok(Created { tenant, api_key, key, quickstart })
+    }
+
+    /// The public base URL of a tenant, for quickstarts and snippets.
+    pub fn tenant_url(&self, slug: &str) -> String {
+        let port = self.live.as_ref().map_or(self.config.listen.port(), |s| s.port);
+        match &self.config.public_url_template {
+            Some(t) => t.replace("{slug}", slug),
+            None => format!("http://{slug}.{}:{port}", self.config.base_domain),
+        }
+    }
+
+    /// Keyset pagination over slugs; `q` matches slug, name or email.
+    pub async fn list_tenants(&self, q: Option<String>, cursor: Option<String>, limit: u32) -> Result<TenantPage, Error> {
+        let (list, total) =
+            self.control.run(move |c| Ok((tenants::list(c, q.as_deref(), cursor.as_deref(), limit.saturating_add(1))?, tenants::count(c)?))).await?;
+        let more = list.len() > limit as usize;
+        let page: Vec<Tenant> = list.into_iter().take(limit as usize).collect();
+        let next_cursor = if more { page.last().map(|t| t.slug.clone()) } else { None };
+        Ok(TenantPage { tenants: page, next_cursor, total })
+    }
+
+    /// Changes tier, status (suspend, resume, cancel), domain or profile.
+    pub async fn update_tenant(&self, slug: &str, patch: TenantPatch) -> Result<Tenant, Error> {
+        let t = self.tenant(slug).await?;
+        let now = self.clock.now();
+        let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain});
+        let id = t.id.clone();
+        self.audited(Some(&t.id), "tenant.updated", move |tx| Ok((tenants::update(tx, &id, &patch, now)?, detail))).await
+    }
+
+    /// Suspends a tenant (its keys stop working at once) or resumes it.
+    pub async fn set_status(&self, slug: &str, status: Status) -> Result<Tenant, Error> {
+        self.update_tenant(slug, TenantPatch { status: Some(status), ..TenantPatch::default() }).await
+    }
+
+    /// Deletes a tenant and its data from every door (see the module docs for the order).
+    pub async fn delete_tenant(&self, slug: &str) -> Result<(), Error> {
+        let t = self.tenant(slug).await?;
+        if self.live.is_none() && crate::datadir::server_running(&self.config.data_dir) {
+            return Err(Error::conflict(
+                Code::ServerRunning,
+                format!("a warren server is running on {}; delete through it: DELETE /admin/v1/tenants/{slug}", self.config.data_dir.display()),
+            ));
+        }
+        let (id, tslug) = (t.id.clone(), t.slug.clone());
+        let replica_due = self.config.backup_url.as_ref().map(|_| self.clock.now() + chrono::Duration::seconds(self.config.backup.delete_grace_secs as i64));
+        let removed = self
+            .audited(Some(&t.id), "tenant.deleted", move |tx| {
+                let removed = tenants::delete(tx, &id)?;
+                if let Some(due) = replica_due {
+                    crate::control::schedule_replica_deletion(tx, &id, due)?;
+                }
+                Ok((removed, json!({"slug": tslug, "replica_deleted_after": replica_due.map(crate::clock::ts)})))
+            })
+            .await?;
+        if !removed {
+            return Err(not_found());
+        }
+        if let Some(s) = &self.live {
+            s.registry.block_and_close(&t.id, Block::Deleting).await;
+        }
+        let data_dir = self.config.data_dir.clone();
+        let id = t.id.clone();
+        tokio::task::spawn_blocking(move || remove_storage(&data_dir, &id)).await?.map_err(Error::Internal)?;
+        // The id is never reused (ULIDs), so the block can stay until restart; it costs a few bytes.
+        Ok(())
+    }
+
+    /// Rebuilds a tenant's search index from SQLite (through its handle on a running server).
+    pub async fn reindex(&self, proof: &AdminProof, slug: &str) -> Result<(String, usize), Error> {
+        let t = self.tenant(slug).await?;
+        let Some(s) = &self.live else {
+            let dir = tenant_dir(&self.config.data_dir, &t.id);
+            let n = tokio::task::spawn_blocking(move || crate::search::rebuild_offline(&dir)).await?.map_err(Error::Internal)?;
+            return Ok((t.slug, n));
+        };
+        let lease = s.registry.cap_for_admin(proof, &t.id).lease().await?;
+        let n = lease.blocking(|h| super::search::rebuild(h)).await?;
+        Ok((t.slug, n))
+    }
+
+    /// A tenant's plan overrides.
+    pub async fn overrides(&self, slug: &str) -> Result<Option<crate::plans::Overrides>, Error> {
+        let t = self.tenant(slug).await?;
+        self.control.run(move |c| crate::plans::get_overrides(c, &t.id)).await
+    }
+
+    /// Sets (or with `None` removes) a tenant's own limits and feature switches.
+    pub async fn put_overrides(&self, slug: &str, o: Option<crate::plans::Overrides>) -> Result<(), Error> {
+        if let Some(o) = &o {
+            o.validate()?;
+        }
+        let t = self.tenant(slug).await?;
+        let id = t.id.clone();
+        self.audited(Some(&t.id), "plan.overrides", move |tx| {
+            crate::plans::put_overrides(tx, &id, o.as_ref())?;
+            Ok(((), json!({"overrides": o})))
+        })
+        .await?;
+        self.refresh_plans().await
+    }
+
+    pub(crate) async fn refresh_plans(&self) -> Result<(), Error> {
+        if let Some(s) = &self.live {
+            s.plans.refresh_overrides(&s.control).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the replicas of tenants deleted more than `backup.delete_grace_secs` ago.
+    pub async fn delete_due_replicas(&self) {
+        let Some(backup) = self.live.as_ref().and_then(|s| s.backup.clone()) else { return };
+        let now = self.clock.now();
+        let ids = match self.control.run(move |c| Ok(crate::control::due_replica_deletions(c, now)?)).await {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(error = %e, "listing due replica deletions failed"),
+        };
+        for id in ids {
+            match backup.delete_replica(&ReplicaKey::tenant(&id)).await {
+                Ok(n) => {
+                    tracing::info!(tenant = %id, files = n, "deleted the replica of a deleted tenant");
+                    let id2 = id.clone();
+                    let sys = Operator { actor: super::Actor::System, ..self.clone() };
+                    let done = sys
+                        .audited(Some(&id), "tenant.replica_deleted", move |tx| {
+                            crate::control::replica_deleted(tx, &id2)?;
+                            Ok(((), json!({"files": n})))
+                        })
+                        .await;
+                    if let Err(e) = done {
+                        tracing::warn!(tenant = %id, error = %e, "recording a replica deletion failed; will retry");
+                    }
+                }
+                Err(e) => tracing::warn!(tenant = %id, error = %format!("{e:#}"), "deleting a replica failed; will retry"),
+            }
+        }
+    }
+}
+
+fn not_found() -> Error {
+    Error::not_found(Code::TenantNotFound, "no such tenant")
+}
+
+fn into_new(req: CreateTenant, now: chrono::DateTime<chrono::Utc>) -> Result<NewTenant, Error> {
+    let slug = Slug::parse(&req.slug)?;
+    tenants::validate_profile(&req.name, &req.email)?;
+    let status = req.status.unwrap_or(Status::Active);
+    let trial_ends_at = match status {
+        Status::Trial => Some(now + chrono::Duration::days(req.trial_days.unwrap_or(14).clamp(1, 365) as i64)),
+        _ => None,
+    };
+    Ok(NewTenant { slug, name: req.name, email: req.email, tier: req.tier, status, trial_ends_at })
+}
+
+/// Moves a tenant's directory to the trash and removes it.
+pub fn remove_storage(data_dir: &std::path::Path, tenant_id: &str) -> anyhow::Result<()> {
+    let dir = tenant_dir(data_dir, tenant_id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let trash = data_dir.join(".trash");
+    std::fs::create_dir_all(&trash)?;
+    let target = trash.join(format!("{tenant_id}-{}", chrono::Utc::now().timestamp_millis()));
+    std::fs::rename(&dir, &target)?;
+    std::fs::remove_dir_all(&target)?;
+    Ok(())
+}
