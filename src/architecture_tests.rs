@@ -131,7 +131,19 @@ fn the_cycle_finder_finds_cycles() {
 /// Doors parse, call a service and shape the answer: no storage access of their own.
 #[test]
 fn doors_never_touch_storage() {
-    let forbidden = ["rusqlite", "tantivy", "with_reader(", "with_writer(", "control.run(", "control.write(", "run_sync(", "write_sync(", ".blocking(", "registry.", "cap_for_"];
+    let forbidden = [
+        "rusqlite",
+        "tantivy",
+        "with_reader(",
+        "with_writer(",
+        "control.run(",
+        "control.write(",
+        "run_sync(",
+        "write_sync(",
+        ".blocking(",
+        "registry.",
+        "cap_for_",
+    ];
     let mut doors = Vec::new();
     rust_files(&src().join("api"), &mut doors);
     doors.push(src().join("cli.rs"));

@@ -3,8 +3,12 @@
 
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::clock::parse_period;
+use crate::control::Tier;
+use crate::error::{Code, Error};
 use crate::plans::{Entitlements, PlanStore};
+
+/// What a tenant owes for a month: the plan's base price plus overage of soft query quotas.
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Bill {

@@ -185,7 +185,14 @@ pub enum KeyCmd {
     Revoke { slug: String, key_id: String },
 }
 
-async fn restore(config: &Config, slug: Option<String>, txid: Option<String>, timestamp: Option<String>, to: Option<PathBuf>, all: bool) -> anyhow::Result<()> {
+async fn restore(
+    config: &Config,
+    slug: Option<String>,
+    txid: Option<String>,
+    timestamp: Option<String>,
+    to: Option<PathBuf>,
+    all: bool,
+) -> anyhow::Result<()> {
     use crate::backup::{restore, ReplicaKey, ReplicaRoot};
     let url = config.backup_url.as_deref().ok_or_else(|| anyhow::anyhow!("no backup_url is configured (WARREN_BACKUP_URL)"))?;
     let b = &config.backup;

@@ -28,7 +28,6 @@ pub fn server_running(data_dir: &Path) -> bool {
     }
 }
 
-
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();

@@ -32,7 +32,6 @@ pub mod tenant;
 pub mod transfer;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -81,13 +80,16 @@ impl App {
         let admin_token_hash = admin_token_hash(&control, &config)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
-        let registry = TenantRegistry::with_backup(RegistryConfig {
-            data_dir: config.data_dir.clone(),
-            max_open: config.max_open_tenants,
-            idle: Duration::from_secs(config.tenant_idle_secs.max(1)),
-            read_pool_size: config.tenant_read_pool_size,
-            open_timeout: Duration::from_millis(config.tenant_open_timeout_ms),
-        }, backup.clone());
+        let registry = TenantRegistry::with_backup(
+            RegistryConfig {
+                data_dir: config.data_dir.clone(),
+                max_open: config.max_open_tenants,
+                idle: Duration::from_secs(config.tenant_idle_secs.max(1)),
+                read_pool_size: config.tenant_read_pool_size,
+                open_timeout: Duration::from_millis(config.tenant_open_timeout_ms),
+            },
+            backup.clone(),
+        );
         let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
             model_dir: config.model_dir.clone(),
             queue_capacity: config.embed.queue_capacity,
@@ -229,7 +231,6 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             if s.backup.is_some() && n % s.config.backup.delete_sweep_secs.max(1) == 0 {
                 services::Operator::live(&s, services::Actor::System).delete_due_replicas().await;
             }
-            }
         }
     });
     stop
@@ -316,14 +317,8 @@ fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<V
     let token = format!("wat_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
     let hash = Sha256::digest(token.as_bytes()).to_vec();
     let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    write_private(&path, format!("{token}\n").as_bytes())?;
-    control
-        .run_sync(|c| Ok(control::set_setting(c, "admin_token_sha256", &hex::encode(&hash))?))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!(
-        "warren: generated an admin token (shown once; also saved with mode 0600 in {}):\n\n    {token}\n",
-        path.display()
-    );
+    datadir::write_private(&path, format!("{token}\n").as_bytes())?;
+    control.run_sync(|c| Ok(control::set_setting(c, "admin_token_sha256", &hex::encode(&hash))?)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("warren: generated an admin token (shown once; also saved with mode 0600 in {}):\n\n    {token}\n", path.display());
     Ok(hash)
 }
-

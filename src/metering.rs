@@ -19,9 +19,9 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::params;
 
 use crate::clock::ts;
+use crate::clock::Clock;
 use crate::control::ControlPlane;
 use crate::error::Error;
-use crate::clock::Clock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -39,7 +39,8 @@ pub enum Kind {
 pub const KINDS: usize = 7;
 
 impl Kind {
-    pub const ALL: [Kind; KINDS] = [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall, Kind::Recommendation];
+    pub const ALL: [Kind; KINDS] =
+        [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall, Kind::Recommendation];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -145,9 +146,8 @@ impl Meter {
 
     /// A meter on `clock`; with `enabled = false` nothing is recorded (`billing.enforce = false`).
     pub fn with(control: ControlPlane, clock: Clock, enabled: bool) -> Meter {
-        let boundary = control
-            .run_sync(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM usage_events", [], |r| r.get::<_, i64>(0))?))
-            .unwrap_or(i64::MAX);
+        let boundary =
+            control.run_sync(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM usage_events", [], |r| r.get::<_, i64>(0))?)).unwrap_or(i64::MAX);
         Meter {
             control,
             clock,
@@ -268,8 +268,7 @@ impl Meter {
             .write(move |c| {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
-                    let mut stmt =
-                        tx.prepare_cached("INSERT INTO usage_events (tenant_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+                    let mut stmt = tx.prepare_cached("INSERT INTO usage_events (tenant_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
                     for ((tenant, kind, _), p) in &batch {
                         stmt.execute(params![tenant, kind.as_str(), p.count as i64, p.tokens as i64, p.at])?;
                     }
@@ -304,19 +303,18 @@ fn sum(a: MonthUsage, b: MonthUsage) -> MonthUsage {
 
 /// Totals of a tenant's events with `at` in `[from, to)`, by kind: (kind, count, tokens).
 pub fn totals(conn: &rusqlite::Connection, tenant_id: &str, from: &str, to: &str) -> rusqlite::Result<Vec<(String, i64, i64)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT kind, SUM(count), SUM(tokens) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2 AND at < ?3 GROUP BY kind",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT kind, SUM(count), SUM(tokens) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2 AND at < ?3 GROUP BY kind")?;
     let rows = stmt.query_map(params![tenant_id, from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
 }
 
 /// Totals of every tenant in `[from, to)`: tenant id → usage.
 pub fn totals_all(conn: &rusqlite::Connection, from: &str, to: &str) -> rusqlite::Result<HashMap<String, MonthUsage>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT tenant_id, kind, SUM(count), SUM(tokens) FROM usage_events WHERE at >= ?1 AND at < ?2 GROUP BY tenant_id, kind",
-    )?;
-    let rows = stmt.query_map(params![from, to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT tenant_id, kind, SUM(count), SUM(tokens) FROM usage_events WHERE at >= ?1 AND at < ?2 GROUP BY tenant_id, kind")?;
+    let rows =
+        stmt.query_map(params![from, to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
     let mut out: HashMap<String, MonthUsage> = HashMap::new();
     for row in rows {
         let (t, kind, c, tok) = row?;

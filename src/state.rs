@@ -35,4 +35,3 @@ pub struct AppState {
     /// The bounded CPU queue of search and context assembly.
     pub search_cpu: crate::cpu::CpuQueue,
 }
-

@@ -121,7 +121,9 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Line>> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).with_context(|| format!("{}:{}: expected {{path, content, title?, metadata?}}", path.display(), i + 1))?);
+        out.push(
+            serde_json::from_str(&line).with_context(|| format!("{}:{}: expected {{path, content, title?, metadata?}}", path.display(), i + 1))?,
+        );
     }
     Ok(out)
 }
@@ -237,7 +239,11 @@ impl Target {
                         }
                         let (cost, limit) = (b["error"]["cost"].as_u64().unwrap_or(0), b["error"]["limit"].as_u64().unwrap_or(u64::MAX));
                         if cost > limit {
-                            bail!("a batch of {} documents costs {cost} rate-limit cells, over this key's burst of {limit}: use --batch {}", paths.len(), limit.saturating_sub(2).max(1));
+                            bail!(
+                                "a batch of {} documents costs {cost} rate-limit cells, over this key's burst of {limit}: use --batch {}",
+                                paths.len(),
+                                limit.saturating_sub(2).max(1)
+                            );
                         }
                         tokio::time::sleep(Duration::from_secs(wait.min(60))).await;
                         continue;
@@ -270,7 +276,8 @@ impl Target {
                 }
                 let embeddings: Vec<Option<Vec<Vec<f32>>>> = if embed.is_available() {
                     let texts: Vec<String> = ok.iter().flat_map(|d| d.embedding_inputs()).collect();
-                    let mut flat = if texts.is_empty() { Vec::new() } else { embed.embed(texts).await.map_err(|e| anyhow::anyhow!("{e:?}"))? }.into_iter();
+                    let mut flat =
+                        if texts.is_empty() { Vec::new() } else { embed.embed(texts).await.map_err(|e| anyhow::anyhow!("{e:?}"))? }.into_iter();
                     ok.iter().map(|d| Some(flat.by_ref().take(d.chunks.len()).collect())).collect()
                 } else {
                     ok.iter().map(|_| None).collect()

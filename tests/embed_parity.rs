@@ -15,11 +15,7 @@ fn model_dir() -> PathBuf {
     let dir = std::env::var_os("WARREN_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "model files missing in {}: run scripts/fetch-model.sh first",
-        dir.display()
-    );
+    assert!(dir.join("model.safetensors").is_file(), "model files missing in {}: run scripts/fetch-model.sh first", dir.display());
     dir
 }
 
@@ -44,12 +40,7 @@ fn reference() -> Vec<Case> {
         .into_iter()
         .map(|v| Case {
             text: v["text"].as_str().expect("text").to_owned(),
-            embedding: v["embedding"]
-                .as_array()
-                .expect("embedding")
-                .iter()
-                .map(|x| x.as_f64().expect("float") as f32)
-                .collect(),
+            embedding: v["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("float") as f32).collect(),
         })
         .collect();
     assert_eq!(cases.len(), 64, "reference.jsonl should hold 64 texts");
@@ -68,12 +59,7 @@ fn tokenizer_matches_reference_ids() {
     let e = embedder();
     for v in fixture("reference_tokens.jsonl") {
         let text = v["text"].as_str().expect("text");
-        let want: Vec<u32> = v["input_ids"]
-            .as_array()
-            .expect("input_ids")
-            .iter()
-            .map(|x| x.as_u64().expect("id") as u32)
-            .collect();
+        let want: Vec<u32> = v["input_ids"].as_array().expect("input_ids").iter().map(|x| x.as_u64().expect("id") as u32).collect();
         let got = e.tokenizer().encode(text, true).expect("encode");
         assert_eq!(got.get_ids(), want.as_slice(), "token ids of {text:?}");
         assert!(got.len() <= MAX_TOKENS);
@@ -133,12 +119,7 @@ fn arbitrary_text_never_panics() {
 }
 
 fn service(capacity: usize, max_batch: usize, threads: usize) -> EmbedService {
-    let svc = EmbedService::start(&EmbedConfig {
-        model_dir: model_dir(),
-        queue_capacity: capacity,
-        max_batch,
-        threads,
-    });
+    let svc = EmbedService::start(&EmbedConfig { model_dir: model_dir(), queue_capacity: capacity, max_batch, threads });
     assert!(svc.is_available(), "service should load the model");
     svc
 }

@@ -30,9 +30,7 @@ fn synth(n: usize, seed: u64) -> (Vec<(String, usize)>, Vec<(String, usize, i64)
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let families = 50;
     let products: Vec<(String, usize)> = (0..n).map(|i| (format!("p{i}"), i % families)).collect();
-    let per_family: Vec<Vec<usize>> = (0..families)
-        .map(|f| (0..n).filter(|i| i % families == f).collect())
-        .collect();
+    let per_family: Vec<Vec<usize>> = (0..families).map(|f| (0..n).filter(|i| i % families == f).collect()).collect();
     let customers = if n <= 10_000 { 5 * n } else { n };
     let mut inter = Vec::new();
     let t0 = 1_700_000_000i64;
@@ -63,21 +61,11 @@ fn train(n: usize) {
     let data = TrainData {
         products: products
             .iter()
-            .map(|(id, fam)| ProductRow {
-                id: id.clone(),
-                words: vec![format!("family{fam}"), "product".into()],
-                embedding: None,
-            })
+            .map(|(id, fam)| ProductRow { id: id.clone(), words: vec![format!("family{fam}"), "product".into()], embedding: None })
             .collect(),
         interactions: inter
             .iter()
-            .map(|(c, i, t)| Interaction {
-                user: c.clone(),
-                product: products[*i].0.clone(),
-                weight: 1.0,
-                at: *t,
-                purchase: true,
-            })
+            .map(|(c, i, t)| Interaction { user: c.clone(), product: products[*i].0.clone(), weight: 1.0, at: *t, purchase: true })
             .collect(),
     };
     let before = peak_rss_mib();
@@ -99,13 +87,7 @@ fn train(n: usize) {
     );
 }
 
-async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    key: &str,
-    body: Option<Value>,
-) -> Value {
+async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> Value {
     let mut rb = client.request(method, url).bearer_auth(key);
     if let Some(b) = body {
         rb = rb.json(&b);
@@ -121,10 +103,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn latency(base: &str, admin: &str, n: usize) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("client");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
     let slug = format!("lat{}", std::process::id());
     let t = call(
         &client,
@@ -138,15 +117,11 @@ async fn latency(base: &str, admin: &str, n: usize) {
     let (products, inter) = synth(n, 7);
     let started = Instant::now();
     for chunk in products.chunks(1000) {
-        let items: Vec<Value> = chunk.iter().map(|(id, fam)| json!({"id": id, "name": format!("Product {id} of family {fam}"), "categories": [format!("family{fam}")]})).collect();
-        call(
-            &client,
-            reqwest::Method::POST,
-            format!("{base}/api/v1/products"),
-            &key,
-            Some(json!({"products": items})),
-        )
-        .await;
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|(id, fam)| json!({"id": id, "name": format!("Product {id} of family {fam}"), "categories": [format!("family{fam}")]}))
+            .collect();
+        call(&client, reqwest::Method::POST, format!("{base}/api/v1/products"), &key, Some(json!({"products": items}))).await;
     }
     let orders: Vec<Value> = inter
         .iter()
@@ -154,54 +129,20 @@ async fn latency(base: &str, admin: &str, n: usize) {
         .map(|(k, (c, i, t))| json!({"id": format!("o{k}"), "customer_id": c, "created_at": t, "lines": [{"product_id": products[*i].0}]}))
         .collect();
     for chunk in orders.chunks(1000) {
-        call(
-            &client,
-            reqwest::Method::POST,
-            format!("{base}/api/v1/orders"),
-            &key,
-            Some(json!({"orders": chunk})),
-        )
-        .await;
+        call(&client, reqwest::Method::POST, format!("{base}/api/v1/orders"), &key, Some(json!({"orders": chunk}))).await;
     }
-    eprintln!(
-        "loaded {} products, {} orders in {:.1}s",
-        products.len(),
-        orders.len(),
-        started.elapsed().as_secs_f64()
-    );
-    call(
-        &client,
-        reqwest::Method::POST,
-        format!("{base}/api/v1/recommendations/train"),
-        &key,
-        None,
-    )
-    .await;
+    eprintln!("loaded {} products, {} orders in {:.1}s", products.len(), orders.len(), started.elapsed().as_secs_f64());
+    call(&client, reqwest::Method::POST, format!("{base}/api/v1/recommendations/train"), &key, None).await;
     let status = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let s = call(
-            &client,
-            reqwest::Method::GET,
-            format!("{base}/api/v1/recommendations/status"),
-            &key,
-            None,
-        )
-        .await;
-        if s["training"] == false
-            && s["pending_changes"] == false
-            && s["model_version"].as_u64() > Some(0)
-        {
+        let s = call(&client, reqwest::Method::GET, format!("{base}/api/v1/recommendations/status"), &key, None).await;
+        if s["training"] == false && s["pending_changes"] == false && s["model_version"].as_u64() > Some(0) {
             break s;
         }
     };
     eprintln!("model: {}", status);
     let customers = if n <= 10_000 { 5 * n } else { n };
-    for (what, conc) in [
-        ("recommendations", 1),
-        ("recommendations", 8),
-        ("related", 8),
-        ("cart", 8),
-    ] {
+    for (what, conc) in [("recommendations", 1), ("recommendations", 8), ("related", 8), ("cart", 8)] {
         let per = 2000 / conc;
         let mut tasks = Vec::new();
         for w in 0..conc {
@@ -211,10 +152,17 @@ async fn latency(base: &str, admin: &str, n: usize) {
                 let mut lat = Vec::with_capacity(per);
                 for k in 0..per + 20 {
                     let (m, url, body) = match what {
-                        "recommendations" => (reqwest::Method::GET, format!("{base}/api/v1/recommendations?customer_id=c{}&limit=10", rng.random_range(0..customers)), None),
+                        "recommendations" => (
+                            reqwest::Method::GET,
+                            format!("{base}/api/v1/recommendations?customer_id=c{}&limit=10", rng.random_range(0..customers)),
+                            None,
+                        ),
                         "related" => (reqwest::Method::GET, format!("{base}/api/v1/products/p{}/related?limit=10", rng.random_range(0..n)), None),
-                        _ => (reqwest::Method::POST, format!("{base}/api/v1/recommendations/cart"),
-                            Some(json!({"product_ids": [format!("p{}", rng.random_range(0..n)), format!("p{}", rng.random_range(0..n))]}))),
+                        _ => (
+                            reqwest::Method::POST,
+                            format!("{base}/api/v1/recommendations/cart"),
+                            Some(json!({"product_ids": [format!("p{}", rng.random_range(0..n)), format!("p{}", rng.random_range(0..n))]})),
+                        ),
                     };
                     let t = Instant::now();
                     let v = call(&client, m, url, &key, body).await;
@@ -232,13 +180,7 @@ async fn latency(base: &str, admin: &str, n: usize) {
             all.extend(t.await.expect("task"));
         }
         let rps = all.len() as f64 / wall.elapsed().as_secs_f64();
-        println!(
-            "| {what} | {conc} | {} | {:.2} ms | {:.2} ms | {:.0} |",
-            all.len(),
-            pct(&mut all, 0.5),
-            pct(&mut all, 0.99),
-            rps
-        );
+        println!("| {what} | {conc} | {} | {:.2} ms | {:.2} ms | {:.0} |", all.len(), pct(&mut all, 0.5), pct(&mut all, 0.99), rps);
     }
 }
 

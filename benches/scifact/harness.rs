@@ -271,10 +271,7 @@ fn scifact() -> anyhow::Result<()> {
         lat.sort_by(f64::total_cmp);
         let nd = ndcg10(&runs, &qrels);
         eprintln!("{name:>8}: nDCG@10 {nd:.4}  search p50 {:.2} ms  p99 {:.2} ms", pct(&lat, 0.5), pct(&lat, 0.99));
-        summary.insert(
-            name.into(),
-            serde_json::json!({"ndcg10": nd, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}),
-        );
+        summary.insert(name.into(), serde_json::json!({"ndcg10": nd, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99)}));
     }
     eprintln!("query embedding (1 text): p50 {:.2} ms  p99 {:.2} ms", pct(&qemb, 0.5), pct(&qemb, 0.99));
     summary.insert("query_embedding".into(), serde_json::json!({"p50_ms": pct(&qemb, 0.5), "p99_ms": pct(&qemb, 0.99)}));

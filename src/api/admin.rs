@@ -22,8 +22,23 @@ use crate::state::AppState;
 
 /// The admin API's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create_tenant, list_tenants, show_tenant, patch_tenant, delete_tenant, create_key, list_keys, revoke_key,
-    rotate_key, audit_log, reindex, get_overrides, put_overrides, put_key_limit, usage_export))]
+#[openapi(paths(
+    create_tenant,
+    list_tenants,
+    show_tenant,
+    patch_tenant,
+    delete_tenant,
+    create_key,
+    list_keys,
+    revoke_key,
+    rotate_key,
+    audit_log,
+    reindex,
+    get_overrides,
+    put_overrides,
+    put_key_limit,
+    usage_export
+))]
 pub struct AdminApi;
 
 pub fn routes() -> Router<AppState> {
@@ -83,7 +98,12 @@ async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): 
 
 #[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{tier?, status?, custom_domain?, name?, email?, trial_ends_at?}"),
     responses((status = 200, description = "The tenant", body = Object)))]
-async fn patch_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, ApiJson(patch): ApiJson<TenantPatch>) -> Result<Json<Tenant>, Error> {
+async fn patch_tenant(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(patch): ApiJson<TenantPatch>,
+) -> Result<Json<Tenant>, Error> {
     Ok(Json(ops(&state).update_tenant(&slug, patch).await?))
 }
 
@@ -146,7 +166,12 @@ async fn backup_status(_: AdminCtx, State(state): State<AppState>, ApiPath(slug)
 }
 
 /// Restores one tenant in place (latest, a TXID or a time). Other tenants keep serving.
-async fn restore(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, body: axum::body::Bytes) -> Result<Json<Value>, Error> {
+async fn restore(
+    AdminCtx(proof): AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
     let req = RestoreRequest::from_body(&body)?;
     req.target()?;
     Ok(Json(ops(&state).restore(&proof, &slug, req).await?))
@@ -175,7 +200,8 @@ pub(crate) async fn tls_ask(State(state): State<AppState>, ApiQuery(q): ApiQuery
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "The overrides", body = Object)))]
 async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
-    Ok(Json(json!({"overrides": ops(&state).overrides(&slug).await?})))
+    let o: Option<crate::plans::Overrides> = ops(&state).overrides(&slug).await?;
+    Ok(Json(json!({"overrides": o})))
 }
 
 /// Sets a tenant's own limits and feature switches (`null` removes them). Applies on the next request.

@@ -16,8 +16,8 @@ use crate::docs::{self, BulkRequest, DocumentInput, ListQuery};
 use crate::error::Error;
 use crate::search::{AssembleRequest, AssembleResponse, SearchRequest, SearchResponse};
 use crate::services::documents::{self, BulkResponse, DocRef};
-use crate::services::search::{self, EmbeddingsRequest, EmbeddingsResponse};
 use crate::services::op;
+use crate::services::search::{self, EmbeddingsRequest, EmbeddingsResponse};
 use crate::state::AppState;
 
 /// The context API's part of the OpenAPI document (listed in [`super::openapi::MODULES`]).

@@ -29,9 +29,9 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -47,10 +47,10 @@ use crate::auth::{classify_host, HostKind};
 use crate::config::McpConfig;
 use crate::docs::{DocumentInput, ListQuery};
 use crate::error::{Code, Error};
+use crate::search::{AssembleRequest, Filter, SearchMode, SearchRequest};
 use crate::services::documents::{self, DocRef};
 use crate::services::recs::{self as recs_api, RecQuery};
 use crate::services::{search as search_api, Op, TenantCtx};
-use crate::search::{AssembleRequest, Filter, SearchMode, SearchRequest};
 use crate::state::AppState;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -68,10 +68,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         manager.clone(),
         // Host and Origin are checked by `door` against the tenants' own names.
         // Sessions and their streams end when the server stops, so they do not hold the drain.
-        StreamableHttpServerConfig::default()
-            .disable_allowed_hosts()
-            .disable_allowed_origins()
-            .with_cancellation_token(state.shutdown.child_token()),
+        StreamableHttpServerConfig::default().disable_allowed_hosts().disable_allowed_origins().with_cancellation_token(state.shutdown.child_token()),
     );
     let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()), cfg });
     Router::new().route(
@@ -214,7 +211,6 @@ async fn check_origin(state: &AppState, headers: &HeaderMap, cfg: &McpConfig) ->
 
 #[derive(Clone)]
 pub struct WarrenMcp {
-    state: AppState,
     tool_router: ToolRouter<WarrenMcp>,
 }
 
@@ -307,112 +303,161 @@ fn filter(path_prefix: Option<String>) -> Option<Filter> {
 #[tool_router]
 impl WarrenMcp {
     pub fn new(state: AppState) -> Self {
-        WarrenMcp { state, tool_router: Self::tool_router() }
+        let _ = state; // each call's tenant and state ride in the request's extensions
+        WarrenMcp { tool_router: Self::tool_router() }
     }
 
     #[tool(description = "Search this workspace's documents (hybrid keyword + semantic) and return the best matching passages with their paths.")]
-    async fn search(&self, Parameters(a): Parameters<SearchArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn search(
+        &self,
+        Parameters(a): Parameters<SearchArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.begin(Op::Search)?;
-            let mode = match a.mode.as_deref() {
-                None | Some("") | Some("hybrid") => SearchMode::Hybrid,
-                Some("keyword") => SearchMode::Keyword,
-                Some("semantic") => SearchMode::Semantic,
-                Some(m) => return Err(Error::validation(format!("mode: {m:?} is not hybrid, keyword or semantic"))),
-            };
-            let mut req = SearchRequest::new(a.query, mode);
-            req.limit = a.limit.unwrap_or(crate::search::DEFAULT_LIMIT);
-            req.filter = filter(a.path_prefix);
-            search_api::search(&ctx, req).await
-        }
-        .await)
+        done(
+            async {
+                ctx.begin(Op::Search)?;
+                let mode = match a.mode.as_deref() {
+                    None | Some("") | Some("hybrid") => SearchMode::Hybrid,
+                    Some("keyword") => SearchMode::Keyword,
+                    Some("semantic") => SearchMode::Semantic,
+                    Some(m) => return Err(Error::validation(format!("mode: {m:?} is not hybrid, keyword or semantic"))),
+                };
+                let mut req = SearchRequest::new(a.query, mode);
+                req.limit = a.limit.unwrap_or(crate::search::DEFAULT_LIMIT);
+                req.filter = filter(a.path_prefix);
+                search_api::search(&ctx, req).await
+            }
+            .await,
+        )
         .await
     }
 
     #[tool(description = "Assemble the most relevant passages into one context block that fits max_tokens, ready to put in a prompt.")]
-    async fn assemble_context(&self, Parameters(a): Parameters<AssembleArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn assemble_context(
+        &self,
+        Parameters(a): Parameters<AssembleArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.begin(Op::Assemble)?;
-            let req = AssembleRequest { query: a.query, max_tokens: a.max_tokens, max_documents: None, filter: filter(a.path_prefix), include_metadata: None };
-            search_api::assemble(&ctx, req).await
-        }
-        .await)
+        done(
+            async {
+                ctx.begin(Op::Assemble)?;
+                let req = AssembleRequest {
+                    query: a.query,
+                    max_tokens: a.max_tokens,
+                    max_documents: None,
+                    filter: filter(a.path_prefix),
+                    include_metadata: None,
+                };
+                search_api::assemble(&ctx, req).await
+            }
+            .await,
+        )
         .await
     }
 
     #[tool(description = "Add a document at a path (or replace the one already there) so it becomes searchable.")]
-    async fn add_document(&self, Parameters(a): Parameters<AddArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn add_document(
+        &self,
+        Parameters(a): Parameters<AddArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.begin(Op::DocumentWrite)?;
-            let input = DocumentInput { content: a.content, path: a.path, title: None, metadata: a.metadata.map(Value::Object) };
-            documents::write(&ctx, input).await
-        }
-        .await)
+        done(
+            async {
+                ctx.begin(Op::DocumentWrite)?;
+                let input = DocumentInput { content: a.content, path: a.path, title: None, metadata: a.metadata.map(Value::Object) };
+                documents::write(&ctx, input).await
+            }
+            .await,
+        )
         .await
     }
 
     #[tool(description = "Read one whole document by its id or its path.")]
-    async fn get_document(&self, Parameters(a): Parameters<GetArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn get_document(
+        &self,
+        Parameters(a): Parameters<GetArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.begin(Op::DocumentGet)?;
-            let r = match (a.id, a.path) {
-                (Some(id), _) if !id.is_empty() => DocRef::Id(id),
-                (_, Some(p)) if !p.is_empty() => DocRef::Path(p),
-                _ => return Err(Error::validation("give id or path")),
-            };
-            documents::get(&ctx, r).await
-        }
-        .await)
+        done(
+            async {
+                ctx.begin(Op::DocumentGet)?;
+                let r = match (a.id, a.path) {
+                    (Some(id), _) if !id.is_empty() => DocRef::Id(id),
+                    (_, Some(p)) if !p.is_empty() => DocRef::Path(p),
+                    _ => return Err(Error::validation("give id or path")),
+                };
+                documents::get(&ctx, r).await
+            }
+            .await,
+        )
         .await
     }
 
     #[tool(description = "List documents (path, title, size; no content) ordered by path, one page at a time.")]
-    async fn list_documents(&self, Parameters(a): Parameters<ListArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn list_documents(
+        &self,
+        Parameters(a): Parameters<ListArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.begin(Op::DocumentList)?;
-            documents::list(&ctx, ListQuery { path_prefix: a.path_prefix, cursor: a.cursor, limit: None }).await
-        }
-        .await)
+        done(
+            async {
+                ctx.begin(Op::DocumentList)?;
+                documents::list(&ctx, ListQuery { path_prefix: a.path_prefix, cursor: a.cursor, limit: None }).await
+            }
+            .await,
+        )
         .await
     }
 
     #[tool(description = "Delete one document by its id.")]
-    async fn delete_document(&self, Parameters(a): Parameters<DeleteArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn delete_document(
+        &self,
+        Parameters(a): Parameters<DeleteArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.begin(Op::DocumentDelete)?;
-            documents::delete(&ctx, a.id.clone()).await?;
-            Ok(json!({"deleted": a.id}))
-        }
-        .await)
+        done(
+            async {
+                ctx.begin(Op::DocumentDelete)?;
+                documents::delete(&ctx, a.id.clone()).await?;
+                Ok(json!({"deleted": a.id}))
+            }
+            .await,
+        )
         .await
     }
 
     #[tool(description = "Recommend products for a customer (customer_id) or products similar to one (product_id).")]
-    async fn recommend(&self, Parameters(a): Parameters<RecommendArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<CallToolResult, McpError> {
+    async fn recommend(
+        &self,
+        Parameters(a): Parameters<RecommendArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
         let ctx = tenant(&parts)?;
-        done(async {
-            ctx.require_feature("recommendations")?;
-            let customer = a.customer_id.filter(|c| !c.is_empty());
-            let product = a.product_id.filter(|p| !p.is_empty());
-            if customer.is_none() && product.is_none() {
-                return Err(Error::validation("give customer_id or product_id"));
+        done(
+            async {
+                ctx.require_feature("recommendations")?;
+                let customer = a.customer_id.filter(|c| !c.is_empty());
+                let product = a.product_id.filter(|p| !p.is_empty());
+                if customer.is_none() && product.is_none() {
+                    return Err(Error::validation("give customer_id or product_id"));
+                }
+                ctx.begin(Op::Recommend)?;
+                // A customer wins when both are given.
+                let r = match product.filter(|_| customer.is_none()) {
+                    Some(p) => recs_api::related_to(&ctx, p, RecQuery::new(None, a.limit)).await?,
+                    None => recs_api::recommend_for(&ctx, RecQuery::new(customer, a.limit)).await?,
+                };
+                // Through the text form, so the f32 scores read as REST writes them (0.3, not 0.30000001192092896).
+                serde_json::to_string(&r).and_then(|s| serde_json::from_str::<Value>(&s)).map_err(Error::internal)
             }
-            ctx.begin(Op::Recommend)?;
-            // A customer wins when both are given.
-            let r = match product.filter(|_| customer.is_none()) {
-                Some(p) => recs_api::related_to(&ctx, p, RecQuery::new(None, a.limit)).await?,
-                None => recs_api::recommend_for(&ctx, RecQuery::new(customer, a.limit)).await?,
-            };
-            // Through the text form, so the f32 scores read as REST writes them (0.3, not 0.30000001192092896).
-            serde_json::to_string(&r).and_then(|s| serde_json::from_str::<Value>(&s)).map_err(Error::internal)
-        }
-        .await)
+            .await,
+        )
         .await
     }
 }
@@ -448,7 +493,11 @@ impl ServerHandler for WarrenMcp {
         self.tool_router.get(name).cloned()
     }
 
-    async fn list_resources(&self, request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListResourcesResult, McpError> {
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
         let ctx = ctx_of(&context)?;
         ctx.begin(Op::DocumentList).map_err(mcp_error)?;
         let cursor = request.and_then(|r| r.cursor);
@@ -474,17 +523,15 @@ impl ServerHandler for WarrenMcp {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let t = ResourceTemplate::new(format!("{RESOURCE_PREFIX}{{path}}"), "document")
-            .with_description("A document of this workspace by its path.");
+        let t = ResourceTemplate::new(format!("{RESOURCE_PREFIX}{{path}}"), "document").with_description("A document of this workspace by its path.");
         Ok(ListResourceTemplatesResult::with_all_items(vec![t]))
     }
 
     async fn read_resource(&self, request: ReadResourceRequestParams, context: RequestContext<RoleServer>) -> Result<ReadResourceResponse, McpError> {
         let ctx = ctx_of(&context)?;
         let uri = request.uri.clone();
-        let path = uri
-            .strip_prefix(RESOURCE_PREFIX)
-            .ok_or_else(|| McpError::resource_not_found(format!("not a warren document URI: {uri}"), None))?;
+        let path =
+            uri.strip_prefix(RESOURCE_PREFIX).ok_or_else(|| McpError::resource_not_found(format!("not a warren document URI: {uri}"), None))?;
         ctx.begin(Op::DocumentGet).map_err(mcp_error)?;
         let doc = match documents::get(&ctx, DocRef::Path(path.to_string())).await {
             Ok(d) => d,

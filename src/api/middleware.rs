@@ -12,8 +12,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::services::{RateSlot, TierSlot};
 use crate::error::{Code, Error};
+use crate::services::{RateSlot, TierSlot};
 use crate::state::AppState;
 
 /// Wraps the router in the common layers (applied per route by axum, so `MatchedPath` is known).

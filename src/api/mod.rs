@@ -20,7 +20,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::state::AppState;
 
 /// `Json<T>` whose rejections are our JSON errors (400 `invalid_json`, 413, 415).
@@ -60,10 +60,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(tenant::routes())
-        .merge(context::routes(&state.config))
-        .merge(recs::routes(&state.config));
+    let api = Router::new().merge(tenant::routes()).merge(context::routes(&state.config)).merge(recs::routes(&state.config));
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))

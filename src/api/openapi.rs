@@ -47,7 +47,7 @@ const ERROR_STATUSES: &[(&str, &str)] = &[
 
 /// The JSON body of every error: `{"error": {"code", "message", ...details}}`.
 pub fn error_schema() -> Value {
-    let codes: Vec<String> = crate::error::CODES.iter().map(|(c, s, _)| format!("`{c}` ({s})")).collect();
+    let codes: Vec<String> = crate::error::Code::ALL.iter().map(|c| format!("`{c}` ({})", c.status())).collect();
     json!({
         "type": "object",
         "required": ["error"],
@@ -121,9 +121,9 @@ fn finish(v: &mut Value) {
             let responses = op.as_object_mut().expect("operation").entry("responses").or_insert_with(|| json!({}));
             let responses = responses.as_object_mut().expect("responses");
             for (status, description) in ERROR_STATUSES {
-                responses.entry(status.to_string()).or_insert_with(|| {
-                    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
-                });
+                responses.entry(status.to_string()).or_insert_with(
+                    || json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+                );
             }
             if tenant_call {
                 for (status, r) in responses.iter_mut() {

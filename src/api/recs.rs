@@ -21,7 +21,23 @@ use crate::state::AppState;
 /// The recommendation API's part of the OpenAPI document (listed in [`super::openapi::MODULES`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(products, get_product, delete_product, related, similar, woo_products, woo_orders, customers, orders, events, recommend, status, train, trending, cart),
+    paths(
+        products,
+        get_product,
+        delete_product,
+        related,
+        similar,
+        woo_products,
+        woo_orders,
+        customers,
+        orders,
+        events,
+        recommend,
+        status,
+        train,
+        trending,
+        cart
+    ),
     components(schemas(store::ItemResult, store::Product, Rec, domain::Reason, BatchResponse, BatchAnswer, RecsResponse))
 )]
 pub struct RecsApi;

@@ -148,13 +148,7 @@ pub fn parse_header(b: &[u8]) -> anyhow::Result<Header> {
     let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap());
     let flags = u32_at(4);
     ensure!(flags & !FLAG_NO_CHECKSUM == 0, "unsupported LTX flags {flags:#x}");
-    let h = Header {
-        page_size: u32_at(8),
-        commit: u32_at(12),
-        min_txid: u64_at(16),
-        max_txid: u64_at(24),
-        timestamp_ms: u64_at(32) as i64,
-    };
+    let h = Header { page_size: u32_at(8), commit: u32_at(12), min_txid: u64_at(16), max_txid: u64_at(24), timestamp_ms: u64_at(32) as i64 };
     ensure!(h.page_size.is_power_of_two() && (512..=65536).contains(&h.page_size), "bad page size {}", h.page_size);
     ensure!(h.min_txid >= 1 && h.max_txid >= h.min_txid, "bad txid range {}-{}", h.min_txid, h.max_txid);
     Ok(h)

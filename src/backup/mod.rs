@@ -196,7 +196,10 @@ pub struct BackupService {
 
 impl BackupService {
     pub fn new(url: &str, cfg: BackupSettings, data_dir: &Path) -> anyhow::Result<Arc<BackupService>> {
-        let creds = store::S3Credentials { access_key_id: cfg.access_key_id.clone(), secret_access_key: cfg.secret_access_key.as_ref().map(|s| s.expose().to_string()) };
+        let creds = store::S3Credentials {
+            access_key_id: cfg.access_key_id.clone(),
+            secret_access_key: cfg.secret_access_key.as_ref().map(|s| s.expose().to_string()),
+        };
         let root = ReplicaRoot::parse(url, &creds, Duration::from_secs(cfg.request_timeout_secs.max(1)))?;
         std::fs::create_dir_all(data_dir.join(PENDING_DIR))?;
         Ok(Arc::new(BackupService {
@@ -282,22 +285,18 @@ impl BackupService {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            self.round().await;
+            self.round(&reopen).await;
         }
     }
 
     /// One round: starts a sync for every queued database whose backoff has passed, and reopens
     /// closed tenants that still have changes.
-    async fn round(self: &Arc<Self>) {
+    async fn round(self: &Arc<Self>, reopen: &Arc<dyn Reopen>) {
         let now = Instant::now();
         let due: Vec<Arc<DbReplica>> = {
             let health = self.health.lock();
             let mut q = self.queue.lock();
-            let keys: Vec<String> = q
-                .keys()
-                .filter(|k| health.get(*k).and_then(|h| h.retry_at).is_none_or(|t| t <= now))
-                .cloned()
-                .collect();
+            let keys: Vec<ReplicaKey> = q.keys().filter(|k| health.get(*k).and_then(|h| h.retry_at).is_none_or(|t| t <= now)).cloned().collect();
             keys.into_iter().filter_map(|k| q.remove(&k)).collect()
         };
         // Oldest changes first; each waits for a sync slot (the semaphore is FIFO), so no database is
@@ -393,7 +392,10 @@ impl BackupService {
         Status {
             replica_url: self.root.replica(&key.path()).url(),
             last_txid: pos.as_ref().filter(|p| p.txid > 0).map(|p| format!("{:016x}", p.txid)),
-            last_replicated_at: pos.as_ref().filter(|p| p.txid > 0).map(|p| crate::clock::ts(chrono::DateTime::from_timestamp_millis(p.replicated_at_ms).unwrap_or_default())),
+            last_replicated_at: pos
+                .as_ref()
+                .filter(|p| p.txid > 0)
+                .map(|p| crate::clock::ts(chrono::DateTime::from_timestamp_millis(p.replicated_at_ms).unwrap_or_default())),
             lag_secs: lag.unwrap_or(0.0),
             pending,
             last_error: h.and_then(|h| h.last_error.clone()),
@@ -437,7 +439,13 @@ struct ShipState {
 
 enum Batch {
     /// (TXID, L0 bytes, optional L9 bytes of the same image, new cursor, commit, pages, timestamp)
-    Ready { l0: Bytes, l9: Option<Bytes>, cursor: wal::Cursor, commit: u32, ts: i64 },
+    Ready {
+        l0: Bytes,
+        l9: Option<Bytes>,
+        cursor: wal::Cursor,
+        commit: u32,
+        ts: i64,
+    },
     Nothing,
 }
 

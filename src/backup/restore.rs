@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 
-use super::store::{FileInfo, Replica};
 use super::ltx;
+use super::store::{FileInfo, Replica};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Target {

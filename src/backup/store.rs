@@ -90,7 +90,8 @@ impl ReplicaRoot {
                 // Our own loop retries with backoff; the client gives up quickly so a dead endpoint
                 // never holds a sync for minutes.
                 let retry = RetryConfig { max_retries: 1, retry_timeout: request_timeout, ..Default::default() };
-                let opts = ClientOptions::new().with_allow_http(allow_http).with_timeout(request_timeout).with_connect_timeout(Duration::from_secs(2));
+                let opts =
+                    ClientOptions::new().with_allow_http(allow_http).with_timeout(request_timeout).with_connect_timeout(Duration::from_secs(2));
                 let store = b.with_retry(retry).with_client_options(opts).build().context("configuring the S3 client")?;
                 Ok(ReplicaRoot(Arc::new(Backend::S3 { store: Arc::new(store), prefix, bucket, query: u.query().unwrap_or("").to_string() })))
             }
@@ -205,9 +206,7 @@ impl Replica {
 
     pub async fn get(&self, f: &FileInfo) -> anyhow::Result<Bytes> {
         match &*self.root.0 {
-            Backend::S3 { store, prefix, .. } => {
-                Ok(store.get(&Self::s3_key(prefix, &self.sub, f.level, f.min, f.max)).await?.bytes().await?)
-            }
+            Backend::S3 { store, prefix, .. } => Ok(store.get(&Self::s3_key(prefix, &self.sub, f.level, f.min, f.max)).await?.bytes().await?),
             Backend::File { root } => {
                 let path = Self::file_path(root, &self.sub, f.level, f.min, f.max);
                 Ok(tokio::task::spawn_blocking(move || std::fs::read(&path).with_context(|| format!("reading {}", path.display()))).await??.into())

@@ -115,7 +115,11 @@ pub fn read_frames(db: &Path, from: &Cursor) -> anyhow::Result<Read_> {
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     let Some(h) = read_header(&f)? else {
-        return Ok(if from.offset <= WAL_HEADER || from.checkpointed { Read_::Nothing } else { Read_::Mismatch("the WAL has no valid header".into()) });
+        return Ok(if from.offset <= WAL_HEADER || from.checkpointed {
+            Read_::Nothing
+        } else {
+            Read_::Mismatch("the WAL has no valid header".into())
+        });
     };
     let same_salts = (h.salt1, h.salt2) == (from.salt1, from.salt2);
     let (start, s0, s1) = if from.offset == 0 || (!same_salts && from.checkpointed) {

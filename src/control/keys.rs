@@ -132,9 +132,7 @@ const COLS: &str = "id, tenant_id, prefix, name, scopes, expires_at, last_used_a
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let opt_time = |i: usize| -> rusqlite::Result<Option<DateTime<Utc>>> {
         let s: Option<String> = r.get(i)?;
-        s.map(|s| parse_ts(&s))
-            .transpose()
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+        s.map(|s| parse_ts(&s)).transpose().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
     };
     let scopes: String = r.get(4)?;
     Ok(ApiKey {
@@ -194,8 +192,7 @@ pub fn create(conn: &Connection, tenant_id: &str, new: &NewKey, now: DateTime<Ut
 }
 
 pub fn get(conn: &Connection, tenant_id: &str, key_id: &str) -> rusqlite::Result<Option<ApiKey>> {
-    conn.query_row(&format!("SELECT {COLS} FROM api_keys WHERE id = ?1 AND tenant_id = ?2"), [key_id, tenant_id], from_row)
-        .optional()
+    conn.query_row(&format!("SELECT {COLS} FROM api_keys WHERE id = ?1 AND tenant_id = ?2"), [key_id, tenant_id], from_row).optional()
 }
 
 pub fn by_prefix(conn: &Connection, prefix: &str) -> rusqlite::Result<Option<ApiKey>> {
@@ -209,10 +206,8 @@ pub fn list(conn: &Connection, tenant_id: &str) -> rusqlite::Result<Vec<ApiKey>>
 }
 
 pub fn revoke(conn: &Connection, tenant_id: &str, key_id: &str, now: DateTime<Utc>) -> Result<ApiKey, Error> {
-    let n = conn.execute(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE id = ?1 AND tenant_id = ?2",
-        params![key_id, tenant_id, ts(now)],
-    )?;
+    let n = conn
+        .execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE id = ?1 AND tenant_id = ?2", params![key_id, tenant_id, ts(now)])?;
     if n == 0 {
         return Err(Error::not_found(Code::KeyNotFound, "no such key for this tenant"));
     }
@@ -220,7 +215,13 @@ pub fn revoke(conn: &Connection, tenant_id: &str, key_id: &str, now: DateTime<Ut
 }
 
 /// Issues a replacement with the same name and scopes; the old key expires after `overlap`.
-pub fn rotate(conn: &Connection, tenant_id: &str, key_id: &str, overlap: Duration, now: DateTime<Utc>) -> Result<(ApiKey, String, DateTime<Utc>), Error> {
+pub fn rotate(
+    conn: &Connection,
+    tenant_id: &str,
+    key_id: &str,
+    overlap: Duration,
+    now: DateTime<Utc>,
+) -> Result<(ApiKey, String, DateTime<Utc>), Error> {
     let old = get(conn, tenant_id, key_id)?.ok_or_else(|| Error::not_found(Code::KeyNotFound, "no such key for this tenant"))?;
     if !old.is_live(now) {
         return Err(Error::validation("only a live key can be rotated"));
@@ -237,9 +238,7 @@ pub fn rotate(conn: &Connection, tenant_id: &str, key_id: &str, overlap: Duratio
 pub fn touch_many(conn: &mut Connection, used: &[(String, DateTime<Utc>)]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut stmt = tx.prepare(
-            "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-        )?;
+        let mut stmt = tx.prepare("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)")?;
         for (id, at) in used {
             stmt.execute(params![id, ts(*at)])?;
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension};
 
@@ -25,7 +25,8 @@ pub use tenants::{Status, Tenant, Tier};
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
 /// Versioned control-plane migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
@@ -63,7 +64,8 @@ CREATE TABLE audit_events (
     detail TEXT
 );
 CREATE INDEX audit_tenant ON audit_events(tenant_id, id);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE usage_events (
     id INTEGER PRIMARY KEY,
     tenant_id TEXT NOT NULL,
@@ -73,7 +75,8 @@ CREATE TABLE usage_events (
     at TEXT NOT NULL
 );
 CREATE INDEX usage_tenant_at ON usage_events(tenant_id, at);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE plan_overrides (
     tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
     overrides TEXT NOT NULL,
@@ -93,12 +96,14 @@ CREATE TABLE stripe_events (
 );
 CREATE INDEX usage_at ON usage_events(at);
 CREATE INDEX tenants_stripe_customer ON tenants(stripe_customer_id);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE replica_deletions (
     tenant_id TEXT PRIMARY KEY,
     due_at TEXT NOT NULL
 );
-"#];
+"#,
+];
 
 pub use crate::clock::{parse_ts, ts};
 
@@ -149,9 +154,7 @@ impl ControlPlane {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let path = data_dir.join("control.db");
         let manager = SqliteConnectionManager::file(&path).with_init(move |c| {
-            c.execute_batch(
-                "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-            )?;
+            c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
             if replicated {
                 crate::backup::prepare_connection(c)?;
             }
@@ -257,10 +260,7 @@ pub fn get_setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<Stri
 }
 
 pub fn set_setting(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [key, value],
-    )?;
+    conn.execute("INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])?;
     Ok(())
 }
 
@@ -270,7 +270,14 @@ pub fn audit(conn: &Connection, actor: &str, tenant_id: Option<&str>, action: &s
 }
 
 /// [`audit`] at a given time (services pass their clock's now).
-pub fn audit_at(conn: &Connection, at: DateTime<Utc>, actor: &str, tenant_id: Option<&str>, action: &str, detail: &serde_json::Value) -> rusqlite::Result<()> {
+pub fn audit_at(
+    conn: &Connection,
+    at: DateTime<Utc>,
+    actor: &str,
+    tenant_id: Option<&str>,
+    action: &str,
+    detail: &serde_json::Value,
+) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO audit_events(at, actor, tenant_id, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         rusqlite::params![ts(at), actor, tenant_id, action, detail.to_string()],
@@ -336,7 +343,6 @@ impl Watcher {
         }
     }
 }
-
 
 /// Schedules the deletion of a deleted tenant's replica (inside the deleting transaction).
 pub fn schedule_replica_deletion(conn: &Connection, tenant_id: &str, due: DateTime<Utc>) -> rusqlite::Result<()> {

@@ -8,9 +8,44 @@ use crate::error::{Code, Error};
 
 /// Names refused as slugs because they collide with infrastructure subdomains.
 pub const RESERVED: &[&str] = &[
-    "www", "api", "admin", "app", "mail", "smtp", "imap", "pop", "ftp", "ns", "ns1", "ns2", "dns", "mx", "static",
-    "assets", "cdn", "docs", "status", "support", "help", "blog", "dashboard", "console", "auth", "login", "sso",
-    "billing", "root", "system", "internal", "localhost", "warren", "metrics", "health", "ready", "mcp", "webhooks",
+    "www",
+    "api",
+    "admin",
+    "app",
+    "mail",
+    "smtp",
+    "imap",
+    "pop",
+    "ftp",
+    "ns",
+    "ns1",
+    "ns2",
+    "dns",
+    "mx",
+    "static",
+    "assets",
+    "cdn",
+    "docs",
+    "status",
+    "support",
+    "help",
+    "blog",
+    "dashboard",
+    "console",
+    "auth",
+    "login",
+    "sso",
+    "billing",
+    "root",
+    "system",
+    "internal",
+    "localhost",
+    "warren",
+    "metrics",
+    "health",
+    "ready",
+    "mcp",
+    "webhooks",
 ];
 
 /// A validated slug: lowercase `a-z0-9-`, 3–63 characters, no leading or trailing hyphen, not reserved.
@@ -26,10 +61,7 @@ impl Slug {
         if !(ok_len && ok_chars && ok_edges) {
             return Err(Error::bad_request(
                 Code::InvalidSlug,
-                format!(
-                    "invalid slug {:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
-                    truncate(s, 80)
-                ),
+                format!("invalid slug {:?}: use 3-63 characters of a-z, 0-9 and '-', not starting or ending with '-'", truncate(s, 80)),
             ));
         }
         if is_id_shaped(s) {

@@ -56,8 +56,7 @@ pub struct Tenant {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLS: &str =
-    "id, slug, name, email, tier, status, trial_ends_at, custom_domain, stripe_customer_id, created_at, updated_at";
+const COLS: &str = "id, slug, name, email, tier, status, trial_ends_at, custom_domain, stripe_customer_id, created_at, updated_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
     let bad = |i: usize, what: &str| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.to_string().into());
@@ -114,11 +113,7 @@ pub fn validate_domain(d: &str) -> Result<String, Error> {
     let ok = d.len() <= 253
         && labels.len() >= 2
         && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !ok {
         return Err(Error::validation(format!("custom_domain {d:?} is not a valid host name")));

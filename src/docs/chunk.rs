@@ -230,9 +230,7 @@ fn blocks(content: &str) -> (Vec<Block>, Vec<Vec<String>>) {
                 }
             }
             let hashes = trimmed.bytes().take_while(|b| *b == b'#').count();
-            if (1..=6).contains(&hashes)
-                && trimmed[hashes..].chars().next().is_none_or(|c| c == ' ' || c == '\t')
-            {
+            if (1..=6).contains(&hashes) && trimmed[hashes..].chars().next().is_none_or(|c| c == ' ' || c == '\t') {
                 flush(&mut para, &mut out, paths.len() - 1);
                 let title = trimmed[hashes..].trim().trim_end_matches('#').trim().to_string();
                 while stack.last().is_some_and(|(lvl, _)| *lvl >= hashes) {
@@ -351,25 +349,15 @@ fn split_to_fit(
     if text.trim().is_empty() {
         return;
     }
-    let make = |s: usize, e: usize, n: usize| ChunkPlan {
-        ord: 0,
-        start: s,
-        end: e,
-        heading_path: path.to_vec(),
-        prefix: prefix.0.clone(),
-        model_tokens: n,
-    };
+    let make =
+        |s: usize, e: usize, n: usize| ChunkPlan { ord: 0, start: s, end: e, heading_path: path.to_vec(), prefix: prefix.0.clone(), model_tokens: n };
     let exact = |s: usize, e: usize| counter.count(&embed_text(&prefix.0, &content[s..e])) + SPECIAL_TOKENS;
     let n = exact(start, end);
     if n <= MODEL_MAX_TOKENS {
         out.push(make(start, end, n));
         return;
     }
-    let spans: Vec<(usize, usize)> = counter
-        .spans(text)
-        .into_iter()
-        .map(|(s, e)| (s + start, e + start))
-        .collect();
+    let spans: Vec<(usize, usize)> = counter.spans(text).into_iter().map(|(s, e)| (s + start, e + start)).collect();
     if spans.is_empty() {
         return;
     }

@@ -69,7 +69,6 @@ impl DocsError {
     pub fn status(&self) -> u16 {
         self.code().status()
     }
-    }
 }
 
 impl From<rusqlite::Error> for DocsError {

@@ -32,10 +32,7 @@ pub fn blob_to_vector(b: &[u8], dim: usize, out: &mut Vec<f32>) -> bool {
 
 /// The write generation (bumped by every write, stored in the index's commit payload).
 pub fn generation(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .query_row("SELECT value FROM search_state WHERE key = 'generation'", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
+    Ok(conn.query_row("SELECT value FROM search_state WHERE key = 'generation'", [], |r| r.get(0)).optional()?.unwrap_or(0))
 }
 
 /// Bumps and returns the write generation.
@@ -75,9 +72,8 @@ pub fn upsert(
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let metadata = Value::Object(doc.metadata.clone()).to_string();
-    let existing: Option<(i64, String)> = conn
-        .query_row("SELECT seq, id FROM documents WHERE path = ?1", [&doc.path], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let existing: Option<(i64, String)> =
+        conn.query_row("SELECT seq, id FROM documents WHERE path = ?1", [&doc.path], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     let (seq, id, created) = match existing {
         Some((seq, id)) => {
             delete_chunks(conn, seq)?;
@@ -122,12 +118,7 @@ pub fn upsert(
         if let Some(v) = &vector {
             ins_vec.execute(params![chunk_id, seq, dim as i64, vector_to_blob(v)])?;
         }
-        stored.push(StoredChunk {
-            id: chunk_id,
-            doc_seq: seq,
-            index_text: super::chunk::embed_text(&c.plan.prefix, &c.text),
-            vector,
-        });
+        stored.push(StoredChunk { id: chunk_id, doc_seq: seq, index_text: super::chunk::embed_text(&c.plan.prefix, &c.text), vector });
     }
     let result = WriteResult { id, path: doc.path.clone(), chunks: doc.chunks.len(), tokens: doc.tokens, created };
     Ok((result, seq, stored))
@@ -141,10 +132,7 @@ fn delete_chunks(conn: &Connection, seq: i64) -> Result<()> {
 
 /// Deletes a document by public id; returns its `seq`.
 pub fn delete_by_id(conn: &Connection, id: &str) -> Result<i64> {
-    let seq: i64 = conn
-        .query_row("SELECT seq FROM documents WHERE id = ?1", [id], |r| r.get(0))
-        .optional()?
-        .ok_or(DocsError::NotFound)?;
+    let seq: i64 = conn.query_row("SELECT seq FROM documents WHERE id = ?1", [id], |r| r.get(0)).optional()?.ok_or(DocsError::NotFound)?;
     delete_chunks(conn, seq)?;
     conn.execute("DELETE FROM documents WHERE seq = ?1", [seq])?;
     Ok(seq)
@@ -190,9 +178,7 @@ pub fn filter_doc_seqs(conn: &Connection, path_prefix: Option<&str>, metadata: &
                 args.push(s.clone().into());
                 format!("j.type = 'text' AND j.atom = ?{}", args.len())
             }
-            Value::Array(_) | Value::Object(_) => {
-                return Err(DocsError::invalid("filter.metadata", format!("value of {k:?} must be a scalar")))
-            }
+            Value::Array(_) | Value::Object(_) => return Err(DocsError::invalid("filter.metadata", format!("value of {k:?} must be a scalar"))),
         };
         sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM json_each(d.metadata) j WHERE j.key = ?{kn} AND {cond})"));
     }
@@ -402,9 +388,7 @@ pub fn chunks_missing_embeddings(conn: &Connection, limit: usize) -> Result<Vec<
          WHERE e.chunk_id IS NULL ORDER BY c.id LIMIT ?1",
     )?;
     let rows = st
-        .query_map([limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, super::chunk::embed_text(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?)))
-        })?
+        .query_map([limit as i64], |r| Ok((r.get::<_, i64>(0)?, super::chunk::embed_text(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?))))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }

@@ -108,10 +108,8 @@ impl Embedder {
     pub fn load(model_dir: &Path) -> anyhow::Result<Embedder> {
         let tokenizer = load_tokenizer(&model_dir.join("tokenizer.json"))?;
         let cfg_path = model_dir.join("config.json");
-        let cfg: BertConfig = serde_json::from_slice(
-            &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let cfg: BertConfig = serde_json::from_slice(&std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)
+            .with_context(|| format!("parsing {}", cfg_path.display()))?;
         let weights = Weights::load(&model_dir.join("model.safetensors"), &cfg)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Embedder { tokenizer: Arc::new(tokenizer), weights, threads })
@@ -119,11 +117,7 @@ impl Embedder {
 
     /// Sets how many threads one [`Embedder::embed`] call may use (0 = available parallelism).
     pub fn with_threads(mut self, threads: usize) -> Embedder {
-        self.threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        self.threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         self
     }
 
@@ -159,10 +153,7 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
         let w = &self.weights;
         encodings
             .into_iter()
@@ -250,8 +241,7 @@ fn plan_units(order: &[usize], ids: &[Vec<u32>], threads: usize) -> Vec<Vec<usiz
 }
 
 fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
-    let mut tokenizer = Tokenizer::from_file(path)
-        .map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {
@@ -268,13 +258,9 @@ impl Weights {
     fn load(path: &Path, cfg: &BertConfig) -> anyhow::Result<Weights> {
         ensure!(cfg.hidden_act == "gelu", "unsupported hidden_act {:?}", cfg.hidden_act);
         ensure!(cfg.hidden_size == DIM, "hidden_size {} != {DIM}", cfg.hidden_size);
-        ensure!(
-            cfg.num_attention_heads > 0 && cfg.hidden_size % cfg.num_attention_heads == 0,
-            "bad num_attention_heads"
-        );
+        ensure!(cfg.num_attention_heads > 0 && cfg.hidden_size % cfg.num_attention_heads == 0, "bad num_attention_heads");
         ensure!(cfg.max_position_embeddings >= 2 && cfg.type_vocab_size >= 1, "bad config");
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("loading {}", path.display()))?;
         let mut t = Tensors(tensors);
         let prefix = if t.0.contains_key("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);

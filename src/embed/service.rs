@@ -31,12 +31,7 @@ pub struct EmbedConfig {
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        EmbedConfig {
-            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
-            queue_capacity: 4096,
-            max_batch: 32,
-            threads: 0,
-        }
+        EmbedConfig { model_dir: PathBuf::from("models/all-MiniLM-L6-v2"), queue_capacity: 4096, max_batch: 32, threads: 0 }
     }
 }
 
@@ -126,10 +121,7 @@ pub struct EmbedService {
 
 impl std::fmt::Debug for EmbedService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbedService")
-            .field("available", &self.is_available())
-            .field("queue_len", &self.queue_len())
-            .finish()
+        f.debug_struct("EmbedService").field("available", &self.is_available()).field("queue_len", &self.queue_len()).finish()
     }
 }
 
@@ -165,9 +157,7 @@ impl EmbedService {
         });
         let tokenizer = embedder.tokenizer_arc();
         let worker_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("warren-embed".into())
-            .spawn(move || worker(embedder, worker_shared));
+        let spawned = std::thread::Builder::new().name("warren-embed".into()).spawn(move || worker(embedder, worker_shared));
         if let Err(err) = spawned {
             tracing::warn!(error = %err, "cannot start the embedding thread; embeddings are disabled");
             return EmbedService::disabled();
@@ -215,15 +205,10 @@ impl EmbedService {
             return Ok(Vec::new());
         }
         if n > shared.capacity {
-            return Err(EmbedError::Failed(format!(
-                "request of {n} texts exceeds the queue capacity of {}",
-                shared.capacity
-            )));
+            return Err(EmbedError::Failed(format!("request of {n} texts exceeds the queue capacity of {}", shared.capacity)));
         }
         // Admission: reserve n slots or refuse.
-        let admitted = shared.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
-            (cur + n <= shared.capacity).then_some(cur + n)
-        });
+        let admitted = shared.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| (cur + n <= shared.capacity).then_some(cur + n));
         if let Err(cur) = admitted {
             let rate = f64::from_bits(shared.rate.load(Ordering::Relaxed)).max(1.0);
             let retry_after_secs = ((cur as f64 / rate).ceil() as u64).clamp(1, 60);

@@ -14,11 +14,11 @@ pub mod limiter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use parking_lot::Mutex;
@@ -166,10 +166,7 @@ impl Plans {
     }
 
     pub fn upgrade_url(&self, slug: &str, tier: Option<Tier>, feature: &str) -> String {
-        self.upgrade_url
-            .replace("{slug}", slug)
-            .replace("{tier}", tier.map(|t| t.as_str()).unwrap_or(""))
-            .replace("{feature}", feature)
+        self.upgrade_url.replace("{slug}", slug).replace("{tier}", tier.map(|t| t.as_str()).unwrap_or("")).replace("{feature}", feature)
     }
 }
 
@@ -399,13 +396,7 @@ impl PlanStore {
     pub fn entitlements(&self, t: &Tenant) -> Entitlements {
         let plans = self.plans.load_full();
         let tier = self.effective_tier(t);
-        Entitlements {
-            tier,
-            plan: plans.plan(tier).clone(),
-            overrides: self.overrides.load().get(&t.id).cloned(),
-            slug: t.slug.clone(),
-            plans,
-        }
+        Entitlements { tier, plan: plans.plan(tier).clone(), overrides: self.overrides.load().get(&t.id).cloned(), slug: t.slug.clone(), plans }
     }
 
     /// Claims the one-time job of recording a tenant's trial expiry (false when already claimed).
@@ -425,9 +416,7 @@ impl PlanStore {
         self.stored.lock().get(tenant_id).copied()
     }
     pub fn set_stored(&self, tenant_id: &str, documents: u64, storage_bytes: u64) {
-        self.stored
-            .lock()
-            .insert(tenant_id.to_string(), Stored { documents, storage_bytes, measured_at: std::time::Instant::now() });
+        self.stored.lock().insert(tenant_id.to_string(), Stored { documents, storage_bytes, measured_at: std::time::Instant::now() });
     }
     /// Adjusts the measurement after a write (documents created, bytes written) or a delete (negative).
     pub fn adjust_stored(&self, tenant_id: &str, documents: i64, bytes: i64) {
@@ -498,8 +487,7 @@ pub fn put_overrides(c: &rusqlite::Connection, tenant_id: &str, o: Option<&Overr
 
 pub fn get_overrides(c: &rusqlite::Connection, tenant_id: &str) -> Result<Option<Overrides>, Error> {
     use rusqlite::OptionalExtension;
-    let text: Option<String> =
-        c.query_row("SELECT overrides FROM plan_overrides WHERE tenant_id = ?1", [tenant_id], |r| r.get(0)).optional()?;
+    let text: Option<String> = c.query_row("SELECT overrides FROM plan_overrides WHERE tenant_id = ?1", [tenant_id], |r| r.get(0)).optional()?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
@@ -603,5 +591,3 @@ mod tests {
         assert!(parse_period("garbage").is_none());
     }
 }
-
-/// What a tenant owes for a month: the plan's base price plus overage of soft query quotas.

@@ -362,14 +362,24 @@ mod tests {
 
     #[test]
     fn orders_and_times() {
-        let o = order(&json!({"id": "o1", "customer_id": 5, "created_at": "2024-03-01T10:00:00Z", "lines": [{"product_id": "p", "quantity": 2}]})).unwrap();
+        let o = order(&json!({"id": "o1", "customer_id": 5, "created_at": "2024-03-01T10:00:00Z", "lines": [{"product_id": "p", "quantity": 2}]}))
+            .unwrap();
         assert_eq!((o.customer_id.as_str(), o.created_at, o.lines[0].quantity), ("5", 1709287200, 2));
-        for t in [json!("2024-03-01T10:00:00"), json!("2024-03-01 10:00:00"), json!("2024-03-01T11:00:00+01:00"), json!(1709287200), json!("1709287200"), json!(1709287200000i64), json!(1709287200.0)] {
+        for t in [
+            json!("2024-03-01T10:00:00"),
+            json!("2024-03-01 10:00:00"),
+            json!("2024-03-01T11:00:00+01:00"),
+            json!(1709287200),
+            json!("1709287200"),
+            json!(1709287200000i64),
+            json!(1709287200.0),
+        ] {
             assert_eq!(time_of(Some(&t), "t").unwrap(), 1709287200, "{t}");
         }
         assert_eq!(time_of(Some(&json!("2024-03-01")), "t").unwrap(), 1709251200);
         assert!(time_of(Some(&json!("yesterday")), "t").is_err());
-        let o = order(&json!({"id": 1, "customer_id": 2, "lines": [{"product_id": 3, "quantity": 2.0}, {"product_id": 4, "quantity": "3"}]})).unwrap();
+        let o =
+            order(&json!({"id": 1, "customer_id": 2, "lines": [{"product_id": 3, "quantity": 2.0}, {"product_id": 4, "quantity": "3"}]})).unwrap();
         assert_eq!((o.lines[0].quantity, o.lines[1].quantity), (2, 3));
         assert_eq!(id_of(Some(&json!(42.0)), "id").unwrap(), "42");
         assert!(id_of(Some(&json!(4.5)), "id").is_err());

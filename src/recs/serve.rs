@@ -101,7 +101,15 @@ fn mean_vector(m: &Model, items: impl Iterator<Item = (u32, f32)>) -> Option<Vec
 
 /// `GET /recommendations`: personal (collaborative), then content-similar to the customer's items,
 /// then trending. A customer without history gets trending.
-pub fn recommend(c: &Connection, m: Option<&Model>, customer_id: Option<&str>, exclude_purchased: bool, mut f: Filter, limit: usize, p: &TrainParams) -> Result<Vec<Rec>, Error> {
+pub fn recommend(
+    c: &Connection,
+    m: Option<&Model>,
+    customer_id: Option<&str>,
+    exclude_purchased: bool,
+    mut f: Filter,
+    limit: usize,
+    p: &TrainParams,
+) -> Result<Vec<Rec>, Error> {
     let (rows, purchased) = match customer_id {
         Some(id) => store::customer_history(c, id)?,
         None => (Vec::new(), Vec::new()),
@@ -149,7 +157,8 @@ fn content_to(c: &Connection, m: &Model, id: &str) -> Result<Option<Vec<f32>>, E
 /// A model over the products table only (no interactions), for requests before the first training.
 fn content_only(c: &Connection) -> Result<Model, Error> {
     let products = store::load_products(c)?;
-    let (collab, _) = model::train(&model::TrainData { products: products.clone(), interactions: Vec::new() }, &TrainParams::default()).map_err(Error::internal)?;
+    let (collab, _) =
+        model::train(&model::TrainData { products: products.clone(), interactions: Vec::new() }, &TrainParams::default()).map_err(Error::internal)?;
     let info = ModelInfo {
         version: 0,
         trained_at: String::new(),

@@ -433,7 +433,8 @@ pub fn save_model(c: &mut Connection, info: &ModelInfo, data: &[u8]) -> Result<(
 }
 
 pub fn load_model(c: &Connection) -> Result<Option<(ModelInfo, Vec<u8>)>, Error> {
-    let row: Option<(String, Vec<u8>)> = c.query_row("SELECT info, data FROM rec_model WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let row: Option<(String, Vec<u8>)> =
+        c.query_row("SELECT info, data FROM rec_model WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     match row {
         None => Ok(None),
         Some((info, data)) => Ok(Some((serde_json::from_str(&info).map_err(Error::internal)?, data))),
@@ -464,8 +465,6 @@ pub fn unknown_products(c: &Connection, limit: usize) -> Result<Vec<String>, Err
 /// One product as the model sees it.
 pub fn load_products_by_id(c: &Connection, id: &str) -> Result<Option<ProductRow>, Error> {
     let mut stmt = c.prepare_cached("SELECT id, name, categories, tags, embedding FROM products WHERE id = ?1")?;
-    let row = stmt
-        .query_row([id], product_row)
-        .optional()?;
+    let row = stmt.query_row([id], product_row).optional()?;
     Ok(row)
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::linalg;
-use super::model::{Collab, Content, Counts, Evaluation, Model, ModelInfo, ProductRow, Sparse, TrainData, TrainParams, ranked, user_history};
+use super::model::{ranked, user_history, Collab, Content, Counts, Evaluation, Model, ModelInfo, ProductRow, Sparse, TrainData, TrainParams};
 
 /// The `k` most similar products of every product with an embedding (cosine), computed in blocks of
 /// rows with candle matmuls: n² × 384 multiply-adds, so only for catalogs up to a configured size.
@@ -213,11 +213,15 @@ fn knn_rows(users: &[Vec<(u32, f32)>], n: usize, p: &TrainParams) -> Vec<Vec<(u3
         .collect()
 }
 
-
 /// Products of the catalog that have interactions.
 pub fn active_products(data: &TrainData) -> usize {
     let catalog: std::collections::HashSet<&str> = data.products.iter().map(|p| p.id.as_str()).collect();
-    data.interactions.iter().filter(|i| catalog.contains(i.product.as_str())).map(|i| i.product.as_str()).collect::<std::collections::HashSet<_>>().len()
+    data.interactions
+        .iter()
+        .filter(|i| catalog.contains(i.product.as_str()))
+        .map(|i| i.product.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 pub fn train(data: &TrainData, p: &TrainParams) -> anyhow::Result<(Collab, usize)> {
@@ -303,12 +307,8 @@ pub fn evaluate(data: &TrainData, p: &TrainParams) -> anyhow::Result<Option<Eval
     let (mut hits, mut ndcg) = (0usize, 0f64);
     for (u, k) in &eligible {
         let rows = per_user.remove(u).unwrap_or_default();
-        let purchased: std::collections::HashSet<u32> = train_data
-            .interactions
-            .iter()
-            .filter(|it| it.user == *u && it.purchase)
-            .filter_map(|it| index.get(&it.product).copied())
-            .collect();
+        let purchased: std::collections::HashSet<u32> =
+            train_data.interactions.iter().filter(|it| it.user == *u && it.purchase).filter_map(|it| index.get(&it.product).copied()).collect();
         let hist = user_history(&model.index, &rows, p);
         let mut top = ranked(&model.collab_scores(&hist), |i| purchased.contains(&i), 10);
         for &i in &model.by_popularity {

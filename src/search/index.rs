@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions};
-use tantivy::tokenizer::{
-    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
-};
+use tantivy::tokenizer::{AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::docs::{DocsError, Result};
@@ -49,20 +47,16 @@ fn schema() -> (Schema, Fields) {
     let num = NumericOptions::default().set_indexed().set_fast().set_stored();
     let chunk_id = b.add_u64_field("chunk_id", num.clone());
     let doc_seq = b.add_u64_field("doc_seq", num);
-    let text_opts = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
-    );
+    let text_opts = TextOptions::default()
+        .set_indexing_options(TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions));
     let text = b.add_text_field("text", text_opts);
     (b.build(), Fields { chunk_id, doc_seq, text })
 }
 
 /// The documented analyzer (see module docs).
 pub fn analyzer() -> TextAnalyzer {
-    let mut b = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(40))
-        .filter(LowerCaser)
-        .filter(AsciiFoldingFilter)
-        .dynamic();
+    let mut b =
+        TextAnalyzer::builder(SimpleTokenizer::default()).filter(RemoveLongFilter::limit(40)).filter(LowerCaser).filter(AsciiFoldingFilter).dynamic();
     if let Some(sw) = StopWordFilter::new(Language::English) {
         b = b.filter_dynamic(sw);
     }
@@ -203,19 +197,14 @@ impl KeywordIndex {
         if terms.is_empty() {
             return None;
         }
-        let should: Vec<(Occur, Box<dyn Query>)> = terms
-            .into_iter()
-            .map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>))
-            .collect();
+        let should: Vec<(Occur, Box<dyn Query>)> =
+            terms.into_iter().map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>)).collect();
         let q: Box<dyn Query> = Box::new(BooleanQuery::new(should));
         Some(match allowed {
             None => q,
             Some(set) => {
                 let filter = TermSetQuery::new(set.iter().map(|&s| Term::from_field_u64(self.fields.doc_seq, s as u64)));
-                Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, q),
-                    (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(filter), 0.0))),
-                ]))
+                Box::new(BooleanQuery::new(vec![(Occur::Must, q), (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(filter), 0.0)))]))
             }
         })
     }

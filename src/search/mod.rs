@@ -21,10 +21,10 @@ pub(crate) mod index;
 pub(crate) mod vectors;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 #[path = "../../benches/scifact/harness.rs"]
 mod scifact_harness;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,8 +37,8 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::docs::{DocsError, Result};
 use crate::docs::{self, store, DeleteResult, PreparedDocument, WriteResult};
+pub use crate::docs::{DocsError, Result};
 pub use assemble::{AssembleRequest, AssembleResponse, AssembledDocument};
 pub use fusion::{Fusion, FusionMethod, Normalization};
 use index::{IndexEntry, KeywordIndex};
@@ -349,8 +349,7 @@ impl TenantSearch {
 
     /// Applies a committed write to the index and the vector cache.
     fn apply_derived(&self, conn: &Connection, touched: &[i64], added: &[store::StoredChunk], generation: i64) {
-        let entries: Vec<IndexEntry<'_>> =
-            added.iter().map(|c| IndexEntry { chunk_id: c.id, doc_seq: c.doc_seq, text: &c.index_text }).collect();
+        let entries: Vec<IndexEntry<'_>> = added.iter().map(|c| IndexEntry { chunk_id: c.id, doc_seq: c.doc_seq, text: &c.index_text }).collect();
         let idx = self.index.read().clone();
         if let Err(e) = idx.apply(touched, &entries, generation) {
             tracing::error!(error = %e, "index update failed; the index will be rebuilt");
@@ -378,11 +377,7 @@ impl TenantSearch {
 
     /// Upserts a batch in one transaction (one savepoint per item, so a failing item does not
     /// sink the others) and one index commit. Results are in input order.
-    pub fn upsert_many(
-        &self,
-        conn: &mut Connection,
-        items: Vec<(PreparedDocument, Option<Vec<Vec<f32>>>)>,
-    ) -> Vec<Result<WriteResult>> {
+    pub fn upsert_many(&self, conn: &mut Connection, items: Vec<(PreparedDocument, Option<Vec<Vec<f32>>>)>) -> Vec<Result<WriteResult>> {
         let _w = self.write.lock();
         if let Err(e) = self.ensure_fresh_locked(conn) {
             return items.iter().map(|_| Err(DocsError::Internal(e.to_string()))).collect();
@@ -497,11 +492,7 @@ impl TenantSearch {
         let Some(q) = idx.build_query(query, allowed) else {
             return Ok((Vec::new(), None));
         };
-        let hits = idx
-            .search(q.as_ref(), depth)?
-            .into_iter()
-            .map(|(chunk_id, doc_seq, score)| Hit { chunk_id, doc_seq, score })
-            .collect();
+        let hits = idx.search(q.as_ref(), depth)?.into_iter().map(|(chunk_id, doc_seq, score)| Hit { chunk_id, doc_seq, score }).collect();
         Ok((hits, Some((idx, q))))
     }
 
@@ -587,10 +578,7 @@ impl TenantSearch {
                 for h in kw.iter().chain(sem.iter()) {
                     rep.insert(key(h), *h);
                 }
-                fusion::fuse(&a, &b, fusion)
-                    .into_iter()
-                    .filter_map(|(k, s)| rep.get(&k).map(|h| Hit { score: s, ..*h }))
-                    .collect()
+                fusion::fuse(&a, &b, fusion).into_iter().filter_map(|(k, s)| rep.get(&k).map(|h| Hit { score: s, ..*h })).collect()
             }
         };
         Ok((ranked, hq))
@@ -624,9 +612,7 @@ impl TenantSearch {
             if row.doc_seq != h.doc_seq {
                 continue;
             }
-            let highlights = highlighter
-                .as_mut()
-                .map(|g| index::highlights(g, &row.text).into_iter().map(|(s, e)| [s, e]).collect());
+            let highlights = highlighter.as_mut().map(|g| index::highlights(g, &row.text).into_iter().map(|(s, e)| [s, e]).collect());
             results.push(SearchResult {
                 document_id: row.document_id.clone(),
                 path: row.path.clone(),

@@ -174,8 +174,7 @@ fn find_tenant(c: &rusqlite::Connection, o: &Value) -> Result<Option<crate::cont
         }
     }
     let Some(customer) = o["customer"].as_str().filter(|s| !s.is_empty()) else { return Ok(None) };
-    let id: Option<String> =
-        c.query_row("SELECT id FROM tenants WHERE stripe_customer_id = ?1", [customer], |r| r.get(0)).optional()?;
+    let id: Option<String> = c.query_row("SELECT id FROM tenants WHERE stripe_customer_id = ?1", [customer], |r| r.get(0)).optional()?;
     Ok(match id {
         Some(id) => tenants::get_by_id(c, &id)?,
         None => None,
@@ -183,7 +182,14 @@ fn find_tenant(c: &rusqlite::Connection, o: &Value) -> Result<Option<crate::cont
 }
 
 /// Applies one verified event inside the caller's transaction: (outcome, tenant id).
-fn apply(c: &rusqlite::Connection, kind: &str, o: &Value, plans: &crate::plans::Plans, suspend: bool, at: chrono::DateTime<chrono::Utc>) -> Result<(String, Option<String>), Error> {
+fn apply(
+    c: &rusqlite::Connection,
+    kind: &str,
+    o: &Value,
+    plans: &crate::plans::Plans,
+    suspend: bool,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, Option<String>), Error> {
     let handled = matches!(
         kind,
         "customer.subscription.created" | "customer.subscription.updated" | "customer.subscription.deleted" | "invoice.payment_failed"

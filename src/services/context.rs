@@ -39,7 +39,12 @@ pub struct TenantCtx {
 impl TenantCtx {
     /// Proves the tenant of a request (host and credentials agree, the tenant is active) and resolves
     /// its plan. Charges nothing: each operation does that with [`begin`](Self::begin).
-    pub async fn authenticate(state: &AppState, id: RequestIdentity<'_>, rate: Option<RateSlot>, tier: Option<&TierSlot>) -> Result<TenantCtx, Error> {
+    pub async fn authenticate(
+        state: &AppState,
+        id: RequestIdentity<'_>,
+        rate: Option<RateSlot>,
+        tier: Option<&TierSlot>,
+    ) -> Result<TenantCtx, Error> {
         let proven = state.auth.prove(id, &state.config).await?;
         let entitlements = state.plans.entitlements(&proven.tenant);
         if entitlements.tier != proven.tenant.tier {
@@ -49,15 +54,7 @@ impl TenantCtx {
             let _ = slot.0.set(entitlements.tier.as_str());
         }
         let cap = state.registry.cap_for_request(&proven.proof, &proven.tenant.id);
-        Ok(TenantCtx {
-            tenant: proven.tenant,
-            scopes: proven.scopes,
-            credential: proven.credential,
-            state: state.clone(),
-            entitlements,
-            rate,
-            cap,
-        })
+        Ok(TenantCtx { tenant: proven.tenant, scopes: proven.scopes, credential: proven.credential, state: state.clone(), entitlements, rate, cap })
     }
 
     pub fn tenant(&self) -> &Tenant {
@@ -156,7 +153,7 @@ impl TenantCtx {
         d.insert("used".into(), used.into());
         d.insert("resets_at".into(), serde_json::json!(resets_at));
         d.insert("upgrade_url".into(), ent.upgrade_url(upgrade, "queries").into());
-        let wait = (resets_at - now).num_seconds().max(1) as u64;
+        let wait = resets_at.signed_duration_since(now).num_seconds().max(1) as u64;
         Err(Error::too_many(Code::QuotaExceeded, format!("the monthly quota of {limit} queries is used up"), wait, d))
     }
 

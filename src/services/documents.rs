@@ -170,7 +170,8 @@ pub async fn delete(ctx: &TenantCtx, id: String) -> Result<(), Error> {
 /// Deletes every document under a path prefix (an empty prefix deletes everything).
 pub async fn delete_prefix(ctx: &TenantCtx, prefix: Option<String>) -> Result<docs::DeleteResult, Error> {
     ctx.authorize(Op::DocumentDeletePrefix)?;
-    let prefix = prefix.ok_or_else(|| Error::validation("path_prefix is required (use path_prefix= with care: an empty prefix deletes everything)"))?;
+    let prefix =
+        prefix.ok_or_else(|| Error::validation("path_prefix is required (use path_prefix= with care: an empty prefix deletes everything)"))?;
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let r = lease.blocking(move |h| h.with_writer(|c| Ok(search.delete_by_prefix(c, &prefix)?))).await?;

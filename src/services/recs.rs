@@ -384,7 +384,14 @@ pub async fn cart(ctx: &TenantCtx, req: CartRequest) -> Result<RecsResponse, Err
         return Err(Error::validation("product_ids must hold 1 to 100 ids"));
     }
     let ids = req.product_ids.iter().map(|v| input::id_of(Some(v), "product_ids[]")).collect::<Result<Vec<_>, _>>().map_err(Error::validation)?;
-    let q = RecQuery { customer_id: None, limit: req.limit, exclude_purchased: false, in_stock_only: req.in_stock_only, category: req.category, window: None };
+    let q = RecQuery {
+        customer_id: None,
+        limit: req.limit,
+        exclude_purchased: false,
+        in_stock_only: req.in_stock_only,
+        category: req.category,
+        window: None,
+    };
     let (limit, f) = (q.limit(ctx)?, q.filter());
     serve(ctx, move |c, m| recs::cart(c, m, &ids, f, limit)).await
 }

@@ -77,7 +77,8 @@ impl Operator {
     pub async fn restore(&self, proof: &AdminProof, slug: &str, req: RestoreRequest) -> Result<Value, Error> {
         let target = req.target()?;
         let t = self.tenant(slug).await?;
-        let s = self.live.as_ref().ok_or_else(|| Error::internal(anyhow::anyhow!("an in-place restore through the service needs a running server")))?;
+        let s =
+            self.live.as_ref().ok_or_else(|| Error::internal(anyhow::anyhow!("an in-place restore through the service needs a running server")))?;
         let cap = s.registry.cap_for_admin(proof, &t.id);
         let report = restore_tenant(s, &cap, &t, target, &self.actor.as_string()).await?;
         Ok(json!({"tenant": t.slug, "restored": report}))
@@ -87,13 +88,7 @@ impl Operator {
 /// Restores one tenant in place from its replica: the tenant is offline (503 `tenant_restoring`) while
 /// its handle closes and the file is replaced atomically; its derived index is rebuilt on next open.
 /// Other tenants are untouched.
-async fn restore_tenant(
-    state: &AppState,
-    cap: &TenantCap,
-    tenant: &Tenant,
-    target: Target,
-    actor: &str,
-) -> Result<Report, Error> {
+async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, target: Target, actor: &str) -> Result<Report, Error> {
     let backup = state.backup.clone().ok_or_else(|| Error::conflict(Code::BackupsDisabled, "backups are not configured (backup_url)"))?;
     let replica = backup.root().replica(&ReplicaKey::tenant(cap.id()).path());
     // Check the replica before taking the tenant offline: a bad target is a 4xx and nothing changes.
@@ -107,8 +102,8 @@ async fn restore_tenant(
         Ok(report) => {
             let (dir2, id) = (dir.clone(), tenant.id.clone());
             let swapped = tokio::task::spawn_blocking(move || install_restored(&dir2, &staged, &id))
-            .await
-            .map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
+                .await
+                .map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
             match swapped {
                 Ok(()) => Ok(report),
                 Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
@@ -136,7 +131,8 @@ pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::R
     let db = dir.join(crate::tenant::DB_FILE);
     {
         let c = rusqlite::Connection::open(staged)?;
-        let owner: Option<String> = rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+        let owner: Option<String> =
+            rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
         anyhow::ensure!(owner.as_deref() == Some(tenant_id), "the replica belongs to tenant {owner:?}, not {tenant_id}");
     }
     for ext in ["-wal", "-shm"] {
@@ -148,4 +144,3 @@ pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::R
     let _ = std::fs::remove_dir_all(dir.join("index"));
     Ok(())
 }
-

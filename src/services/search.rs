@@ -140,10 +140,8 @@ pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<Embed
     let embed = &ctx.state().embed;
     let tokenizer = embed.tokenizer().ok_or_else(|| Error::from(DocsError::EmbeddingsUnavailable))?;
     let counted = inputs.clone();
-    let prompt_tokens: usize = tokio::task::spawn_blocking(move || {
-        counted.iter().map(|t| tokenizer.encode(t.as_str(), true).map(|e| e.len()).unwrap_or(0)).sum()
-    })
-    .await?;
+    let prompt_tokens: usize =
+        tokio::task::spawn_blocking(move || counted.iter().map(|t| tokenizer.encode(t.as_str(), true).map(|e| e.len()).unwrap_or(0)).sum()).await?;
     let vectors = embed.embed(inputs).await.map_err(embed_error)?;
     ctx.state().meter.record(ctx.id(), Kind::Embedding, prompt_tokens as u64);
     let data = vectors.into_iter().enumerate().map(|(index, embedding)| Embedding { object: "embedding", index, embedding }).collect();

@@ -156,7 +156,8 @@ impl Operator {
             ));
         }
         let (id, tslug) = (t.id.clone(), t.slug.clone());
-        let replica_due = self.config.backup_url.as_ref().map(|_| self.clock.now() + chrono::Duration::seconds(self.config.backup.delete_grace_secs as i64));
+        let replica_due =
+            self.config.backup_url.as_ref().map(|_| self.clock.now() + chrono::Duration::seconds(self.config.backup.delete_grace_secs as i64));
         let removed = self
             .audited(Some(&t.id), "tenant.deleted", move |tx| {
                 let removed = tenants::delete(tx, &id)?;

@@ -119,15 +119,12 @@ impl TenantRegistry {
             self.wait_closed(tenant_id, deadline).await?;
             let inner = self.inner.clone();
             let id = tenant_id.to_string();
-            let handle = self
-                .inner
-                .cache
-                .try_get_with(id.clone(), async move { inner.open(&id, deadline).await })
-                .await
-                .map_err(|e: Arc<Error>| match &*e {
+            let handle = self.inner.cache.try_get_with(id.clone(), async move { inner.open(&id, deadline).await }).await.map_err(
+                |e: Arc<Error>| match &*e {
                     Error::Internal(cause) => Error::internal(anyhow::anyhow!("opening tenant {tenant_id}: {cause:#}")),
                     coded => coded.duplicate(),
-                })?;
+                },
+            )?;
             if let Some(lease) = handle.lease() {
                 return Ok(lease);
             }
@@ -149,7 +146,11 @@ impl TenantRegistry {
         if let Some(mut rx) = rx {
             let wait = rx.wait_for(|done| *done);
             if tokio::time::timeout_at(deadline.into(), wait).await.is_err() {
-                return Err(Error::unavailable(Code::TenantUnavailable, "the tenant could not be opened in time (it is still closing); retry shortly", 1));
+                return Err(Error::unavailable(
+                    Code::TenantUnavailable,
+                    "the tenant could not be opened in time (it is still closing); retry shortly",
+                    1,
+                ));
             }
         }
         Ok(())
@@ -229,13 +230,7 @@ impl Inner {
                     self.cache.run_pending_tasks().await;
                     match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
                         Ok(Ok(p)) => break p,
-                        _ => {
-                            return Err(Error::unavailable(
-                                Code::Overloaded,
-                                "too many tenants are open or closing; retry shortly",
-                                1,
-                            ))
-                        }
+                        _ => return Err(Error::unavailable(Code::Overloaded, "too many tenants are open or closing; retry shortly", 1)),
                     }
                 }
             }

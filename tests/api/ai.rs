@@ -11,9 +11,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 fn model_dir() -> std::path::PathBuf {
-    std::env::var("WARREN_MODEL_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
+    std::env::var("WARREN_MODEL_DIR").map(Into::into).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
 }
 
 async fn with_model(tweak: impl FnOnce(&mut warren::config::Config)) -> TestApp {
@@ -34,9 +32,7 @@ fn python_script(name: &str) -> std::path::PathBuf {
 async fn run_python(script: &str, args: Vec<String>) -> String {
     let py = test_python();
     let script = python_script(script);
-    let out = tokio::task::spawn_blocking(move || Command::new(py).arg(&script).args(&args).output().expect("run python"))
-        .await
-        .expect("join");
+    let out = tokio::task::spawn_blocking(move || Command::new(py).arg(&script).args(&args).output().expect("run python")).await.expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
@@ -270,7 +266,9 @@ async fn import_a_folder_then_resume_then_export_round_trips() {
     // Offline mode refuses while a server holds the data dir, and says how to go through it.
     let refused = run(vec!["import".into(), "importer".into(), src.clone()]).await.unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--server"));
-    let first = ok_json(&run(vec!["import".into(), "importer".into(), src.clone(), "--server".into(), addr.clone(), "--key".into(), key.clone()]).await.unwrap());
+    let first = ok_json(
+        &run(vec!["import".into(), "importer".into(), src.clone(), "--server".into(), addr.clone(), "--key".into(), key.clone()]).await.unwrap(),
+    );
     assert_eq!(first["imported"], 998, "{first}");
     assert_eq!(first["skipped_binary"], json!(["docs/logo.png"]), "{first}");
     assert_eq!(first["failed"], json!([]));
@@ -280,14 +278,26 @@ async fn import_a_folder_then_resume_then_export_round_trips() {
     assert_eq!(one["documents"][0]["path"], "src/mod3/f3.rs");
 
     // Resumable: a second run finds every file unchanged.
-    let second = ok_json(&run(vec!["import".into(), "importer".into(), src.clone(), "--server".into(), addr.clone(), "--key".into(), key.clone()]).await.unwrap());
+    let second = ok_json(
+        &run(vec!["import".into(), "importer".into(), src.clone(), "--server".into(), addr.clone(), "--key".into(), key.clone()]).await.unwrap(),
+    );
     assert_eq!((second["imported"].as_u64(), second["unchanged"].as_u64()), (Some(0), Some(998)), "{second}");
     // --glob narrows the walk.
     std::fs::write(tree.path().join("docs/section-0/page-0.md"), "# Page 0, edited\n").unwrap();
     let third = ok_json(
-        &run(vec!["import".into(), "importer".into(), src.clone(), "--glob".into(), "**/*.md".into(), "--server".into(), addr.clone(), "--key".into(), key.clone()])
-            .await
-            .unwrap(),
+        &run(vec![
+            "import".into(),
+            "importer".into(),
+            src.clone(),
+            "--glob".into(),
+            "**/*.md".into(),
+            "--server".into(),
+            addr.clone(),
+            "--key".into(),
+            key.clone(),
+        ])
+        .await
+        .unwrap(),
     );
     assert_eq!((third["imported"].as_u64(), third["unchanged"].as_u64()), (Some(1), Some(599)), "{third}");
 
@@ -301,9 +311,17 @@ async fn import_a_folder_then_resume_then_export_round_trips() {
     std::fs::write(&file, &exported).unwrap();
     let t2 = app.create_tenant("importer-two", "enterprise").await;
     let back = ok_json(
-        &run(vec!["import".into(), "importer-two".into(), file.to_str().unwrap().into(), "--server".into(), addr.clone(), "--key".into(), t2.key.clone()])
-            .await
-            .unwrap(),
+        &run(vec![
+            "import".into(),
+            "importer-two".into(),
+            file.to_str().unwrap().into(),
+            "--server".into(),
+            addr.clone(),
+            "--key".into(),
+            t2.key.clone(),
+        ])
+        .await
+        .unwrap(),
     );
     assert_eq!(back["imported"], 998, "{back}");
     let again = run(vec!["export".into(), "importer-two".into(), "--server".into(), addr.clone(), "--key".into(), t2.key.clone()]).await.unwrap();
@@ -355,7 +373,11 @@ async fn mcp_accepts_jwts_and_open_streams_do_not_hold_shutdown() {
     let sid = open_session(&app, &jwt).await;
     // A client's standalone SSE stream stays open until the server shuts down.
     let stream = send(
-        app.req(Method::GET, "/mcp").bearer_auth(&jwt).header("accept", "text/event-stream").header("mcp-session-id", &sid).header("mcp-protocol-version", "2025-06-18"),
+        app.req(Method::GET, "/mcp")
+            .bearer_auth(&jwt)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &sid)
+            .header("mcp-protocol-version", "2025-06-18"),
     )
     .await;
     assert_eq!(stream.status(), 200);
@@ -448,7 +470,10 @@ async fn mcp_recommend_serves_the_trained_model_like_rest() {
     assert_eq!(s, 200);
     assert_eq!(v["result"]["isError"], false, "{v}");
     let after = state.meter.month(&t.id).await.unwrap();
-    assert_eq!((recs_of(&after) - recs_of(&before), after.count(warren::metering::Kind::ApiCall) - before.count(warren::metering::Kind::ApiCall)), (1, 1));
+    assert_eq!(
+        (recs_of(&after) - recs_of(&before), after.count(warren::metering::Kind::ApiCall) - before.count(warren::metering::Kind::ApiCall)),
+        (1, 1)
+    );
     let got = &v["result"]["structuredContent"];
     let results = got["results"].as_array().unwrap_or_else(|| panic!("no results: {v}"));
     assert!(!results.is_empty() && results.len() <= 3, "{got}");

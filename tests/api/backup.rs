@@ -294,8 +294,14 @@ async fn file_replica_point_in_time_restore_corruption_and_disaster_recovery() {
     compat(&format!("{url}/tenants/{}", a.id), "--source", &tenant_db(app.dir.path(), &a.id));
 
     // Bad requests lose nothing.
-    expect_error(app.admin(Method::POST, "/tenants/alpha/restore").json(&json!({"txid": "xyz"})).send().await.unwrap(), 400, "validation_failed").await;
-    expect_error(app.admin(Method::POST, "/tenants/alpha/restore").json(&json!({"txid": "0000000000000000"})).send().await.unwrap(), 400, "restore_point_unavailable").await;
+    expect_error(app.admin(Method::POST, "/tenants/alpha/restore").json(&json!({"txid": "xyz"})).send().await.unwrap(), 400, "validation_failed")
+        .await;
+    expect_error(
+        app.admin(Method::POST, "/tenants/alpha/restore").json(&json!({"txid": "0000000000000000"})).send().await.unwrap(),
+        400,
+        "restore_point_unavailable",
+    )
+    .await;
     expect_error(app.admin(Method::POST, "/tenants/nobody/restore").json(&json!({})).send().await.unwrap(), 404, "tenant_not_found").await;
 
     // A corrupt object in beta's replica: the restore is refused with its name, and beta keeps its data.
@@ -369,7 +375,12 @@ async fn crash_and_storage_outage_keep_the_chain_restorable() {
         let (c, addr, key, acked) = (client.clone(), server.addr.clone(), key.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..1000 {
-                let r = c.post(format!("{addr}/api/v1/documents")).bearer_auth(&key).json(&json!({"path": format!("w{w}/{i}.md"), "content": format!("burst {w} {i}")})).send().await;
+                let r = c
+                    .post(format!("{addr}/api/v1/documents"))
+                    .bearer_auth(&key)
+                    .json(&json!({"path": format!("w{w}/{i}.md"), "content": format!("burst {w} {i}")}))
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status().is_success() => acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
                     _ => break,
@@ -399,10 +410,16 @@ async fn crash_and_storage_outage_keep_the_chain_restorable() {
     let mut stored = 0;
     let mut cursor: Option<String> = None;
     loop {
-        let url = match &cursor { None => format!("{}/api/v1/documents?limit=1000", server.addr), Some(c) => format!("{}/api/v1/documents?limit=1000&cursor={c}", server.addr) };
+        let url = match &cursor {
+            None => format!("{}/api/v1/documents?limit=1000", server.addr),
+            Some(c) => format!("{}/api/v1/documents?limit=1000&cursor={c}", server.addr),
+        };
         let v: Value = client.get(url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
         stored += v["documents"].as_array().unwrap().len();
-        match v["next_cursor"].as_str() { Some(c) => cursor = Some(c.to_string()), None => break }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
     }
     assert!(stored >= acked, "{acked} writes were acknowledged but only {stored} documents survived");
     // No gap and no duplicate: every TXID from 1 to the newest is in exactly one level-0 file or covered.
@@ -421,7 +438,13 @@ async fn crash_and_storage_outage_keep_the_chain_restorable() {
     let mut max_lag = 0.0f64;
     let mut n = 0;
     while outage.elapsed() < Duration::from_secs(30) {
-        let r = client.post(format!("{}/api/v1/documents", server.addr)).bearer_auth(&key).json(&json!({"path": format!("outage/{n}.md"), "content": format!("during the outage {n}")})).send().await.unwrap();
+        let r = client
+            .post(format!("{}/api/v1/documents", server.addr))
+            .bearer_auth(&key)
+            .json(&json!({"path": format!("outage/{n}.md"), "content": format!("during the outage {n}")}))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "a write failed during the storage outage: {}", r.status());
         n += 1;
         let st = backup_status(&server.addr, "crashy").await;

@@ -44,7 +44,8 @@ async fn upsert_replaces_and_deleted_text_never_returns() {
     assert!(v["chunks"].as_u64().unwrap() >= 1 && v["tokens"].as_u64().unwrap() > 0, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     // Same path: replaced atomically, same id.
-    let r = send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "notes/a.md", "content": "# Alpha\nNow about giraffes only."}))).await;
+    let r =
+        send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "notes/a.md", "content": "# Alpha\nNow about giraffes only."}))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["id"], id.as_str());
     let kw = |q: &str| json!({"query": q, "mode": "keyword"});
@@ -218,7 +219,10 @@ async fn assembled_context_never_exceeds_the_budget() {
     let bpe = tiktoken_rs::o200k_base().unwrap();
     for _ in 0..30 {
         let budget = rng.random_range(1..3000);
-        let v = json_of(send(app.api(Method::POST, "/context/assemble", &t.key).json(&json!({"query": "tenant search budget", "max_tokens": budget}))).await).await;
+        let v = json_of(
+            send(app.api(Method::POST, "/context/assemble", &t.key).json(&json!({"query": "tenant search budget", "max_tokens": budget}))).await,
+        )
+        .await;
         let ctx = v["context"].as_str().unwrap();
         let counted = bpe.encode_with_special_tokens(ctx).len();
         assert!(counted <= budget, "budget {budget}: context has {counted} tokens");

@@ -165,7 +165,6 @@ impl ServerProcess {
         self.child.id()
     }
 
-
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();

@@ -1,11 +1,11 @@
 //! One integration-test binary: the real server, over HTTP.
 
-mod helpers;
-mod platform;
-mod caddy;
-mod handles;
-mod context;
-mod plans;
-mod backup;
 mod ai;
+mod backup;
+mod caddy;
+mod context;
+mod handles;
+mod helpers;
+mod plans;
+mod platform;
 mod recs;

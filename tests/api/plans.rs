@@ -126,7 +126,10 @@ async fn an_api_key_may_carry_a_lower_limit_and_bulk_costs_per_document() {
 #[tokio::test]
 async fn hard_quota_refuses_and_soft_quota_records_overage() {
     let dir = tempfile::tempdir().unwrap();
-    let plans = plans_file(dir.path(), &[("queries_per_month = 1000\n", "queries_per_month = 5\n"), ("queries_per_month = 100_000\n", "queries_per_month = 3\n")]);
+    let plans = plans_file(
+        dir.path(),
+        &[("queries_per_month = 1000\n", "queries_per_month = 5\n"), ("queries_per_month = 100_000\n", "queries_per_month = 3\n")],
+    );
     let app = spawn_with(|c| c.plans = Some(plans)).await;
     let free = app.create_tenant("freebie", "free").await;
     let starter = app.create_tenant("paying", "starter").await;
@@ -175,11 +178,7 @@ async fn features_outside_the_plan_are_403() {
     assert!(v["error"]["upgrade_url"].as_str().unwrap().contains("tenant=freebie&tier=pro&feature=audit_log"), "{v}");
 
     // The reusable gate (what the recommendations endpoints call): free lacks "recommendations".
-    let tenant = state
-        .control
-        .run_sync(|c| Ok(warren::control::tenants::get_by_slug(c, "freebie")?))
-        .unwrap()
-        .unwrap();
+    let tenant = state.control.run_sync(|c| Ok(warren::control::tenants::get_by_slug(c, "freebie")?)).unwrap().unwrap();
     let err = state.plans.entitlements(&tenant).require_feature("recommendations").unwrap_err();
     let v = expect_error(reqwest::Response::from(http_response(err)), 403, "feature_not_in_plan").await;
     assert_eq!(v["error"]["required_tier"], "starter");
@@ -212,7 +211,11 @@ async fn an_ended_trial_drops_to_free_and_over_limit_data_turns_read_only() {
     let pdir = tempfile::tempdir().unwrap();
     let plans = plans_file(pdir.path(), &[("documents = 1000\n", "documents = 2\n")]);
     let (app, state) = spawn_state(None, |c| c.plans = Some(plans)).await;
-    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "trialco", "name": "T", "email": "t@t.co", "tier": "pro", "status": "trial", "trial_days": 14}))).await;
+    let r = send(
+        app.admin(Method::POST, "/tenants")
+            .json(&json!({"slug": "trialco", "name": "T", "email": "t@t.co", "tier": "pro", "status": "trial", "trial_days": 14})),
+    )
+    .await;
     let v = json_of(r).await;
     let key = v["api_key"].as_str().unwrap().to_string();
     assert_eq!(send(app.api(Method::GET, "/audit", &key)).await.status(), 200, "a pro trial has pro features");
@@ -365,7 +368,11 @@ async fn kill_dash_nine_loses_at_most_the_last_second_of_usage() {
     let u: Value = client.get(format!("{}/api/v1/usage", server.addr)).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     let counted = u["usage"]["api_calls"].as_u64().unwrap() as usize - 1; // minus this usage call
     assert!(counted <= sent, "counted {counted} > sent {sent}: something was counted twice");
-    assert!(counted >= older, "lost more than the last second: counted {counted}, acknowledged over 1.1 s before the kill {older} (all acked {})", acks.len());
+    assert!(
+        counted >= older,
+        "lost more than the last second: counted {counted}, acknowledged over 1.1 s before the kill {older} (all acked {})",
+        acks.len()
+    );
 }
 
 fn stripe_event(id: &str, kind: &str, object: Value) -> String {
@@ -385,7 +392,9 @@ async fn stripe_webhooks_apply_once_and_only_when_signed() {
     .await;
     let t = app.create_tenant("acme", "free").await;
     let now = || state.plans.clock.now().timestamp();
-    let post = |body: String, sig: String| app.req(Method::POST, "/webhooks/stripe").header("Stripe-Signature", sig).header("Content-Type", "application/json").body(body);
+    let post = |body: String, sig: String| {
+        app.req(Method::POST, "/webhooks/stripe").header("Stripe-Signature", sig).header("Content-Type", "application/json").body(body)
+    };
     let tier = || async { json_of(send(app.admin(Method::GET, "/tenants/acme")).await).await["tenant"].clone() };
 
     let created = stripe_event(
@@ -399,7 +408,8 @@ async fn stripe_webhooks_apply_once_and_only_when_signed() {
     assert_eq!((tt["tier"].as_str(), tt["stripe_customer_id"].as_str()), (Some("starter"), Some("cus_42")));
 
     // Bad signature, tampered body, stale timestamp: 400, nothing applied.
-    let upgrade = stripe_event("evt_2", "customer.subscription.updated", json!({"customer": "cus_42", "status": "active", "metadata": {"tier": "pro"}}));
+    let upgrade =
+        stripe_event("evt_2", "customer.subscription.updated", json!({"customer": "cus_42", "status": "active", "metadata": {"tier": "pro"}}));
     let r = send(post(upgrade.clone(), warren::api::billing::sign(upgrade.as_bytes(), "whsec_wrong", now()))).await;
     expect_error(r, 400, "invalid_signature").await;
     let r = send(post(upgrade.replace("pro", "enterprise"), warren::api::billing::sign(upgrade.as_bytes(), SECRET, now()))).await;

@@ -49,7 +49,15 @@ async fn create_tenant_returns_key_and_quickstart() {
 #[tokio::test]
 async fn slugs_are_validated() {
     let app = spawn_app().await;
-    for (slug, code) in [("ab", "invalid_slug"), ("-acme", "invalid_slug"), ("Acme", "invalid_slug"), ("../etc", "invalid_slug"), ("a/b/c", "invalid_slug"), ("www", "reserved_slug"), ("admin", "reserved_slug")] {
+    for (slug, code) in [
+        ("ab", "invalid_slug"),
+        ("-acme", "invalid_slug"),
+        ("Acme", "invalid_slug"),
+        ("../etc", "invalid_slug"),
+        ("a/b/c", "invalid_slug"),
+        ("www", "reserved_slug"),
+        ("admin", "reserved_slug"),
+    ] {
         let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": slug, "name": "x", "email": "a@b.co"}))).await;
         expect_error(r, 400, code).await;
     }

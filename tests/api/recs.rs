@@ -72,13 +72,19 @@ async fn seed_store(app: &TestApp, key: &str) {
 async fn ingest_validates_each_item_and_orders_are_idempotent() {
     let app = spawn_with(quick).await;
     let t = app.create_tenant("shop", "starter").await;
-    let v = post(&app, &t.key, "/products", json!({"products": [
-        {"id": "p1", "name": "Blue mug", "categories": ["Kitchen"], "price": 9.5, "currency": "eur", "attributes": {"color": "blue"}},
-        {"id": "p2"},
-        {"id": 3, "name": "Red mug", "price": "-2"},
-        "not an object",
-        {"id": 4, "name": "Green mug", "in_stock": false}
-    ]})).await;
+    let v = post(
+        &app,
+        &t.key,
+        "/products",
+        json!({"products": [
+            {"id": "p1", "name": "Blue mug", "categories": ["Kitchen"], "price": 9.5, "currency": "eur", "attributes": {"color": "blue"}},
+            {"id": "p2"},
+            {"id": 3, "name": "Red mug", "price": "-2"},
+            "not an object",
+            {"id": 4, "name": "Green mug", "in_stock": false}
+        ]}),
+    )
+    .await;
     let st: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(st, ["created", "error", "error", "error", "created"], "{v}");
     assert_eq!((v["succeeded"].as_u64(), v["failed"].as_u64()), (Some(2), Some(3)));
@@ -102,21 +108,38 @@ async fn ingest_validates_each_item_and_orders_are_idempotent() {
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["status"], "duplicate");
     // A bad order in a batch fails alone.
-    let v = post(&app, &t.key, "/orders", json!({"orders": [order.clone(), {"id": "o2", "customer_id": "c1", "lines": []},
-        {"id": "o3", "customer_id": "c2", "lines": [{"product_id": "4"}]}]})).await;
+    let v = post(
+        &app,
+        &t.key,
+        "/orders",
+        json!({"orders": [order.clone(), {"id": "o2", "customer_id": "c1", "lines": []},
+        {"id": "o3", "customer_id": "c2", "lines": [{"product_id": "4"}]}]}),
+    )
+    .await;
     let st: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(st, ["duplicate", "error", "created"], "{v}");
-    expect_error(send(app.api(Method::POST, "/orders", &t.key).json(&json!({"id": "o9", "customer_id": "c", "lines": "x"}))).await, 400, "validation_failed").await;
+    expect_error(
+        send(app.api(Method::POST, "/orders", &t.key).json(&json!({"id": "o9", "customer_id": "c", "lines": "x"}))).await,
+        400,
+        "validation_failed",
+    )
+    .await;
 
     // Customers and events.
     let v = post(&app, &t.key, "/customers", json!({"customers": [{"id": "c1", "segment": "vip"}, {"name": "no id"}]})).await;
     assert_eq!((v["succeeded"].as_u64(), v["failed"].as_u64()), (Some(1), Some(1)));
-    let v = post(&app, &t.key, "/events", json!({"events": [
-        {"customer_id": "c1", "product_id": "p1", "type": "view", "at": 1_735_000_000},
-        {"session_id": "s1", "product_id": "p1", "type": "cart"},
-        {"product_id": "p1", "type": "view"},
-        {"customer_id": "c1", "product_id": "p1", "type": "Bad Type"}
-    ]})).await;
+    let v = post(
+        &app,
+        &t.key,
+        "/events",
+        json!({"events": [
+            {"customer_id": "c1", "product_id": "p1", "type": "view", "at": 1_735_000_000},
+            {"session_id": "s1", "product_id": "p1", "type": "cart"},
+            {"product_id": "p1", "type": "view"},
+            {"customer_id": "c1", "product_id": "p1", "type": "Bad Type"}
+        ]}),
+    )
+    .await;
     assert_eq!((v["succeeded"].as_u64(), v["failed"].as_u64()), (Some(2), Some(2)), "{v}");
 
     // The status reports data counts and the unknown product; once it exists it is resolved.
@@ -166,7 +189,12 @@ async fn woocommerce_payloads_are_accepted_as_is() {
 async fn free_tier_is_refused_and_the_products_limit_holds() {
     let app = spawn_with(quick).await;
     let free = app.create_tenant("freebie", "free").await;
-    for (m, path) in [(Method::GET, "/recommendations"), (Method::POST, "/products"), (Method::GET, "/recommendations/status"), (Method::GET, "/products/x/similar")] {
+    for (m, path) in [
+        (Method::GET, "/recommendations"),
+        (Method::POST, "/products"),
+        (Method::GET, "/recommendations/status"),
+        (Method::GET, "/products/x/similar"),
+    ] {
         let r = send(app.api(m, path, &free.key).json(&json!({"products": [{"id": "a", "name": "b"}]}))).await;
         let v = expect_error(r, 403, "feature_not_in_plan").await;
         assert_eq!(v["error"]["feature"], "recommendations");
@@ -175,7 +203,8 @@ async fn free_tier_is_refused_and_the_products_limit_holds() {
     let r = send(app.admin(Method::PUT, "/tenants/small/overrides").json(&json!({"products": 3}))).await;
     assert!(r.status().is_success());
     post(&app, &t.key, "/products", json!({"products": [{"id": "1", "name": "one"}, {"id": "2", "name": "two"}]})).await;
-    let r = send(app.api(Method::POST, "/products", &t.key).json(&json!({"products": [{"id": "3", "name": "three"}, {"id": "4", "name": "four"}]}))).await;
+    let r = send(app.api(Method::POST, "/products", &t.key).json(&json!({"products": [{"id": "3", "name": "three"}, {"id": "4", "name": "four"}]})))
+        .await;
     let v = expect_error(r, 403, "plan_limit_reached").await;
     assert_eq!((v["error"]["limit"].as_str(), v["error"]["limit_value"].as_u64()), (Some("products"), Some(3)));
     // Updates of existing products and one more new product still pass.
@@ -216,9 +245,15 @@ async fn recommendations_follow_purchases_with_filters_and_cold_start() {
     assert!(!ids(&v).is_empty() && ids(&v).iter().all(|id| id.starts_with('b')), "{v}");
 
     // Stock: a4/a5 out of stock disappear unless in_stock_only=false.
-    post(&app, &t.key, "/products", json!({"products": [
+    post(
+        &app,
+        &t.key,
+        "/products",
+        json!({"products": [
         {"id": "a4", "name": "Kitchen knife model 4", "categories": ["Kitchen"], "in_stock": false},
-        {"id": "a5", "name": "Kitchen knife model 5", "categories": ["Kitchen"], "in_stock": false}]})).await;
+        {"id": "a5", "name": "Kitchen knife model 5", "categories": ["Kitchen"], "in_stock": false}]}),
+    )
+    .await;
     let v = get(&app, &t.key, "/recommendations?customer_id=c0&limit=10").await;
     assert!(!ids(&v).contains(&"a4".into()) && !ids(&v).contains(&"a5".into()), "{v}");
     let v = get(&app, &t.key, "/recommendations?customer_id=c0&limit=2&in_stock_only=false").await;
@@ -333,13 +368,19 @@ async fn similar_products_use_the_embedding_model_when_loaded() {
     .await;
     let t = app.create_tenant("semantic", "starter").await;
     // No two products share a word: only the embeddings can tell the shoes from the cakes.
-    post(&app, &t.key, "/products", json!({"products": [
-        {"id": "shoe", "name": "Trail running shoes"},
-        {"id": "sneaker", "name": "Jogging sneakers for men"},
-        {"id": "cake", "name": "Chocolate birthday cake"},
-        {"id": "muffin", "name": "Blueberry muffins, six pack"},
-        {"id": "drill", "name": "Cordless power drill"}
-    ]})).await;
+    post(
+        &app,
+        &t.key,
+        "/products",
+        json!({"products": [
+            {"id": "shoe", "name": "Trail running shoes"},
+            {"id": "sneaker", "name": "Jogging sneakers for men"},
+            {"id": "cake", "name": "Chocolate birthday cake"},
+            {"id": "muffin", "name": "Blueberry muffins, six pack"},
+            {"id": "drill", "name": "Cordless power drill"}
+        ]}),
+    )
+    .await;
     let s = trained(&app, &t.key, 1).await;
     assert_eq!((s["content"].as_str(), s["data"]["products_embedded"].as_u64()), (Some("minilm"), Some(5)), "{s}");
     assert_eq!(ids(&get(&app, &t.key, "/products/shoe/similar?limit=1").await), ["sneaker"]);
