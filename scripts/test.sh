@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs warren's whole test suite on a fresh machine: installs what the tests need (Caddy, curl, the
-# embedding model), then runs every unit and integration test. `.ci/run` calls exactly this.
+# embedding model, the Python peers), checks formatting and clippy (warnings are errors), then runs
+# every unit and integration test. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +25,13 @@ scripts/test-venv.sh >/dev/null
 echo "==> embedding model"
 scripts/fetch-model.sh
 
-echo "==> cargo test"
 export CARGO_TERM_COLOR=never
+echo "==> cargo fmt --check"
+cargo fmt --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Library unit tests, the binary, and every integration test (there are no doc tests). The ignored

@@ -9,3 +9,4 @@ mod helpers;
 mod plans;
 mod platform;
 mod recs;
+mod scopes;

@@ -1,0 +1,94 @@
+"""Drives warren's /mcp with a read-only key through the official MCP Python client (run by tests/api/scopes.rs).
+
+usage: mcp_scopes.py MCP_URL READ_KEY DOC_ID DOC_PATH
+The tenant holds the document DOC_ID at DOC_PATH. The reading tools must succeed with the read key;
+add_document and delete_document must fail with a tool error naming insufficient_scope, and change nothing.
+Exits non-zero with a message on the first failed expectation; prints one JSON summary line on success.
+"""
+
+import asyncio
+import json
+import sys
+
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def client(url, key, mode="legacy"):
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    return Client(streamable_http_client(url, http_client=http), mode=mode)
+
+
+def is_error(result):
+    return bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
+
+
+def structured(name, result):
+    if is_error(result):
+        fail(f"{name} with the read key answered a tool error: {result.content[0].text if result.content else result}")
+    sc = getattr(result, "structured_content", None)
+    if sc is None:
+        sc = getattr(result, "structuredContent", None)
+    if sc is None:
+        sc = json.loads(result.content[0].text)
+    return sc
+
+
+def refused_code(name, result):
+    """The error code of a tool error (the REST error body), failing unless it is insufficient_scope."""
+    if not is_error(result):
+        fail(f"{name} with the read key succeeded: {result}")
+    text = result.content[0].text
+    if "insufficient_scope" not in text:
+        fail(f"{name} with the read key failed for another reason: {text}")
+    return json.loads(text)["error"]["code"]
+
+
+async def main(url, key, doc_id, doc_path):
+    summary = {"reads": [], "refused": {}}
+    async with client(url, key) as c:
+        tools = {t.name for t in (await c.list_tools()).tools}
+        want = {"search", "assemble_context", "add_document", "get_document", "list_documents", "delete_document"}
+        if not want <= tools:
+            fail(f"tools missing: {want - tools}")
+
+        found = structured("search", await c.call_tool("search", {"query": "rabbits dig burrows", "limit": 5}))
+        if doc_path not in [r["path"] for r in found["results"]]:
+            fail(f"search did not find {doc_path}: {found}")
+        summary["reads"].append("search")
+        ctx = structured("assemble_context", await c.call_tool("assemble_context", {"query": "what do rabbits dig?", "max_tokens": 60}))
+        if not (0 < ctx["total_tokens"] <= 60) or "warrens" not in ctx["context"]:
+            fail(f"assemble_context over budget or empty: {ctx}")
+        summary["reads"].append("assemble_context")
+        doc = structured("get_document", await c.call_tool("get_document", {"id": doc_id}))
+        if doc["path"] != doc_path:
+            fail(f"get_document answered {doc}")
+        summary["reads"].append("get_document")
+        page = structured("list_documents", await c.call_tool("list_documents", {}))
+        if [d["path"] for d in page["documents"]] != [doc_path]:
+            fail(f"list_documents answered {page}")
+        summary["reads"].append("list_documents")
+
+        # Writes: refused with the REST error body, and nothing changes.
+        added = await c.call_tool("add_document", {"path": "guides/new.md", "content": "# New\nThe read key may not add this."})
+        summary["refused"]["add_document"] = refused_code("add_document", added)
+        deleted = await c.call_tool("delete_document", {"id": doc_id})
+        summary["refused"]["delete_document"] = refused_code("delete_document", deleted)
+        still = structured("get_document", await c.call_tool("get_document", {"id": doc_id}))
+        if still["path"] != doc_path:
+            fail(f"the document changed after a refused delete: {still}")
+        gone = await c.call_tool("get_document", {"path": "guides/new.md"})
+        if not is_error(gone) or "document_not_found" not in gone.content[0].text:
+            fail(f"a refused add_document stored the document: {gone}")
+    summary["reads"].sort()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:5]))
