@@ -5,6 +5,10 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// File holding the address the server bound (`127.0.0.1:43123`), written at start-up: with
+/// `listen = "127.0.0.1:0"` this is how a supervisor or a test learns the port.
+pub const ADDR_FILE: &str = "warren.addr";
+
 /// File (mode 0600) holding a generated admin token, in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 

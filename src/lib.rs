@@ -79,7 +79,10 @@ impl App {
         }
         let admin_token_hash = admin_token_hash(&control, &config)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let port = listener.local_addr()?.port();
+        let bound = listener.local_addr()?;
+        let port = bound.port();
+        // Whoever started the server with port 0 (tests, supervisors) reads the bound address here.
+        datadir::write_private(&config.data_dir.join(datadir::ADDR_FILE), format!("{bound}\n").as_bytes())?;
         let registry = TenantRegistry::with_backup(
             RegistryConfig {
                 data_dir: config.data_dir.clone(),

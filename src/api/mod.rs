@@ -106,7 +106,6 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    state.registry.maintain().await;
-    metrics::gauge!("warren_embed_queue_len").set(state.embed.queue_len() as f64);
+    crate::services::usage::refresh_gauges(&state).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }

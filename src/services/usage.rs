@@ -78,6 +78,13 @@ pub async fn audit(ctx: &TenantCtx) -> Result<Vec<crate::control::AuditEvent>, E
     ctx.state().control.run(move |c| Ok(crate::control::list_audit(c, Some(&id), 200)?)).await
 }
 
+/// Brings the process gauges up to date before `/metrics` renders them.
+pub async fn refresh_gauges(state: &crate::state::AppState) {
+    state.registry.maintain().await;
+    metrics::gauge!("warren_embed_queue_len").set(state.embed.queue_len() as f64);
+    metrics::gauge!("warren_search_queue_waiting").set(state.search_cpu.waiting() as f64);
+}
+
 impl Operator {
     /// A tenant's audit log, for the operator.
     pub async fn audit_log(&self, slug: &str) -> Result<Vec<crate::control::AuditEvent>, Error> {

@@ -122,11 +122,14 @@ pub fn free_port() -> u16 {
 }
 
 impl ServerProcess {
+    /// Starts the real binary on port 0 and reads the address it bound from `<data dir>/warren.addr`
+    /// (never a port that was probed free and might be taken again before the server binds it).
     pub async fn start(data_dir: &Path, envs: &[(&str, String)]) -> ServerProcess {
-        let port = free_port();
+        let addr_file = data_dir.join("warren.addr");
+        let _ = std::fs::remove_file(&addr_file);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
         cmd.arg("serve")
-            .env("WARREN_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WARREN_LISTEN", "127.0.0.1:0")
             .env("WARREN_DATA_DIR", data_dir)
             .env("WARREN_ADMIN_TOKEN", ADMIN)
             .env("WARREN_MODEL_DIR", data_dir.join("no-model"))
@@ -136,16 +139,21 @@ impl ServerProcess {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn warren");
-        let addr = format!("http://127.0.0.1:{port}");
+        let mut child = cmd.spawn().expect("spawn warren");
         let client = Client::new();
-        for _ in 0..200 {
-            if client.get(format!("{addr}/health")).send().await.is_ok() {
-                return ServerProcess { child, addr };
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("warren exited at start-up: {status}");
+            }
+            if let Ok(bound) = std::fs::read_to_string(&addr_file) {
+                let addr = format!("http://{}", bound.trim());
+                if client.get(format!("{addr}/health")).send().await.is_ok() {
+                    return ServerProcess { child, addr };
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("warren did not start on {addr}");
+        panic!("warren did not start (no {} or no answer)", addr_file.display());
     }
 
     /// Creates a tenant through the admin API; returns the 201 body (`tenant`, `api_key`, ...).

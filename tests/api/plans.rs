@@ -172,7 +172,10 @@ async fn features_outside_the_plan_are_403() {
     let (app, state) = spawn_state(None, |_| {}).await;
     let free = app.create_tenant("freebie", "free").await;
     app.create_tenant("bigco", "pro").await;
-    let v = expect_error(send(app.api(Method::GET, "/audit", &free.key)).await, 403, "feature_not_in_plan").await;
+    // The audit log needs an admin-scoped key; the plan's gate applies on top of the scope.
+    let admin_key = admin_scoped_key(&app, "freebie").await;
+    expect_error(send(app.api(Method::GET, "/audit", &free.key)).await, 403, "insufficient_scope").await;
+    let v = expect_error(send(app.api(Method::GET, "/audit", &admin_key)).await, 403, "feature_not_in_plan").await;
     assert_eq!(v["error"]["feature"], "audit_log");
     assert_eq!(v["error"]["required_tier"], "pro");
     assert!(v["error"]["upgrade_url"].as_str().unwrap().contains("tenant=freebie&tier=pro&feature=audit_log"), "{v}");
@@ -188,13 +191,20 @@ async fn features_outside_the_plan_are_403() {
     // Overrides switch features per tenant, on the next request.
     let r = send(app.admin(Method::PUT, "/tenants/freebie/overrides").json(&json!({"features": {"audit_log": true, "search": false}}))).await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    assert_eq!(send(app.api(Method::GET, "/audit", &free.key)).await.status(), 200);
+    assert_eq!(send(app.api(Method::GET, "/audit", &admin_key)).await.status(), 200);
     let r = send(app.api(Method::POST, "/search", &free.key).json(&json!({"query": "x", "mode": "keyword"}))).await;
     let v = expect_error(r, 403, "feature_not_in_plan").await;
     assert_eq!(v["error"]["feature"], "search");
     let me = json_of(send(app.api(Method::GET, "/tenant", &free.key)).await).await;
     assert_eq!(me["features"], json!(["context", "audit_log"]));
     app.stop().await;
+}
+
+/// A new key with the `admin` scope for `slug` (its plaintext).
+async fn admin_scoped_key(app: &TestApp, slug: &str) -> String {
+    let r = send(app.admin(Method::POST, &format!("/tenants/{slug}/keys")).json(&json!({"name": "ops", "scopes": ["admin"]}))).await;
+    assert_eq!(r.status(), 201);
+    json_of(r).await["api_key"].as_str().expect("a key").to_string()
 }
 
 /// An `Error` as the HTTP response the server would send, readable by `expect_error`.
@@ -218,7 +228,8 @@ async fn an_ended_trial_drops_to_free_and_over_limit_data_turns_read_only() {
     .await;
     let v = json_of(r).await;
     let key = v["api_key"].as_str().unwrap().to_string();
-    assert_eq!(send(app.api(Method::GET, "/audit", &key)).await.status(), 200, "a pro trial has pro features");
+    let admin_key = admin_scoped_key(&app, "trialco").await;
+    assert_eq!(send(app.api(Method::GET, "/audit", &admin_key)).await.status(), 200, "a pro trial has pro features");
     for i in 0..3 {
         let r = send(app.api(Method::POST, "/documents", &key).json(&json!({"path": format!("d{i}.md"), "content": format!("doc {i}")}))).await;
         assert_eq!(r.status(), 201);
@@ -229,7 +240,7 @@ async fn an_ended_trial_drops_to_free_and_over_limit_data_turns_read_only() {
     state.plans.clock.advance(chrono::Duration::days(2));
     let me = json_of(send(app.api(Method::GET, "/tenant", &key)).await).await;
     assert_eq!(me["tier"], "free", "{me}");
-    expect_error(send(app.api(Method::GET, "/audit", &key)).await, 403, "feature_not_in_plan").await;
+    expect_error(send(app.api(Method::GET, "/audit", &admin_key)).await, 403, "feature_not_in_plan").await;
     // The change is recorded once, with an audit event.
     let mut recorded = false;
     for _ in 0..50 {

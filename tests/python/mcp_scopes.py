@@ -54,9 +54,12 @@ async def main(url, key, doc_id, doc_path):
     summary = {"reads": [], "refused": {}}
     async with client(url, key) as c:
         tools = {t.name for t in (await c.list_tools()).tools}
-        want = {"search", "assemble_context", "add_document", "get_document", "list_documents", "delete_document"}
+        want = {"search", "assemble_context", "get_document", "list_documents"}
         if not want <= tools:
             fail(f"tools missing: {want - tools}")
+        # tools/list offers a read-only key only what it may call; calling a write tool anyway is refused.
+        if tools & {"add_document", "delete_document"}:
+            fail(f"write tools offered to a read-only key: {sorted(tools)}")
 
         found = structured("search", await c.call_tool("search", {"query": "rabbits dig burrows", "limit": 5}))
         if doc_path not in [r["path"] for r in found["results"]]:
