@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::control::{keys, tenants, ApiKey, ControlPlane, Scope, Status, Tenant};
+use crate::control::{keys, ApiKey, ControlPlane, ControlStore, Scope, Status, Tenant};
 use crate::error::{Code, Error};
 
 /// How the credentials of a request were presented.
@@ -175,18 +175,12 @@ impl Authenticator {
         if let Some(hit) = self.tenants.get(&cache_key) {
             return Ok(hit);
         }
-        let v = value.to_string();
-        let found = self
-            .control
-            .run(move |c| {
-                Ok(match kind {
-                    "slug" => tenants::get_by_slug(c, &v)?,
-                    "id" => tenants::get_by_id(c, &v)?,
-                    _ => tenants::get_by_domain(c, &v)?,
-                })
-            })
-            .await?
-            .map(Arc::new);
+        let found = match kind {
+            "slug" => self.control.tenant_by_slug(value).await?,
+            "id" => self.control.tenant_by_id(value).await?,
+            _ => self.control.tenant_by_domain(value).await?,
+        }
+        .map(Arc::new);
         self.tenants.insert(cache_key, found.clone());
         Ok(found)
     }
@@ -261,7 +255,7 @@ impl Authenticator {
             Some(hit) => hit,
             None => {
                 let p = prefix.clone();
-                let found = self.control.run(move |c| Ok(keys::by_prefix(c, &p)?)).await?.map(Arc::new);
+                let found = self.control.key_by_prefix(&p).await?.map(Arc::new);
                 self.keys.insert(prefix, found.clone());
                 found
             }
@@ -309,7 +303,7 @@ impl Authenticator {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.control.write(move |c| Ok(keys::touch_many(c, &batch)?)).await {
+        if let Err(e) = self.control.touch_keys(batch).await {
             tracing::warn!(error = %e, "could not record key last-used times");
         }
     }

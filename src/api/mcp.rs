@@ -70,7 +70,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         // Sessions and their streams end when the server stops, so they do not hold the drain.
         StreamableHttpServerConfig::default().disable_allowed_hosts().disable_allowed_origins().with_cancellation_token(state.shutdown.child_token()),
     );
-    let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()), cfg });
+    let clock = state.plans.clock.clone();
+    let door_state = Arc::new(Door { service, manager, sessions: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()), cfg, clock });
     Router::new().route(
         "/mcp",
         axum::routing::any(move |State(state): State<AppState>, req: Request| {
@@ -82,7 +83,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 
 struct Binding {
     tenant_id: String,
-    started: Instant,
+    /// When the session began, by the server's clock (its lifetime is a rule: tests move the clock).
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 struct Door {
@@ -92,6 +94,7 @@ struct Door {
     sessions: Mutex<HashMap<String, Binding>>,
     /// Sweeps run at most once a second (sessionless POSTs of the newest protocol would otherwise sweep each time).
     last_sweep: Mutex<Instant>,
+    clock: crate::clock::Clock,
     cfg: McpConfig,
 }
 
@@ -105,8 +108,9 @@ impl Door {
             }
             *last = Instant::now();
         }
-        let max = Duration::from_secs(self.cfg.session_max_secs.max(1));
-        let ids: Vec<(String, bool)> = self.sessions.lock().iter().map(|(id, b)| (id.clone(), b.started.elapsed() > max)).collect();
+        let max = chrono::Duration::seconds(self.cfg.session_max_secs.max(1) as i64);
+        let now = self.clock.now();
+        let ids: Vec<(String, bool)> = self.sessions.lock().iter().map(|(id, b)| (id.clone(), now - b.started > max)).collect();
         for (id, expired) in ids {
             let sid: Arc<str> = id.as_str().into();
             let alive = self.manager.has_session(&sid).await.unwrap_or(false);
@@ -130,7 +134,7 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     match &session {
         Some(id) => {
-            let max = Duration::from_secs(d.cfg.session_max_secs.max(1));
+            let max = chrono::Duration::seconds(d.cfg.session_max_secs.max(1) as i64);
             let expired = {
                 let sessions = d.sessions.lock();
                 match sessions.get(id) {
@@ -138,7 +142,7 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
                     Some(b) if b.tenant_id != tenant_id => {
                         return Err(Error::forbidden(Code::TenantMismatch, "this MCP session belongs to another tenant"))
                     }
-                    Some(b) => b.started.elapsed() > max,
+                    Some(b) => d.clock.now() - b.started > max,
                 }
             };
             let sid: Arc<str> = id.as_str().into();
@@ -174,7 +178,7 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
     let (resp_parts, resp_body) = resp.into_parts();
     if session.is_none() {
         if let Some(id) = resp_parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-            d.sessions.lock().insert(id.to_string(), Binding { tenant_id, started: Instant::now() });
+            d.sessions.lock().insert(id.to_string(), Binding { tenant_id, started: d.clock.now() });
         }
     } else if method == Method::DELETE && resp_parts.status.is_success() {
         d.sessions.lock().remove(session.as_deref().unwrap_or_default());

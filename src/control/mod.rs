@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod slug;
+pub mod store;
 pub mod tenants;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::error::Error;
 
 pub use keys::{ApiKey, NewKey, Scope};
 pub use slug::Slug;
+pub use store::{AuditRecord, Change, ControlStore, Outcome};
 pub use tenants::{Status, Tenant, Tier};
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;

@@ -82,6 +82,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
     })
 }
 
+#[derive(Debug, Clone)]
 pub struct NewTenant {
     pub slug: Slug,
     pub name: String,

@@ -467,47 +467,6 @@ fn load_key_limits(c: &rusqlite::Connection) -> rusqlite::Result<HashMap<String,
     Ok(out)
 }
 
-/// Stores (or with `None` removes) a tenant's overrides.
-pub fn put_overrides(c: &rusqlite::Connection, tenant_id: &str, o: Option<&Overrides>) -> Result<(), Error> {
-    match o {
-        Some(o) => {
-            let text = serde_json::to_string(o).map_err(Error::internal)?;
-            c.execute(
-                "INSERT INTO plan_overrides (tenant_id, overrides, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(tenant_id) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
-                rusqlite::params![tenant_id, text, crate::clock::ts(Utc::now())],
-            )?;
-        }
-        None => {
-            c.execute("DELETE FROM plan_overrides WHERE tenant_id = ?1", [tenant_id])?;
-        }
-    }
-    Ok(())
-}
-
-pub fn get_overrides(c: &rusqlite::Connection, tenant_id: &str) -> Result<Option<Overrides>, Error> {
-    use rusqlite::OptionalExtension;
-    let text: Option<String> = c.query_row("SELECT overrides FROM plan_overrides WHERE tenant_id = ?1", [tenant_id], |r| r.get(0)).optional()?;
-    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-}
-
-/// Sets (or with `None` removes) an API key's own rate limit.
-pub fn put_key_limit(c: &rusqlite::Connection, key_id: &str, limit: Option<(u32, u32)>) -> Result<(), Error> {
-    match limit {
-        Some((rate, burst)) => {
-            c.execute(
-                "INSERT INTO key_rate_limits (key_id, rate_per_sec, burst) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key_id) DO UPDATE SET rate_per_sec = excluded.rate_per_sec, burst = excluded.burst",
-                rusqlite::params![key_id, rate, burst],
-            )?;
-        }
-        None => {
-            c.execute("DELETE FROM key_rate_limits WHERE key_id = ?1", [key_id])?;
-        }
-    }
-    Ok(())
-}
-
 /// Writes a trial's expiry: tier free, status active, and an audit event. Nothing is deleted.
 pub fn expire_trial(c: &mut rusqlite::Connection, tenant_id: &str, now: DateTime<Utc>) -> Result<bool, Error> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::control::ControlPlane;
+use crate::control::{AuditRecord, Change, ControlPlane, ControlStore, Outcome};
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -73,26 +73,11 @@ impl Operator {
         &self.config
     }
 
-    /// Runs `change` and appends the audit event `action` (with the detail it returns) in one
-    /// transaction, then drops the server's credential caches if a server is attached.
-    pub async fn audited<T, F>(&self, tenant_id: Option<&str>, action: &'static str, change: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, Value), Error> + Send + 'static,
-    {
-        let actor = self.actor.as_string();
-        let tenant_id = tenant_id.map(str::to_string);
-        let clock = self.clock.clone();
-        let out = self
-            .control
-            .write(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let (out, detail) = change(&tx)?;
-                crate::control::audit_at(&tx, clock.now(), &actor, tenant_id.as_deref(), action, &detail)?;
-                tx.commit()?;
-                Ok(out)
-            })
-            .await?;
+    /// Applies one change and its audit event `action` (with `detail`) in one transaction through
+    /// the control-plane interface, then drops the server's credential caches if a server is attached.
+    pub async fn apply(&self, tenant_id: Option<&str>, action: &'static str, detail: Value, change: Change) -> Result<Outcome, Error> {
+        let audit = AuditRecord { at: self.clock.now(), actor: self.actor.as_string(), tenant_id: tenant_id.map(str::to_string), action, detail };
+        let out = self.control.apply(change, audit).await?;
         if let Some(s) = &self.live {
             s.auth.invalidate();
         }

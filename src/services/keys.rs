@@ -6,8 +6,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::audit::Operator;
-use crate::control::{keys, ApiKey, NewKey};
-use crate::error::{Code, Error};
+use super::tenants::unexpected;
+use crate::control::{ApiKey, Change, ControlStore, NewKey, Outcome};
+use crate::error::Error;
 use crate::secret::Secret;
 
 /// A new key: its record and the plaintext, shown once.
@@ -28,48 +29,38 @@ pub struct RotatedKey {
 impl Operator {
     pub async fn create_key(&self, slug: &str, new: NewKey) -> Result<IssuedKey, Error> {
         let t = self.tenant(slug).await?;
-        let now = self.clock.now();
-        let id = t.id.clone();
-        let (key, plain) = self
-            .audited(Some(&t.id), "key.created", move |tx| {
-                let (rec, plain) = keys::create(tx, &id, &new, now)?;
-                let detail = json!({"key_id": rec.id, "name": rec.name, "scopes": rec.scopes});
-                Ok(((rec, plain), detail))
-            })
-            .await?;
-        Ok(IssuedKey { key, api_key: Secret::new(plain) })
+        let detail = json!({"name": new.name, "scopes": new.scopes});
+        match self.apply(Some(&t.id), "key.created", detail, Change::CreateKey { tenant_id: t.id.clone(), new }).await? {
+            Outcome::Key { key, plaintext, .. } => Ok(IssuedKey { key, api_key: Secret::new(plaintext) }),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub async fn list_keys(&self, slug: &str) -> Result<Vec<ApiKey>, Error> {
         let t = self.tenant(slug).await?;
-        self.control.run(move |c| Ok(keys::list(c, &t.id)?)).await
+        self.control.list_keys(&t.id).await
     }
 
     pub async fn revoke_key(&self, slug: &str, key_id: &str) -> Result<ApiKey, Error> {
         let t = self.tenant(slug).await?;
-        let now = self.clock.now();
-        let (id, kid) = (t.id.clone(), key_id.to_string());
-        self.audited(Some(&t.id), "key.revoked", move |tx| {
-            let rec = keys::revoke(tx, &id, &kid, now)?;
-            Ok((rec, json!({"key_id": kid})))
-        })
-        .await
+        let change = Change::RevokeKey { tenant_id: t.id.clone(), key_id: key_id.to_string() };
+        match self.apply(Some(&t.id), "key.revoked", json!({"key_id": key_id}), change).await? {
+            Outcome::RevokedKey(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Issues a replacement with the same name and scopes; the old key works for the configured overlap.
     pub async fn rotate_key(&self, slug: &str, key_id: &str) -> Result<RotatedKey, Error> {
         let t = self.tenant(slug).await?;
-        let now = self.clock.now();
         let overlap = chrono::Duration::seconds(self.config.key_rotation_overlap_secs as i64);
-        let (id, kid) = (t.id.clone(), key_id.to_string());
-        let (key, plain, until) = self
-            .audited(Some(&t.id), "key.rotated", move |tx| {
-                let out = keys::rotate(tx, &id, &kid, overlap, now)?;
-                let detail = json!({"old_key_id": kid, "new_key_id": out.0.id});
-                Ok((out, detail))
-            })
-            .await?;
-        Ok(RotatedKey { key, api_key: Secret::new(plain), old_key_valid_until: until })
+        let change = Change::RotateKey { tenant_id: t.id.clone(), key_id: key_id.to_string(), overlap };
+        match self.apply(Some(&t.id), "key.rotated", json!({"old_key_id": key_id}), change).await? {
+            Outcome::Key { key, plaintext, old_valid_until: Some(until) } => {
+                Ok(RotatedKey { key, api_key: Secret::new(plaintext), old_key_valid_until: until })
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Gives a key its own (lower) rate limit; `None` removes it.
@@ -78,15 +69,8 @@ impl Operator {
             return Err(Error::validation("rate_per_sec and burst must be at least 1"));
         }
         let t = self.tenant(slug).await?;
-        let (id, kid) = (t.id.clone(), key_id.to_string());
-        self.audited(Some(&t.id), "key.rate_limit", move |tx| {
-            if keys::get(tx, &id, &kid)?.is_none() {
-                return Err(Error::not_found(Code::KeyNotFound, "no such key for this tenant"));
-            }
-            crate::plans::put_key_limit(tx, &kid, limit)?;
-            Ok(((), json!({"key_id": kid, "limit": limit})))
-        })
-        .await?;
+        let change = Change::SetKeyLimit { tenant_id: t.id.clone(), key_id: key_id.to_string(), limit };
+        self.apply(Some(&t.id), "key.rate_limit", json!({"key_id": key_id, "limit": limit}), change).await?;
         self.refresh_plans().await
     }
 }

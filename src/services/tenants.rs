@@ -22,7 +22,7 @@ use super::audit::Operator;
 use crate::auth::AdminProof;
 use crate::backup::ReplicaKey;
 use crate::control::tenants::{self, NewTenant, TenantPatch};
-use crate::control::{keys, ApiKey, NewKey, Slug, Status, Tenant, Tier};
+use crate::control::{ApiKey, Change, ControlStore, NewKey, Outcome, Slug, Status, Tenant, Tier};
 use crate::error::{Code, Error};
 use crate::tenant::{create_storage, tenant_dir, Block};
 
@@ -65,13 +65,12 @@ impl Operator {
     /// Looks a tenant up by slug (404 when absent or reserved, 400 when malformed).
     pub async fn tenant(&self, slug: &str) -> Result<Tenant, Error> {
         let slug = Slug::parse(slug).map_err(|e| if e.code() == Code::ReservedSlug { not_found() } else { e })?;
-        self.control.run(move |c| Ok(tenants::get_by_slug(c, slug.as_str())?)).await?.ok_or_else(not_found)
+        self.control.tenant_by_slug(slug.as_str()).await?.ok_or_else(not_found)
     }
 
     /// Looks a tenant up by id (ids and slugs never collide: see `control::slug::is_id_shaped`).
     pub async fn tenant_by_id(&self, id: &str) -> Result<Option<Tenant>, Error> {
-        let id = id.to_string();
-        self.control.run(move |c| Ok(tenants::get_by_id(c, &id)?)).await
+        self.control.tenant_by_id(id).await
     }
 
     /// Creates a tenant with storage and a first key.
@@ -89,17 +88,11 @@ impl Operator {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(Error::internal(e.context("creating tenant storage")));
         }
-        let tid = id.clone();
-        let created = self
-            .audited(Some(&id), "tenant.created", move |tx| {
-                let tenant = tenants::insert(tx, &tid, &new, now)?;
-                let (key, api_key) = keys::create(tx, &tenant.id, &NewKey::default(), now)?;
-                let detail = json!({"slug": tenant.slug, "tier": tenant.tier});
-                Ok(((tenant, key, api_key), detail))
-            })
-            .await;
-        let (tenant, key, api_key) = match created {
-            Ok(c) => c,
+        let detail = json!({"slug": new.slug.as_str(), "tier": new.tier});
+        let change = Change::CreateTenant { id: id.clone(), new, key: NewKey::default() };
+        let (tenant, key, api_key) = match self.apply(Some(&id), "tenant.created", detail, change).await {
+            Ok(Outcome::Created { tenant, key, plaintext }) => (tenant, key, plaintext),
+            Ok(other) => return Err(unexpected(other)),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
@@ -124,8 +117,7 @@ impl Operator {
 
     /// Keyset pagination over slugs; `q` matches slug, name or email.
     pub async fn list_tenants(&self, q: Option<String>, cursor: Option<String>, limit: u32) -> Result<TenantPage, Error> {
-        let (list, total) =
-            self.control.run(move |c| Ok((tenants::list(c, q.as_deref(), cursor.as_deref(), limit.saturating_add(1))?, tenants::count(c)?))).await?;
+        let (list, total) = self.control.list_tenants(q, cursor, limit.saturating_add(1)).await?;
         let more = list.len() > limit as usize;
         let page: Vec<Tenant> = list.into_iter().take(limit as usize).collect();
         let next_cursor = if more { page.last().map(|t| t.slug.clone()) } else { None };
@@ -135,10 +127,11 @@ impl Operator {
     /// Changes tier, status (suspend, resume, cancel), domain or profile.
     pub async fn update_tenant(&self, slug: &str, patch: TenantPatch) -> Result<Tenant, Error> {
         let t = self.tenant(slug).await?;
-        let now = self.clock.now();
         let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain});
-        let id = t.id.clone();
-        self.audited(Some(&t.id), "tenant.updated", move |tx| Ok((tenants::update(tx, &id, &patch, now)?, detail))).await
+        match self.apply(Some(&t.id), "tenant.updated", detail, Change::UpdateTenant { id: t.id.clone(), patch }).await? {
+            Outcome::Tenant(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Suspends a tenant (its keys stop working at once) or resumes it.
@@ -155,20 +148,13 @@ impl Operator {
                 format!("a warren server is running on {}; delete through it: DELETE /admin/v1/tenants/{slug}", self.config.data_dir.display()),
             ));
         }
-        let (id, tslug) = (t.id.clone(), t.slug.clone());
         let replica_due =
             self.config.backup_url.as_ref().map(|_| self.clock.now() + chrono::Duration::seconds(self.config.backup.delete_grace_secs as i64));
-        let removed = self
-            .audited(Some(&t.id), "tenant.deleted", move |tx| {
-                let removed = tenants::delete(tx, &id)?;
-                if let Some(due) = replica_due {
-                    crate::control::schedule_replica_deletion(tx, &id, due)?;
-                }
-                Ok((removed, json!({"slug": tslug, "replica_deleted_after": replica_due.map(crate::clock::ts)})))
-            })
-            .await?;
-        if !removed {
-            return Err(not_found());
+        let detail = json!({"slug": t.slug, "replica_deleted_after": replica_due.map(crate::clock::ts)});
+        match self.apply(Some(&t.id), "tenant.deleted", detail, Change::DeleteTenant { id: t.id.clone(), replica_due }).await? {
+            Outcome::Done(true) => {}
+            Outcome::Done(false) => return Err(not_found()),
+            other => return Err(unexpected(other)),
         }
         if let Some(s) = &self.live {
             s.registry.block_and_close(&t.id, Block::Deleting).await;
@@ -196,7 +182,8 @@ impl Operator {
     /// A tenant's plan overrides.
     pub async fn overrides(&self, slug: &str) -> Result<Option<crate::plans::Overrides>, Error> {
         let t = self.tenant(slug).await?;
-        self.control.run(move |c| crate::plans::get_overrides(c, &t.id)).await
+        let text = self.control.overrides_json(&t.id).await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Sets (or with `None` removes) a tenant's own limits and feature switches.
@@ -205,12 +192,9 @@ impl Operator {
             o.validate()?;
         }
         let t = self.tenant(slug).await?;
-        let id = t.id.clone();
-        self.audited(Some(&t.id), "plan.overrides", move |tx| {
-            crate::plans::put_overrides(tx, &id, o.as_ref())?;
-            Ok(((), json!({"overrides": o})))
-        })
-        .await?;
+        let text = o.as_ref().map(serde_json::to_string).transpose().map_err(Error::internal)?;
+        let change = Change::PutOverrides { tenant_id: t.id.clone(), overrides: text };
+        self.apply(Some(&t.id), "plan.overrides", json!({"overrides": o}), change).await?;
         self.refresh_plans().await
     }
 
@@ -225,7 +209,7 @@ impl Operator {
     pub async fn delete_due_replicas(&self) {
         let Some(backup) = self.live.as_ref().and_then(|s| s.backup.clone()) else { return };
         let now = self.clock.now();
-        let ids = match self.control.run(move |c| Ok(crate::control::due_replica_deletions(c, now)?)).await {
+        let ids = match self.control.due_replica_deletions(now).await {
             Ok(ids) => ids,
             Err(e) => return tracing::warn!(error = %e, "listing due replica deletions failed"),
         };
@@ -233,14 +217,9 @@ impl Operator {
             match backup.delete_replica(&ReplicaKey::tenant(&id)).await {
                 Ok(n) => {
                     tracing::info!(tenant = %id, files = n, "deleted the replica of a deleted tenant");
-                    let id2 = id.clone();
                     let sys = Operator { actor: super::Actor::System, ..self.clone() };
-                    let done = sys
-                        .audited(Some(&id), "tenant.replica_deleted", move |tx| {
-                            crate::control::replica_deleted(tx, &id2)?;
-                            Ok(((), json!({"files": n})))
-                        })
-                        .await;
+                    let change = Change::ReplicaDeleted { tenant_id: id.clone() };
+                    let done = sys.apply(Some(&id), "tenant.replica_deleted", json!({"files": n}), change).await;
                     if let Err(e) = done {
                         tracing::warn!(tenant = %id, error = %e, "recording a replica deletion failed; will retry");
                     }
@@ -249,6 +228,11 @@ impl Operator {
             }
         }
     }
+}
+
+/// A change answered with an outcome of another kind: a bug in the control-plane implementation.
+pub(crate) fn unexpected(o: Outcome) -> Error {
+    Error::internal(anyhow::anyhow!("unexpected control-plane outcome: {o:?}"))
 }
 
 fn not_found() -> Error {

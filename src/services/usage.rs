@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use super::audit::Operator;
 use super::context::TenantCtx;
 use super::ops::Op;
+use crate::control::ControlStore;
 use crate::error::{Code, Error};
 use crate::metering::Kind;
 
@@ -74,8 +75,7 @@ pub async fn month(ctx: &TenantCtx) -> Result<Value, Error> {
 pub async fn audit(ctx: &TenantCtx) -> Result<Vec<crate::control::AuditEvent>, Error> {
     ctx.authorize(Op::AuditRead)?;
     ctx.require_feature("audit_log")?;
-    let id = ctx.id().to_string();
-    ctx.state().control.run(move |c| Ok(crate::control::list_audit(c, Some(&id), 200)?)).await
+    ctx.state().control.audit_events(Some(ctx.id().to_string()), 200).await
 }
 
 /// Brings the process gauges up to date before `/metrics` renders them.
@@ -89,7 +89,7 @@ impl Operator {
     /// A tenant's audit log, for the operator.
     pub async fn audit_log(&self, slug: &str) -> Result<Vec<crate::control::AuditEvent>, Error> {
         let t = self.tenant(slug).await?;
-        self.control.run(move |c| Ok(crate::control::list_audit(c, Some(&t.id), 200)?)).await
+        self.control.audit_events(Some(t.id), 200).await
     }
 
     /// Every tenant's usage and bill for `period` (YYYY-MM; default the current month).
