@@ -427,6 +427,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn env_overrides_file_and_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("w.toml", "max_open_tenants = 7\nbase_domain = \"file.test\"\n")?;
@@ -444,6 +445,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn bad_cidr_is_refused() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("WARREN_TRUSTED_PROXIES", "not-a-cidr");

@@ -225,13 +225,13 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
                     }
                 }
             }
-            if n % s.config.billing.trial_sweep_secs.max(1) == 0 {
+            if n.is_multiple_of(s.config.billing.trial_sweep_secs.max(1)) {
                 services::billing::sweep_trials(&s).await;
             }
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 s.auth.flush_key_usage().await;
             }
-            if s.backup.is_some() && n % s.config.backup.delete_sweep_secs.max(1) == 0 {
+            if s.backup.is_some() && n.is_multiple_of(s.config.backup.delete_sweep_secs.max(1)) {
                 services::Operator::live(&s, services::Actor::System).delete_due_replicas().await;
             }
         }

@@ -452,7 +452,7 @@ fn snapshot_at(db: &Path, pos: &Position, src: &dyn Source) -> anyhow::Result<Op
 /// TRUNCATE checkpoint once the WAL holds `limit` pages and everything in it is shipped.
 fn checkpoint_if_large(db: &Path, pos: &Position, src: &dyn Source, limit: u64) -> anyhow::Result<bool> {
     let len = std::fs::metadata(wal::wal_path(db)).map(|m| m.len()).unwrap_or(0);
-    let page = (pos.commit > 0).then(|| wal::db_file_geometry(db).map(|g| g.0).unwrap_or(4096)).unwrap_or(4096) as u64;
+    let page = if pos.commit > 0 { wal::db_file_geometry(db).map(|g| g.0).unwrap_or(4096) } else { 4096 } as u64;
     if len < limit.saturating_mul(page + 24) {
         return Ok(false);
     }

@@ -366,6 +366,23 @@ pub fn prepare(input: DocumentInput, limits: &DocLimits, counter: &TokenCounter)
     Ok(PreparedDocument { path: input.path, title, content: input.content, metadata, content_sha256, tokens, chunks })
 }
 
+impl From<DocsError> for crate::error::Error {
+    fn from(e: DocsError) -> Self {
+        use crate::error::Error;
+        match e {
+            DocsError::Invalid { field, message } => Error::validation(format!("{field}: {message}")),
+            DocsError::NotFound => Error::not_found(Code::DocumentNotFound, "no such document"),
+            DocsError::TooLarge { .. } => Error::new(Code::PayloadTooLarge, e.to_string()),
+            DocsError::EmbeddingsUnavailable => Error::unavailable(
+                Code::EmbeddingsUnavailable,
+                "the embedding model is not loaded on this server; keyword search still works (mode: \"keyword\")",
+                60,
+            ),
+            DocsError::Internal(m) => Error::internal(anyhow::anyhow!(m)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,22 +403,5 @@ mod tests {
         assert!(ok(json!({"content": "a", "path": "p", "metadata": {"a": 1, "b": "x", "c": true, "d": null}})).is_ok());
         assert!(validate_text_bytes(&[0xff, 0xfe, 0x00]).is_err());
         assert!(parse_bulk_item(json!({"content": 3})).is_err());
-    }
-}
-
-impl From<DocsError> for crate::error::Error {
-    fn from(e: DocsError) -> Self {
-        use crate::error::Error;
-        match e {
-            DocsError::Invalid { field, message } => Error::validation(format!("{field}: {message}")),
-            DocsError::NotFound => Error::not_found(Code::DocumentNotFound, "no such document"),
-            DocsError::TooLarge { .. } => Error::new(Code::PayloadTooLarge, e.to_string()),
-            DocsError::EmbeddingsUnavailable => Error::unavailable(
-                Code::EmbeddingsUnavailable,
-                "the embedding model is not loaded on this server; keyword search still works (mode: \"keyword\")",
-                60,
-            ),
-            DocsError::Internal(m) => Error::internal(anyhow::anyhow!(m)),
-        }
     }
 }

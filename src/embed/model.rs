@@ -258,7 +258,7 @@ impl Weights {
     fn load(path: &Path, cfg: &BertConfig) -> anyhow::Result<Weights> {
         ensure!(cfg.hidden_act == "gelu", "unsupported hidden_act {:?}", cfg.hidden_act);
         ensure!(cfg.hidden_size == DIM, "hidden_size {} != {DIM}", cfg.hidden_size);
-        ensure!(cfg.num_attention_heads > 0 && cfg.hidden_size % cfg.num_attention_heads == 0, "bad num_attention_heads");
+        ensure!(cfg.num_attention_heads > 0 && cfg.hidden_size.is_multiple_of(cfg.num_attention_heads), "bad num_attention_heads");
         ensure!(cfg.max_position_embeddings >= 2 && cfg.type_vocab_size >= 1, "bad config");
         let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("loading {}", path.display()))?;
         let mut t = Tensors(tensors);

@@ -80,7 +80,7 @@ pub fn fuse(keyword: &[(i64, f32)], semantic: &[(i64, f32)], f: &Fusion) -> Vec<
 }
 
 fn floor(m: &HashMap<i64, f32>) -> f32 {
-    m.values().copied().fold(f32::INFINITY, f32::min).min(0.0).max(-10.0)
+    m.values().copied().fold(f32::INFINITY, f32::min).clamp(-10.0, 0.0)
 }
 
 fn normalise(list: &[(i64, f32)], norm: Normalization) -> HashMap<i64, f32> {

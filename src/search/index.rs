@@ -7,7 +7,7 @@
 //! error). Scoring is Tantivy's BM25 (k1 = 1.2, b = 0.75).
 //!
 //! **Documents**: one per chunk, fields `chunk_id` (u64, indexed + fast), `doc_seq` (u64, indexed
-//! + fast, for deletes and filters) and `text` (context prefix + chunk text, indexed with
+//! and fast, for deletes and filters) and `text` (context prefix + chunk text, indexed with
 //! positions, not stored: the text is read back from SQLite, which also drops stale hits).
 //!
 //! **Consistency**: each commit carries the SQLite write generation as its payload; on open, an

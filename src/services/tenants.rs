@@ -175,7 +175,7 @@ impl Operator {
             return Ok((t.slug, n));
         };
         let lease = s.registry.cap_for_admin(proof, &t.id).lease().await?;
-        let n = lease.blocking(|h| super::search::rebuild(h)).await?;
+        let n = lease.blocking(super::search::rebuild).await?;
         Ok((t.slug, n))
     }
 

@@ -221,17 +221,15 @@ impl crate::backup::Reopen for TenantRegistry {
 impl Inner {
     async fn open(self: Arc<Self>, id: &str, deadline: Instant) -> Result<Arc<TenantHandle>, Error> {
         let started = Instant::now();
-        let permit = loop {
-            match self.permits.clone().try_acquire_owned() {
-                Ok(p) => break p,
-                Err(_) => {
-                    // Closing handles hold permits until their last request ends: let housekeeping run
-                    // and wait for one to free up, within the open timeout.
-                    self.cache.run_pending_tasks().await;
-                    match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
-                        Ok(Ok(p)) => break p,
-                        _ => return Err(Error::unavailable(Code::Overloaded, "too many tenants are open or closing; retry shortly", 1)),
-                    }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Closing handles hold permits until their last request ends: let housekeeping run
+                // and wait for one to free up, within the open timeout.
+                self.cache.run_pending_tasks().await;
+                match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(Error::unavailable(Code::Overloaded, "too many tenants are open or closing; retry shortly", 1)),
                 }
             }
         };

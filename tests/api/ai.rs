@@ -203,7 +203,7 @@ async fn mcp_hides_recommend_without_the_feature_and_expires_sessions() {
     let qs = created["quickstart"].as_str().unwrap();
     let url = format!("http://qs-snip.localhost:{}", app.port);
     assert!(qs.contains(&format!("claude mcp add --transport http warren {url}/mcp")), "{qs}");
-    assert!(qs.contains(&format!("\"url\": \"{url}/mcp\"")) && qs.contains(&format!("warren import qs-snip ./docs")), "{qs}");
+    assert!(qs.contains(&format!("\"url\": \"{url}/mcp\"")) && qs.contains("warren import qs-snip ./docs"), "{qs}");
     let t = app.create_tenant("no-recs", "starter").await;
     send(app.admin(Method::PUT, "/tenants/no-recs/overrides").json(&json!({"features": {"recommendations": false}}))).await;
     let sid = open_session(&app, &t.key).await;

@@ -25,7 +25,7 @@ impl Moto {
     async fn start() -> Moto {
         let py = test_python();
         let port = free_port();
-        let child = Command::new(py.parent().unwrap().join("moto_server"))
+        let mut child = Command::new(py.parent().unwrap().join("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -41,6 +41,8 @@ impl Moto {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("moto_server did not start");
     }
 
@@ -120,8 +122,8 @@ async fn wait_replicated(addr: &str, slug: &str) -> String {
         let v = backup_status(addr, slug).await;
         let b = &v["backup"];
         let txid = b["last_txid"].as_str().map(str::to_string);
-        if b["pending"] == false && txid.is_some() && txid == last {
-            return txid.unwrap();
+        if let Some(t) = txid.as_ref().filter(|_| b["pending"] == false && txid == last) {
+            return t.clone();
         }
         last = txid;
         assert!(Instant::now() < deadline, "replication did not catch up: {v}");
