@@ -281,6 +281,11 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Threads for the model (0 = physical cores).
     pub threads: usize,
+    /// Other model names `POST /embeddings` accepts for all-MiniLM-L6-v2, for clients hard-wired to
+    /// one (e.g. `text-embedding-3-small`). Empty by default: an alias is the operator's choice.
+    /// The env form is one comma-separated string.
+    #[serde(deserialize_with = "de_list")]
+    pub model_aliases: Vec<String>,
 }
 
 /// The bounded CPU queue of search and context assembly (`[search]`).
@@ -350,7 +355,7 @@ impl Default for DocsConfig {
 
 impl Default for EmbedSettings {
     fn default() -> Self {
-        EmbedSettings { queue_capacity: 4096, max_batch: 32, threads: 0 }
+        EmbedSettings { queue_capacity: 4096, max_batch: 32, threads: 0, model_aliases: Vec::new() }
     }
 }
 
@@ -398,6 +403,20 @@ impl Config {
     pub fn for_tests(data_dir: &Path) -> Config {
         Config { listen: "127.0.0.1:0".parse().expect("static"), data_dir: data_dir.to_path_buf(), ..Config::default() }
     }
+}
+
+/// Accepts a list of strings or one comma-separated string (the env form).
+fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::One(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
+        Form::Many(v) => v,
+    })
 }
 
 /// Accepts a list of CIDRs/addresses or one comma-separated string (the env form).

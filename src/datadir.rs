@@ -5,6 +5,28 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// Makes every file and directory this process creates private to its user (0600 / 0700), whatever
+/// the umask it was started with: tenant databases, WALs, search indexes, `control.db`, replica files
+/// of a `file://` backend. Called by the server and the CLI before they touch the data dir.
+pub fn restrict_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Creates the data dir if needed and takes group and other permissions away from it.
+pub fn ensure_private_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating data dir {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("securing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// File holding the address the server bound (`127.0.0.1:43123`), written at start-up: with
 /// `listen = "127.0.0.1:0"` this is how a supervisor or a test learns the port.
 pub const ADDR_FILE: &str = "warren.addr";

@@ -62,7 +62,8 @@ impl App {
         config.validate()?;
         // Built once, in order, each with its dependencies passed in: the lock, the backup service,
         // the control plane (with its replica), the registry (with the backup service).
-        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        datadir::restrict_umask();
+        datadir::ensure_private_dir(&config.data_dir)?;
         let lock = datadir::take_server_lock(&config.data_dir)?;
         let backup = match &config.backup_url {
             Some(url) => Some(backup::BackupService::new(url, config.backup.clone(), &config.data_dir)?),

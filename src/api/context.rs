@@ -17,14 +17,14 @@ use crate::error::Error;
 use crate::search::{AssembleRequest, AssembleResponse, SearchRequest, SearchResponse};
 use crate::services::documents::{self, BulkResponse, DocRef};
 use crate::services::op;
-use crate::services::search::{self, EmbeddingsRequest, EmbeddingsResponse};
+use crate::services::search::{self, EmbeddingsRequest, EmbeddingsResponse, ModelList};
 use crate::state::AppState;
 
 /// The context API's part of the OpenAPI document (listed in [`super::openapi::MODULES`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create, bulk, list, get_one, delete_one, delete_prefix, search, assemble, embeddings),
-    components(schemas(docs::Document, docs::DocumentSummary, docs::BulkItemResult, docs::ItemError, BulkResponse, EmbeddingsResponse))
+    paths(create, bulk, list, get_one, delete_one, delete_prefix, search, assemble, embeddings, models),
+    components(schemas(docs::Document, docs::DocumentSummary, docs::BulkItemResult, docs::ItemError, BulkResponse, EmbeddingsResponse, ModelList))
 )]
 pub struct ContextApi;
 
@@ -39,6 +39,7 @@ pub fn routes(config: &Config) -> Router<AppState> {
         .route("/search", post(search))
         .route("/context/assemble", post(assemble))
         .route("/embeddings", post(embeddings))
+        .route("/models", get(models))
 }
 
 /// Adds a document, or replaces the one at the same path.
@@ -112,4 +113,11 @@ async fn assemble(ctx: Authorized<op::Assemble>, ApiJson(req): ApiJson<AssembleR
     responses((status = 200, description = "OpenAI's response shape", body = EmbeddingsResponse)))]
 async fn embeddings(ctx: Authorized<op::Embeddings>, ApiJson(req): ApiJson<EmbeddingsRequest>) -> Result<Json<EmbeddingsResponse>, Error> {
     Ok(Json(search::embeddings(&ctx, req).await?))
+}
+
+/// The embedding model and its aliases, in OpenAI's `GET /models` shape. Needs the `read` scope.
+#[utoipa::path(get, path = "/api/v1/models", tag = "search",
+    responses((status = 200, description = "OpenAI's model list", body = ModelList)))]
+async fn models(ctx: Authorized<op::ModelsList>) -> Result<Json<ModelList>, Error> {
+    Ok(Json(search::models(&ctx)?))
 }

@@ -60,6 +60,7 @@ impl Operator {
 
     /// For the CLI: the control plane of `config.data_dir`, no server.
     pub fn offline(config: &Config, actor: Actor) -> anyhow::Result<Operator> {
+        crate::datadir::restrict_umask();
         let clock = Clock::default();
         let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
         Ok(Operator { control, config: Arc::new(config.clone()), clock, live: None, actor })

@@ -78,6 +78,8 @@ operations! {
     Assemble: Read, assemble;
     /// `POST /embeddings` (plus `embeddings` per input beyond the first)
     Embeddings: Read, embeddings;
+    /// `GET /models` (OpenAI's model list)
+    ModelsList: Read, read;
     /// `POST /products`, `/integrations/woocommerce/products` (plus `bulk_document` per item beyond the first)
     ProductsUpsert: Write, write;
     /// `GET /products/{id}`
@@ -117,6 +119,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 24);
+        assert_eq!(Op::ALL.len(), 25);
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::context::TenantCtx;
 use super::ops::Op;
@@ -77,22 +78,34 @@ pub async fn assemble(ctx: &TenantCtx, req: AssembleRequest) -> Result<AssembleR
     Ok(resp)
 }
 
-/// Input of `POST /embeddings`: one string or a list.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum EmbedInput {
-    One(String),
-    Many(Vec<String>),
-}
-
 /// `POST /embeddings` body (OpenAI's shape).
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
-    pub input: EmbedInput,
+    /// A string, an array of strings, an array of token ids, or an array of token-id arrays. Token ids
+    /// are decoded with the `cl100k_base` vocabulary, which OpenAI's embedding models and the clients
+    /// that pre-tokenise for them (LangChain's `OpenAIEmbeddings`) use.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// `all-MiniLM-L6-v2` (optionally `sentence-transformers/…`), one of `embed.model_aliases`, or omitted.
     #[serde(default)]
     pub model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32, as OpenAI encodes it).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Only the model's own 384 (it is not a Matryoshka model).
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    /// Accepted and ignored (OpenAI's end-user id).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One embedding: a list of floats, or their little-endian bytes in base64.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
 }
 
 /// One embedding of an [`EmbeddingsResponse`].
@@ -100,7 +113,8 @@ pub struct EmbeddingsRequest {
 pub struct Embedding {
     pub object: &'static str,
     pub index: usize,
-    pub embedding: Vec<f32>,
+    #[schema(value_type = Object)]
+    pub embedding: Vector,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -114,27 +128,94 @@ pub struct EmbeddingsUsage {
 pub struct EmbeddingsResponse {
     pub object: &'static str,
     pub data: Vec<Embedding>,
-    pub model: &'static str,
+    pub model: String,
     pub usage: EmbeddingsUsage,
+}
+
+/// One model of `GET /models`, in OpenAI's shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    pub id: String,
+    pub object: &'static str,
+    pub created: i64,
+    pub owned_by: &'static str,
+}
+
+/// `GET /models` in OpenAI's shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelInfo>,
+}
+
+/// The embedding model and its configured aliases (`embed.model_aliases`).
+pub fn models(ctx: &TenantCtx) -> Result<ModelList, Error> {
+    ctx.authorize(Op::ModelsList)?;
+    let names = std::iter::once(MODEL_NAME.to_string()).chain(ctx.state().config.embed.model_aliases.iter().cloned());
+    Ok(ModelList { object: "list", data: names.map(|id| ModelInfo { id, object: "model", created: 0, owned_by: "warren" }).collect() })
+}
+
+const INPUT_SHAPE: &str = "input must be a string, an array of strings, an array of token ids, or an array of token-id arrays";
+
+/// The texts of an OpenAI `input`: strings as they are, token ids decoded with `cl100k_base`.
+pub fn input_texts(input: &Value) -> Result<Vec<String>, Error> {
+    fn tokens(v: &[Value], at: &str) -> Result<String, Error> {
+        let ids = v
+            .iter()
+            .map(|t| {
+                t.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| Error::validation(format!("{at}: token ids are non-negative integers")))
+            })
+            .collect::<Result<Vec<u32>, Error>>()?;
+        tiktoken_rs::cl100k_base_singleton().decode(ids).map_err(|_| Error::validation(format!("{at}: not valid cl100k_base token ids")))
+    }
+    match input {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) if items.is_empty() => Err(Error::validation(format!("{INPUT_SHAPE}; it is empty"))),
+        Value::Array(items) if items.iter().all(Value::is_string) => Ok(items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
+        Value::Array(items) if items.iter().all(Value::is_number) => Ok(vec![tokens(items, "input")?]),
+        Value::Array(items) if items.iter().all(Value::is_array) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v.as_array() {
+                Some(ids) if !ids.is_empty() => tokens(ids, &format!("input[{i}]")),
+                _ => Err(Error::validation(format!("input[{i}]: a token-id array must not be empty"))),
+            })
+            .collect(),
+        _ => Err(Error::validation(INPUT_SHAPE)),
+    }
+}
+
+fn base64_f32(v: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// OpenAI-compatible embeddings with all-MiniLM-L6-v2 (384 dimensions).
 pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<EmbeddingsResponse, Error> {
     ctx.authorize(Op::Embeddings)?;
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(Error::validation("encoding_format: only \"float\" is supported"));
-    }
-    if let Some(m) = &req.model {
-        if !m.is_empty() && !m.ends_with(MODEL_NAME) {
-            return Err(Error::validation(format!("model: this server embeds with {MODEL_NAME}")));
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("") | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(Error::validation(format!("encoding_format: {other:?} is not \"float\" or \"base64\""))),
+    };
+    let aliases = &ctx.state().config.embed.model_aliases;
+    if let Some(m) = req.model.as_deref().filter(|m| !m.is_empty()) {
+        if !m.ends_with(MODEL_NAME) && !aliases.iter().any(|a| a == m) {
+            let mut known = vec![MODEL_NAME.to_string()];
+            known.extend(aliases.iter().cloned());
+            return Err(Error::validation(format!("model: {m:?} is not served here; use one of {known:?} (aliases: embed.model_aliases)")));
         }
     }
-    let inputs = match req.input {
-        EmbedInput::One(s) => vec![s],
-        EmbedInput::Many(v) => v,
-    };
-    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
-        return Err(Error::validation(format!("input must hold 1 to {MAX_EMBED_INPUTS} strings")));
+    if let Some(d) = req.dimensions.filter(|d| *d != crate::embed::DIM) {
+        return Err(Error::validation(format!(
+            "dimensions: {MODEL_NAME} has {} dimensions and is not a Matryoshka model, so it cannot return {d}; omit dimensions",
+            crate::embed::DIM
+        )));
+    }
+    let inputs = input_texts(&req.input)?;
+    if inputs.len() > MAX_EMBED_INPUTS {
+        return Err(Error::validation(format!("input must hold 1 to {MAX_EMBED_INPUTS} items")));
     }
     ctx.charge(ctx.costs().embeddings.saturating_mul(inputs.len() as u32 - 1))?;
     let embed = &ctx.state().embed;
@@ -144,6 +225,47 @@ pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<Embed
         tokio::task::spawn_blocking(move || counted.iter().map(|t| tokenizer.encode(t.as_str(), true).map(|e| e.len()).unwrap_or(0)).sum()).await?;
     let vectors = embed.embed(inputs).await.map_err(embed_error)?;
     ctx.state().meter.record(ctx.id(), Kind::Embedding, prompt_tokens as u64);
-    let data = vectors.into_iter().enumerate().map(|(index, embedding)| Embedding { object: "embedding", index, embedding }).collect();
-    Ok(EmbeddingsResponse { object: "list", data, model: MODEL_NAME, usage: EmbeddingsUsage { prompt_tokens, total_tokens: prompt_tokens } })
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| Embedding { object: "embedding", index, embedding: if base64 { Vector::Base64(base64_f32(&v)) } else { Vector::Float(v) } })
+        .collect();
+    Ok(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: MODEL_NAME.to_string(),
+        usage: EmbeddingsUsage { prompt_tokens, total_tokens: prompt_tokens },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_openai_input_shape_is_read_and_bad_ones_say_what_is_wrong() {
+        assert_eq!(input_texts(&json!("hello")).unwrap(), vec!["hello"]);
+        assert_eq!(input_texts(&json!(["a", "b"])).unwrap(), vec!["a", "b"]);
+        let bpe = tiktoken_rs::cl100k_base_singleton();
+        let ids: Vec<u32> = bpe.encode_ordinary("rabbits dig warrens");
+        assert_eq!(input_texts(&json!(ids)).unwrap(), vec!["rabbits dig warrens"]);
+        let two = json!([bpe.encode_ordinary("one"), bpe.encode_ordinary("two words")]);
+        assert_eq!(input_texts(&two).unwrap(), vec!["one", "two words"]);
+        for bad in [json!([]), json!([1, "x"]), json!([[]]), json!({"a": 1}), json!([-1]), json!([[1.5]]), json!(7)] {
+            let e = input_texts(&bad).unwrap_err();
+            assert_eq!(e.code(), Code::ValidationFailed, "{bad}");
+            assert!(!e.to_string().contains("enum") && !e.to_string().contains("variant"), "{e}");
+        }
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        use base64::Engine;
+        let v = [1.0f32, -0.5, 0.25];
+        let bytes = base64::engine::general_purpose::STANDARD.decode(base64_f32(&v)).unwrap();
+        let back: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(back, v);
+    }
 }

@@ -24,21 +24,6 @@ async fn with_model(tweak: impl FnOnce(&mut warren::config::Config)) -> TestApp 
     .await
 }
 
-fn python_script(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
-}
-
-/// Runs a tests/python script with the test venv; panics with its output unless it exits 0.
-async fn run_python(script: &str, args: Vec<String>) -> String {
-    let py = test_python();
-    let script = python_script(script);
-    let out = tokio::task::spawn_blocking(move || Command::new(py).arg(&script).args(&args).output().expect("run python")).await.expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
-    stdout
-}
-
 // ---- OpenAPI ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -189,6 +174,21 @@ async fn mcp_door_auth_origin_sessions_and_metering() {
     assert_eq!(s, 200);
     assert_eq!(v["result"]["isError"], true, "{v}");
     assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("insufficient_scope"), "{v}");
+    app.stop().await;
+}
+
+/// The official `openai` client, default arguments (base64 vectors), with a read-only key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_openai_client_embeds_with_its_defaults() {
+    let app = with_model(|_| {}).await;
+    app.create_tenant("oai", "starter").await;
+    let r = send(app.admin(Method::POST, "/tenants/oai/keys").json(&json!({"name": "agent", "scopes": ["read"]}))).await;
+    assert_eq!(r.status(), 201);
+    let key = json_of(r).await["api_key"].as_str().unwrap().to_string();
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embeddings/reference.jsonl");
+    let out = run_python("openai_check.py", vec![format!("{}/api/v1", app.addr), key, reference.display().to_string()]).await;
+    let v: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert!(v["worst_cosine"].as_f64().unwrap() >= 0.9999, "{v}");
     app.stop().await;
 }
 

@@ -221,3 +221,18 @@ pub fn test_python() -> std::path::PathBuf {
     })
     .clone()
 }
+
+pub fn python_script(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+}
+
+/// Runs a tests/python script with the test venv; panics with its output unless it exits 0.
+pub async fn run_python(script: &str, args: Vec<String>) -> String {
+    let py = test_python();
+    let script = python_script(script);
+    let out = tokio::task::spawn_blocking(move || Command::new(py).arg(&script).args(&args).output().expect("run python")).await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+    stdout
+}

@@ -1,6 +1,8 @@
 //! Platform rules over HTTP: tenant lifecycle, resolution, auth, bad input.
 
-use reqwest::{Method, StatusCode};
+use std::time::Duration;
+
+use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -261,10 +263,92 @@ async fn jwts_are_verified() {
     expect_error(send(app.api(Method::GET, "/tenant", &wrong_key)).await, 401, "invalid_credentials").await;
     let unknown = token(json!({"tenant": "nobody", "exp": now + 600}), jsonwebtoken::Algorithm::HS256, secret);
     expect_error(send(app.api(Method::GET, "/tenant", &unknown)).await, 401, "invalid_credentials").await;
+    // A token that is not valid yet (nbf in the future, beyond the 30 s leeway) is refused.
+    let early = token(json!({"tenant": "acme", "exp": now + 600, "nbf": now + 300}), jsonwebtoken::Algorithm::HS256, secret);
+    expect_error(send(app.api(Method::GET, "/tenant", &early)).await, 401, "invalid_credentials").await;
     // alg=none is refused.
     let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&json!({"tenant": "acme", "exp": now + 600}).to_string()));
     expect_error(send(app.api(Method::GET, "/tenant", &none)).await, 401, "invalid_credentials").await;
     app.stop().await;
+}
+
+/// A slug may never be another tenant's id: ids and slugs live in disjoint namespaces, so a JWT
+/// naming a tenant by id reaches that tenant and no impostor.
+#[tokio::test]
+async fn ids_and_slugs_never_collide() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let secret = "jwt-secret-for-tests-0123456789";
+    let app = spawn_with(|c| c.jwt.hs256_secret = Some(secret.into())).await;
+    let victim = app.create_tenant("victim", "free").await;
+    for slug in [victim.id.to_ascii_lowercase(), victim.id.clone(), ulid::Ulid::new().to_string().to_ascii_lowercase()] {
+        let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": slug, "name": "I", "email": "i@i.test"}))).await;
+        expect_error(r, 400, "invalid_slug").await;
+    }
+    let now = chrono::Utc::now().timestamp();
+    let by_id = encode(&Header::default(), &json!({"tenant": victim.id, "exp": now + 600}), &EncodingKey::from_secret(secret.as_bytes())).unwrap();
+    let v = json_of(send(app.api(Method::GET, "/tenant", &by_id)).await).await;
+    assert_eq!((v["id"].as_str(), v["slug"].as_str()), (Some(victim.id.as_str()), Some("victim")), "{v}");
+    app.stop().await;
+}
+
+/// Data files are private to the server's user (0600, directories 0700), whatever its umask.
+#[cfg(unix)]
+#[tokio::test]
+async fn data_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let replica = tempfile::tempdir().unwrap();
+    // The test process's umask is usually 022; the child inherits it.
+    let envs = [("WARREN_BACKUP_URL", format!("file://{}", replica.path().display())), ("WARREN_BACKUP__SYNC_INTERVAL_MS", "100".to_string())];
+    let mut server = ServerProcess::start(dir.path(), &envs).await;
+    let created = server.create_tenant("private", "free").await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let r = Client::new()
+        .post(format!("{}/api/v1/documents", server.addr))
+        .bearer_auth(&key)
+        .json(&json!({"path": "a.md", "content": "# A\nsecret notes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Wait until the replica holds files too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut all = Vec::new();
+    while std::time::Instant::now() < deadline {
+        all = walk(replica.path());
+        if all.iter().any(|p| p.is_file()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.terminate();
+    let mut files = walk(dir.path());
+    files.extend(all);
+    assert!(files.iter().any(|p| p.ends_with("tenant.db")) && files.iter().any(|p| p.ends_with("control.db")), "{files:?}");
+    let mut open = Vec::new();
+    for p in files.iter().chain([dir.path().to_path_buf()].iter()) {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            open.push(format!("{} {mode:o}", p.display()));
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:?}");
+}
+
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn b64(s: &str) -> String {

@@ -218,17 +218,6 @@ async fn read_only_key_reads_everything_and_writes_nothing() {
     app.stop().await;
 }
 
-/// Runs a tests/python script with the test venv; panics with its output unless it exits 0.
-async fn run_python(script: &str, args: Vec<String>) -> String {
-    let py = test_python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
-    let out = tokio::task::spawn_blocking(move || Command::new(py).arg(&script).args(&args).output().expect("run python")).await.expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_only_key_over_mcp() {
     let app = with_model().await;

@@ -9,23 +9,11 @@ import json
 import sys
 
 import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
-
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def client(url, key, mode="legacy"):
-    http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
-    return Client(streamable_http_client(url, http_client=http), mode=mode)
+from mcp_common import client, fail, is_error
 
 
 def structured(result):
-    if getattr(result, "is_error", False) or getattr(result, "isError", False):
+    if is_error(result):
         fail(f"tool error: {result}")
     sc = getattr(result, "structured_content", None)
     if sc is None:
@@ -87,7 +75,7 @@ async def main(base, key_a, key_b, key_free):
         if found["results"]:
             fail(f"tenant B found A's documents: {found}")
         got = await c.call_tool("get_document", {"id": summary["a_document"]})
-        if not (getattr(got, "is_error", False) or getattr(got, "isError", False)) or "document_not_found" not in got.content[0].text:
+        if not is_error(got) or "document_not_found" not in got.content[0].text:
             fail(f"tenant B read A's document by id: {got}")
         page = structured(await c.call_tool("list_documents", {}))
         if page["documents"]:

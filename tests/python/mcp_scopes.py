@@ -10,23 +10,7 @@ import asyncio
 import json
 import sys
 
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
-
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def client(url, key, mode="legacy"):
-    http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
-    return Client(streamable_http_client(url, http_client=http), mode=mode)
-
-
-def is_error(result):
-    return bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
+from mcp_common import client, fail, is_error
 
 
 def structured(name, result):
