@@ -327,9 +327,9 @@ async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
         Command::Tenant(TenantCmd::Reindex { slug }) => {
             if crate::datadir::server_running(&config.data_dir) {
                 anyhow::bail!(
-                    "a warren server is running on {}; reindex through it:\n  curl -X POST -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" http://{}/admin/v1/tenants/{slug}/reindex",
+                    "a warren server is running on {}; reindex through it:\n  curl -X POST -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" {}/admin/v1/tenants/{slug}/reindex",
                     config.data_dir.display(),
-                    config.listen
+                    ops.public_url()
                 );
             }
             let (slug, n) = ops.reindex(&operator, &slug).await.map_err(err)?;

@@ -26,8 +26,13 @@ pub struct Config {
     pub admin_token: Option<crate::secret::Secret>,
     /// Tenants are served at `<slug>.<base_domain>` (`WARREN_BASE_DOMAIN`).
     pub base_domain: String,
-    /// Public URL scheme and port used in quickstart texts, e.g. `https://{slug}.example.com`.
-    /// `{slug}` is replaced. Default: `http://{slug}.<base_domain>:<listen port>`.
+    /// The URL clients reach this server at (`WARREN_PUBLIC_URL`), used in every quickstart, hint and
+    /// snippet, with the API key alone naming the tenant. Default: `http://<listen address>` with the
+    /// port actually bound (`127.0.0.1` when listening on all interfaces).
+    pub public_url: Option<String>,
+    /// A tenant's own URL, shown in quickstarts as the alternative for deployments with DNS for the
+    /// subdomains, e.g. `https://{slug}.example.com` (`{slug}` is replaced).
+    /// Default: `http://{slug}.<base_domain>:<port>`.
     pub public_url_template: Option<String>,
     /// Upper bound of open tenant handles (`WARREN_MAX_OPEN_TENANTS`).
     pub max_open_tenants: u64,
@@ -318,6 +323,7 @@ impl Default for Config {
             data_dir: PathBuf::from("tenants"),
             admin_token: None,
             base_domain: "localhost".into(),
+            public_url: None,
             public_url_template: None,
             max_open_tenants: 256,
             tenant_idle_secs: 600,

@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::auth::AdminProof;
 use crate::config::Config;
-use crate::docs::{self, DocLimits, DocumentInput, TokenCounter};
+use crate::docs::{self, DocumentInput};
+use crate::services::offline::OfflineDocs;
+use crate::services::{Actor, Operator};
 
 /// One JSONL line of an export (and of a JSONL import).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,49 +142,30 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// Where documents go: a running server, or the tenant's files.
+/// Where documents go: a running server, or the tenant's files (through the offline document service).
 enum Target {
     Http { client: reqwest::Client, base: String, key: String },
-    Offline { conn: rusqlite::Connection, search: Box<crate::search::TenantSearch>, embed: crate::embed::EmbedService, limits: DocLimits },
+    Offline(OfflineDocs),
+}
+
+fn cli_error(e: crate::error::Error) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e, e.code())
 }
 
 impl Target {
-    fn open(config: &Config, slug: &str, server: Option<String>, key: Option<String>) -> anyhow::Result<Target> {
+    async fn open(config: &Config, slug: &str, server: Option<String>, key: Option<String>) -> anyhow::Result<Target> {
         if let Some(base) = server {
             let key = key.or_else(|| std::env::var("WARREN_KEY").ok()).context("--server needs --key (or WARREN_KEY)")?;
             let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
             return Ok(Target::Http { client, base: base.trim_end_matches('/').to_string(), key });
         }
-        if crate::datadir::server_running(&config.data_dir) {
-            bail!(
-                "a warren server is running on {}: import through it with --server http://{} --key <tenant API key>",
-                config.data_dir.display(),
-                config.listen
-            );
-        }
-        let control = crate::control::ControlPlane::open(&config.data_dir)?;
-        let t = control
-            .run_sync(|c| Ok(crate::control::tenants::get_by_slug(c, slug)?))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_context(|| format!("no tenant with slug {slug:?}"))?;
-        let dir = crate::tenant::tenant_dir(&config.data_dir, &t.id);
-        let conn = rusqlite::Connection::open_with_flags(dir.join(crate::tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .with_context(|| format!("opening tenant {slug}"))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let search = Box::new(crate::search::TenantSearch::open(&dir, &conn).map_err(|e| anyhow::anyhow!("{e}"))?);
-        let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
-            model_dir: config.model_dir.clone(),
-            queue_capacity: config.embed.queue_capacity,
-            max_batch: config.embed.max_batch,
-            threads: config.embed.threads,
-        });
-        let limits = DocLimits { max_content_bytes: config.docs.max_document_bytes, ..DocLimits::default() };
-        Ok(Target::Offline { conn, search, embed, limits })
+        let ops = Operator::offline(config, Actor::Cli)?;
+        Ok(Target::Offline(ops.open_offline_docs(&AdminProof::local_operator(), slug).await.map_err(cli_error)?))
     }
 
     fn max_content_bytes(&self, config: &Config) -> usize {
         match self {
-            Target::Offline { limits, .. } => limits.max_content_bytes,
+            Target::Offline(d) => d.max_content_bytes(),
             Target::Http { .. } => config.docs.max_document_bytes,
         }
     }
@@ -200,11 +184,7 @@ impl Target {
     /// path → content SHA-256 of every stored document.
     async fn hashes(&self) -> anyhow::Result<HashMap<String, String>> {
         match self {
-            Target::Offline { conn, .. } => {
-                let mut st = conn.prepare("SELECT path, content_sha256 FROM documents")?;
-                let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            }
+            Target::Offline(d) => d.hashes().map_err(cli_error),
             Target::Http { .. } => {
                 let mut out = HashMap::new();
                 let mut cursor = String::new();
@@ -262,35 +242,7 @@ impl Target {
                     return Ok(failed);
                 }
             }
-            Target::Offline { conn, search, embed, limits } => {
-                let counter_tok = embed.tokenizer();
-                let counter = TokenCounter::new(counter_tok.as_deref());
-                let mut failed = Vec::new();
-                let mut ok = Vec::new();
-                for input in batch {
-                    let path = input.path.clone();
-                    match docs::prepare(input, limits, &counter) {
-                        Ok(p) => ok.push(p),
-                        Err(e) => failed.push((path, json!({"code": e.code(), "message": e.to_string()}))),
-                    }
-                }
-                let embeddings: Vec<Option<Vec<Vec<f32>>>> = if embed.is_available() {
-                    let texts: Vec<String> = ok.iter().flat_map(|d| d.embedding_inputs()).collect();
-                    let mut flat =
-                        if texts.is_empty() { Vec::new() } else { embed.embed(texts).await.map_err(|e| anyhow::anyhow!("{e:?}"))? }.into_iter();
-                    ok.iter().map(|d| Some(flat.by_ref().take(d.chunks.len()).collect())).collect()
-                } else {
-                    ok.iter().map(|_| None).collect()
-                };
-                let paths: Vec<String> = ok.iter().map(|d| d.path.clone()).collect();
-                let results = search.upsert_many(conn, ok.into_iter().zip(embeddings).collect());
-                for (p, r) in paths.into_iter().zip(results) {
-                    if let Err(e) = r {
-                        failed.push((p, json!({"code": e.code(), "message": e.to_string()})));
-                    }
-                }
-                Ok(failed)
-            }
+            Target::Offline(d) => d.write(batch).await.map_err(cli_error),
         }
     }
 }
@@ -310,7 +262,7 @@ async fn import_async(config: &Config, opts: ImportOptions) -> anyhow::Result<Re
     } else {
         bail!("{} is neither a folder nor a .jsonl file", opts.source.display());
     };
-    let mut target = Target::open(config, &opts.slug, opts.server.clone(), opts.key.clone())?;
+    let mut target = Target::open(config, &opts.slug, opts.server.clone(), opts.key.clone()).await?;
     let existing = target.hashes().await?;
     let max_bytes = target.max_content_bytes(config);
     let mut report = Report::default();
@@ -364,8 +316,8 @@ async fn import_async(config: &Config, opts: ImportOptions) -> anyhow::Result<Re
     pb.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
     report.files_per_sec = if report.seconds > 0.0 { total as f64 / report.seconds } else { 0.0 };
-    if let Target::Offline { embed, .. } = &target {
-        embed.shutdown();
+    if let Target::Offline(d) = target {
+        d.close();
     }
     Ok(report)
 }
@@ -386,7 +338,7 @@ pub fn export(config: &Config, slug: &str, server: Option<String>, key: Option<S
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         if let Some(base) = server {
-            let target = Target::open(config, slug, Some(base), key)?;
+            let target = Target::open(config, slug, Some(base), key).await?;
             let mut n = 0;
             let mut cursor = String::new();
             loop {
@@ -404,23 +356,12 @@ pub fn export(config: &Config, slug: &str, server: Option<String>, key: Option<S
             }
         }
         // Offline: read-only, so safe while a server runs too (WAL readers do not block writers).
-        let control = crate::control::ControlPlane::open(&config.data_dir)?;
-        let t = control
-            .run_sync(|c| Ok(crate::control::tenants::get_by_slug(c, slug)?))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_context(|| format!("no tenant with slug {slug:?}"))?;
-        let dir = crate::tenant::tenant_dir(&config.data_dir, &t.id);
-        let conn = rusqlite::Connection::open_with_flags(dir.join(crate::tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let mut st = conn.prepare("SELECT path, content, title, metadata FROM documents ORDER BY path")?;
-        let mut rows = st.query([])?;
-        let mut n = 0;
-        while let Some(r) = rows.next()? {
-            let metadata: Map<String, Value> = serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default();
-            write_line(out, Line { path: r.get(0)?, content: r.get(1)?, title: r.get(2)?, metadata })?;
-            n += 1;
-        }
-        Ok(n)
+        let ops = Operator::offline(config, Actor::Cli)?;
+        ops.export_offline(&AdminProof::local_operator(), slug, |d| {
+            write_line(out, Line { path: d.path, content: d.content, title: d.title, metadata: d.metadata })
+        })
+        .await
+        .map_err(cli_error)
     })
 }
 

@@ -83,6 +83,31 @@ pub enum Outcome {
     },
 }
 
+/// A verified Stripe event, decided from the event alone (the service reads plans and prices).
+#[derive(Debug, Clone)]
+pub struct StripeEvent {
+    pub id: String,
+    pub kind: String,
+    /// `metadata.tenant_id` (an id or a slug; they never collide).
+    pub tenant_ref: Option<String>,
+    /// The Stripe customer id, used to find the tenant and recorded on it.
+    pub customer: Option<String>,
+    pub effect: StripeEffect,
+}
+
+/// What a Stripe event does to its tenant.
+#[derive(Debug, Clone)]
+pub enum StripeEffect {
+    /// An event type warren does not act on.
+    Ignore,
+    /// The subscription now stands for `tier`; an `active` subscription also ends a trial.
+    SetTier { tier: super::Tier, subscription_status: String },
+    /// The subscription's price maps to no tier.
+    UnknownPrice { subscription_status: String },
+    /// A failed invoice, suspending the tenant when `suspend`.
+    PaymentFailed { suspend: bool },
+}
+
 /// The audit record written with a change.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
@@ -108,6 +133,8 @@ pub trait ControlStore: Send + Sync {
     fn due_replica_deletions(&self, now: DateTime<Utc>) -> Fut<'_, Vec<String>>;
     /// Applies `change` and writes `audit` in one transaction: both or neither.
     fn apply(&self, change: Change, audit: AuditRecord) -> Fut<'_, Outcome>;
+    /// Applies a Stripe event once: a replayed event id changes nothing. Answers the outcome JSON.
+    fn stripe_event(&self, event: StripeEvent, at: DateTime<Utc>) -> Fut<'_, Value>;
 }
 
 impl ControlStore for ControlPlane {
@@ -160,6 +187,24 @@ impl ControlStore for ControlPlane {
         Box::pin(self.run(move |c| Ok(super::due_replica_deletions(c, now)?)))
     }
 
+    fn stripe_event(&self, event: StripeEvent, at: DateTime<Utc>) -> Fut<'_, Value> {
+        Box::pin(self.write(move |c| {
+            use rusqlite::OptionalExtension;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let seen: Option<String> = tx.query_row("SELECT outcome FROM stripe_events WHERE id = ?1", [&event.id], |r| r.get(0)).optional()?;
+            if seen.is_some() {
+                return Ok(serde_json::json!({"received": true, "duplicate": true}));
+            }
+            let (outcome, tenant_id) = stripe_sql(&tx, &event, at)?;
+            tx.execute(
+                "INSERT INTO stripe_events (id, type, tenant_id, outcome, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![event.id, event.kind, tenant_id, outcome, super::ts(at)],
+            )?;
+            tx.commit()?;
+            Ok(serde_json::json!({"received": true, "outcome": outcome, "tenant_id": tenant_id}))
+        }))
+    }
+
     fn apply(&self, change: Change, audit: AuditRecord) -> Fut<'_, Outcome> {
         Box::pin(self.write(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -174,6 +219,60 @@ impl ControlStore for ControlPlane {
             Ok(out)
         }))
     }
+}
+
+fn stripe_tenant(c: &rusqlite::Connection, ev: &StripeEvent) -> Result<Option<Tenant>, Error> {
+    use rusqlite::OptionalExtension;
+    if let Some(t) = ev.tenant_ref.as_deref() {
+        let found = if super::slug::is_id_shaped(t) { tenants::get_by_id(c, t)? } else { tenants::get_by_slug(c, t)? };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    let Some(customer) = ev.customer.as_deref() else { return Ok(None) };
+    let id: Option<String> = c.query_row("SELECT id FROM tenants WHERE stripe_customer_id = ?1", [customer], |r| r.get(0)).optional()?;
+    Ok(match id {
+        Some(id) => tenants::get_by_id(c, &id)?,
+        None => None,
+    })
+}
+
+/// Applies one Stripe event inside the caller's transaction: (outcome, tenant id).
+fn stripe_sql(c: &rusqlite::Connection, ev: &StripeEvent, at: DateTime<Utc>) -> Result<(String, Option<String>), Error> {
+    if matches!(ev.effect, StripeEffect::Ignore) {
+        return Ok(("ignored".into(), None));
+    }
+    let Some(t) = stripe_tenant(c, ev)? else { return Ok(("no_tenant".into(), None)) };
+    let now = super::ts(at);
+    if let Some(customer) = ev.customer.as_deref() {
+        if t.stripe_customer_id.as_deref() != Some(customer) {
+            c.execute("UPDATE tenants SET stripe_customer_id = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, customer, now])?;
+        }
+    }
+    let (outcome, detail) = match &ev.effect {
+        StripeEffect::Ignore => unreachable!("handled above"),
+        StripeEffect::PaymentFailed { suspend: true } => {
+            c.execute("UPDATE tenants SET status = 'suspended', updated_at = ?2 WHERE id = ?1", rusqlite::params![t.id, now])?;
+            ("suspended".to_string(), serde_json::json!({"suspended": true}))
+        }
+        StripeEffect::PaymentFailed { suspend: false } => ("payment_failed".to_string(), serde_json::json!({"suspended": false})),
+        StripeEffect::SetTier { tier, subscription_status } => {
+            c.execute("UPDATE tenants SET tier = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, tier.as_str(), now])?;
+            if t.status == super::Status::Trial && subscription_status == "active" {
+                c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = ?1", [&t.id])?;
+            }
+            let mut detail = serde_json::json!({"from_tier": t.tier, "to_tier": tier});
+            if !subscription_status.is_empty() || ev.kind != "customer.subscription.deleted" {
+                detail["subscription_status"] = Value::from(subscription_status.clone());
+            }
+            (format!("tier:{tier}"), detail)
+        }
+        StripeEffect::UnknownPrice { subscription_status } => {
+            ("unknown_price".to_string(), serde_json::json!({"subscription_status": subscription_status}))
+        }
+    };
+    super::audit_at(c, at, "stripe", Some(&t.id), &format!("stripe.{}", ev.kind), &detail)?;
+    Ok((outcome, Some(t.id)))
 }
 
 fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> Result<Outcome, Error> {

@@ -8,12 +8,10 @@
 //! effect, so a replayed event changes nothing.
 
 use hmac::{Hmac, Mac};
-use rusqlite::OptionalExtension;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Sha256;
 
-use crate::clock::ts;
-use crate::control::{tenants, Status, Tier};
+use crate::control::{ControlStore, StripeEffect, StripeEvent, Tier};
 use crate::error::{Code, Error};
 use crate::state::AppState;
 
@@ -32,25 +30,10 @@ pub async fn stripe_event(state: &AppState, signature: Option<&str>, body: &[u8]
     let id = event["id"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| Error::validation("event id missing"))?.to_string();
     let kind = event["type"].as_str().unwrap_or("").to_string();
     let object = event["data"]["object"].clone();
-    let plans = state.plans.plans();
-    let suspend = state.config.billing.suspend_on_payment_failure;
-    let outcome = state
-        .control
-        .write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let seen: Option<String> = tx.query_row("SELECT outcome FROM stripe_events WHERE id = ?1", [&id], |r| r.get(0)).optional()?;
-            if seen.is_some() {
-                return Ok(json!({"received": true, "duplicate": true}));
-            }
-            let (outcome, tenant_id) = apply(&tx, &kind, &object, &plans, suspend, now)?;
-            tx.execute(
-                "INSERT INTO stripe_events (id, type, tenant_id, outcome, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![id, kind, tenant_id, outcome, ts(now)],
-            )?;
-            tx.commit()?;
-            Ok(json!({"received": true, "outcome": outcome, "tenant_id": tenant_id}))
-        })
-        .await?;
+    let effect = effect_of(&kind, &object, &state.plans.plans(), state.config.billing.suspend_on_payment_failure);
+    let customer = object["customer"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let event = StripeEvent { id, kind, tenant_ref: metadata(&object, "tenant_id").map(str::to_string), customer, effect };
+    let outcome = state.control.stripe_event(event, now).await?;
     state.auth.invalidate();
     Ok(outcome)
 }
@@ -165,75 +148,21 @@ fn tier_of(o: &Value, plans: &crate::plans::Plans) -> Option<Tier> {
     None
 }
 
-fn find_tenant(c: &rusqlite::Connection, o: &Value) -> Result<Option<crate::control::Tenant>, Error> {
-    if let Some(t) = metadata(o, "tenant_id") {
-        // Ids and slugs never collide (slugs of an id's shape are refused), so the lookup is explicit.
-        let found = if crate::control::slug::is_id_shaped(t) { tenants::get_by_id(c, t)? } else { tenants::get_by_slug(c, t)? };
-        if let Some(found) = found {
-            return Ok(Some(found));
-        }
-    }
-    let Some(customer) = o["customer"].as_str().filter(|s| !s.is_empty()) else { return Ok(None) };
-    let id: Option<String> = c.query_row("SELECT id FROM tenants WHERE stripe_customer_id = ?1", [customer], |r| r.get(0)).optional()?;
-    Ok(match id {
-        Some(id) => tenants::get_by_id(c, &id)?,
-        None => None,
-    })
-}
-
-/// Applies one verified event inside the caller's transaction: (outcome, tenant id).
-fn apply(
-    c: &rusqlite::Connection,
-    kind: &str,
-    o: &Value,
-    plans: &crate::plans::Plans,
-    suspend: bool,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<(String, Option<String>), Error> {
-    let handled = matches!(
-        kind,
-        "customer.subscription.created" | "customer.subscription.updated" | "customer.subscription.deleted" | "invoice.payment_failed"
-    );
-    if !handled {
-        return Ok(("ignored".into(), None));
-    }
-    let Some(t) = find_tenant(c, o)? else { return Ok(("no_tenant".into(), None)) };
-    let now = ts(at);
-    if let Some(customer) = o["customer"].as_str().filter(|s| !s.is_empty()) {
-        if t.stripe_customer_id.as_deref() != Some(customer) {
-            c.execute("UPDATE tenants SET stripe_customer_id = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, customer, now])?;
-        }
-    }
-    let (outcome, detail) = match kind {
-        "customer.subscription.deleted" => {
-            c.execute("UPDATE tenants SET tier = 'free', updated_at = ?2 WHERE id = ?1", rusqlite::params![t.id, now])?;
-            ("tier:free".to_string(), json!({"from_tier": t.tier, "to_tier": "free"}))
-        }
-        "invoice.payment_failed" => {
-            if suspend {
-                c.execute("UPDATE tenants SET status = 'suspended', updated_at = ?2 WHERE id = ?1", rusqlite::params![t.id, now])?;
-                ("suspended".to_string(), json!({"suspended": true}))
-            } else {
-                ("payment_failed".to_string(), json!({"suspended": false}))
-            }
-        }
-        _ => {
-            let status = o["status"].as_str().unwrap_or("");
-            let tier = if matches!(status, "canceled" | "incomplete_expired") { Some(Tier::Free) } else { tier_of(o, plans) };
+/// What an event asks for, from the event and the plans alone.
+fn effect_of(kind: &str, o: &Value, plans: &crate::plans::Plans, suspend: bool) -> StripeEffect {
+    let status = o["status"].as_str().unwrap_or("").to_string();
+    match kind {
+        "customer.subscription.deleted" => StripeEffect::SetTier { tier: Tier::Free, subscription_status: String::new() },
+        "invoice.payment_failed" => StripeEffect::PaymentFailed { suspend },
+        "customer.subscription.created" | "customer.subscription.updated" => {
+            let tier = if matches!(status.as_str(), "canceled" | "incomplete_expired") { Some(Tier::Free) } else { tier_of(o, plans) };
             match tier {
-                Some(tier) => {
-                    c.execute("UPDATE tenants SET tier = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, tier.as_str(), now])?;
-                    if t.status == Status::Trial && status == "active" {
-                        c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = ?1", [&t.id])?;
-                    }
-                    (format!("tier:{tier}"), json!({"from_tier": t.tier, "to_tier": tier, "subscription_status": status}))
-                }
-                None => ("unknown_price".to_string(), json!({"subscription_status": status})),
+                Some(tier) => StripeEffect::SetTier { tier, subscription_status: status },
+                None => StripeEffect::UnknownPrice { subscription_status: status },
             }
         }
-    };
-    crate::control::audit_at(c, at, "stripe", Some(&t.id), &format!("stripe.{kind}"), &detail)?;
-    Ok((outcome, Some(t.id)))
+        _ => StripeEffect::Ignore,
+    }
 }
 
 #[cfg(test)]

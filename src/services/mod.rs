@@ -15,12 +15,14 @@
 //! | usage, audit log, usage export | [`usage`] | either |
 //! | Stripe webhooks, trials | [`billing`] | the app state |
 //! | backup status and restore | [`restore`] | either, plus an admin proof |
+//! | documents with no server running (`warren import`/`export`) | [`offline`] | an [`Operator`] and an admin proof |
 
 pub mod audit;
 pub mod billing;
 pub mod context;
 pub mod documents;
 pub mod keys;
+pub mod offline;
 pub mod ops;
 pub mod quickstart;
 pub mod recs;

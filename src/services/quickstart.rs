@@ -1,10 +1,11 @@
-//! The ready-to-paste quickstart a new tenant receives.
+//! The ready-to-paste quickstart a new tenant receives. Every line runs as pasted in a POSIX shell
+//! (a test runs them, with the server on a non-default port): curl, Python, Node, `warren import`
+//! and `export`, with the public URL and the key alone, so no DNS for subdomains is needed.
 
 /// Ready-to-paste commands for a new tenant.
-pub fn text(slug: &str, url: &str, key: &str) -> String {
+pub fn text(slug: &str, url: &str, tenant_url: &str, key: &str) -> String {
     format!(
-        r##"# Your tenant is live at {url}
-# Keep this API key safe: it is shown only once.
+        r##"# Your tenant "{slug}" is live. Keep this API key safe: it is shown only once.
 export WARREN_URL={url}
 export WARREN_KEY={key}
 
@@ -16,7 +17,7 @@ curl -s -X POST $WARREN_URL/api/v1/documents -H "Authorization: Bearer $WARREN_K
   -H 'Content-Type: application/json' \
   -d '{{"path": "notes/hello.md", "content": "# Hello\nwarren keeps my notes searchable."}}'
 
-# Search it
+# Search it (mode "keyword" works without the embedding model too)
 curl -s -X POST $WARREN_URL/api/v1/search -H "Authorization: Bearer $WARREN_KEY" \
   -H 'Content-Type: application/json' -d '{{"query": "searchable notes"}}'
 
@@ -24,19 +25,25 @@ curl -s -X POST $WARREN_URL/api/v1/search -H "Authorization: Bearer $WARREN_KEY"
 curl -s -X POST $WARREN_URL/api/v1/context/assemble -H "Authorization: Bearer $WARREN_KEY" \
   -H 'Content-Type: application/json' -d '{{"query": "what does warren keep?", "max_tokens": 500}}'
 
-# Without DNS for the subdomain, send the key alone to the server's address:
-#   curl -s http://127.0.0.1:8080/api/v1/tenant -H "X-API-Key: $WARREN_KEY"
+# The same search from Python (standard library only)
+python3 -c 'import json, os, urllib.request as u; r = u.Request(os.environ["WARREN_URL"] + "/api/v1/search", json.dumps({{"query": "searchable notes"}}).encode(), {{"Authorization": "Bearer " + os.environ["WARREN_KEY"], "Content-Type": "application/json"}}); print(json.load(u.urlopen(r))["results"][0]["path"])'
+
+# ... and from Node (18 or newer)
+node -e 'fetch(process.env.WARREN_URL + "/api/v1/search", {{method: "POST", headers: {{Authorization: "Bearer " + process.env.WARREN_KEY, "Content-Type": "application/json"}}, body: JSON.stringify({{query: "searchable notes"}})}}).then(r => r.json()).then(v => console.log(v.results[0].path))'
+
+# With DNS for the tenants' subdomains, the tenant also has its own URL (the key still names it):
+#   {tenant_url}
 
 # Use it from AI tools over MCP (plans with the `mcp` feature: starter and up).
 # Claude Code:
-claude mcp add --transport http warren {url}/mcp --header "Authorization: Bearer $WARREN_KEY"
+#   claude mcp add --transport http warren $WARREN_URL/mcp --header "Authorization: Bearer $WARREN_KEY"
 # Other clients (Claude Desktop, Cursor, VS Code...), JSON config:
 #   {{"mcpServers": {{"warren": {{"type": "http", "url": "{url}/mcp",
 #     "headers": {{"Authorization": "Bearer {key}"}}}}}}}}
 
 # Import a folder (respects .gitignore; re-runs skip unchanged files), export everything:
-warren import {slug} ./docs --glob '**/*.md' --server {url} --key $WARREN_KEY
-warren export {slug} --server {url} --key $WARREN_KEY > documents.jsonl
+warren import {slug} ./docs --glob '**/*.md' --server $WARREN_URL --key $WARREN_KEY
+warren export {slug} --server $WARREN_URL --key $WARREN_KEY > documents.jsonl
 
 # The REST API is described at {url}/openapi.json and browsable at {url}/docs
 "##

@@ -102,11 +102,28 @@ impl Operator {
             // Every tenant has a replica from its first moment: the service opens it and ships a snapshot.
             b.catch_up_tenant(&tenant.id);
         }
-        let quickstart = super::quickstart::text(&tenant.slug, &self.tenant_url(&tenant.slug), &api_key);
+        let quickstart = super::quickstart::text(&tenant.slug, &self.public_url(), &self.tenant_url(&tenant.slug), &api_key);
         Ok(Created { tenant, api_key, key, quickstart })
     }
 
-    /// The public base URL of a tenant, for quickstarts and snippets.
+    /// The server's public URL (`public_url`, else the bound listen address), without a trailing slash.
+    pub fn public_url(&self) -> String {
+        if let Some(u) = &self.config.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let port = self.live.as_ref().map_or(self.config.listen.port(), |s| s.port);
+        let ip = self.config.listen.ip();
+        let host = if ip.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        format!("http://{host}:{port}")
+    }
+
+    /// A tenant's own URL (subdomain or template), the alternative to the key-only public URL.
     pub fn tenant_url(&self, slug: &str) -> String {
         let port = self.live.as_ref().map_or(self.config.listen.port(), |s| s.port);
         match &self.config.public_url_template {
@@ -145,7 +162,11 @@ impl Operator {
         if self.live.is_none() && crate::datadir::server_running(&self.config.data_dir) {
             return Err(Error::conflict(
                 Code::ServerRunning,
-                format!("a warren server is running on {}; delete through it: DELETE /admin/v1/tenants/{slug}", self.config.data_dir.display()),
+                format!(
+                    "a warren server is running on {}; delete through it:\n  curl -X DELETE -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" {}/admin/v1/tenants/{slug}",
+                    self.config.data_dir.display(),
+                    self.public_url()
+                ),
             ));
         }
         let replica_due =

@@ -192,6 +192,69 @@ async fn the_official_openai_client_embeds_with_its_defaults() {
     app.stop().await;
 }
 
+/// Every line of the quickstart a new tenant gets runs as pasted (curl, Python, Node, `warren import` and
+/// `export`), against a server on a port other than the default, with no DNS for subdomains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_quickstart_runs_as_pasted_on_a_non_default_port() {
+    let app = with_model(|_| {}).await;
+    assert_ne!(app.port, 8080);
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "paste", "name": "P", "email": "p@p.test", "tier": "starter"}))).await;
+    let qs = json_of(r).await["quickstart"].as_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("docs")).unwrap();
+    std::fs::write(work.path().join("docs/guide.md"), "# Guide\nwarren imports whole folders.").unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_warren")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let dir = work.path().to_path_buf();
+    let script = qs.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash").args(["-euo", "pipefail", "-c", &script]).current_dir(&dir).env("PATH", path).output().expect("bash")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the quickstart failed:\n{qs}\n--- stdout\n{stdout}\n--- stderr\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\"slug\":\"paste\""), "{stdout}");
+    assert!(stdout.matches("notes/hello.md").count() >= 3, "curl, Python and Node all found the document: {stdout}");
+    let exported = std::fs::read_to_string(work.path().join("documents.jsonl")).unwrap();
+    assert!(exported.contains("notes/hello.md") && exported.contains("guide.md"), "{exported}");
+    app.stop().await;
+}
+
+/// The cl100k_base vocabulary the tiktoken-rs crate ships (brought in by cargo with the build).
+fn cl100k_vocabulary() -> std::path::PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tiktoken-rs")
+        .and_then(|p| p["manifest_path"].as_str())
+        .expect("tiktoken-rs is a dependency");
+    let file = Path::new(manifest).parent().unwrap().join("assets/cl100k_base.tiktoken");
+    assert!(file.exists(), "{} is missing", file.display());
+    file
+}
+
+/// LangChain's OpenAIEmbeddings sends token-id arrays (cl100k_base); warren decodes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn langchain_openai_embeddings_work_with_token_arrays() {
+    let app = with_model(|_| {}).await;
+    let t = app.create_tenant("lang-chain", "starter").await;
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embeddings/reference.jsonl");
+    let args = vec![format!("{}/api/v1", app.addr), t.key, reference.display().to_string(), cl100k_vocabulary().display().to_string()];
+    let out = run_python("langchain_check.py", args).await;
+    let v: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert!(v["worst_cosine"].as_f64().unwrap() >= 0.9999 && v["token_batches"].as_u64().unwrap() >= 1, "{v}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn mcp_hides_recommend_without_the_feature_and_expires_sessions() {
     let (app, state) = spawn_state(None, |c| c.mcp.session_max_secs = 3).await;
@@ -201,15 +264,29 @@ async fn mcp_hides_recommend_without_the_feature_and_expires_sessions() {
     )
     .await;
     let qs = created["quickstart"].as_str().unwrap();
-    let url = format!("http://qs-snip.localhost:{}", app.port);
-    assert!(qs.contains(&format!("claude mcp add --transport http warren {url}/mcp")), "{qs}");
+    // Key-only URLs on the server's own address: they work without DNS for the subdomains.
+    let url = format!("http://127.0.0.1:{}", app.port);
+    assert!(qs.contains(&format!("export WARREN_URL={url}\n")), "{qs}");
+    assert!(qs.contains("claude mcp add --transport http warren $WARREN_URL/mcp"), "{qs}");
     assert!(qs.contains(&format!("\"url\": \"{url}/mcp\"")) && qs.contains("warren import qs-snip ./docs"), "{qs}");
+    assert!(qs.contains(&format!("http://qs-snip.localhost:{}", app.port)), "the subdomain form is shown as the alternative: {qs}");
     let t = app.create_tenant("no-recs", "starter").await;
     send(app.admin(Method::PUT, "/tenants/no-recs/overrides").json(&json!({"features": {"recommendations": false}}))).await;
     let sid = open_session(&app, &t.key).await;
     let (_, _, v) = mcp_post(&app, &t.key, Some(&sid), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}), &[]).await;
     let names: Vec<&str> = v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&"recommend") && names.contains(&"assemble_context"), "{names:?}");
+    // A gated tool that is not listed still answers, with warren's error code.
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "recommend", "arguments": {"customer_id": "c1"}}});
+    let (_, _, v) = mcp_post(&app, &t.key, Some(&sid), call, &[]).await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("feature_not_in_plan"), "{v}");
+    // Terminating a session answers 200, as the Streamable HTTP transport expects; it is gone after.
+    let other = open_session(&app, &t.key).await;
+    let r = send(app.req(Method::DELETE, "/mcp").bearer_auth(&t.key).header("mcp-session-id", &other)).await;
+    assert_eq!(r.status(), 200);
+    let (s, _, v) = mcp_post(&app, &t.key, Some(&other), json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}), &[]).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("session_not_found")), "{v}");
     // The session's lifetime is judged by the server's clock: move it past the limit, no sleeping.
     state.plans.clock.advance(chrono::Duration::seconds(4));
     let (s, _, v) = mcp_post(&app, &t.key, Some(&sid), json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}), &[]).await;

@@ -9,7 +9,7 @@ import json
 import sys
 
 import httpx2
-from mcp_common import client, fail, is_error
+from mcp_common import client, fail, is_error, messages
 
 
 def structured(result):
@@ -95,7 +95,12 @@ async def main(base, key_a, key_b, key_free):
                          json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
                                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
         body = r.json()
-        if r.status_code != 403 or body["error"]["code"] != "feature_not_in_plan" or body["error"]["feature"] != "mcp":
+        # A JSON-RPC error (HTTP 200) whose data is warren's error object, so clients show it.
+        err = body.get("error", {})
+        data = err.get("data") or {}
+        if r.status_code != 200 or body.get("id") != 1 or not isinstance(err.get("code"), int) \
+                or data.get("code") != "feature_not_in_plan" or data.get("feature") != "mcp" \
+                or not err.get("message", "").startswith("feature_not_in_plan: "):
             fail(f"free tenant answered {r.status_code} {body}")
     async def connect_free():
         async with client(url, key_free) as c:
@@ -104,9 +109,11 @@ async def main(base, key_a, key_b, key_free):
     try:
         await asyncio.wait_for(connect_free(), 30)
         connected = True
-    except BaseException as e:  # noqa: BLE001 - any refusal will do, but not a timeout
+    except BaseException as e:  # noqa: BLE001 - the refusal, but not a timeout
         if isinstance(e, asyncio.TimeoutError):
             fail("the MCP client hung on a refused free tenant")
+        if not any("feature_not_in_plan" in m for m in messages(e)):
+            fail(f"the official client did not show warren's error: {messages(e)}")
         connected = False
     if connected:
         fail("the MCP client connected for a free tenant")

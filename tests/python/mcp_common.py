@@ -19,3 +19,11 @@ def client(url, key, mode="legacy"):
 
 def is_error(result):
     return bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
+
+
+def messages(e):
+    """Every message in an exception and the groups it may be wrapped in (anyio task groups)."""
+    out = [str(e)]
+    for sub in getattr(e, "exceptions", ()) or ():
+        out.extend(messages(sub))
+    return out

@@ -42,7 +42,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         "/mcp",
         axum::routing::any(move |State(state): State<AppState>, req: Request| {
             let d = door_state.clone();
-            async move { door(d, state, req).await.unwrap_or_else(IntoResponse::into_response) }
+            async move { door(d, state, req).await }
         }),
     )
 }
@@ -90,9 +90,55 @@ impl Door {
     }
 }
 
-async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, Error> {
-    check_origin(&state, req.headers(), &d.cfg).await?;
-    let (mut parts, body) = req.into_parts();
+/// Refusals an MCP client should show as warren's error: answered to a JSON-RPC request as a
+/// JSON-RPC error (HTTP 200), so the official client raises it with warren's code and message
+/// instead of a bare "Server returned an error response". Transport-level refusals (401, the
+/// rebinding guard, unknown sessions, another tenant's session, and the session cap's 503 with
+/// `Retry-After`, which clients back off on) stay HTTP errors.
+fn as_jsonrpc(code: Code) -> bool {
+    matches!(code, Code::FeatureNotInPlan | Code::InsufficientScope | Code::RateLimited | Code::QuotaExceeded)
+}
+
+/// The JSON-RPC error for `e`: `code` -32001 (refused) or -32002 (rate-limited: see `Retry-After`), `message`
+/// `"<warren code>: <message>"`, and `data` the REST error object (code, message, details).
+pub(super) fn jsonrpc_error(id: serde_json::Value, e: &Error) -> serde_json::Value {
+    let body = crate::api::error::public_body(e);
+    let rpc_code = if e.code().status() == 429 { -32002 } else { -32001 };
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": rpc_code, "message": format!("{}: {}", e.code(), e.public_message()), "data": body["error"]},
+    })
+}
+
+async fn door(d: Arc<Door>, state: AppState, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::POST {
+        return guarded(d, state, parts, axum::body::Body::new(body)).await.unwrap_or_else(IntoResponse::into_response);
+    }
+    // A POST carries one JSON-RPC message: keep it to answer a refusal in kind.
+    let bytes = match axum::body::to_bytes(axum::body::Body::new(body), state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return Error::too_large().into_response(),
+    };
+    let id = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("id").cloned());
+    match guarded(d, state, parts, axum::body::Body::from(bytes)).await {
+        Ok(r) => r,
+        Err(e) => match id {
+            Some(id) if as_jsonrpc(e.code()) => {
+                let mut resp = axum::Json(jsonrpc_error(id, &e)).into_response();
+                if let Some(secs) = e.retry_after_secs() {
+                    resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+                }
+                resp
+            }
+            _ => e.into_response(),
+        },
+    }
+}
+
+async fn guarded(d: Arc<Door>, state: AppState, mut parts: axum::http::request::Parts, body: axum::body::Body) -> Result<Response, Error> {
+    check_origin(&state, &parts.headers, &d.cfg).await?;
     let ctx = crate::api::extract::authenticate(&parts, &state).await?;
     ctx.authorize(Op::McpSession)?;
     ctx.require_feature("mcp")?;
@@ -141,7 +187,11 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Result<Response, E
         Ok(r) => r,
         Err(never) => match never {},
     };
-    let (resp_parts, resp_body) = resp.into_parts();
+    let (mut resp_parts, resp_body) = resp.into_parts();
+    // Streamable HTTP: a terminated session answers 200 (the SDK's 202 reads as a failure to clients).
+    if method == Method::DELETE && resp_parts.status == axum::http::StatusCode::ACCEPTED {
+        resp_parts.status = axum::http::StatusCode::OK;
+    }
     if session.is_none() {
         if let Some(id) = resp_parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
             d.sessions.lock().insert(id.to_string(), Binding { tenant_id, started: d.clock.now() });

@@ -311,9 +311,7 @@ impl ServerHandler for WarrenMcp {
     }
 
     async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
-        if request.name == "recommend" && !has_recommendations(&context) {
-            return Err(McpError::invalid_params("tool not found", None));
-        }
+        // A tool the plan lacks (not listed) still answers with warren's error, e.g. `feature_not_in_plan`.
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
         self.tool_router.call(tcc).await
     }
