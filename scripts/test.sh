@@ -19,7 +19,7 @@ apt_install() {
   fi
 }
 
-apt_install caddy curl ca-certificates sqlite3
+apt_install caddy curl ca-certificates sqlite3 nodejs
 echo "==> python test peers"
 scripts/test-venv.sh >/dev/null
 echo "==> embedding model"
