@@ -37,7 +37,17 @@ pub struct OrderInput {
     /// Unix seconds.
     pub created_at: i64,
     pub lines: Vec<OrderLine>,
+    /// The order's status (WooCommerce's lifecycle; default `completed`). Only `processing` and
+    /// `completed` orders count as purchases.
+    pub status: String,
+    /// When the order last changed (unix seconds): an order seen before is applied again only when this
+    /// is newer than what is stored.
+    pub modified_at: Option<i64>,
 }
+
+/// Order statuses that count as a purchase; any other (`cancelled`, `refunded`, `failed`, `pending`,
+/// `on-hold`, ...) does not, so re-sending an order with one retracts it.
+pub const PURCHASED: [&str; 2] = ["processing", "completed"];
 
 #[derive(Debug, Clone)]
 pub struct EventInput {
@@ -225,7 +235,18 @@ pub fn order(v: &Value) -> R<OrderInput> {
             })
         })
         .collect::<R<Vec<_>>>()?;
-    Ok(OrderInput { id, customer_id, created_at, lines })
+    let status = match o.get("status") {
+        None | Some(Value::Null) => "completed".to_string(),
+        Some(Value::String(s)) if (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') => {
+            s.to_ascii_lowercase().trim_start_matches("wc-").to_string()
+        }
+        Some(_) => return Err("status must be a word like processing, completed, cancelled or refunded".into()),
+    };
+    let modified_at = match o.get("modified_at") {
+        None | Some(Value::Null) => None,
+        v => Some(time_of(v, "modified_at")?),
+    };
+    Ok(OrderInput { id, customer_id, created_at, lines, status, modified_at })
 }
 
 pub fn event(v: &Value) -> R<EventInput> {
@@ -342,7 +363,9 @@ pub fn woo_order(v: &Value) -> R<Value> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(serde_json::json!({"id": id, "customer_id": customer, "created_at": created, "lines": lines}))
+    let modified = o.get("date_modified_gmt").or_else(|| o.get("date_modified")).cloned().unwrap_or(Value::Null);
+    let status = o.get("status").cloned().unwrap_or(Value::Null);
+    Ok(serde_json::json!({"id": id, "customer_id": customer, "created_at": created, "modified_at": modified, "status": status, "lines": lines}))
 }
 
 #[cfg(test)]

@@ -197,23 +197,40 @@ pub fn upsert_customers(c: &mut Connection, items: Vec<(usize, String, Value)>) 
 
 /// Inserts orders; an order id already stored is answered `duplicate` and left unchanged.
 /// Lines naming products that do not exist (yet) are kept and reported in `unknown_products`.
+/// The SQL condition for orders that count as purchases (see [`crate::recs::input::PURCHASED`]).
+const COUNTED: &str = "o.status IN ('processing', 'completed')";
+
+/// Adds orders. An order seen before answers `duplicate`, unless it carries a newer `modified_at` than
+/// the stored one: then its status, customer, time and lines are replaced (`updated`), so a refund or a
+/// cancellation retracts the purchase.
 pub fn insert_orders(c: &mut Connection, items: Vec<(usize, OrderInput)>) -> Result<Vec<ItemResult>, Error> {
     let tx = c.transaction()?;
     let mut out = Vec::new();
     let mut wrote = false;
     {
-        let mut exists = tx.prepare_cached("SELECT 1 FROM orders WHERE id = ?1")?;
-        let mut order = tx.prepare_cached("INSERT INTO orders(id, customer_id, created_at, received_at) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut stored = tx.prepare_cached("SELECT modified_at FROM orders WHERE id = ?1")?;
+        let mut order = tx.prepare_cached(
+            "INSERT INTO orders(id, customer_id, created_at, received_at, status, modified_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET customer_id = excluded.customer_id, created_at = excluded.created_at,
+               received_at = excluded.received_at, status = excluded.status, modified_at = excluded.modified_at",
+        )?;
+        let mut clear = tx.prepare_cached("DELETE FROM order_lines WHERE order_id = ?1")?;
         let mut line = tx.prepare_cached("INSERT INTO order_lines(order_id, line, product_id, quantity, price) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         let mut known = tx.prepare_cached("SELECT 1 FROM products WHERE id = ?1")?;
         let mut unknown = tx.prepare_cached("INSERT OR IGNORE INTO unknown_products(product_id, source, ref, at) VALUES (?1, 'order', ?2, ?3)")?;
         let ts = now();
         for (index, o) in items {
-            if exists.exists([&o.id])? {
-                out.push(ItemResult::ok(index, o.id, "duplicate"));
-                continue;
-            }
-            order.execute(params![o.id, o.customer_id, o.created_at, ts])?;
+            let before: Option<Option<i64>> = stored.query_row([&o.id], |r| r.get(0)).optional()?;
+            let status = match before {
+                None => "created",
+                Some(prev) if o.modified_at.is_some_and(|m| prev.is_none_or(|p| m > p)) => "updated",
+                Some(_) => {
+                    out.push(ItemResult::ok(index, o.id, "duplicate"));
+                    continue;
+                }
+            };
+            order.execute(params![o.id, o.customer_id, o.created_at, ts, o.status, o.modified_at])?;
+            clear.execute([&o.id])?;
             let mut missing = Vec::new();
             for (k, l) in o.lines.iter().enumerate() {
                 line.execute(params![o.id, k as i64, l.product_id, l.quantity, l.price])?;
@@ -225,7 +242,7 @@ pub fn insert_orders(c: &mut Connection, items: Vec<(usize, OrderInput)>) -> Res
                 }
             }
             wrote = true;
-            let mut r = ItemResult::ok(index, o.id, "created");
+            let mut r = ItemResult::ok(index, o.id, status);
             r.unknown_products = Some(missing);
             out.push(r);
         }
@@ -334,10 +351,10 @@ pub fn load_train_data(c: &Connection) -> Result<(TrainData, i64), Error> {
     }
     let mut interactions = Vec::new();
     {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare(&format!(
             "SELECT o.customer_id, l.product_id, l.quantity, o.created_at FROM order_lines l JOIN orders o ON o.id = l.order_id
-             ORDER BY o.created_at, o.rowid, l.line",
-        )?;
+                 WHERE {COUNTED} ORDER BY o.created_at, o.rowid, l.line"
+        ))?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             interactions.push(Interaction { user: r.get(0)?, product: r.get(1)?, weight: purchase_weight(r.get(2)?), at: r.get(3)?, purchase: true });
@@ -362,9 +379,9 @@ pub fn load_train_data(c: &Connection) -> Result<(TrainData, i64), Error> {
 pub fn customer_history(c: &Connection, customer_id: &str) -> Result<(Vec<(String, f32, i64)>, Vec<String>), Error> {
     let mut rows = Vec::new();
     let mut purchased = Vec::new();
-    let mut stmt = c.prepare_cached(
-        "SELECT l.product_id, l.quantity, o.created_at FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE o.customer_id = ?1",
-    )?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT l.product_id, l.quantity, o.created_at FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE o.customer_id = ?1 AND {COUNTED}"
+    ))?;
     let mut q = stmt.query([customer_id])?;
     while let Some(r) = q.next()? {
         let pid: String = r.get(0)?;
@@ -411,7 +428,8 @@ pub fn catalog_less(c: &Connection) -> Result<bool, Error> {
 pub fn trending(c: &Connection, since: i64, limit: usize) -> Result<Vec<(String, f32)>, Error> {
     let mut stmt = c.prepare_cached(
         "SELECT t.product_id, SUM(t.w) AS s FROM (
-            SELECT l.product_id, CAST(l.quantity AS REAL) AS w FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE o.created_at >= ?1
+            SELECT l.product_id, CAST(l.quantity AS REAL) AS w FROM orders o JOIN order_lines l ON l.order_id = o.id
+              WHERE o.created_at >= ?1 AND o.status IN ('processing', 'completed')
             UNION ALL
             SELECT product_id, CASE type WHEN 'purchase' THEN 1.0 WHEN 'cart' THEN 0.5 WHEN 'add_to_cart' THEN 0.5 WHEN 'wishlist' THEN 0.3
                                          WHEN 'view' THEN 0.15 WHEN 'click' THEN 0.15 ELSE 0.1 END FROM events WHERE at >= ?1

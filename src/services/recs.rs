@@ -199,7 +199,7 @@ async fn insert_orders(ctx: &TenantCtx, items: Vec<Value>, single: bool) -> Resu
     if !ok.is_empty() {
         let lease = ctx.storage().await?;
         let written = lease.blocking(move |h| h.with_writer(|c| store::insert_orders(c, ok))).await?;
-        let any_new = written.iter().any(|r| r.status == "created");
+        let any_new = written.iter().any(|r| r.status == "created" || r.status == "updated");
         results.extend(written);
         if any_new {
             changed(ctx, &lease).await?;
@@ -208,7 +208,8 @@ async fn insert_orders(ctx: &TenantCtx, items: Vec<Value>, single: bool) -> Resu
     answer(results, single)
 }
 
-/// Adds orders (an order id seen before is a `duplicate`).
+/// Adds orders (an order id seen before is a `duplicate` unless its `modified_at` is newer: then it is
+/// `updated`, and a status other than processing or completed retracts the purchase).
 pub async fn orders(ctx: &TenantCtx, body: Value) -> Result<Answer, Error> {
     let (items, single) = batch(ctx, Op::OrdersInsert, body, "orders")?;
     insert_orders(ctx, items, single).await

@@ -120,5 +120,12 @@ CREATE TABLE IF NOT EXISTS rec_model (
 );
 "#;
 
+/// v4: an order's WooCommerce status and last modification, so a refund or a cancellation retracts
+/// the purchase and a later update applies instead of answering `duplicate`.
+pub const ORDER_STATUS: &str = "
+ALTER TABLE orders ADD COLUMN status TEXT NOT NULL DEFAULT 'completed';
+ALTER TABLE orders ADD COLUMN modified_at INTEGER;
+";
+
 /// Every migration, in order.
-pub const MIGRATIONS: &[&str] = &[META, DOCUMENTS, COMMERCE];
+pub const MIGRATIONS: &[&str] = &[META, DOCUMENTS, COMMERCE, ORDER_STATUS];

@@ -185,6 +185,55 @@ async fn woocommerce_payloads_are_accepted_as_is() {
     app.stop().await;
 }
 
+/// WooCommerce's order lifecycle: only processing and completed orders are purchases; an update with a
+/// newer `date_modified` applies (a refund retracts the purchase), a redelivery changes nothing.
+#[tokio::test]
+async fn woocommerce_refunds_and_cancellations_retract_purchases() {
+    let app = spawn_with(quick).await;
+    let t = app.create_tenant("woo-life", "starter").await;
+    post(&app, &t.key, "/products", json!({"products": [{"id": "p1", "name": "Kettle"}, {"id": "p2", "name": "Teapot"}]})).await;
+    let now = chrono::Utc::now();
+    let at = |mins: i64| (now - chrono::Duration::minutes(mins)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let order = |id: u64, status: &str, modified: &str, product: &str, qty: u64| {
+        json!({"id": id, "status": status, "customer_id": 5, "date_created_gmt": at(60), "date_modified_gmt": modified,
+               "line_items": [{"product_id": product, "quantity": qty, "price": 10}]})
+    };
+    let first = at(50);
+    let v = post(
+        &app,
+        &t.key,
+        "/integrations/woocommerce/orders",
+        json!([order(100, "processing", &first, "p1", 3), order(101, "completed", &first, "p2", 1)]),
+    )
+    .await;
+    assert_eq!(v["results"][0]["status"], "created", "{v}");
+    assert_eq!(ids(&get(&app, &t.key, "/recommendations/trending?window=1d").await).first().map(String::as_str), Some("p1"));
+    // The same delivery again: nothing changes.
+    let v = post(&app, &t.key, "/integrations/woocommerce/orders", json!([order(100, "processing", &first, "p1", 3)])).await;
+    assert_eq!(v["results"][0]["status"], "duplicate", "{v}");
+    // Refunded later: the update applies and the three kettles no longer count.
+    let v = post(&app, &t.key, "/integrations/woocommerce/orders", json!([order(100, "refunded", &at(10), "p1", 3)])).await;
+    assert_eq!(v["results"][0]["status"], "updated", "{v}");
+    let trending = ids(&get(&app, &t.key, "/recommendations/trending?window=1d").await);
+    assert_eq!(trending, vec!["p2".to_string()], "a refunded order is not a purchase");
+    // An older modification than the stored one is ignored (deliveries can arrive out of order).
+    let v = post(&app, &t.key, "/integrations/woocommerce/orders", json!([order(100, "processing", &at(30), "p1", 3)])).await;
+    assert_eq!(v["results"][0]["status"], "duplicate", "{v}");
+    assert_eq!(ids(&get(&app, &t.key, "/recommendations/trending?window=1d").await), vec!["p2".to_string()]);
+    // A cancelled order never counts; generic orders default to completed.
+    post(&app, &t.key, "/integrations/woocommerce/orders", json!([order(102, "cancelled", &first, "p1", 9)])).await;
+    post(
+        &app,
+        &t.key,
+        "/orders",
+        json!({"orders": [{"id": "g1", "customer_id": "c9", "created_at": at(5), "lines": [{"product_id": "p1", "quantity": 1}]}]}),
+    )
+    .await;
+    let v = get(&app, &t.key, "/recommendations/trending?window=1d").await;
+    assert_eq!(ids(&v), vec!["p1".to_string(), "p2".to_string()], "only g1 counts for p1 (tie broken by id): {v}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn free_tier_is_refused_and_the_products_limit_holds() {
     let app = spawn_with(quick).await;
