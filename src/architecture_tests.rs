@@ -159,3 +159,18 @@ fn doors_never_touch_storage() {
     }
     assert!(found.is_empty(), "doors must go through crate::services:\n{}", found.join("\n"));
 }
+
+/// The local operator's proof (which can open any tenant) is minted only by the CLI's doors.
+#[test]
+fn only_the_cli_mints_the_local_operator_proof() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let allowed = ["cli.rs", "transfer.rs", "auth.rs"];
+    let minted: Vec<String> = files
+        .iter()
+        .filter(|f| !allowed.iter().any(|a| f.ends_with(a)))
+        .filter(|f| code_of(f).contains("local_operator("))
+        .map(|f| f.strip_prefix(src()).unwrap_or(f).display().to_string())
+        .collect();
+    assert!(minted.is_empty(), "AdminProof::local_operator() outside the CLI: {minted:?}");
+}

@@ -191,6 +191,7 @@ impl App {
             b.flush_all().await;
         }
         state.embed.shutdown();
+        let _ = std::fs::remove_file(state.config.data_dir.join(datadir::ADDR_FILE));
         tracing::info!("stopped");
         Ok(())
     }

@@ -70,7 +70,7 @@ pub enum Outcome {
     /// A key and its plaintext (shown once); for a rotation, until when the old key works.
     Key {
         key: ApiKey,
-        plaintext: String,
+        plaintext: crate::secret::Secret,
         old_valid_until: Option<DateTime<Utc>>,
     },
     RevokedKey(ApiKey),
@@ -79,7 +79,7 @@ pub enum Outcome {
     Created {
         tenant: Tenant,
         key: ApiKey,
-        plaintext: String,
+        plaintext: crate::secret::Secret,
     },
 }
 
@@ -280,7 +280,7 @@ fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> R
         Change::CreateTenant { id, new, key } => {
             let tenant = tenants::insert(tx, &id, &new, now)?;
             let (key, plaintext) = keys::create(tx, &tenant.id, &key, now)?;
-            Outcome::Created { tenant, key, plaintext }
+            Outcome::Created { tenant, key, plaintext: plaintext.into() }
         }
         Change::UpdateTenant { id, patch } => Outcome::Tenant(tenants::update(tx, &id, &patch, now)?),
         Change::DeleteTenant { id, replica_due } => {
@@ -292,12 +292,12 @@ fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> R
         }
         Change::CreateKey { tenant_id, new } => {
             let (key, plaintext) = keys::create(tx, &tenant_id, &new, now)?;
-            Outcome::Key { key, plaintext, old_valid_until: None }
+            Outcome::Key { key, plaintext: plaintext.into(), old_valid_until: None }
         }
         Change::RevokeKey { tenant_id, key_id } => Outcome::RevokedKey(keys::revoke(tx, &tenant_id, &key_id, now)?),
         Change::RotateKey { tenant_id, key_id, overlap } => {
             let (key, plaintext, until) = keys::rotate(tx, &tenant_id, &key_id, overlap, now)?;
-            Outcome::Key { key, plaintext, old_valid_until: Some(until) }
+            Outcome::Key { key, plaintext: plaintext.into(), old_valid_until: Some(until) }
         }
         Change::PutOverrides { tenant_id, overrides } => {
             match overrides {

@@ -31,7 +31,7 @@ impl Operator {
         let t = self.tenant(slug).await?;
         let detail = json!({"name": new.name, "scopes": new.scopes});
         match self.apply(Some(&t.id), "key.created", detail, Change::CreateKey { tenant_id: t.id.clone(), new }).await? {
-            Outcome::Key { key, plaintext, .. } => Ok(IssuedKey { key, api_key: Secret::new(plaintext) }),
+            Outcome::Key { key, plaintext, .. } => Ok(IssuedKey { key, api_key: plaintext }),
             other => Err(unexpected(other)),
         }
     }
@@ -56,9 +56,7 @@ impl Operator {
         let overlap = chrono::Duration::seconds(self.config.key_rotation_overlap_secs as i64);
         let change = Change::RotateKey { tenant_id: t.id.clone(), key_id: key_id.to_string(), overlap };
         match self.apply(Some(&t.id), "key.rotated", json!({"old_key_id": key_id}), change).await? {
-            Outcome::Key { key, plaintext, old_valid_until: Some(until) } => {
-                Ok(RotatedKey { key, api_key: Secret::new(plaintext), old_key_valid_until: until })
-            }
+            Outcome::Key { key, plaintext, old_valid_until: Some(until) } => Ok(RotatedKey { key, api_key: plaintext, old_key_valid_until: until }),
             other => Err(unexpected(other)),
         }
     }

@@ -94,33 +94,47 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
     // Check the replica before taking the tenant offline: a bad target is a 4xx and nothing changes.
     let files = replica.list().await.map_err(|e| Error::unavailable(Code::BackupUnavailable, format!("the replica cannot be listed: {e:#}"), 5))?;
     crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request(Code::RestorePointUnavailable, format!("{e:#}")))?;
-    state.registry.block_and_close(&tenant.id, Block::Restoring).await;
-    let dir = tenant_dir(&state.config.data_dir, &tenant.id);
-    let staged = dir.join("tenant.db.restoring");
-    let result = crate::backup::restore::restore_to(&replica, target, &staged).await;
-    let outcome = match result {
-        Ok(report) => {
-            let (dir2, id) = (dir.clone(), tenant.id.clone());
-            let swapped = tokio::task::spawn_blocking(move || install_restored(&dir2, &staged, &id))
-                .await
-                .map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
-            match swapped {
-                Ok(()) => Ok(report),
-                Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
-            }
-        }
-        Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
-    };
-    if outcome.is_ok() {
-        // The restored state is the new history: the next TXID is a full image.
-        backup.catch_up_tenant(&tenant.id);
-        let (id, detail) = (tenant.id.clone(), json!({"txid": outcome.as_ref().map(|r| r.txid.clone()).unwrap_or_default()}));
-        let actor = actor.to_string();
-        let now = state.plans.clock.now();
-        let _ = state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&id), "tenant.restored", &detail)?)).await;
+    if !state.registry.try_block(&tenant.id, Block::Restoring) {
+        return Err(Error::unavailable(Code::TenantRestoring, "this tenant is already being restored or deleted", 5));
     }
-    state.registry.unblock(&tenant.id);
-    outcome
+    let (state, tenant, actor) = (state.clone(), tenant.clone(), actor.to_string());
+    // The restore runs to its end even if the request that asked for it goes away (a client that
+    // disconnects, the request timeout), and the tenant is unblocked however it ends.
+    let task = tokio::spawn(async move {
+        let _unblock = Unblock(state.registry.clone(), tenant.id.clone());
+        state.registry.close_blocked(&tenant.id).await;
+        let dir = tenant_dir(&state.config.data_dir, &tenant.id);
+        let staged = dir.join("tenant.db.restoring");
+        let outcome = match crate::backup::restore::restore_to(&replica, target, &staged).await {
+            Ok(report) => {
+                let (dir2, id) = (dir.clone(), tenant.id.clone());
+                match tokio::task::spawn_blocking(move || install_restored(&dir2, &staged, &id)).await {
+                    Ok(Ok(())) => Ok(report),
+                    Ok(Err(e)) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
+                    Err(e) => Err(Error::internal(anyhow::anyhow!("installing the restored file: {e}"))),
+                }
+            }
+            Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
+        };
+        if let Ok(report) = &outcome {
+            // The restored state is the new history: the next TXID is a full image.
+            backup.catch_up_tenant(&tenant.id);
+            let (id, detail) = (tenant.id.clone(), json!({"txid": report.txid}));
+            let now = state.plans.clock.now();
+            let _ = state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&id), "tenant.restored", &detail)?)).await;
+        }
+        outcome
+    });
+    task.await?
+}
+
+/// Unblocks a tenant when dropped.
+struct Unblock(crate::tenant::TenantRegistry, String);
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        self.0.unblock(&self.1);
+    }
 }
 
 /// Puts a restored database (`staged`, in the tenant's directory) in place of the tenant's file: checks

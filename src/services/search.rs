@@ -54,9 +54,10 @@ pub async fn search(ctx: &TenantCtx, req: SearchRequest) -> Result<SearchRespons
     ctx.check_query_quota().await?;
     req.validate()?;
     let qvec = if req.mode.needs_embedding() { Some(embed_query(ctx, &req.query).await?) } else { None };
-    let _slot = ctx.state().search_cpu.admit().await?;
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
+    // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
+    let _slot = ctx.state().search_cpu.admit().await?;
     let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.search(c, &req, qvec.as_deref())?))).await?;
     ctx.state().meter.record(ctx.id(), Kind::Search, 0);
     Ok(resp)
@@ -70,9 +71,10 @@ pub async fn assemble(ctx: &TenantCtx, req: AssembleRequest) -> Result<AssembleR
     req.validate()?;
     // Without a model, assembly still works from keyword matches.
     let qvec = if ctx.state().embed.is_available() { Some(embed_query(ctx, &req.query).await?) } else { None };
-    let _slot = ctx.state().search_cpu.admit().await?;
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
+    // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
+    let _slot = ctx.state().search_cpu.admit().await?;
     let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.assemble(c, &req, qvec.as_deref())?))).await?;
     ctx.state().meter.record(ctx.id(), Kind::Assemble, resp.total_tokens as u64);
     Ok(resp)
@@ -213,7 +215,9 @@ pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<Embed
             crate::embed::DIM
         )));
     }
-    let inputs = input_texts(&req.input)?;
+    // Decoding token ids builds the cl100k_base tables on first use: off the async runtime.
+    let input = req.input;
+    let inputs = tokio::task::spawn_blocking(move || input_texts(&input)).await??;
     if inputs.len() > MAX_EMBED_INPUTS {
         return Err(Error::validation(format!("input must hold 1 to {MAX_EMBED_INPUTS} items")));
     }

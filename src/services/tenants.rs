@@ -91,7 +91,7 @@ impl Operator {
         let detail = json!({"slug": new.slug.as_str(), "tier": new.tier});
         let change = Change::CreateTenant { id: id.clone(), new, key: NewKey::default() };
         let (tenant, key, api_key) = match self.apply(Some(&id), "tenant.created", detail, change).await {
-            Ok(Outcome::Created { tenant, key, plaintext }) => (tenant, key, plaintext),
+            Ok(Outcome::Created { tenant, key, plaintext }) => (tenant, key, plaintext.expose().to_string()),
             Ok(other) => return Err(unexpected(other)),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -177,12 +177,16 @@ impl Operator {
             Outcome::Done(false) => return Err(not_found()),
             other => return Err(unexpected(other)),
         }
-        if let Some(s) = &self.live {
-            s.registry.block_and_close(&t.id, Block::Deleting).await;
-        }
-        let data_dir = self.config.data_dir.clone();
-        let id = t.id.clone();
-        tokio::task::spawn_blocking(move || remove_storage(&data_dir, &id)).await?.map_err(Error::Internal)?;
+        // The row is gone: finish even if the request that asked goes away (a client that disconnects,
+        // the request timeout while in-flight requests drain), so no data is left behind.
+        let (live, data_dir, id) = (self.live.clone(), self.config.data_dir.clone(), t.id.clone());
+        let finish = tokio::spawn(async move {
+            if let Some(s) = &live {
+                s.registry.block_and_close(&id, Block::Deleting).await;
+            }
+            tokio::task::spawn_blocking(move || remove_storage(&data_dir, &id)).await?.map_err(Error::Internal)
+        });
+        finish.await??;
         // The id is never reused (ULIDs), so the block can stay until restart; it costs a few bytes.
         Ok(())
     }

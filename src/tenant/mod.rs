@@ -160,6 +160,21 @@ impl TenantRegistry {
     /// Used by delete and restore. Call [`unblock`](Self::unblock) after a restore.
     pub async fn block_and_close(&self, tenant_id: &str, why: Block) {
         self.inner.blocked.lock().insert(tenant_id.to_string(), why);
+        self.close_blocked(tenant_id).await;
+    }
+
+    /// Blocks the tenant unless it already is (a restore or delete under way): false then.
+    pub fn try_block(&self, tenant_id: &str, why: Block) -> bool {
+        let mut blocked = self.inner.blocked.lock();
+        if blocked.contains_key(tenant_id) {
+            return false;
+        }
+        blocked.insert(tenant_id.to_string(), why);
+        true
+    }
+
+    /// Closes a blocked tenant's handle and waits for the close.
+    pub async fn close_blocked(&self, tenant_id: &str) {
         self.inner.cache.invalidate(tenant_id).await;
         self.inner.cache.run_pending_tasks().await;
         let rx = self.inner.closing.lock().get(tenant_id).cloned();

@@ -19,7 +19,7 @@ use super::{WarrenMcp, SESSION_HEADER};
 use crate::auth::{classify_host, HostKind};
 use crate::config::McpConfig;
 use crate::error::{Code, Error};
-use crate::services::Op;
+use crate::services::{Op, TenantCtx};
 use crate::state::AppState;
 
 /// Mounts `/mcp`.
@@ -113,16 +113,28 @@ pub(super) fn jsonrpc_error(id: serde_json::Value, e: &Error) -> serde_json::Val
 
 async fn door(d: Arc<Door>, state: AppState, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    if parts.method != Method::POST {
-        return guarded(d, state, parts, axum::body::Body::new(body)).await.unwrap_or_else(IntoResponse::into_response);
+    // The rebinding guard and the credentials first, from the headers alone: nothing is read from a
+    // client before it is authenticated.
+    if let Err(e) = check_origin(&state, &parts.headers, &d.cfg).await {
+        return e.into_response();
     }
-    // A POST carries one JSON-RPC message: keep it to answer a refusal in kind.
-    let bytes = match axum::body::to_bytes(axum::body::Body::new(body), state.config.max_body_bytes).await {
+    let ctx = match crate::api::extract::authenticate(&parts, &state).await {
+        Ok(ctx) => ctx,
+        Err(e) => return e.into_response(),
+    };
+    if parts.method != Method::POST {
+        return guarded(d, ctx, parts, axum::body::Body::new(body)).await.unwrap_or_else(IntoResponse::into_response);
+    }
+    // A POST carries one JSON-RPC message: keep it to answer a refusal in kind. It may hold a whole
+    // document (`add_document`), so it gets the documents route's limit.
+    let limit = state.config.max_body_bytes.max(state.config.docs.max_document_bytes.saturating_mul(2).saturating_add(64 * 1024));
+    let bytes = match axum::body::to_bytes(axum::body::Body::new(body), limit).await {
         Ok(b) => b,
-        Err(_) => return Error::too_large().into_response(),
+        Err(e) if e.to_string().contains("length limit") => return Error::too_large().into_response(),
+        Err(e) => return Error::bad_request(Code::InvalidBody, format!("the request body could not be read: {e}")).into_response(),
     };
     let id = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("id").cloned());
-    match guarded(d, state, parts, axum::body::Body::from(bytes)).await {
+    match guarded(d, ctx, parts, axum::body::Body::from(bytes)).await {
         Ok(r) => r,
         Err(e) => match id {
             Some(id) if as_jsonrpc(e.code()) => {
@@ -137,9 +149,7 @@ async fn door(d: Arc<Door>, state: AppState, req: Request) -> Response {
     }
 }
 
-async fn guarded(d: Arc<Door>, state: AppState, mut parts: axum::http::request::Parts, body: axum::body::Body) -> Result<Response, Error> {
-    check_origin(&state, &parts.headers, &d.cfg).await?;
-    let ctx = crate::api::extract::authenticate(&parts, &state).await?;
+async fn guarded(d: Arc<Door>, ctx: TenantCtx, mut parts: axum::http::request::Parts, body: axum::body::Body) -> Result<Response, Error> {
     ctx.authorize(Op::McpSession)?;
     ctx.require_feature("mcp")?;
     let tenant_id = ctx.tenant().id.clone();
