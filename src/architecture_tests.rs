@@ -166,11 +166,12 @@ fn only_the_cli_mints_the_local_operator_proof() {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
     let allowed = ["cli.rs", "transfer.rs", "auth.rs"];
+    let needle = ["local_operator", "("].concat();
     let minted: Vec<String> = files
         .iter()
         .filter(|f| !allowed.iter().any(|a| f.ends_with(a)))
-        .filter(|f| code_of(f).contains("local_operator("))
+        .filter(|f| code_of(f).contains(&needle))
         .map(|f| f.strip_prefix(src()).unwrap_or(f).display().to_string())
         .collect();
-    assert!(minted.is_empty(), "AdminProof::local_operator() outside the CLI: {minted:?}");
+    assert!(minted.is_empty(), "the local operator's proof is minted outside the CLI: {minted:?}");
 }
