@@ -302,17 +302,36 @@ pub fn chunk(counter: &TokenCounter, content: &str, title: Option<&str>) -> Vec<
         split_to_fit(counter, content, start, end, &paths[pi], prefix, out);
     };
 
+    // The last block of the pending chunk: (start, tokens, a lead-in that introduces what follows),
+    // and where the block before it ended.
+    let mut last: Option<(usize, usize, bool)> = None;
+    let mut before_last_end = 0usize;
     for b in &blocks {
         let (prefix, ptoks) = prefix_for(b.path);
         let budget = MODEL_MAX_TOKENS - SPECIAL_TOKENS - ptoks;
         let btoks = counter.count(&content[b.start..b.end]);
+        let lead_in = b.kind == BlockKind::Paragraph && is_lead_in(&content[b.start..b.end]);
         if let Some((s, e, pi, toks, only_headings)) = cur {
             let same_section = pi == b.path || only_headings;
             let fits = toks + btoks <= budget;
             if same_section && fits && (b.kind != BlockKind::Heading || only_headings) {
                 let np = if only_headings { b.path } else { pi };
                 cur = Some((s, b.end, np, toks + btoks, only_headings && b.kind == BlockKind::Heading));
+                before_last_end = e;
+                last = Some((b.start, btoks, lead_in));
                 continue;
+            }
+            // A list item or a sentence ending in ':' stays with the code block it introduces when the
+            // two fit together: the chunk ends before the lead-in, which starts the next chunk.
+            if let Some((ls, ltoks, true)) = last {
+                if same_section && b.kind == BlockKind::Code && ls > s && ltoks + btoks <= budget {
+                    let pre = prefix_for(pi);
+                    emit(&mut out, s, before_last_end, pi, &pre);
+                    cur = Some((ls, b.end, b.path, ltoks + btoks, false));
+                    before_last_end = e;
+                    last = Some((b.start, btoks, false));
+                    continue;
+                }
             }
             let pre = prefix_for(pi);
             emit(&mut out, s, e, pi, &pre);
@@ -320,8 +339,10 @@ pub fn chunk(counter: &TokenCounter, content: &str, title: Option<&str>) -> Vec<
         }
         if btoks <= budget {
             cur = Some((b.start, b.end, b.path, btoks, b.kind == BlockKind::Heading));
+            last = Some((b.start, btoks, lead_in));
         } else {
             emit(&mut out, b.start, b.end, b.path, &(prefix, ptoks));
+            last = None;
         }
     }
     if let Some((s, e, pi, _, _)) = cur {
@@ -332,6 +353,21 @@ pub fn chunk(counter: &TokenCounter, content: &str, title: Option<&str>) -> Vec<
         c.ord = i;
     }
     out
+}
+
+/// Whether a paragraph introduces what follows: its last line is a list item (`- `, `* `, `+ `,
+/// `1. `, `1) `), or it ends with a colon.
+fn is_lead_in(text: &str) -> bool {
+    let text = text.trim_end();
+    if text.ends_with(':') {
+        return true;
+    }
+    let last = text.lines().last().unwrap_or("").trim_start();
+    if ["- ", "* ", "+ "].iter().any(|m| last.starts_with(m)) {
+        return true;
+    }
+    let digits = last.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && (last[digits..].starts_with(". ") || last[digits..].starts_with(") "))
 }
 
 /// Emits `content[start..end]` as one chunk if its exact embedding text fits, else as overlapping
@@ -481,6 +517,27 @@ mod tests {
         // Hashes inside a code block are not headings.
         let c = check(&TokenCounter::Approx, "```\n# not a heading\n```\ntext", None);
         assert!(c.iter().all(|c| c.heading_path.is_empty()));
+    }
+
+    #[test]
+    fn a_lead_in_stays_with_the_code_block_it_introduces() {
+        // A section that nearly fills a chunk, then a list item introducing a code block: without the
+        // rule, the item ends one chunk and its commands start the next.
+        let filler: String = (0..190).map(|i| format!("w{} ", i % 9)).collect();
+        let code = format!("```sh\n{}```", (0..12).map(|i| format!("warren restore acme --txid {i}\n")).collect::<String>());
+        for lead in ["1. Restore a tenant from its replica", "- Restore a tenant from its replica", "To restore a tenant, run:"] {
+            let doc = format!("# Ops\n\n{filler}\n\n{lead}\n\n{code}\n\nAfter that, check it.\n");
+            let c = check(&TokenCounter::Approx, &doc, None);
+            let with_code = c.iter().find(|c| doc[c.start..c.end].contains("--txid 0")).expect("a chunk holds the code");
+            assert!(doc[with_code.start..with_code.end].contains(lead), "{lead:?} was separated from its code: {c:?}");
+            assert!(c.iter().filter(|c| doc[c.start..c.end].contains(lead)).count() == 1, "the lead-in is in one chunk only");
+        }
+        // A plain paragraph (no list item, no colon) is packed as before.
+        let doc = format!("# Ops\n\n{filler}\n\nSome closing words\n\n{code}\n");
+        let c = check(&TokenCounter::Approx, &doc, None);
+        let with_words = c.iter().find(|c| doc[c.start..c.end].contains("Some closing words")).unwrap();
+        assert!(!doc[with_words.start..with_words.end].contains("--txid 0"), "{c:?}");
+        assert!(is_lead_in("Run this:") && is_lead_in("a\n12) step") && !is_lead_in("plain words") && !is_lead_in("1.5 is a number"));
     }
 
     #[test]
