@@ -134,8 +134,16 @@ mod tests {
         assert!(l.check(&"t2".to_string(), 10, 5, 5).is_ok());
         assert!(l.check(&k, 100, 50, 1).is_ok());
         assert_eq!(l.len(), 3);
-        std::thread::sleep(Duration::from_millis(600));
-        l.prune();
+        // Buckets refill in at most 0.5 s; the limiter keeps its own monotonic clock, so poll (a loaded
+        // machine may take longer) rather than sleep a fixed time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            l.prune();
+            if l.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_eq!(l.len(), 0, "idle buckets are pruned");
     }
 }
