@@ -173,7 +173,6 @@ async fn restore(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Error> {
     let req = RestoreRequest::from_body(&body)?;
-    req.target()?;
     Ok(Json(ops(&state).restore(&proof, &slug, req).await?))
 }
 

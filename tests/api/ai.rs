@@ -518,14 +518,7 @@ async fn mcp_recommend_serves_the_trained_model_like_rest() {
     }
     let r = send(app.api(Method::POST, "/products", &t.key).json(&json!({"products": products}))).await;
     assert_eq!(r.status(), 200);
-    let mut orders = Vec::new();
-    for u in 0..12i64 {
-        let fam = if u % 2 == 0 { "a" } else { "b" };
-        for (n, k) in [(u % 4) + 1, ((u + 1) % 4) + 1].into_iter().enumerate() {
-            orders.push(json!({"id": format!("o{u}-{n}"), "customer_id": format!("c{u}"),
-                "created_at": 1_700_000_000 + u * 1000 + n as i64 * 10, "lines": [{"product_id": format!("{fam}{k}")}]}));
-        }
-    }
+    let orders = two_family_orders();
     let v = json_of(send(app.api(Method::POST, "/orders", &t.key).json(&json!({"orders": orders}))).await).await;
     assert_eq!(v["failed"], 0, "{v}");
     assert_eq!(send(app.api(Method::POST, "/recommendations/train", &t.key)).await.status(), 202);

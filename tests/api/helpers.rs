@@ -236,3 +236,17 @@ pub async fn run_python(script: &str, args: Vec<String>) -> String {
     assert!(out.status.success(), "python failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
     stdout
 }
+
+/// Orders of 12 customers, each buying two products of one family (`a1`..`a4` for even customers,
+/// `b1`..`b4` for odd ones): enough co-purchases for a trained model to tell the families apart.
+pub fn two_family_orders() -> Vec<Value> {
+    let mut orders = Vec::new();
+    for u in 0..12i64 {
+        let fam = if u % 2 == 0 { "a" } else { "b" };
+        for (n, k) in [(u % 4) + 1, ((u + 1) % 4) + 1].into_iter().enumerate() {
+            orders.push(json!({"id": format!("o{u}-{n}"), "customer_id": format!("c{u}"),
+                "created_at": 1_700_000_000 + u * 1000 + n as i64 * 10, "lines": [{"product_id": format!("{fam}{k}")}]}));
+        }
+    }
+    orders
+}

@@ -110,14 +110,7 @@ async fn read_only_key_reads_everything_and_writes_nothing() {
     }
     let (s, v) = call(&app, &t.key, &Method::POST, "/products", &Some(json!({"products": products}))).await;
     assert_eq!((s, v["failed"].as_u64()), (200, Some(0)), "{v}");
-    let mut orders = Vec::new();
-    for u in 0..12i64 {
-        let fam = if u % 2 == 0 { "a" } else { "b" };
-        for (n, k) in [(u % 4) + 1, ((u + 1) % 4) + 1].into_iter().enumerate() {
-            orders.push(json!({"id": format!("o{u}-{n}"), "customer_id": format!("c{u}"),
-                "created_at": 1_700_000_000 + u * 1000 + n as i64 * 10, "lines": [{"product_id": format!("{fam}{k}")}]}));
-        }
-    }
+    let orders = two_family_orders();
     let (s, v) = call(&app, &t.key, &Method::POST, "/orders", &Some(json!({"orders": orders}))).await;
     assert_eq!((s, v["failed"].as_u64()), (200, Some(0)), "{v}");
     let (s, v) = call(&app, &t.key, &Method::POST, "/customers", &Some(json!({"customers": [{"id": "c0", "segment": "vip"}]}))).await;

@@ -9,18 +9,8 @@ import json
 import sys
 
 import httpx2
-from mcp_common import client, fail, is_error, messages
+from mcp_common import client, fail, is_error, structured, messages
 
-
-def structured(result):
-    if is_error(result):
-        fail(f"tool error: {result}")
-    sc = getattr(result, "structured_content", None)
-    if sc is None:
-        sc = getattr(result, "structuredContent", None)
-    if sc is None:
-        sc = json.loads(result.content[0].text)
-    return sc
 
 
 async def main(base, key_a, key_b, key_free):

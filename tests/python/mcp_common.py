@@ -1,5 +1,6 @@
 """What the MCP check scripts share: failing loudly, and a client of the official MCP SDK with a key."""
 
+import json
 import sys
 
 from mcp import Client
@@ -27,3 +28,15 @@ def messages(e):
     for sub in getattr(e, "exceptions", ()) or ():
         out.extend(messages(sub))
     return out
+
+
+def structured(result, what="tool"):
+    """A tool result's structured content (or its JSON text); fails on a tool error, naming `what`."""
+    if is_error(result):
+        fail(f"{what} answered a tool error: {result.content[0].text if result.content else result}")
+    sc = getattr(result, "structured_content", None)
+    if sc is None:
+        sc = getattr(result, "structuredContent", None)
+    if sc is None:
+        sc = json.loads(result.content[0].text)
+    return sc

@@ -10,18 +10,8 @@ import asyncio
 import json
 import sys
 
-from mcp_common import client, fail, is_error
+from mcp_common import client, fail, is_error, structured
 
-
-def structured(name, result):
-    if is_error(result):
-        fail(f"{name} with the read key answered a tool error: {result.content[0].text if result.content else result}")
-    sc = getattr(result, "structured_content", None)
-    if sc is None:
-        sc = getattr(result, "structuredContent", None)
-    if sc is None:
-        sc = json.loads(result.content[0].text)
-    return sc
 
 
 def refused_code(name, result):
@@ -45,19 +35,19 @@ async def main(url, key, doc_id, doc_path):
         if tools & {"add_document", "delete_document"}:
             fail(f"write tools offered to a read-only key: {sorted(tools)}")
 
-        found = structured("search", await c.call_tool("search", {"query": "rabbits dig burrows", "limit": 5}))
+        found = structured(what="search with the read key", result=await c.call_tool("search", {"query": "rabbits dig burrows", "limit": 5}))
         if doc_path not in [r["path"] for r in found["results"]]:
             fail(f"search did not find {doc_path}: {found}")
         summary["reads"].append("search")
-        ctx = structured("assemble_context", await c.call_tool("assemble_context", {"query": "what do rabbits dig?", "max_tokens": 60}))
+        ctx = structured(what="assemble_context with the read key", result=await c.call_tool("assemble_context", {"query": "what do rabbits dig?", "max_tokens": 60}))
         if not (0 < ctx["total_tokens"] <= 60) or "warrens" not in ctx["context"]:
             fail(f"assemble_context over budget or empty: {ctx}")
         summary["reads"].append("assemble_context")
-        doc = structured("get_document", await c.call_tool("get_document", {"id": doc_id}))
+        doc = structured(what="get_document with the read key", result=await c.call_tool("get_document", {"id": doc_id}))
         if doc["path"] != doc_path:
             fail(f"get_document answered {doc}")
         summary["reads"].append("get_document")
-        page = structured("list_documents", await c.call_tool("list_documents", {}))
+        page = structured(what="list_documents with the read key", result=await c.call_tool("list_documents", {}))
         if [d["path"] for d in page["documents"]] != [doc_path]:
             fail(f"list_documents answered {page}")
         summary["reads"].append("list_documents")
@@ -67,7 +57,7 @@ async def main(url, key, doc_id, doc_path):
         summary["refused"]["add_document"] = refused_code("add_document", added)
         deleted = await c.call_tool("delete_document", {"id": doc_id})
         summary["refused"]["delete_document"] = refused_code("delete_document", deleted)
-        still = structured("get_document", await c.call_tool("get_document", {"id": doc_id}))
+        still = structured(what="get_document with the read key", result=await c.call_tool("get_document", {"id": doc_id}))
         if still["path"] != doc_path:
             fail(f"the document changed after a refused delete: {still}")
         gone = await c.call_tool("get_document", {"path": "guides/new.md"})
