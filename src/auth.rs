@@ -33,14 +33,52 @@ use crate::error::{Code, Error};
 /// How the credentials of a request were presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    ApiKey { key_id: String },
-    Jwt { subject: Option<String> },
+    ApiKey {
+        key_id: String,
+    },
+    Jwt {
+        subject: Option<String>,
+    },
+    /// A signed webhook delivery (`source`: `woocommerce`).
+    Webhook {
+        source: &'static str,
+    },
 }
 
 /// Proof that host and credentials of a request agree on one active tenant. Only [`Authenticator::prove`] makes one.
 #[derive(Debug)]
 pub struct RequestProof {
     _private: (),
+}
+
+/// Proof that a webhook delivery was signed with the secret of the tenant its host names. Only
+/// [`verify_woocommerce`] makes one.
+#[derive(Debug)]
+pub struct WebhookProof {
+    _private: (),
+}
+
+/// Checks WooCommerce's `X-WC-Webhook-Signature`: base64 of the HMAC-SHA256 of the raw body, keyed
+/// with the tenant's webhook secret, compared in constant time.
+pub fn verify_woocommerce(secret: &str, body: &[u8], signature: Option<&str>) -> Result<WebhookProof, Error> {
+    use base64::Engine;
+    use hmac::Mac;
+    let refuse = |m: &str| Error::unauthenticated(Code::WebhookSignatureInvalid, m.to_string());
+    let sig = signature.ok_or_else(|| refuse("X-WC-Webhook-Signature is missing"))?;
+    let given = base64::engine::general_purpose::STANDARD.decode(sig.trim()).map_err(|_| refuse("X-WC-Webhook-Signature is not base64"))?;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| refuse("unusable webhook secret"))?;
+    mac.update(body);
+    mac.verify_slice(&given).map_err(|_| refuse("X-WC-Webhook-Signature does not match the tenant's webhook secret"))?;
+    Ok(WebhookProof { _private: () })
+}
+
+/// 403 unless the tenant is active or in its trial.
+pub fn ensure_active(tenant: &Tenant) -> Result<(), Error> {
+    match tenant.status {
+        Status::Suspended => Err(Error::forbidden(Code::TenantSuspended, "this tenant is suspended")),
+        Status::Cancelled => Err(Error::forbidden(Code::TenantCancelled, "this tenant is cancelled")),
+        Status::Trial | Status::Active => Ok(()),
+    }
 }
 
 /// Proof of the operator: the admin token was presented, or the local operator runs the CLI on the data dir.
@@ -146,12 +184,14 @@ impl Authenticator {
                 return Err(Error::forbidden(Code::TenantMismatch, "these credentials belong to another tenant than this host"));
             }
         }
-        match tenant.status {
-            Status::Suspended => return Err(Error::forbidden(Code::TenantSuspended, "this tenant is suspended")),
-            Status::Cancelled => return Err(Error::forbidden(Code::TenantCancelled, "this tenant is cancelled")),
-            Status::Trial | Status::Active => {}
-        }
+        ensure_active(&tenant)?;
         Ok(Proven { tenant, scopes, credential, proof: RequestProof { _private: () } })
+    }
+
+    /// The tenant a request's host names (subdomain, custom domain, or `X-Tenant-Domain` from a
+    /// trusted proxy), for doors that authenticate otherwise (webhooks).
+    pub async fn tenant_of_host(&self, req: &RequestIdentity<'_>, config: &Config) -> Result<Option<Arc<Tenant>>, Error> {
+        self.host_tenant(req.headers, req.uri_host, req.peer, config).await
     }
 
     /// The tenant a host names, if any (for the MCP door's DNS-rebinding guard and Caddy's `ask`).

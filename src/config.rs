@@ -203,6 +203,8 @@ pub struct RecsConfig {
     pub max_body_bytes: usize,
     /// Largest `limit` of a recommendation request.
     pub max_limit: usize,
+    /// Days a WooCommerce webhook delivery id is remembered, so a redelivery changes nothing.
+    pub webhook_dedup_days: u32,
 }
 
 impl Default for RecsConfig {
@@ -225,6 +227,7 @@ impl Default for RecsConfig {
             max_batch: 1000,
             max_body_bytes: 16 * 1024 * 1024,
             max_limit: 100,
+            webhook_dedup_days: 30,
         }
     }
 }

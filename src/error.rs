@@ -81,6 +81,7 @@ codes! {
     HeaderTooLarge = ("header_too_large", 431, "Request headers are over the configured limit."),
     RateLimited = ("rate_limited", 429, "The tenant's (or key's) rate limit is used up; retry after Retry-After."),
     QuotaExceeded = ("quota_exceeded", 429, "A hard monthly quota is used up; details: limit, used, resets_at, upgrade_url."),
+    WebhookSignatureInvalid = ("webhook_signature_invalid", 401, "A WooCommerce delivery's X-WC-Webhook-Signature is missing or does not match the tenant's webhook secret; nothing was applied."),
     InvalidSignature = ("invalid_signature", 400, "A webhook's signature is missing, wrong or outside the tolerance window."),
     RestorePointUnavailable = ("restore_point_unavailable", 400, "No backup exists at or before the requested TXID or time."),
     RestoreFailed = ("restore_failed", 400, "A replica object is corrupt or truncated (named in the message); nothing was changed."),

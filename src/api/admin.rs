@@ -17,6 +17,7 @@ use crate::control::{NewKey, Slug, Tenant};
 use crate::error::{Code, Error};
 use crate::services::restore::RestoreRequest;
 use crate::services::tenants::CreateTenant;
+use crate::services::webhooks::{WooSettingsAnswer, WooSettingsRequest};
 use crate::services::{Actor, Operator};
 use crate::state::AppState;
 
@@ -37,6 +38,7 @@ use crate::state::AppState;
     get_overrides,
     put_overrides,
     put_key_limit,
+    put_woocommerce,
     usage_export
 ))]
 pub struct AdminApi;
@@ -53,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/backup", get(backup_status))
         .route("/tenants/{slug}/restore", post(restore))
         .route("/tenants/{slug}/overrides", get(get_overrides).put(put_overrides))
+        .route("/tenants/{slug}/integrations/woocommerce", axum::routing::put(put_woocommerce))
         .route("/tenants/{slug}/keys/{key_id}/rate_limit", axum::routing::put(put_key_limit))
         .route("/usage", get(usage_export))
 }
@@ -201,6 +204,20 @@ pub(crate) async fn tls_ask(State(state): State<AppState>, ApiQuery(q): ApiQuery
 async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     let o: Option<crate::plans::Overrides> = ops(&state).overrides(&slug).await?;
     Ok(Json(json!({"overrides": o})))
+}
+
+/// Sets the tenant's WooCommerce webhook secret (the one entered in WooCommerce's webhook settings).
+/// The answer names the delivery URL to enter there; the secret is never echoed or audited.
+#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/integrations/woocommerce", tag = "admin", security(("admin_token" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")), request_body = WooSettingsRequest,
+    responses((status = 200, description = "The integration is set", body = WooSettingsAnswer)))]
+async fn put_woocommerce(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(req): ApiJson<WooSettingsRequest>,
+) -> Result<Json<WooSettingsAnswer>, Error> {
+    Ok(Json(ops(&state).set_woocommerce(&slug, req).await?))
 }
 
 /// Sets a tenant's own limits and feature switches (`null` removes them). Applies on the next request.

@@ -2,7 +2,6 @@
 //! ([`crate::services`]), and shape JSON; they never touch SQLite, Tantivy or control-plane SQL.
 
 pub mod admin;
-pub mod billing;
 pub mod context;
 pub mod error;
 pub mod extract;
@@ -11,6 +10,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod recs;
 pub mod tenant;
+pub mod webhooks;
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
@@ -68,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tls/ask", get(admin::tls_ask))
         .nest("/admin/v1", admin::routes())
         .nest("/api/v1", api)
-        .merge(billing::routes())
+        .merge(webhooks::routes(&state.config))
         .merge(openapi::routes())
         .merge(mcp::routes(&state))
         .fallback(not_found)

@@ -23,6 +23,7 @@ pub const MODULES: &[fn() -> utoipa::openapi::OpenApi] = &[
     super::context::ContextApi::openapi,
     super::admin::AdminApi::openapi,
     super::recs::RecsApi::openapi,
+    super::webhooks::WebhooksApi::openapi,
 ];
 
 /// Health and readiness (no credentials).

@@ -29,6 +29,7 @@ use crate::state::AppState;
         similar,
         woo_products,
         woo_orders,
+        woo_totals,
         customers,
         orders,
         events,
@@ -38,7 +39,17 @@ use crate::state::AppState;
         trending,
         cart
     ),
-    components(schemas(store::ItemResult, store::Product, Rec, domain::Reason, BatchResponse, BatchAnswer, RecsResponse))
+    components(schemas(
+        recs::TotalsRequest,
+        recs::SyncProgress,
+        store::ItemResult,
+        store::Product,
+        Rec,
+        domain::Reason,
+        BatchResponse,
+        BatchAnswer,
+        RecsResponse
+    ))
 )]
 pub struct RecsApi;
 
@@ -84,6 +95,7 @@ pub fn routes(config: &Config) -> Router<AppState> {
         .route("/products/{id}/similar", get(similar))
         .route("/integrations/woocommerce/products", post(woo_products).layer(body))
         .route("/integrations/woocommerce/orders", post(woo_orders).layer(body))
+        .route("/integrations/woocommerce/totals", axum::routing::put(woo_totals))
         .route("/customers", post(customers).layer(body))
         .route("/orders", post(orders).layer(body))
         .route("/events", post(events).layer(body))
@@ -153,6 +165,14 @@ async fn orders(ctx: Authorized<op::OrdersInsert>, ApiJson(body): ApiJson<Value>
     responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn woo_orders(ctx: Authorized<op::OrdersInsert>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     Ok(answer(recs::woo_orders(&ctx, body).await?))
+}
+
+/// Records the store's own totals (products, orders, customers), so sync progress reads "45/100 products".
+/// Answers the progress; `GET /recommendations/status` shows it too, under `sync`.
+#[utoipa::path(put, path = "/api/v1/integrations/woocommerce/totals", tag = "commerce", request_body = recs::TotalsRequest,
+    responses((status = 200, description = "Per kind: synced, total, percent", body = recs::SyncProgress)))]
+async fn woo_totals(ctx: Authorized<op::SyncTotals>, ApiJson(req): ApiJson<recs::TotalsRequest>) -> Result<Json<recs::SyncProgress>, Error> {
+    Ok(Json(recs::set_totals(&ctx, req).await?))
 }
 
 /// Adds behaviour events (views, carts, purchases, ...).

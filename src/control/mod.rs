@@ -105,6 +105,15 @@ CREATE TABLE replica_deletions (
     due_at TEXT NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE integrations (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, kind)
+);
+"#,
 ];
 
 pub use crate::clock::{parse_ts, ts};

@@ -61,6 +61,12 @@ pub enum Change {
     ReplicaDeleted {
         tenant_id: String,
     },
+    /// A tenant's settings for an integration (`kind`, e.g. `woocommerce`) as JSON.
+    SetIntegration {
+        tenant_id: String,
+        kind: &'static str,
+        config: String,
+    },
 }
 
 /// What a change produced.
@@ -131,6 +137,8 @@ pub trait ControlStore: Send + Sync {
     fn audit_events(&self, tenant_id: Option<String>, limit: u32) -> Fut<'_, Vec<AuditEvent>>;
     fn overrides_json(&self, tenant_id: &str) -> Fut<'_, Option<String>>;
     fn due_replica_deletions(&self, now: DateTime<Utc>) -> Fut<'_, Vec<String>>;
+    /// A tenant's settings for an integration, as JSON.
+    fn integration(&self, tenant_id: &str, kind: &'static str) -> Fut<'_, Option<String>>;
     /// Applies `change` and writes `audit` in one transaction: both or neither.
     fn apply(&self, change: Change, audit: AuditRecord) -> Fut<'_, Outcome>;
     /// Applies a Stripe event once: a replayed event id changes nothing. Answers the outcome JSON.
@@ -185,6 +193,15 @@ impl ControlStore for ControlPlane {
 
     fn due_replica_deletions(&self, now: DateTime<Utc>) -> Fut<'_, Vec<String>> {
         Box::pin(self.run(move |c| Ok(super::due_replica_deletions(c, now)?)))
+    }
+
+    fn integration(&self, tenant_id: &str, kind: &'static str) -> Fut<'_, Option<String>> {
+        let id = tenant_id.to_string();
+        Box::pin(self.run(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row("SELECT config FROM integrations WHERE tenant_id = ?1 AND kind = ?2", rusqlite::params![id, kind], |r| r.get(0))
+                .optional()?)
+        }))
     }
 
     fn stripe_event(&self, event: StripeEvent, at: DateTime<Utc>) -> Fut<'_, Value> {
@@ -334,6 +351,14 @@ fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> R
         }
         Change::ReplicaDeleted { tenant_id } => {
             super::replica_deleted(tx, &tenant_id)?;
+            Outcome::Done(true)
+        }
+        Change::SetIntegration { tenant_id, kind, config } => {
+            tx.execute(
+                "INSERT INTO integrations (tenant_id, kind, config, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(tenant_id, kind) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+                rusqlite::params![tenant_id, kind, config, super::ts(now)],
+            )?;
             Outcome::Done(true)
         }
     })

@@ -339,6 +339,20 @@ pub fn woo_product(v: &Value) -> R<Value> {
     Ok(Value::Object(out))
 }
 
+/// A WooCommerce customer as our customer JSON. Only the id and a few non-personal attributes are
+/// kept (role, paying customer, creation date): names, emails and addresses never reach warren's storage.
+pub fn woo_customer(v: &Value) -> R<Value> {
+    let o = object(v)?;
+    let mut out = Map::new();
+    out.insert("id".into(), o.get("id").cloned().unwrap_or(Value::Null));
+    for k in ["role", "is_paying_customer", "date_created_gmt"] {
+        if let Some(x) = o.get(k).filter(|x| !x.is_null()) {
+            out.insert(k.into(), x.clone());
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 /// A WooCommerce order as our order JSON. Guest orders (`customer_id` 0) get the customer
 /// `guest:<order id>`: they still teach "bought together", without storing the billing address.
 pub fn woo_order(v: &Value) -> R<Value> {

@@ -175,6 +175,73 @@ pub fn delete_product(c: &mut Connection, id: &str) -> Result<bool, Error> {
     Ok(n > 0)
 }
 
+/// Deletes a customer (their orders stay, as a guest's would).
+pub fn delete_customer(c: &mut Connection, id: &str) -> Result<bool, Error> {
+    Ok(c.execute("DELETE FROM customers WHERE id = ?1", [id])? > 0)
+}
+
+/// Marks an order deleted in the store: it no longer counts as a purchase. A later update with a newer
+/// `modified_at` (WooCommerce's `order.restored`) brings it back.
+pub fn retract_order(c: &mut Connection, id: &str) -> Result<bool, Error> {
+    let tx = c.transaction()?;
+    let n = tx.execute("UPDATE orders SET status = 'deleted' WHERE id = ?1 AND status <> 'deleted'", [id])?;
+    if n > 0 {
+        bump(&tx)?;
+    }
+    tx.commit()?;
+    Ok(n > 0)
+}
+
+/// Whether a webhook delivery was applied before.
+pub fn delivery_seen(c: &Connection, delivery_id: &str) -> Result<bool, Error> {
+    Ok(c.prepare_cached("SELECT 1 FROM webhook_deliveries WHERE delivery_id = ?1")?.exists([delivery_id])?)
+}
+
+/// Records an applied delivery, and forgets those received before `prune_before` (unix seconds).
+pub fn record_delivery(c: &mut Connection, delivery_id: &str, topic: &str, at: i64, prune_before: i64) -> Result<(), Error> {
+    let tx = c.transaction()?;
+    tx.execute("INSERT OR IGNORE INTO webhook_deliveries(delivery_id, topic, received_at) VALUES (?1, ?2, ?3)", params![delivery_id, topic, at])?;
+    tx.execute("DELETE FROM webhook_deliveries WHERE received_at < ?1", [prune_before])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The kinds a sync-totals call may state.
+pub const TOTAL_KINDS: [&str; 3] = ["products", "orders", "customers"];
+
+/// Stores the store's own totals (from a sync-totals call); `None` leaves a total as it was.
+pub fn set_totals(c: &mut Connection, totals: &[(&str, Option<u64>)]) -> Result<(), Error> {
+    let tx = c.transaction()?;
+    for (kind, n) in totals {
+        if let Some(n) = n {
+            tx.execute(
+                "INSERT INTO rec_state(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![format!("total:{kind}"), *n as i64],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Sync progress: per kind, how many are stored and the total the store stated (if it did).
+pub fn sync_progress(c: &Connection) -> Result<Value, Error> {
+    let mut out = serde_json::Map::new();
+    for kind in TOTAL_KINDS {
+        let synced: i64 = c.query_row(&format!("SELECT COUNT(*) FROM {kind}"), [], |r| r.get(0))?;
+        let total: Option<i64> = c.query_row("SELECT value FROM rec_state WHERE key = ?1", [format!("total:{kind}")], |r| r.get(0)).optional()?;
+        let percent = total.map(|t| if t <= 0 { 100.0 } else { ((synced as f64 / t as f64) * 1000.0).round() / 10.0 });
+        out.insert(kind.into(), serde_json::json!({"synced": synced, "total": total, "percent": percent}));
+    }
+    Ok(Value::Object(out))
+}
+
+/// How many products the tenant stores.
+pub fn product_count(c: &Connection) -> Result<u64, Error> {
+    let n: i64 = c.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
 pub fn upsert_customers(c: &mut Connection, items: Vec<(usize, String, Value)>) -> Result<Vec<ItemResult>, Error> {
     let tx = c.transaction()?;
     let mut out = Vec::new();

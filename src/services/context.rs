@@ -57,6 +57,22 @@ impl TenantCtx {
         Ok(TenantCtx { tenant: proven.tenant, scopes: proven.scopes, credential: proven.credential, state: state.clone(), entitlements, rate, cap })
     }
 
+    /// A tenant proven by a webhook delivery signed with its secret: it may write commerce data
+    /// (each operation still checks its scope, cost and the plan's features).
+    pub fn for_webhook(state: &AppState, tenant: Arc<Tenant>, proof: &crate::auth::WebhookProof, source: &'static str) -> TenantCtx {
+        let entitlements = state.plans.entitlements(&tenant);
+        let cap = state.registry.cap_for_webhook(proof, &tenant.id);
+        TenantCtx {
+            tenant,
+            scopes: vec![Scope::Write],
+            credential: Credential::Webhook { source },
+            state: state.clone(),
+            entitlements,
+            rate: None,
+            cap,
+        }
+    }
+
     pub fn tenant(&self) -> &Tenant {
         &self.tenant
     }

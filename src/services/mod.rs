@@ -13,6 +13,7 @@
 //! | search, assemble, embeddings (bounded CPU queue: [`crate::cpu`]) | [`search`] | a [`TenantCtx`] |
 //! | recommendations and commerce data | [`recs`] | a [`TenantCtx`] |
 //! | usage, audit log, usage export | [`usage`] | either |
+//! | WooCommerce webhooks (signed deliveries), integration settings | [`webhooks`] | the app state, or an [`Operator`] |
 //! | Stripe webhooks, trials | [`billing`] | the app state |
 //! | backup status and restore | [`restore`] | either, plus an admin proof |
 //! | documents with no server running (`warren import`/`export`) | [`offline`] | an [`Operator`] and an admin proof |
@@ -30,6 +31,7 @@ pub mod restore;
 pub mod search;
 pub mod tenants;
 pub mod usage;
+pub mod webhooks;
 
 pub use audit::{Actor, Operator};
 pub use context::{RateSlot, TenantCtx, TierSlot};

@@ -80,16 +80,18 @@ operations! {
     Embeddings: Read, embeddings;
     /// `GET /models` (OpenAI's model list)
     ModelsList: Read, read;
-    /// `POST /products`, `/integrations/woocommerce/products` (plus `bulk_document` per item beyond the first)
+    /// `POST /products`, `/integrations/woocommerce/products`, webhook `product.*` (plus `bulk_document` per item beyond the first)
     ProductsUpsert: Write, write;
     /// `GET /products/{id}`
     ProductGet: Read, read;
-    /// `DELETE /products/{id}`
+    /// `DELETE /products/{id}`, webhook `product.deleted`
     ProductDelete: Write, write;
-    /// `POST /customers`
+    /// `POST /customers`, webhook `customer.*`
     CustomersUpsert: Write, write;
-    /// `POST /orders`, `/integrations/woocommerce/orders`
+    /// `POST /orders`, `/integrations/woocommerce/orders`, webhook `order.*`
     OrdersInsert: Write, write;
+    /// `PUT /integrations/woocommerce/totals` (the store's own totals, for sync progress)
+    SyncTotals: Write, write;
     /// `POST /events`
     EventsInsert: Write, write;
     /// `POST /recommendations/train`
@@ -119,6 +121,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 25);
+        assert_eq!(Op::ALL.len(), 26);
     }
 }

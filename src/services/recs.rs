@@ -182,6 +182,71 @@ pub async fn delete_product(ctx: &TenantCtx, id: String) -> Result<(), Error> {
     Ok(())
 }
 
+/// Deletes a customer (WooCommerce `customer.deleted`); their orders stay. Whether one was deleted.
+pub async fn delete_customer(ctx: &TenantCtx, id: String) -> Result<bool, Error> {
+    ctx.authorize(Op::CustomersUpsert)?;
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    Ok(lease.blocking(move |h| h.with_writer(|c| store::delete_customer(c, &id))).await?)
+}
+
+/// Retracts an order (WooCommerce `order.deleted`): it no longer counts as a purchase. Whether it changed.
+pub async fn retract_order(ctx: &TenantCtx, id: String) -> Result<bool, Error> {
+    ctx.authorize(Op::OrdersInsert)?;
+    ctx.require_feature(FEATURE)?;
+    let lease = ctx.storage().await?;
+    let done = lease.blocking(move |h| h.with_writer(|c| store::retract_order(c, &id))).await?;
+    if done {
+        changed(ctx, &lease).await?;
+    }
+    Ok(done)
+}
+
+/// `PUT /integrations/woocommerce/totals` body: the store's own totals (each optional).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotalsRequest {
+    pub products: Option<u64>,
+    pub orders: Option<u64>,
+    pub customers: Option<u64>,
+}
+
+/// Per kind: how many are stored and the store's total, for onboarding progress ("45/100 products").
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SyncProgress {
+    #[schema(value_type = Object)]
+    pub products: Value,
+    #[schema(value_type = Object)]
+    pub orders: Value,
+    #[schema(value_type = Object)]
+    pub customers: Value,
+}
+
+fn progress(v: Value) -> SyncProgress {
+    SyncProgress { products: v["products"].clone(), orders: v["orders"].clone(), customers: v["customers"].clone() }
+}
+
+/// Records the store's totals (a sync-totals call) and answers the sync progress.
+pub async fn set_totals(ctx: &TenantCtx, req: TotalsRequest) -> Result<SyncProgress, Error> {
+    ctx.authorize(Op::SyncTotals)?;
+    ctx.require_feature(FEATURE)?;
+    let max = 100_000_000;
+    if [req.products, req.orders, req.customers].iter().flatten().any(|n| *n > max) {
+        return Err(Error::validation(format!("a total must be at most {max}")));
+    }
+    let totals = [("products", req.products), ("orders", req.orders), ("customers", req.customers)];
+    let lease = ctx.storage().await?;
+    let v = lease
+        .blocking(move |h| {
+            h.with_writer(|c| {
+                store::set_totals(c, &totals)?;
+                store::sync_progress(c)
+            })
+        })
+        .await?;
+    Ok(progress(v))
+}
+
 /// Adds or updates customers.
 pub async fn customers(ctx: &TenantCtx, body: Value) -> Result<Answer, Error> {
     let (items, single) = batch(ctx, Op::CustomersUpsert, body, "customers")?;
@@ -240,9 +305,11 @@ pub async fn status(ctx: &TenantCtx) -> Result<Value, Error> {
     ctx.require_feature(FEATURE)?;
     let lease = ctx.storage().await?;
     let recs = Recs::of(&trainer(ctx), &lease).await?;
-    let (counts, unknown) = lease.blocking(|h| h.with_reader(|c| Ok((store::counts(c)?, store::unknown_products(c, 20)?)))).await?;
+    let (counts, unknown, sync) =
+        lease.blocking(|h| h.with_reader(|c| Ok((store::counts(c)?, store::unknown_products(c, 20)?, store::sync_progress(c)?)))).await?;
     let mut v = recs.status();
     v["data"] = counts;
+    v["sync"] = sync;
     v["unknown_products"] = json!(unknown);
     Ok(v)
 }

@@ -54,7 +54,9 @@ pub async fn month(ctx: &TenantCtx) -> Result<Value, Error> {
     usage.insert("tokens_returned".into(), json!(month.tokens_returned()));
     usage.insert("documents".into(), json!(stored.documents));
     usage.insert("storage_bytes".into(), json!(stored.storage_bytes));
-    usage.insert("products".into(), json!(0));
+    let lease = ctx.storage().await?;
+    let products = lease.blocking(|h| h.with_reader(crate::recs::store::product_count)).await?;
+    usage.insert("products".into(), json!(products));
     let bill = crate::billing::bill(ent, &month);
     Ok(json!({
         "period": period,
@@ -65,6 +67,7 @@ pub async fn month(ctx: &TenantCtx) -> Result<Value, Error> {
             "queries": percent(month.queries(), ent.queries_limit()),
             "documents": percent(stored.documents, ent.documents_limit()),
             "storage_bytes": percent(stored.storage_bytes, ent.storage_limit()),
+            "products": percent(products, ent.products_limit()),
         },
         "overage": {"queries": bill.overage_queries, "amount_usd": bill.overage_usd},
         "resets_at": resets_at,

@@ -2,14 +2,15 @@
 //!
 //! A [`TenantCap`] names one tenant and leases its handle. It can only be made from a proof that the
 //! tenant was established: a [`RequestProof`] (the request extractor checked host and credentials), an
-//! [`AdminProof`] (the admin token, or the local operator's CLI), or a [`WorkerProof`] (a background
+//! [`AdminProof`] (the admin token, or the local operator's CLI), a [`WebhookProof`] (a delivery signed
+//! with the tenant's webhook secret), or a [`WorkerProof`] (a background
 //! worker acting for a tenant it was handed by one of the first two). Those proofs have private
 //! constructors in `crate::auth` and here, so "proof of tenant" is a type, not a convention.
 
 use std::sync::Arc;
 
 use super::{Lease, TenantRegistry};
-use crate::auth::{AdminProof, RequestProof};
+use crate::auth::{AdminProof, RequestProof, WebhookProof};
 use crate::error::Error;
 
 /// What a background worker shows: which worker it is, for logs.
@@ -31,6 +32,7 @@ impl WorkerProof {
 pub enum Origin {
     Request,
     Admin,
+    Webhook,
     Worker(&'static str),
 }
 
@@ -77,6 +79,11 @@ impl TenantRegistry {
     /// A capability for a tenant the admin door named.
     pub fn cap_for_admin(&self, _proof: &AdminProof, tenant_id: &str) -> TenantCap {
         self.cap(tenant_id, Origin::Admin)
+    }
+
+    /// A capability for a tenant whose webhook secret signed a delivery.
+    pub fn cap_for_webhook(&self, _proof: &WebhookProof, tenant_id: &str) -> TenantCap {
+        self.cap(tenant_id, Origin::Webhook)
     }
 
     /// A capability for a background worker.

@@ -127,5 +127,16 @@ ALTER TABLE orders ADD COLUMN status TEXT NOT NULL DEFAULT 'completed';
 ALTER TABLE orders ADD COLUMN modified_at INTEGER;
 ";
 
+/// v5: WooCommerce webhook deliveries already applied (a redelivery changes nothing), pruned after
+/// `recs.webhook_dedup_days`; the store's own totals from a sync-totals call live in `rec_state`.
+pub const WEBHOOKS: &str = "
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    topic       TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhook_deliveries_at ON webhook_deliveries(received_at);
+";
+
 /// Every migration, in order.
-pub const MIGRATIONS: &[&str] = &[META, DOCUMENTS, COMMERCE, ORDER_STATUS];
+pub const MIGRATIONS: &[&str] = &[META, DOCUMENTS, COMMERCE, ORDER_STATUS, WEBHOOKS];

@@ -10,3 +10,4 @@ mod plans;
 mod platform;
 mod recs;
 mod scopes;
+mod woocommerce;

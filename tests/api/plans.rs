@@ -413,7 +413,7 @@ async fn stripe_webhooks_apply_once_and_only_when_signed() {
         "customer.subscription.created",
         json!({"id": "sub_1", "customer": "cus_42", "status": "active", "metadata": {"tenant_id": t.id}, "items": {"data": [{"price": {"id": "price_starter_monthly"}}]}}),
     );
-    let r = send(post(created.clone(), warren::api::billing::sign(created.as_bytes(), SECRET, now()))).await;
+    let r = send(post(created.clone(), warren::api::webhooks::sign(created.as_bytes(), SECRET, now()))).await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let tt = tier().await;
     assert_eq!((tt["tier"].as_str(), tt["stripe_customer_id"].as_str()), (Some("starter"), Some("cus_42")));
@@ -421,32 +421,32 @@ async fn stripe_webhooks_apply_once_and_only_when_signed() {
     // Bad signature, tampered body, stale timestamp: 400, nothing applied.
     let upgrade =
         stripe_event("evt_2", "customer.subscription.updated", json!({"customer": "cus_42", "status": "active", "metadata": {"tier": "pro"}}));
-    let r = send(post(upgrade.clone(), warren::api::billing::sign(upgrade.as_bytes(), "whsec_wrong", now()))).await;
+    let r = send(post(upgrade.clone(), warren::api::webhooks::sign(upgrade.as_bytes(), "whsec_wrong", now()))).await;
     expect_error(r, 400, "invalid_signature").await;
-    let r = send(post(upgrade.replace("pro", "enterprise"), warren::api::billing::sign(upgrade.as_bytes(), SECRET, now()))).await;
+    let r = send(post(upgrade.replace("pro", "enterprise"), warren::api::webhooks::sign(upgrade.as_bytes(), SECRET, now()))).await;
     expect_error(r, 400, "invalid_signature").await;
-    let r = send(post(upgrade.clone(), warren::api::billing::sign(upgrade.as_bytes(), SECRET, now() - 600))).await;
+    let r = send(post(upgrade.clone(), warren::api::webhooks::sign(upgrade.as_bytes(), SECRET, now() - 600))).await;
     expect_error(r, 400, "invalid_signature").await;
     expect_error(send(app.req(Method::POST, "/webhooks/stripe").body(upgrade.clone())).await, 400, "invalid_signature").await;
     assert_eq!(tier().await["tier"], "starter");
     // Several v1 signatures: one matching is enough. Found by the stored customer id.
-    let good = warren::api::billing::sign(upgrade.as_bytes(), SECRET, now());
+    let good = warren::api::webhooks::sign(upgrade.as_bytes(), SECRET, now());
     let several = format!("{},v1={}", good, "ab".repeat(32));
     assert_eq!(send(post(upgrade.clone(), several)).await.status(), 200);
     assert_eq!(tier().await["tier"], "pro");
 
     // A replay changes nothing, even after the tier moved on.
     send(app.admin(Method::PATCH, "/tenants/acme").json(&json!({"tier": "enterprise"}))).await;
-    let r = json_of(send(post(created.clone(), warren::api::billing::sign(created.as_bytes(), SECRET, now()))).await).await;
+    let r = json_of(send(post(created.clone(), warren::api::webhooks::sign(created.as_bytes(), SECRET, now()))).await).await;
     assert_eq!(r["duplicate"], true, "{r}");
     assert_eq!(tier().await["tier"], "enterprise");
 
     let failed = stripe_event("evt_3", "invoice.payment_failed", json!({"customer": "cus_42"}));
-    assert_eq!(send(post(failed.clone(), warren::api::billing::sign(failed.as_bytes(), SECRET, now()))).await.status(), 200);
+    assert_eq!(send(post(failed.clone(), warren::api::webhooks::sign(failed.as_bytes(), SECRET, now()))).await.status(), 200);
     assert_eq!(tier().await["status"], "suspended");
     expect_error(send(app.api(Method::GET, "/tenant", &t.key)).await, 403, "tenant_suspended").await;
     let deleted = stripe_event("evt_4", "customer.subscription.deleted", json!({"customer": "cus_42", "status": "canceled"}));
-    assert_eq!(send(post(deleted.clone(), warren::api::billing::sign(deleted.as_bytes(), SECRET, now()))).await.status(), 200);
+    assert_eq!(send(post(deleted.clone(), warren::api::webhooks::sign(deleted.as_bytes(), SECRET, now()))).await.status(), 200);
     assert_eq!(tier().await["tier"], "free");
     let events = json_of(send(app.admin(Method::GET, "/tenants/acme/audit")).await).await;
     let stripe_events = events["events"].as_array().unwrap().iter().filter(|e| e["actor"] == "stripe").count();
