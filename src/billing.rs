@@ -31,11 +31,12 @@ pub fn bill(ent: &Entitlements, usage: &crate::metering::MonthUsage) -> Bill {
 }
 
 /// One tenant's line of a monthly usage export (admin API, CSV, CLI).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     pub period: String,
     pub tenant_id: String,
     pub slug: String,
+    #[schema(value_type = String)]
     pub tier: Tier,
     pub stripe_customer_id: Option<String>,
     pub api_calls: u64,

@@ -291,11 +291,22 @@ fn scifact() -> anyhow::Result<()> {
                 grid.push(HybridOptions { method: Some(FusionMethod::Weighted), alpha: Some(a), normalization: Some(norm), ..Default::default() });
             }
         }
+        for half in [2.0, 5.0, 10.0, 20.0] {
+            for a in [0.3, 0.4, 0.5, 0.6, 0.7] {
+                grid.push(HybridOptions {
+                    method: Some(FusionMethod::Weighted),
+                    alpha: Some(a),
+                    normalization: Some(Normalization::Absolute),
+                    keyword_half: Some(half),
+                    ..Default::default()
+                });
+            }
+        }
         let mut rows = Vec::new();
         for h in grid {
             let (runs, _) = run_queries(&ts, &conn, &queries, &qvecs, SearchMode::Hybrid, Some(h.clone()))?;
             let nd = ndcg10(&runs, &qrels);
-            eprintln!("sweep {:?} k={:?} alpha={:?} norm={:?}: {nd:.4}", h.method, h.k, h.alpha, h.normalization);
+            eprintln!("sweep {:?} k={:?} alpha={:?} norm={:?} keyword_half={:?}: {nd:.4}", h.method, h.k, h.alpha, h.normalization, h.keyword_half);
             rows.push(serde_json::json!({"hybrid": h, "ndcg10": nd}));
         }
         summary.insert("sweep".into(), Value::Array(rows));

@@ -35,6 +35,9 @@ use crate::state::AppState;
     rotate_key,
     audit_log,
     reindex,
+    backup_status,
+    restore,
+    tls_ask,
     get_overrides,
     put_overrides,
     put_key_limit,
@@ -64,8 +67,8 @@ fn ops(state: &AppState) -> Operator {
     Operator::live(state, Actor::Admin)
 }
 
-#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), request_body(content = Object, description = "{slug, name, email, tier?, status?, trial_days?}"),
-    responses((status = 201, description = "{tenant, api_key, key, quickstart}", body = Object)))]
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), request_body = CreateTenant,
+    responses((status = 201, description = "The tenant, its first key (shown once) and a quickstart", body = crate::services::tenants::Created)))]
 async fn create_tenant(_: AdminCtx, State(state): State<AppState>, ApiJson(req): ApiJson<CreateTenant>) -> Result<Response, Error> {
     let created = ops(&state).create_tenant(req).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -79,7 +82,7 @@ struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), params(("q" = Option<String>, Query, description = "Matches slug, name or email"), ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, description = "{tenants, next_cursor, total}", body = Object)))]
+    responses((status = 200, description = "One page of tenants", body = crate::services::tenants::TenantPage)))]
 async fn list_tenants(_: AdminCtx, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, Error> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -90,7 +93,7 @@ async fn list_tenants(_: AdminCtx, State(state): State<AppState>, ApiQuery(q): A
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
-    responses((status = 200, description = "{tenant, keys, features}", body = Object)))]
+    responses((status = 200, description = "The tenant, its keys, features and effective limits", body = super::schemas::TenantDetail)))]
 async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     let o = ops(&state);
     let t = o.tenant(&slug).await?;
@@ -99,8 +102,8 @@ async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): 
     Ok(Json(json!({"tenant": t, "keys": keys, "features": ent.feature_list(), "effective_tier": ent.tier, "limits": ent.limits_json()})))
 }
 
-#[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{tier?, status?, custom_domain?, name?, email?, trial_ends_at?}"),
-    responses((status = 200, description = "The tenant", body = Object)))]
+#[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body = TenantPatch,
+    responses((status = 200, description = "The tenant", body = Tenant)))]
 async fn patch_tenant(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -117,8 +120,8 @@ async fn delete_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug)
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{name?, scopes?, expires_at?}"),
-    responses((status = 201, description = "{key, api_key}", body = Object)))]
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Option<NewKey>, description = "Empty: a read+write key named default"),
+    responses((status = 201, description = "The key and its plaintext (shown once)", body = crate::services::keys::IssuedKey)))]
 async fn create_key(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>, body: axum::body::Bytes) -> Result<Response, Error> {
     // The body is optional: an empty one makes a read+write key named "default".
     let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
@@ -131,44 +134,49 @@ async fn create_key(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): A
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/keys", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
-    responses((status = 200, description = "{keys}", body = Object)))]
+    responses((status = 200, description = "The keys", body = super::schemas::KeyList)))]
 async fn list_keys(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     Ok(Json(json!({"keys": ops(&state).list_keys(&slug).await?})))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{slug}/keys/{key_id}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),
-    responses((status = 200, description = "{key}", body = Object)))]
+    responses((status = 200, description = "The revoked key", body = super::schemas::KeyAnswer)))]
 async fn revoke_key(_: AdminCtx, State(state): State<AppState>, ApiPath((slug, key_id)): ApiPath<(String, String)>) -> Result<Json<Value>, Error> {
     Ok(Json(json!({"key": ops(&state).revoke_key(&slug, &key_id).await?})))
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/keys/{key_id}/rotate", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),
-    responses((status = 201, description = "{key, api_key, old_key_valid_until}", body = Object)))]
+    responses((status = 201, description = "The replacement, and until when the old key works", body = crate::services::keys::RotatedKey)))]
 async fn rotate_key(_: AdminCtx, State(state): State<AppState>, ApiPath((slug, key_id)): ApiPath<(String, String)>) -> Result<Response, Error> {
     let rotated = ops(&state).rotate_key(&slug, &key_id).await?;
     Ok((StatusCode::CREATED, Json(rotated)).into_response())
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/audit", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
-    responses((status = 200, description = "{events}", body = Object)))]
+    responses((status = 200, description = "The audit log", body = super::schemas::AuditLog)))]
 async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     Ok(Json(json!({"events": ops(&state).audit_log(&slug).await?})))
 }
 
 /// Rebuilds the tenant's search index from SQLite, through its open handle.
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/reindex", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
-    responses((status = 200, description = "{reindexed, chunks}", body = Object)))]
+    responses((status = 200, description = "Reindexed", body = super::schemas::Reindexed)))]
 async fn reindex(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     let (slug, n) = ops(&state).reindex(&proof, &slug).await?;
     Ok(Json(json!({"reindexed": slug, "chunks": n})))
 }
 
 /// Replication state of one tenant: replica URL, last replicated TXID and time, lag, last error.
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/backup", tag = "backups", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "Replication state", body = super::schemas::BackupStatus)))]
 async fn backup_status(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     Ok(Json(ops(&state).backup_status(&slug).await?))
 }
 
 /// Restores one tenant in place (latest, a TXID or a time). Other tenants keep serving.
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/restore", tag = "backups", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    request_body(content = Option<RestoreRequest>, description = "At most one of txid and timestamp; empty: latest"),
+    responses((status = 200, description = "Restored", body = super::schemas::Restored)))]
 async fn restore(
     AdminCtx(proof): AdminCtx,
     State(state): State<AppState>,
@@ -179,13 +187,17 @@ async fn restore(
     Ok(Json(ops(&state).restore(&proof, &slug, req).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AskQuery {
+    /// The name Caddy wants a certificate for.
     domain: String,
 }
 
 /// Caddy's on-demand TLS `ask`: 200 only for the apex, existing tenant subdomains and registered
 /// custom domains; 404 otherwise, so Caddy never requests certificates for arbitrary names.
+#[utoipa::path(get, path = "/tls/ask", tag = "operations", security(()), params(AskQuery),
+    responses((status = 200, description = "A certificate may be issued for this name"), (status = 404, description = "Not a name this server serves")))]
 pub(crate) async fn tls_ask(State(state): State<AppState>, ApiQuery(q): ApiQuery<AskQuery>) -> Result<StatusCode, Error> {
     let domain = q.domain.trim().trim_end_matches('.').to_ascii_lowercase();
     let found = match classify_host(&domain, &state.config.base_domain) {
@@ -200,7 +212,7 @@ pub(crate) async fn tls_ask(State(state): State<AppState>, ApiQuery(q): ApiQuery
 }
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
-    responses((status = 200, description = "The overrides", body = Object)))]
+    responses((status = 200, description = "The overrides", body = super::schemas::OverridesAnswer)))]
 async fn get_overrides(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     let o: Option<crate::plans::Overrides> = ops(&state).overrides(&slug).await?;
     Ok(Json(json!({"overrides": o})))
@@ -221,8 +233,8 @@ async fn put_woocommerce(
 }
 
 /// Sets a tenant's own limits and feature switches (`null` removes them). Applies on the next request.
-#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Object, description = "{rate_per_sec?, burst?, queries_per_month?, queries_hard_limit?, documents?, storage_bytes?, products?, features?} or null"),
-    responses((status = 200, description = "The overrides", body = Object)))]
+#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/overrides", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body(content = Option<crate::plans::Overrides>, description = "The overrides, or null to remove them"),
+    responses((status = 200, description = "The overrides", body = super::schemas::OverridesAnswer)))]
 async fn put_overrides(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -233,7 +245,7 @@ async fn put_overrides(
     Ok(Json(json!({"overrides": o})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyLimit {
     rate_per_sec: u32,
@@ -241,8 +253,8 @@ struct KeyLimit {
 }
 
 /// Gives an API key its own (lower) rate limit; `null` removes it.
-#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/keys/{key_id}/rate_limit", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),request_body(content = Object, description = "{rate_per_sec, burst} or null"),
-    responses((status = 200, description = "{key_id, rate_limit}", body = Object)))]
+#[utoipa::path(put, path = "/admin/v1/tenants/{slug}/keys/{key_id}/rate_limit", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug"), ("key_id" = String, Path, description = "API key id")),request_body(content = Option<KeyLimit>, description = "The key's own limit, or null to remove it"),
+    responses((status = 200, description = "The key's own limit", body = super::schemas::KeyLimitAnswer)))]
 async fn put_key_limit(
     _: AdminCtx,
     State(state): State<AppState>,
@@ -262,7 +274,7 @@ struct UsageQuery {
 
 /// Every tenant's usage and bill for a month, as JSON or (`Accept: text/csv` or `format=csv`) CSV.
 #[utoipa::path(get, path = "/admin/v1/usage", tag = "admin", security(("admin_token" = [])), params(("period" = Option<String>, Query, description = "YYYY-MM"), ("format" = Option<String>, Query, description = "json or csv")),
-    responses((status = 200, description = "Every tenant's usage and bill", content((Object = "application/json"), (String = "text/csv")))))]
+    responses((status = 200, description = "Every tenant's usage and bill", content((super::schemas::UsageExport = "application/json"), (String = "text/csv")))))]
 async fn usage_export(
     _: AdminCtx,
     State(state): State<AppState>,

@@ -9,6 +9,7 @@ pub mod mcp;
 pub mod middleware;
 pub mod openapi;
 pub mod recs;
+pub mod schemas;
 pub mod tenant;
 pub mod webhooks;
 
@@ -82,13 +83,13 @@ async fn not_found() -> Error {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "{status: ok}", body = Object)))]
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "Alive", body = schemas::Health)))]
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Ready when the control plane answers and the data dir takes a write.
-#[utoipa::path(get, path = "/ready", tag = "operations", security(()), responses((status = 200, description = "{status, control_plane, data_dir_writable}", body = Object)))]
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()), responses((status = 200, description = "Ready", body = schemas::Ready)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let control = state.control.clone();
     let dir = state.config.data_dir.clone();
@@ -105,6 +106,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Prometheus metrics (text exposition format): requests, latencies, queues, handles, backups.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     crate::services::usage::refresh_gauges(&state).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()

@@ -28,7 +28,7 @@ pub const MODULES: &[fn() -> utoipa::openapi::OpenApi] = &[
 
 /// Health and readiness (no credentials).
 #[derive(OpenApi)]
-#[openapi(paths(super::health, super::ready))]
+#[openapi(paths(super::health, super::ready, super::metrics))]
 struct OpsApi;
 
 /// The error statuses any operation may answer; each carries the error body.
@@ -38,6 +38,7 @@ const ERROR_STATUSES: &[(&str, &str)] = &[
     ("403", "Not allowed (`tenant_mismatch`, `insufficient_scope`, `feature_not_in_plan`, `plan_limit_reached`, ...)."),
     ("404", "No such tenant, route or resource."),
     ("405", "The route exists but not with this method."),
+    ("409", "Conflicts with the current state (`slug_taken`, `domain_taken`, `backups_disabled`, ...)."),
     ("413", "The body is over the configured limit."),
     ("415", "The body must be application/json."),
     ("429", "Rate limited (`rate_limited`) or a hard quota is used up (`quota_exceeded`); see `Retry-After`."),
@@ -160,6 +161,69 @@ pub fn routes() -> Router<AppState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Routes that are not REST operations: the document itself, its UI, and MCP (JSON-RPC over
+    /// Streamable HTTP, described by its own protocol and listed by `tools/list`).
+    const NOT_OPERATIONS: &[&str] = &["/openapi.json", "/docs", "/mcp"];
+
+    /// Every `.route("…", …)` in the REST door's sources, with the prefix its router is nested under.
+    fn routes_in_source() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        let prefix = |file: &str| match file {
+            "tenant.rs" | "context.rs" | "recs.rs" => "/api/v1",
+            "admin.rs" => "/admin/v1",
+            _ => "",
+        };
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+        files.extend(std::fs::read_dir(dir.join("mcp")).unwrap().flatten().map(|e| e.path()));
+        for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "rs")) {
+            let text = std::fs::read_to_string(&f).unwrap();
+            // Routes are declared above the tests (this scan would otherwise find itself).
+            let text = text.split("#[cfg(test)]").next().unwrap();
+            let name = f.file_name().unwrap().to_str().unwrap().to_string();
+            for (i, _) in text.match_indices(".route(") {
+                let rest = text[i + 7..].trim_start();
+                let Some(rest) = rest.strip_prefix('"') else { continue };
+                let path = &rest[..rest.find('"').unwrap()];
+                out.push(format!("{}{path}", prefix(&name)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_is_in_the_document() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let routes = routes_in_source();
+        assert!(routes.len() > 40, "the route scan found too few routes: {routes:?}");
+        let missing: Vec<_> = routes.iter().filter(|r| !paths.contains_key(r.as_str()) && !NOT_OPERATIONS.contains(&r.as_str())).collect();
+        assert!(missing.is_empty(), "routes missing from the OpenAPI document: {missing:?}");
+    }
+
+    #[test]
+    fn every_success_answer_is_typed() {
+        let doc = document();
+        let mut untyped = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, r) in op["responses"].as_object().unwrap() {
+                    if !status.starts_with('2') {
+                        continue;
+                    }
+                    for (ctype, media) in r["content"].as_object().into_iter().flatten() {
+                        let schema = &media["schema"];
+                        let bare_object = schema.get("$ref").is_none() && schema["type"] == "object" && schema.get("properties").is_none();
+                        if ctype.contains("json") && bare_object && !path.starts_with("/webhooks/") {
+                            untyped.push(format!("{method} {path} {status}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(untyped.is_empty(), "untyped success answers: {untyped:?}");
+    }
 
     #[test]
     fn every_operation_documents_the_error_body() {

@@ -184,14 +184,14 @@ async fn events(ctx: Authorized<op::EventsInsert>, ApiJson(body): ApiJson<Value>
 
 /// The model (version, training time, method, evaluation), whether a training is due or running, and data counts.
 #[utoipa::path(get, path = "/api/v1/recommendations/status", tag = "recommendations",
-    responses((status = 200, description = "{model_version, trained_at, training, pending_changes, method, evaluation, data, unknown_products, ...}", body = Object)))]
+    responses((status = 200, description = "The model, training state, data counts and sync progress", body = super::schemas::RecsStatus)))]
 async fn status(ctx: Authorized<op::RecsStatus>) -> Result<Json<Value>, Error> {
     Ok(Json(recs::status(&ctx).await?))
 }
 
 /// Starts a training now (no debounce); poll the status until `training` is false.
 #[utoipa::path(post, path = "/api/v1/recommendations/train", tag = "recommendations",
-    responses((status = 202, description = "Training scheduled: the status, with training true", body = Object)))]
+    responses((status = 202, description = "Training scheduled: the status, with training true", body = super::schemas::RecsStatus)))]
 async fn train(ctx: Authorized<op::RecsTrain>) -> Result<Response, Error> {
     Ok((StatusCode::ACCEPTED, Json(recs::train(&ctx).await?)).into_response())
 }

@@ -19,7 +19,7 @@ use crate::state::AppState;
 
 /// Tenant self-service in the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(me, usage, audit, signup))]
+#[openapi(paths(me, usage, audit, signup, backup, restore))]
 pub struct TenantApi;
 
 pub fn routes() -> Router<AppState> {
@@ -33,36 +33,41 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The tenant's own replication state (admin-scoped key).
+#[utoipa::path(get, path = "/api/v1/backup", tag = "backups",
+    responses((status = 200, description = "Replication state", body = super::schemas::BackupStatus)))]
 async fn backup(ctx: Authorized<op::BackupStatus>) -> Result<Json<Value>, Error> {
     Ok(Json(restore::backup_status(&ctx)?))
 }
 
 /// Point-in-time restore of the tenant's own data: needs an admin-scoped key and `pitr_restore` in the plan.
+/// An empty body restores the latest state.
+#[utoipa::path(post, path = "/api/v1/restore", tag = "backups", request_body(content = Option<RestoreRequest>, description = "At most one of txid and timestamp; empty: latest"),
+    responses((status = 200, description = "Restored", body = super::schemas::Restored)))]
 async fn restore(ctx: Authorized<op::Restore>, body: axum::body::Bytes) -> Result<Json<Value>, Error> {
     Ok(Json(restore::restore_own(&ctx, RestoreRequest::from_body(&body)?).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/tenant", tag = "tenant",
-    responses((status = 200, description = "{id, slug, name, tier, status, trial_ends_at, custom_domain, features}", body = Object)))]
+    responses((status = 200, description = "The tenant and its features", body = super::schemas::Me)))]
 async fn me(ctx: Authorized<op::TenantInfo>) -> Result<Json<Value>, Error> {
     Ok(Json(usage::me(&ctx)?))
 }
 
 /// The current UTC calendar month: usage, limits, percent used, overage so far and the reset date.
 #[utoipa::path(get, path = "/api/v1/usage", tag = "tenant",
-    responses((status = 200, description = "{period, tier, usage, limits, percent_used, overage, resets_at}", body = Object)))]
+    responses((status = 200, description = "This month's usage against the plan", body = super::schemas::MonthUsage)))]
 async fn usage(ctx: Authorized<op::UsageRead>) -> Result<Json<Value>, Error> {
     Ok(Json(usage::month(&ctx).await?))
 }
 
 /// The tenant's own audit log (feature `audit_log`, admin-scoped key).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "tenant",
-    responses((status = 200, description = "{events}", body = Object)))]
+    responses((status = 200, description = "The audit log", body = super::schemas::AuditLog)))]
 async fn audit(ctx: Authorized<op::AuditRead>) -> Result<Json<Value>, Error> {
     Ok(Json(json!({"events": usage::audit(&ctx).await?})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Signup {
     email: String,
@@ -71,8 +76,8 @@ struct Signup {
 
 /// Open signup: creates a free tenant whose slug derives from the company name. Off unless
 /// `signup_enabled` is set.
-#[utoipa::path(post, path = "/api/v1/signup", tag = "tenant", security(()), request_body(content = Object, description = "{email, company}"),
-    responses((status = 201, description = "{tenant, api_key, key, quickstart}", body = Object)))]
+#[utoipa::path(post, path = "/api/v1/signup", tag = "tenant", security(()), request_body = Signup,
+    responses((status = 201, description = "The new free tenant, its first key (shown once) and a quickstart", body = crate::services::tenants::Created)))]
 async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<Signup>) -> Result<Response, Error> {
     if !state.config.signup_enabled {
         return Err(Error::forbidden(Code::SignupDisabled, "open signup is switched off on this server"));

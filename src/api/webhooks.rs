@@ -56,7 +56,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str, code: Code) -> Result<Opt
 
 /// A Stripe event, verified by its `Stripe-Signature` and applied once (a replayed event id changes nothing).
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "billing", security(()), request_body(content = Object, description = "A Stripe event, as Stripe sends it"),
-    responses((status = 200, description = "`{received: true, ...}`: what the event changed", body = Object)))]
+    responses((status = 200, description = "Received: what the event changed", body = super::schemas::StripeAnswer)))]
 async fn stripe_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Error> {
     let signature = header_text(&headers, "stripe-signature", Code::InvalidSignature)?;
     Ok(Json(billing::stripe_event(&state, signature, &body).await?))

@@ -36,7 +36,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Report {
     /// The TXID the restored database corresponds to (16 hex digits).
     pub txid: String,

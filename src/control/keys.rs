@@ -52,13 +52,15 @@ pub fn allows(granted: &[Scope], needed: Scope) -> bool {
     granted.iter().any(|g| *g >= needed)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: String,
     pub tenant_id: String,
     /// The visible part, e.g. `wk_live_ab12cd34`.
     pub prefix: String,
     pub name: String,
+    /// `read`, `write`, `admin`.
+    #[schema(value_type = Vec<String>)]
     pub scopes: Vec<Scope>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -66,6 +68,7 @@ pub struct ApiKey {
     pub replaced_by: Option<String>,
     pub created_at: DateTime<Utc>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub hash: Vec<u8>,
 }
 
@@ -75,12 +78,15 @@ impl ApiKey {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// Default `default`.
     #[serde(default = "default_name")]
     pub name: String,
+    /// `read`, `write`, `admin` (default read and write).
     #[serde(default = "default_scopes")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub scopes: Vec<Scope>,
     pub expires_at: Option<DateTime<Utc>>,
 }

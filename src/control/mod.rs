@@ -296,13 +296,14 @@ pub fn audit_at(
     Ok(())
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub id: i64,
     pub at: String,
     pub actor: String,
     pub tenant_id: Option<String>,
     pub action: String,
+    #[schema(value_type = Option<Object>)]
     pub detail: serde_json::Value,
 }
 

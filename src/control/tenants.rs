@@ -40,13 +40,17 @@ macro_rules! str_enum {
 str_enum!(Tier { Free => "free", Starter => "starter", Pro => "pro", Enterprise => "enterprise" });
 str_enum!(Status { Trial => "trial", Active => "active", Suspended => "suspended", Cancelled => "cancelled" });
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub slug: String,
     pub name: String,
     pub email: String,
+    /// `free`, `starter`, `pro` or `enterprise`.
+    #[schema(value_type = String)]
     pub tier: Tier,
+    /// `trial`, `active`, `suspended` or `cancelled`.
+    #[schema(value_type = String)]
     pub status: Status,
     pub trial_ends_at: Option<DateTime<Utc>>,
     pub custom_domain: Option<String>,
@@ -173,17 +177,21 @@ pub fn count(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT COUNT(*) FROM tenants", [], |r| r.get(0))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
+    #[schema(value_type = Option<String>)]
     pub tier: Option<Tier>,
+    #[schema(value_type = Option<String>)]
     pub status: Option<Status>,
     /// `null` removes the domain; absent leaves it.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     pub custom_domain: Option<Option<String>>,
     pub name: Option<String>,
     pub email: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub trial_ends_at: Option<Option<DateTime<Utc>>>,
 }
 

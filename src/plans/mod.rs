@@ -191,7 +191,7 @@ pub fn required_tier(feature: &str) -> Option<Tier> {
 }
 
 /// A tenant's own deviations from its tier's plan (stored in control.db `plan_overrides`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Overrides {
     pub rate_per_sec: Option<u32>,

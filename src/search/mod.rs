@@ -59,7 +59,21 @@ pub const MAX_QUERY_BYTES: usize = 4096;
 pub(crate) struct Hit {
     pub chunk_id: i64,
     pub doc_seq: i64,
+    /// The ranking value (for hybrid: the fused one).
     pub score: f32,
+    /// The raw BM25 and cosine this hit had in each retriever's list.
+    pub keyword: Option<f32>,
+    pub semantic: Option<f32>,
+}
+
+/// The 0–1 score a result shows: the one part of a single-retriever mode, or the weighted blend of
+/// both parts (see [`fusion`]).
+pub(crate) fn shown_score(f: &Fusion, mode: SearchMode, h: &Hit) -> f32 {
+    match mode {
+        SearchMode::Keyword => h.keyword.map(|s| fusion::keyword_part(s, f.keyword_half)).unwrap_or(0.0),
+        SearchMode::Semantic => h.semantic.map(fusion::semantic_part).unwrap_or(0.0),
+        SearchMode::Hybrid => f.display(h.keyword, h.semantic),
+    }
 }
 
 /// Per-tenant derived search state (Send + Sync). See the module docs.
@@ -331,7 +345,11 @@ impl TenantSearch {
         let Some(q) = idx.build_query(query, allowed) else {
             return Ok((Vec::new(), None));
         };
-        let hits = idx.search(q.as_ref(), depth)?.into_iter().map(|(chunk_id, doc_seq, score)| Hit { chunk_id, doc_seq, score }).collect();
+        let hits = idx
+            .search(q.as_ref(), depth)?
+            .into_iter()
+            .map(|(chunk_id, doc_seq, score)| Hit { chunk_id, doc_seq, score, keyword: Some(score), semantic: None })
+            .collect();
         Ok((hits, Some((idx, q))))
     }
 
@@ -341,7 +359,10 @@ impl TenantSearch {
             return Err(DocsError::Internal(format!("query embedding has dimension {}", qvec.len())));
         }
         self.with_vectors(conn, |c| {
-            c.top_k(qvec, depth, allowed).into_iter().map(|(chunk_id, doc_seq, score)| Hit { chunk_id, doc_seq, score }).collect()
+            c.top_k(qvec, depth, allowed)
+                .into_iter()
+                .map(|(chunk_id, doc_seq, score)| Hit { chunk_id, doc_seq, score, keyword: None, semantic: Some(score) })
+                .collect()
         })
     }
 
@@ -413,9 +434,14 @@ impl TenantSearch {
                 let a: Vec<(i64, f32)> = kw.iter().map(|h| (key(h), h.score)).collect();
                 let b: Vec<(i64, f32)> = sem.iter().map(|h| (key(h), h.score)).collect();
                 let mut rep: HashMap<i64, Hit> = HashMap::new();
-                // Representative chunk of a fused key: the semantic one if any, else keyword's.
-                for h in kw.iter().chain(sem.iter()) {
+                // Representative chunk of a fused key: the semantic one if any, else keyword's; it
+                // carries both raw scores of the key.
+                for h in kw.iter() {
                     rep.insert(key(h), *h);
+                }
+                for h in sem.iter() {
+                    let keyword = rep.get(&key(h)).and_then(|k| k.keyword);
+                    rep.insert(key(h), Hit { keyword, ..*h });
                 }
                 fusion::fuse(&a, &b, fusion).into_iter().filter_map(|(k, s)| rep.get(&k).map(|h| Hit { score: s, ..*h })).collect()
             }
@@ -457,7 +483,9 @@ impl TenantSearch {
                 path: row.path.clone(),
                 chunk_id: row.id,
                 text: row.text.clone(),
-                score: h.score,
+                score: shown_score(&fusion, req.mode, h),
+                keyword_score: h.keyword,
+                semantic_score: h.semantic,
                 highlights,
             });
             if results.len() == req.limit {

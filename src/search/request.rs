@@ -51,6 +51,9 @@ pub struct HybridOptions {
     pub alpha: Option<f32>,
     #[serde(default)]
     pub normalization: Option<Normalization>,
+    /// `absolute` normalisation: the BM25 score that maps to 0.5 on the keyword part (> 0, default 10).
+    #[serde(default)]
+    pub keyword_half: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -135,6 +138,12 @@ impl SearchRequest {
             if let Some(n) = h.normalization {
                 f.norm = n;
             }
+            if let Some(h) = h.keyword_half {
+                if !(h.is_finite() && h > 0.0 && h <= 10_000.0) {
+                    return Err(DocsError::invalid("hybrid.keyword_half", "must be in (0, 10000]"));
+                }
+                f.keyword_half = h;
+            }
         }
         Ok(f)
     }
@@ -147,7 +156,15 @@ pub struct SearchResult {
     pub path: String,
     pub chunk_id: i64,
     pub text: String,
+    /// Relevance on a fixed 0–1 scale, the same for every query: `alpha · semantic + (1 − alpha) · keyword`
+    /// of the parts below (hybrid), or the one part of the mode (keyword, semantic).
     pub score: f32,
+    /// The BM25 score this result had in the keyword ranking (absent: not among its candidates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword_score: Option<f32>,
+    /// The cosine similarity of this result to the query (absent: not among the semantic candidates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_score: Option<f32>,
     /// Byte ranges `[start, end)` of keyword matches in `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Vec<u64>>>)]

@@ -12,16 +12,19 @@ use crate::error::Error;
 use crate::secret::Secret;
 
 /// A new key: its record and the plaintext, shown once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct IssuedKey {
     pub key: ApiKey,
+    /// The key itself (`wk_live_...`), shown once.
+    #[schema(value_type = String)]
     pub api_key: Secret,
 }
 
 /// A rotated key: the replacement, and until when the old one still works.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RotatedKey {
     pub key: ApiKey,
+    #[schema(value_type = String)]
     pub api_key: Secret,
     pub old_key_valid_until: DateTime<Utc>,
 }

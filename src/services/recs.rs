@@ -187,7 +187,7 @@ pub async fn delete_customer(ctx: &TenantCtx, id: String) -> Result<bool, Error>
     ctx.authorize(Op::CustomersUpsert)?;
     ctx.require_feature(FEATURE)?;
     let lease = ctx.storage().await?;
-    Ok(lease.blocking(move |h| h.with_writer(|c| store::delete_customer(c, &id))).await?)
+    lease.blocking(move |h| h.with_writer(|c| store::delete_customer(c, &id))).await
 }
 
 /// Retracts an order (WooCommerce `order.deleted`): it no longer counts as a purchase. Whether it changed.

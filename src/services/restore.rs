@@ -18,7 +18,7 @@ use crate::state::AppState;
 use crate::tenant::{tenant_dir, Block, TenantCap};
 
 /// Body of a restore: at most one of `txid` (16 hex digits) and `timestamp` (RFC 3339); neither means latest.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub txid: Option<String>,

@@ -27,15 +27,19 @@ use crate::error::{Code, Error};
 use crate::tenant::{create_storage, tenant_dir, Block};
 
 /// `POST /admin/v1/tenants` body (and the CLI's and signup's input).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 3 to 63 characters: a-z, 0-9 and inner hyphens.
     pub slug: String,
     pub name: String,
     pub email: String,
+    /// `free` (default), `starter`, `pro` or `enterprise`.
     #[serde(default = "default_tier")]
+    #[schema(value_type = Option<String>)]
     pub tier: Tier,
     /// `trial` makes the tenant a trial of `tier` for `trial_days` (default 14).
+    #[schema(value_type = Option<String>)]
     pub status: Option<Status>,
     pub trial_days: Option<u32>,
 }
@@ -45,7 +49,7 @@ fn default_tier() -> Tier {
 }
 
 /// A created tenant with its first key (the plaintext is shown once).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
     pub tenant: Tenant,
     pub api_key: String,
@@ -54,7 +58,7 @@ pub struct Created {
 }
 
 /// One page of tenants.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TenantPage {
     pub tenants: Vec<Tenant>,
     pub next_cursor: Option<String>,

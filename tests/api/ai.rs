@@ -52,6 +52,18 @@ async fn openapi_is_valid_and_survives_the_fuzzer() {
     app.stop().await;
 }
 
+/// A client generated from the served document by openapi-python-client, used unmodified: every
+/// answer parses into its generated classes (tenant creation, a typed error, documents, search,
+/// assemble, usage).
+#[tokio::test]
+async fn a_generated_openapi_client_works_unmodified() {
+    let app = spawn_app().await;
+    let out = run_python("generated_client.py", vec![app.addr.clone(), ADMIN.into()]).await;
+    let last: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!((last["tenant"].as_str(), last["documents"].as_u64()), (Some("gen-client"), Some(1)), "{out}");
+    app.stop().await;
+}
+
 // ---- MCP ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -563,5 +575,48 @@ async fn mcp_recommend_serves_the_trained_model_like_rest() {
     let (_, _, v) = mcp_post(&app, &t.key, Some(&sid), call(4, json!({"customer_id": "c0", "limit": 1000})), &[]).await;
     assert_eq!(v["result"]["isError"], true, "{v}");
     assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("validation_failed"), "{v}");
+    app.stop().await;
+}
+
+/// Hybrid scores are on a fixed 0–1 scale and come with the parts they were made of: a single hit
+/// is not 0, and the same document scores the same whatever else the query finds.
+#[tokio::test]
+async fn hybrid_scores_are_on_a_fixed_scale_with_their_parts() {
+    let app = with_model(|_| {}).await;
+    let t = app.create_tenant("scores", "starter").await;
+    let add = |path: &'static str, content: &'static str| {
+        let r = app.api(Method::POST, "/documents", &t.key).json(&json!({"path": path, "content": content}));
+        async move { assert!(send(r).await.status().is_success()) }
+    };
+    add("restore.md", "To restore a tenant from its replica, run warren restore with the tenant's slug.").await;
+    let search = |query: &'static str| {
+        let r = app.api(Method::POST, "/search", &t.key).json(&json!({"query": query, "mode": "hybrid", "limit": 5}));
+        async move { json_of(send(r).await).await }
+    };
+    let v = search("restore a tenant").await;
+    let only = &v["results"][0];
+    let score = only["score"].as_f64().unwrap();
+    let (kw, sem) = (only["keyword_score"].as_f64().expect("keyword part"), only["semantic_score"].as_f64().expect("semantic part"));
+    assert!(score > 0.3 && score <= 1.0, "a single good hit scores well on the 0–1 scale: {v}");
+    // score = 0.5 · cosine + 0.5 · bm25 / (bm25 + 10)
+    let expected = 0.5 * sem.clamp(0.0, 1.0) + 0.5 * kw / (kw + 10.0);
+    assert!((score - expected).abs() < 1e-4, "{score} vs {expected}: {v}");
+    // What else a query finds does not move a result's score (a relative normalisation would).
+    add("garden.md", "Water tomatoes in the morning; a tenant of the allotment may restore the hedge.").await;
+    let v2 = search("restore a tenant").await;
+    assert_eq!(v2["results"].as_array().unwrap().len(), 2, "{v2}");
+    let first = |v: &Value| v["results"].as_array().unwrap().iter().find(|r| r["path"] == "restore.md").expect("found")["score"].as_f64().unwrap();
+    let alone =
+        json_of(send(app.api(Method::POST, "/search", &t.key).json(&json!({"query": "restore a tenant", "mode": "hybrid", "limit": 1}))).await).await;
+    assert_eq!(alone["results"].as_array().unwrap().len(), 1);
+    assert!((first(&alone) - first(&v2)).abs() < 1e-6, "{alone} vs {v2}");
+    for r in v2["results"].as_array().unwrap() {
+        assert!((0.0..=1.0).contains(&r["score"].as_f64().unwrap()), "{v2}");
+    }
+    // Keyword and semantic modes show their own part on the same scale.
+    let k = json_of(send(app.api(Method::POST, "/search", &t.key).json(&json!({"query": "restore a tenant", "mode": "keyword"}))).await).await;
+    let top = &k["results"][0];
+    let bm25 = top["keyword_score"].as_f64().unwrap();
+    assert!((top["score"].as_f64().unwrap() - bm25 / (bm25 + 10.0)).abs() < 1e-4, "{k}");
     app.stop().await;
 }
