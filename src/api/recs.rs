@@ -191,7 +191,7 @@ async fn status(ctx: Authorized<op::RecsStatus>) -> Result<Json<Value>, Error> {
 
 /// Starts a training now (no debounce); poll the status until `training` is false.
 #[utoipa::path(post, path = "/api/v1/recommendations/train", tag = "recommendations",
-    responses((status = 202, description = "Training scheduled: the status, with training true", body = super::schemas::RecsStatus)))]
+    responses((status = 202, description = "Training scheduled: the model's state, with training true", body = super::schemas::ModelStatus)))]
 async fn train(ctx: Authorized<op::RecsTrain>) -> Result<Response, Error> {
     Ok((StatusCode::ACCEPTED, Json(recs::train(&ctx).await?)).into_response())
 }

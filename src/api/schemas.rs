@@ -146,7 +146,7 @@ pub struct MonthUsage {
     pub resets_at: String,
 }
 
-/// `GET /api/v1/recommendations/status` (and the answer of `POST /recommendations/train`).
+/// `GET /api/v1/recommendations/status`.
 #[derive(ToSchema)]
 pub struct RecsStatus {
     /// 0 until a first model is trained.
@@ -170,6 +170,23 @@ pub struct RecsStatus {
     pub data: serde_json::Value,
     pub unknown_products: Vec<String>,
     pub sync: SyncProgress,
+}
+
+/// `POST /api/v1/recommendations/train`: the model's state, with `training` true.
+#[derive(ToSchema)]
+pub struct ModelStatus {
+    pub model_version: u64,
+    pub trained_at: Option<String>,
+    pub training: bool,
+    pub pending_changes: bool,
+    pub training_ms: Option<u64>,
+    pub method: Option<String>,
+    pub content: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub trained_on: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub evaluation: Option<serde_json::Value>,
+    pub last_error: Option<String>,
 }
 
 /// Replication state of a tenant.

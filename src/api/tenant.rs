@@ -33,7 +33,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The tenant's own replication state (admin-scoped key).
-#[utoipa::path(get, path = "/api/v1/backup", tag = "backups",
+#[utoipa::path(get, path = "/api/v1/backup", tag = "backups", operation_id = "own_backup_status",
     responses((status = 200, description = "Replication state", body = super::schemas::BackupStatus)))]
 async fn backup(ctx: Authorized<op::BackupStatus>) -> Result<Json<Value>, Error> {
     Ok(Json(restore::backup_status(&ctx)?))
@@ -41,7 +41,7 @@ async fn backup(ctx: Authorized<op::BackupStatus>) -> Result<Json<Value>, Error>
 
 /// Point-in-time restore of the tenant's own data: needs an admin-scoped key and `pitr_restore` in the plan.
 /// An empty body restores the latest state.
-#[utoipa::path(post, path = "/api/v1/restore", tag = "backups", request_body(content = Option<RestoreRequest>, description = "At most one of txid and timestamp; empty: latest"),
+#[utoipa::path(post, path = "/api/v1/restore", tag = "backups", operation_id = "restore_own", request_body(content = Option<RestoreRequest>, description = "At most one of txid and timestamp; empty: latest"),
     responses((status = 200, description = "Restored", body = super::schemas::Restored)))]
 async fn restore(ctx: Authorized<op::Restore>, body: axum::body::Bytes) -> Result<Json<Value>, Error> {
     Ok(Json(restore::restore_own(&ctx, RestoreRequest::from_body(&body)?).await?))
