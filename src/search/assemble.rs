@@ -70,7 +70,7 @@ impl AssembleRequest {
                 return Err(DocsError::invalid("max_documents", format!("must be between 1 and {MAX_DOCUMENTS}")));
             }
         }
-        Ok(())
+        self.filter.as_ref().map_or(Ok(()), super::request::Filter::validate)
     }
 }
 

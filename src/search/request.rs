@@ -32,7 +32,23 @@ pub struct Filter {
     pub metadata: Option<Map<String, Value>>,
 }
 
+/// Most metadata conditions in one filter (each is one SQL condition; SQLite bounds expression depth).
+pub const MAX_FILTER_KEYS: usize = 64;
+
 impl Filter {
+    /// 400 for a filter warren cannot run: non-scalar values, or more than [`MAX_FILTER_KEYS`] keys.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(m) = &self.metadata {
+            if m.len() > MAX_FILTER_KEYS {
+                return Err(DocsError::invalid("filter.metadata", format!("at most {MAX_FILTER_KEYS} keys")));
+            }
+            if m.values().any(|v| matches!(v, Value::Array(_) | Value::Object(_))) {
+                return Err(DocsError::invalid("filter.metadata", "values must be scalars"));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.path_prefix.as_deref().is_none_or(str::is_empty) && self.metadata.as_ref().is_none_or(Map::is_empty)
     }
@@ -108,12 +124,7 @@ impl SearchRequest {
             return Err(DocsError::invalid("limit", format!("must be between 1 and {MAX_LIMIT}")));
         }
         self.fusion().map(|_| ())?;
-        if let Some(m) = self.filter.as_ref().and_then(|f| f.metadata.as_ref()) {
-            if m.values().any(|v| matches!(v, Value::Array(_) | Value::Object(_))) {
-                return Err(DocsError::invalid("filter.metadata", "values must be scalars"));
-            }
-        }
-        Ok(())
+        self.filter.as_ref().map_or(Ok(()), Filter::validate)
     }
 
     /// Resolved fusion parameters.

@@ -160,6 +160,15 @@ fn filters_on_path_prefix_and_metadata() {
     let mut bad = SearchRequest::new("x", SearchMode::Keyword);
     bad.filter = Some(f(None, json!({"lang": ["en"]})));
     assert!(matches!(t.search.search(&t.conn, &bad, None), Err(DocsError::Invalid { .. })));
+    // Thousands of keys were a SQLite expression-depth error (500); now a clear 400, in both calls.
+    let many: serde_json::Map<String, serde_json::Value> = (0..1000).map(|i| (format!("k{i}"), json!(i))).collect();
+    bad.filter = Some(Filter { path_prefix: None, metadata: Some(many.clone()) });
+    assert!(matches!(t.search.search(&t.conn, &bad, None), Err(DocsError::Invalid { .. })));
+    let asm = AssembleRequest { query: "x".into(), max_tokens: 100, max_documents: None, filter: bad.filter.clone(), include_metadata: None };
+    assert!(matches!(asm.validate(), Err(DocsError::Invalid { .. })));
+    let mut ok = SearchRequest::new("rust", SearchMode::Keyword);
+    ok.filter = Some(Filter { path_prefix: None, metadata: Some(many.into_iter().take(request::MAX_FILTER_KEYS).collect()) });
+    assert!(t.search.search(&t.conn, &ok, None).is_ok(), "the limit itself runs");
 }
 
 #[test]
