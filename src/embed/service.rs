@@ -229,6 +229,27 @@ impl EmbedService {
         answer.await.unwrap_or(Err(EmbedError::Unavailable))
     }
 
+    /// Embeds any number of texts as a sequence of queue requests of at most `4 × max_batch` texts
+    /// (and never more than the queue holds), so a large document or bulk upload is not refused for
+    /// its size, and other tenants' requests queue between its slices instead of behind all of it.
+    /// Dropping the future stops it: slices not yet admitted are never queued.
+    pub async fn embed_all(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let slice = match self.inner.as_ref() {
+            Some(h) => (h.shared.max_batch * 4).min(h.shared.capacity).max(1),
+            None => return Err(EmbedError::Unavailable),
+        };
+        if texts.len() <= slice {
+            return self.embed(texts).await;
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        let mut rest = texts.into_iter().peekable();
+        while rest.peek().is_some() {
+            let part: Vec<String> = rest.by_ref().take(slice).collect();
+            out.extend(self.embed(part).await?);
+        }
+        Ok(out)
+    }
+
     /// Stops the worker; pending requests get `Unavailable`. The batch being computed, if any,
     /// still completes. Idempotent; affects every clone.
     pub fn shutdown(&self) {

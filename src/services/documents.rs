@@ -41,7 +41,7 @@ async fn prepare_all(ctx: &TenantCtx, inputs: Vec<DocumentInput>) -> Result<Vec<
     .await?)
 }
 
-/// Embeds every chunk of the prepared documents in one queue request; None when no model is loaded
+/// Embeds every chunk of the prepared documents (in queue-sized slices); None when no model is loaded
 /// (the documents are then stored for keyword search only).
 async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument]) -> Result<Option<Vec<Vec<Vec<f32>>>>, Error> {
     let embed = &ctx.state().embed;
@@ -52,7 +52,7 @@ async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument]) -> Result<O
     if texts.is_empty() {
         return Ok(Some(prepared.iter().map(|_| Vec::new()).collect()));
     }
-    let mut flat = embed.embed(texts).await.map_err(embed_error)?.into_iter();
+    let mut flat = embed.embed_all(texts).await.map_err(embed_error)?.into_iter();
     Ok(Some(prepared.iter().map(|d| flat.by_ref().take(d.chunks.len()).collect()).collect()))
 }
 

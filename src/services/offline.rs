@@ -111,7 +111,7 @@ impl OfflineDocs {
         }
         let embeddings: Vec<Option<Vec<Vec<f32>>>> = if self.embed.is_available() {
             let texts: Vec<String> = ok.iter().flat_map(|d| d.embedding_inputs()).collect();
-            let vectors = if texts.is_empty() { Vec::new() } else { self.embed.embed(texts).await.map_err(super::search::embed_error)? };
+            let vectors = if texts.is_empty() { Vec::new() } else { self.embed.embed_all(texts).await.map_err(super::search::embed_error)? };
             let mut flat = vectors.into_iter();
             ok.iter().map(|d| Some(flat.by_ref().take(d.chunks.len()).collect())).collect()
         } else {

@@ -227,7 +227,7 @@ pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<Embed
     let counted = inputs.clone();
     let prompt_tokens: usize =
         tokio::task::spawn_blocking(move || counted.iter().map(|t| tokenizer.encode(t.as_str(), true).map(|e| e.len()).unwrap_or(0)).sum()).await?;
-    let vectors = embed.embed(inputs).await.map_err(embed_error)?;
+    let vectors = embed.embed_all(inputs).await.map_err(embed_error)?;
     ctx.state().meter.record(ctx.id(), Kind::Embedding, prompt_tokens as u64);
     let data = vectors
         .into_iter()

@@ -620,3 +620,36 @@ async fn hybrid_scores_are_on_a_fixed_scale_with_their_parts() {
     assert!((top["score"].as_f64().unwrap() - bm25 / (bm25 + 10.0)).abs() < 1e-4, "{k}");
     app.stop().await;
 }
+
+/// A document with more chunks than the embedding queue holds is embedded in slices (it used to be
+/// a 500: "exceeds the queue capacity"); so is a bulk upload.
+#[tokio::test]
+async fn documents_larger_than_the_embedding_queue_are_embedded_in_slices() {
+    let app = with_model(|c| {
+        c.embed.queue_capacity = 8;
+        c.embed.max_batch = 2;
+    })
+    .await;
+    let t = app.create_tenant("big-doc", "starter").await;
+    let topics = ["glaciers", "volcanoes", "coral reefs", "deserts", "rainforests", "tundra", "wetlands", "savannas"];
+    let para = |i: usize| {
+        let topic = topics[i % topics.len()];
+        format!(
+            "Section {i} is about {topic}. {}\n\n",
+            format!("Field notes on {topic} number {i} describe the landscape, its climate and its animals. ").repeat(12)
+        )
+    };
+    let content: String = (0..24).map(para).collect();
+    let r = send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "atlas.md", "content": content}))).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let v = json_of(send(app.api(Method::GET, "/documents?limit=10", &t.key)).await).await;
+    assert_eq!(v["documents"].as_array().map(Vec::len), Some(1), "{v}");
+    let found =
+        json_of(send(app.api(Method::POST, "/search", &t.key).json(&json!({"query": "volcanoes", "mode": "semantic", "limit": 20}))).await).await;
+    let n = found["results"].as_array().unwrap().len();
+    assert!(n > 8, "every chunk has a vector: {n} found: {found}");
+    let bulk: Vec<Value> = (0..6).map(|i| json!({"path": format!("b{i}.md"), "content": para(i).repeat(3)})).collect();
+    let r = send(app.api(Method::POST, "/documents/bulk", &t.key).json(&json!({"documents": bulk}))).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    app.stop().await;
+}
