@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -32,6 +33,16 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Error::internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
+/// Refusals made by the framework rather than by warren (a body over a route's limit read as raw
+/// bytes: `413 length limit exceeded` in plain text) get the JSON error body too.
+fn json_refusal(response: Response) -> Response {
+    let json = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json"));
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE if !json => Error::too_large().into_response(),
+        _ => response,
+    }
+}
+
 /// Header limit, timeout and metrics in one pass.
 async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -42,6 +53,8 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
     req.extensions_mut().insert(tier.clone());
     let rate = RateSlot::default();
     req.extensions_mut().insert(rate.clone());
+    let has_body = req.headers().get(header::TRANSFER_ENCODING).is_some()
+        || req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > 0);
 
     let response = if header_bytes > state.config.max_header_bytes {
         super::error::headers_too_large().into_response()
@@ -55,7 +68,12 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
         }
     };
 
-    let mut response = response;
+    let mut response = json_refusal(response);
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        // A refusal may come before the body was read: say the connection ends, so the client does
+        // not send its next request on a connection the server is about to drop.
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
     if let Some(info) = *rate.0.lock() {
         // Tenant responses report the rate limiter (IETF RateLimit header fields).
         let h = response.headers_mut();

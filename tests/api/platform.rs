@@ -417,3 +417,26 @@ async fn scopes_and_expiry_are_enforced() {
     expect_error(send(app.api(Method::GET, "/tenant", &short)).await, 401, "token_expired").await;
     app.stop().await;
 }
+
+/// Framework refusals are JSON like the rest, and a refusal that comes before the body is read says
+/// `Connection: close`, so a client's next request on a pooled connection still works.
+#[tokio::test]
+async fn early_refusals_are_json_and_close_the_connection() {
+    let app = spawn_with(|c| c.max_body_bytes = 64 * 1024).await;
+    let big = vec![b'a'; 200 * 1024];
+    // Raw-bytes routes (webhooks, key creation) used to answer 413 in plain text.
+    for (m, path, admin) in [(Method::POST, "/webhooks/stripe", false), (Method::POST, "/admin/v1/tenants/x/keys", true)] {
+        let rb = if admin { app.admin(m, path.trim_start_matches("/admin/v1")) } else { app.req(m, path) };
+        let r = send(rb.body(big.clone())).await;
+        assert_eq!(r.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"), "{path}");
+        expect_error(r, 413, "payload_too_large").await;
+    }
+    // Refused on its credentials before its 200 KiB body is read; the same pooled client goes on.
+    for _ in 0..3 {
+        let r = send(app.api(Method::POST, "/documents", "wk_live_not_a_key").header("content-type", "application/json").body(big.clone())).await;
+        assert_eq!(r.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
+        expect_error(r, 401, "invalid_credentials").await;
+        assert_eq!(send(app.req(Method::GET, "/health")).await.status(), 200);
+    }
+    app.stop().await;
+}
