@@ -177,8 +177,10 @@ impl Authenticator {
     /// Proves the tenant of a request: host and credentials agree and the tenant is active. Scopes
     /// are checked per operation by the caller (`services::TenantCtx::authorize`).
     pub async fn prove(&self, req: RequestIdentity<'_>, config: &Config) -> Result<Proven, Error> {
-        let host_tenant = self.host_tenant(req.headers, req.uri_host, req.peer, config).await?;
+        // Credentials first: without valid ones the answer is 401 whatever the host names, so tenant
+        // slugs cannot be enumerated by trying hosts.
         let (tenant, scopes, credential) = self.credential_tenant(req.headers).await?;
+        let host_tenant = self.host_tenant(req.headers, req.uri_host, req.peer, config).await?;
         if let Some(h) = &host_tenant {
             if h.id != tenant.id {
                 return Err(Error::forbidden(Code::TenantMismatch, "these credentials belong to another tenant than this host"));

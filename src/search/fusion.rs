@@ -8,7 +8,8 @@
 //!   - `absolute`: on a fixed 0–1 scale, the same for every query: the semantic part is the cosine
 //!     (clamped to `[0, 1]`), the keyword part the saturated BM25 score `bm25 / (bm25 + keyword_half)`
 //!     (a BM25 score of `keyword_half` maps to 0.5); the fused score is then itself on 0–1;
-//!   - `z_score` or `min_max`: relative to the query's candidates (the fused number is only a rank).
+//!   - `z_score` or `min_max`: relative to the query's candidates (the fused number is only a rank;
+//!     the score shown is still the absolute blend).
 //!
 //! Whatever ranks, every answer reports the 0–1 parts ([`semantic_part`], [`keyword_part`]) and the
 //! raw scores they came from.
@@ -38,9 +39,9 @@ pub enum Normalization {
 pub const DEFAULT_METHOD: FusionMethod = FusionMethod::Weighted;
 pub const DEFAULT_ALPHA: f32 = 0.5;
 pub const DEFAULT_RRF_K: f32 = 60.0;
-pub const DEFAULT_NORM: Normalization = Normalization::ZScore;
+pub const DEFAULT_NORM: Normalization = Normalization::Absolute;
 /// The BM25 score that maps to 0.5 on the keyword part's 0–1 scale.
-pub const DEFAULT_KEYWORD_HALF: f32 = 10.0;
+pub const DEFAULT_KEYWORD_HALF: f32 = 20.0;
 
 /// The semantic part on 0–1: the cosine, clamped.
 pub fn semantic_part(cosine: f32) -> f32 {
@@ -177,7 +178,7 @@ mod tests {
         let f = Fusion::default();
         // One hit alone is not 0 (z-score of a single item is), and the same parts give the same
         // score whatever else the query found.
-        let alone = f.display(Some(10.0), Some(0.6));
+        let alone = f.display(Some(20.0), Some(0.6));
         assert!((alone - (0.5 * 0.6 + 0.5 * 0.5)).abs() < 1e-6, "{alone}");
         let abs = Fusion { norm: Normalization::Absolute, ..Default::default() };
         let one = fuse(&[(1, 10.0)], &[(1, 0.6)], &abs);

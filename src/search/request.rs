@@ -67,7 +67,7 @@ pub struct HybridOptions {
     pub alpha: Option<f32>,
     #[serde(default)]
     pub normalization: Option<Normalization>,
-    /// `absolute` normalisation: the BM25 score that maps to 0.5 on the keyword part (> 0, default 10).
+    /// `absolute` normalisation: the BM25 score that maps to 0.5 on the keyword part (> 0, default 20).
     #[serde(default)]
     pub keyword_half: Option<f32>,
 }

@@ -598,8 +598,8 @@ async fn hybrid_scores_are_on_a_fixed_scale_with_their_parts() {
     let score = only["score"].as_f64().unwrap();
     let (kw, sem) = (only["keyword_score"].as_f64().expect("keyword part"), only["semantic_score"].as_f64().expect("semantic part"));
     assert!(score > 0.3 && score <= 1.0, "a single good hit scores well on the 0–1 scale: {v}");
-    // score = 0.5 · cosine + 0.5 · bm25 / (bm25 + 10)
-    let expected = 0.5 * sem.clamp(0.0, 1.0) + 0.5 * kw / (kw + 10.0);
+    // score = 0.5 · cosine + 0.5 · bm25 / (bm25 + 20)
+    let expected = 0.5 * sem.clamp(0.0, 1.0) + 0.5 * kw / (kw + 20.0);
     assert!((score - expected).abs() < 1e-4, "{score} vs {expected}: {v}");
     // What else a query finds does not move a result's score (a relative normalisation would).
     add("garden.md", "Water tomatoes in the morning; a tenant of the allotment may restore the hedge.").await;
@@ -617,7 +617,7 @@ async fn hybrid_scores_are_on_a_fixed_scale_with_their_parts() {
     let k = json_of(send(app.api(Method::POST, "/search", &t.key).json(&json!({"query": "restore a tenant", "mode": "keyword"}))).await).await;
     let top = &k["results"][0];
     let bm25 = top["keyword_score"].as_f64().unwrap();
-    assert!((top["score"].as_f64().unwrap() - bm25 / (bm25 + 10.0)).abs() < 1e-4, "{k}");
+    assert!((top["score"].as_f64().unwrap() - bm25 / (bm25 + 20.0)).abs() < 1e-4, "{k}");
     app.stop().await;
 }
 

@@ -100,7 +100,13 @@ async fn credentials_and_hosts_are_checked() {
     assert!(r.headers().get("www-authenticate").is_some());
     expect_error(r, 401, "unauthorized").await;
 
-    // Unknown tenant host: 404. Garbage key: 401.
+    // Without credentials an unknown host is 401 too: slugs cannot be enumerated by trying hosts.
+    let r = send(app.req(Method::GET, "/api/v1/tenant").header("Host", "nosuch.localhost")).await;
+    expect_error(r, 401, "unauthorized").await;
+    let r = send(app.api(Method::GET, "/tenant", "wk_live_guess").header("Host", "nosuch.localhost")).await;
+    expect_error(r, 401, "invalid_credentials").await;
+
+    // Unknown tenant host with valid credentials: 404. Garbage key: 401.
     let r = send(app.api(Method::GET, "/tenant", &acme.key).header("Host", "nosuch.localhost")).await;
     expect_error(r, 404, "tenant_not_found").await;
     let forged = format!("{}{}", &acme.key[..acme.key.len() - 4], "AAAA");
