@@ -71,6 +71,23 @@ pub fn tenant_dir(data_dir: &Path, tenant_id: &str) -> PathBuf {
     data_dir.join(tenant_id)
 }
 
+/// 503 `tenant_damaged`, logged and counted once per attempt to open the tenant.
+fn damaged(id: &str, why: &str) -> Error {
+    tracing::error!(tenant = %id, reason = %why, "tenant database damaged: restore it from its backup");
+    metrics::counter!("warren_tenant_damaged_total").increment(1);
+    Error::unavailable(Code::TenantDamaged, "this tenant's database is damaged or missing; the operator has to restore it from its backup", 60)
+}
+
+/// Whether opening failed because the file is not a (sound) SQLite database.
+fn is_corrupt(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    })
+}
+
 impl TenantRegistry {
     pub fn new(cfg: RegistryConfig) -> TenantRegistry {
         Self::with_backup(cfg, None)
@@ -250,12 +267,12 @@ impl Inner {
         };
         let dir = tenant_dir(&self.cfg.data_dir, id);
         if !dir.join(DB_FILE).exists() {
-            return Err(Error::not_found(Code::TenantNotFound, "no such tenant"));
+            return Err(damaged(id, "its database file is missing"));
         }
         let (pool_size, threads, owned_id, backup) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string(), self.backup.clone());
         let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit, backup.as_ref()))
             .await?
-            .map_err(Error::Internal)?;
+            .map_err(|e| if is_corrupt(&e) { damaged(id, &format!("{e:#}")) } else { Error::Internal(e) })?;
         if let Some(r) = handle.replica() {
             // Never replicated (new tenant, backups just turned on) or changed since the last ship
             // (migrations at open, a crash): queue it.

@@ -446,3 +446,44 @@ async fn early_refusals_are_json_and_close_the_connection() {
     }
     app.stop().await;
 }
+
+/// A tenant whose `tenant.db` is missing or is not a database answers 503 `tenant_damaged` (it used
+/// to be 404 for a missing file and 500 for garbage), and the other tenants keep serving.
+#[tokio::test]
+async fn a_damaged_tenant_is_a_clear_503_and_the_others_keep_serving() {
+    let app = spawn_app().await;
+    let (gone, junk, fine) =
+        (app.create_tenant("gone", "starter").await, app.create_tenant("junk", "starter").await, app.create_tenant("fine", "starter").await);
+    for t in [&gone, &junk, &fine] {
+        let r = send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "a.md", "content": "hello there"}))).await;
+        assert_eq!(r.status(), 201);
+    }
+    let mut app = app;
+    app.shutdown.cancel();
+    app.task.take().unwrap().await.unwrap().unwrap();
+    let dir = std::mem::replace(&mut app.dir, tempfile::tempdir().unwrap());
+    for (t, write) in [(&gone, None), (&junk, Some(vec![b'x'; 8192]))] {
+        let db = dir.path().join(&t.id).join("tenant.db");
+        for side in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{side}", db.display()));
+        }
+        match write {
+            None => std::fs::remove_file(&db).unwrap(),
+            Some(bytes) => std::fs::write(&db, bytes).unwrap(),
+        }
+    }
+    let (app, _) = spawn_state(Some(dir), |_| {}).await;
+    for t in [&gone, &junk] {
+        let r = send(app.api(Method::GET, "/documents", &t.key)).await;
+        let e = expect_error(r, 503, "tenant_damaged").await;
+        assert!(e["error"]["message"].as_str().unwrap().contains("restore"), "{e}");
+        let r = send(app.api(Method::POST, "/search", &t.key).json(&json!({"query": "hello", "mode": "keyword"}))).await;
+        expect_error(r, 503, "tenant_damaged").await;
+    }
+    let r = send(app.api(Method::POST, "/search", &fine.key).json(&json!({"query": "hello", "mode": "keyword"}))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["results"].as_array().map(Vec::len), Some(1));
+    let metrics = send(app.req(Method::GET, "/metrics")).await.text().await.unwrap();
+    assert!(metrics.contains("warren_tenant_damaged_total"), "the operator sees it in metrics");
+    app.stop().await;
+}
