@@ -146,9 +146,10 @@ pub struct MonthUsage {
     pub resets_at: String,
 }
 
-/// `GET /api/v1/recommendations/status`.
+/// The model's state: `POST /api/v1/recommendations/train` answers it (with `training` true), and
+/// [`RecsStatus`] adds the data counts to it.
 #[derive(ToSchema)]
-pub struct RecsStatus {
+pub struct ModelStatus {
     /// 0 until a first model is trained.
     pub model_version: u64,
     pub trained_at: Option<String>,
@@ -165,28 +166,18 @@ pub struct RecsStatus {
     #[schema(value_type = Option<Object>)]
     pub evaluation: Option<serde_json::Value>,
     pub last_error: Option<String>,
+}
+
+/// `GET /api/v1/recommendations/status`: the model's state, data counts and sync progress.
+#[derive(ToSchema)]
+pub struct RecsStatus {
+    #[serde(flatten)]
+    pub model: ModelStatus,
     /// Stored counts: products, customers, orders, order_lines, events, ...
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub unknown_products: Vec<String>,
     pub sync: SyncProgress,
-}
-
-/// `POST /api/v1/recommendations/train`: the model's state, with `training` true.
-#[derive(ToSchema)]
-pub struct ModelStatus {
-    pub model_version: u64,
-    pub trained_at: Option<String>,
-    pub training: bool,
-    pub pending_changes: bool,
-    pub training_ms: Option<u64>,
-    pub method: Option<String>,
-    pub content: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub trained_on: Option<serde_json::Value>,
-    #[schema(value_type = Option<Object>)]
-    pub evaluation: Option<serde_json::Value>,
-    pub last_error: Option<String>,
 }
 
 /// Replication state of a tenant.

@@ -250,3 +250,16 @@ pub fn two_family_orders() -> Vec<Value> {
     }
     orders
 }
+
+/// The products of a trending answer that had activity in its window. Trending ranks window
+/// activity first (normalised to the top, 1.0) and fills below it (at most 0.01) from the model's
+/// popularity; only the activity part shows what counts as a purchase.
+pub fn window_activity(v: &Value) -> Vec<String> {
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["score"].as_f64().unwrap() > 0.05)
+        .map(|r| r["product_id"].as_str().unwrap().to_string())
+        .collect()
+}

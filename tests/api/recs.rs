@@ -207,17 +207,7 @@ async fn woocommerce_refunds_and_cancellations_retract_purchases() {
     )
     .await;
     assert_eq!(v["results"][0]["status"], "created", "{v}");
-    // Trending ranks window activity first (normalised to the top, 1.0) and fills below it (≤ 0.01) from
-    // the model's popularity; only the activity part shows what counts as a purchase.
-    let active = |v: &Value| -> Vec<String> {
-        v["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["score"].as_f64().unwrap() > 0.05)
-            .map(|r| r["product_id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let active = window_activity;
     assert_eq!(active(&get(&app, &t.key, "/recommendations/trending?window=1d").await), vec!["p1".to_string(), "p2".to_string()]);
     // The same delivery again: nothing changes.
     let v = post(&app, &t.key, "/integrations/woocommerce/orders", json!([order(100, "processing", &first, "p1", 3)])).await;

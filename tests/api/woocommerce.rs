@@ -58,13 +58,7 @@ async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
 async fn bought_today(app: &TestApp, key: &str) -> Vec<String> {
     let (s, v) = get(app, key, "/recommendations/trending?window=1d&in_stock_only=false").await;
     assert_eq!(s, 200, "{v}");
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["score"].as_f64().unwrap() > 0.05)
-        .map(|r| r["product_id"].as_str().unwrap().to_string())
-        .collect()
+    window_activity(&v)
 }
 
 fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
