@@ -289,6 +289,12 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Threads for the model (0 = physical cores).
     pub threads: usize,
+    /// Texts one tenant may have queued or being embedded per lane (0 = a quarter of
+    /// `queue_capacity`); beyond it that tenant's next request answers 503 `overloaded`.
+    pub tenant_max_pending: usize,
+    /// Nice value (0–19) of the bulk lane's thread, which embeds large documents and bulk uploads;
+    /// queries run on the interactive lane at normal priority. 0 = no difference.
+    pub bulk_nice: i32,
     /// Other model names `POST /embeddings` accepts for all-MiniLM-L6-v2, for clients hard-wired to
     /// one (e.g. `text-embedding-3-small`). Empty by default: an alias is the operator's choice.
     /// The env form is one comma-separated string.
@@ -364,7 +370,7 @@ impl Default for DocsConfig {
 
 impl Default for EmbedSettings {
     fn default() -> Self {
-        EmbedSettings { queue_capacity: 4096, max_batch: 32, threads: 0, model_aliases: Vec::new() }
+        EmbedSettings { queue_capacity: 4096, max_batch: 32, threads: 0, tenant_max_pending: 0, bulk_nice: 10, model_aliases: Vec::new() }
     }
 }
 

@@ -99,6 +99,8 @@ impl App {
             queue_capacity: config.embed.queue_capacity,
             max_batch: config.embed.max_batch,
             threads: config.embed.threads,
+            tenant_max_pending: config.embed.tenant_max_pending,
+            bulk_nice: config.embed.bulk_nice,
         });
         let clock = clock::Clock::default();
         let auth = Arc::new(auth::Authenticator::new(control.clone(), &config, clock.clone())?);

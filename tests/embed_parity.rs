@@ -119,7 +119,7 @@ fn arbitrary_text_never_panics() {
 }
 
 fn service(capacity: usize, max_batch: usize, threads: usize) -> EmbedService {
-    let svc = EmbedService::start(&EmbedConfig { model_dir: model_dir(), queue_capacity: capacity, max_batch, threads });
+    let svc = EmbedService::start(&EmbedConfig { model_dir: model_dir(), queue_capacity: capacity, max_batch, threads, ..EmbedConfig::default() });
     assert!(svc.is_available(), "service should load the model");
     svc
 }
@@ -169,9 +169,10 @@ async fn service_reports_overload_when_queue_is_full() {
     // Capacity is released once answered.
     assert_eq!(svc.queue_len(), 0);
     assert_eq!(svc.embed(vec!["one more".into()]).await.expect("fits now").len(), 1);
-    // A request larger than the whole queue can never fit.
-    let too_many: Vec<String> = (0..9).map(|i| i.to_string()).collect();
-    assert!(matches!(svc.embed(too_many).await, Err(EmbedError::Failed(_))));
+    // A request larger than the whole queue is served in slices of max_batch.
+    let many: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(svc.embed(many).await.expect("sliced").len(), 20);
+    assert_eq!(svc.queue_len(), 0);
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ mod model;
 mod service;
 
 pub use model::Embedder;
-pub use service::{EmbedConfig, EmbedError, EmbedService, EmbedStats};
+pub use service::{Caller, EmbedConfig, EmbedError, EmbedService, EmbedStats, Lane};
 
 /// Embedding dimension.
 pub const DIM: usize = 384;

@@ -1,16 +1,18 @@
-//! [`EmbedService`]: an async front end that queues embedding requests for one dedicated
-//! worker thread which batches them across callers.
+//! [`EmbedService`]: an async front end that queues embedding requests for two dedicated worker
+//! threads (an interactive lane and a bulk lane) which batch them across callers and serve tenants
+//! fairly: deficit round-robin, weighted by the caller's plan, in `max_batch` slices.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::{Condvar, Mutex};
 use tokenizers::Tokenizer;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::Embedder;
 
@@ -19,19 +21,31 @@ use super::Embedder;
 pub struct EmbedConfig {
     /// Directory with `model.safetensors`, `tokenizer.json` and `config.json`.
     pub model_dir: PathBuf,
-    /// Maximum number of texts queued or being embedded; beyond it callers get
+    /// Maximum number of texts queued or being embedded in each lane; beyond it a new request gets
     /// [`EmbedError::Overloaded`].
     pub queue_capacity: usize,
-    /// Maximum number of texts the worker gathers from several requests into one batch.
-    /// (A single larger request is still embedded in one go.)
+    /// Texts per forward pass, and the slice a larger request is cut into.
     pub max_batch: usize,
     /// Threads the worker uses for one batch; 0 = the available parallelism.
     pub threads: usize,
+    /// Most texts one caller key (a tenant) may have queued or being embedded per lane; 0 = a quarter
+    /// of `queue_capacity`. Never less than `max_batch`.
+    pub tenant_max_pending: usize,
+    /// Nice value of the bulk lane's threads (0–19; 0 = same priority as everything else), so the
+    /// OS runs queries first when both lanes have work.
+    pub bulk_nice: i32,
 }
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        EmbedConfig { model_dir: PathBuf::from("models/all-MiniLM-L6-v2"), queue_capacity: 4096, max_batch: 32, threads: 0 }
+        EmbedConfig {
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            queue_capacity: 4096,
+            max_batch: 32,
+            threads: 0,
+            tenant_max_pending: 0,
+            bulk_nice: 10,
+        }
     }
 }
 
@@ -41,10 +55,11 @@ pub enum EmbedError {
     /// The model is not loaded (absent or broken files), or the service was shut down.
     #[error("embedding model unavailable")]
     Unavailable,
-    /// Accepting the request would exceed the queue capacity; retry after about this long.
+    /// Accepting the request would exceed the lane's capacity or the caller's share of it; retry
+    /// after about this long.
     #[error("embedding queue full")]
     Overloaded { retry_after_secs: u64 },
-    /// The request cannot be served (e.g. larger than the whole queue) or the model failed.
+    /// The model failed.
     #[error("embedding failed: {0}")]
     Failed(String),
 }
@@ -56,24 +71,202 @@ pub struct EmbedStats {
     pub texts: u64,
     /// Model tokens embedded, including `[CLS]`/`[SEP]`, after truncation.
     pub tokens: u64,
-    /// Batches run by the worker.
+    /// Batches run by the workers.
     pub batches: u64,
+}
+
+/// Which worker serves a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Queries and small writes: someone is waiting for the answer.
+    Interactive,
+    /// Large documents, bulk uploads, background embedding: served by a lower-priority thread.
+    Bulk,
+}
+
+impl Lane {
+    /// Texts up to which a write counts as interactive.
+    pub const INTERACTIVE_TEXTS: usize = 8;
+
+    /// The lane for a write of `texts` texts.
+    pub fn for_write(texts: usize) -> Lane {
+        if texts <= Lane::INTERACTIVE_TEXTS {
+            Lane::Interactive
+        } else {
+            Lane::Bulk
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Lane::Interactive => 0,
+            Lane::Bulk => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+/// Who asks: the fairness key (a tenant id), its weight (from its plan) and the lane.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    key: Arc<str>,
+    weight: usize,
+    lane: Lane,
+}
+
+impl Caller {
+    /// `weight` ≥ 1: a flow of weight 4 gets four times the texts of a flow of weight 1 per round.
+    pub fn new(key: impl Into<Arc<str>>, weight: u32, lane: Lane) -> Caller {
+        Caller { key: key.into(), weight: weight.max(1) as usize, lane }
+    }
+
+    /// A caller without a tenant (tools, tests): one shared flow of weight 1.
+    pub fn anonymous(lane: Lane) -> Caller {
+        Caller::new("", 1, lane)
+    }
+
+    pub fn with_lane(&self, lane: Lane) -> Caller {
+        Caller { lane, ..self.clone() }
+    }
+
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
 }
 
 type Reply = Result<Vec<Vec<f32>>, EmbedError>;
 
 struct Job {
+    key: Arc<str>,
     texts: Vec<String>,
     reply: oneshot::Sender<Reply>,
 }
 
+/// One caller key's queue in a lane.
+struct Flow {
+    jobs: VecDeque<Job>,
+    weight: usize,
+    /// Texts this flow may still take in its current turn.
+    deficit: usize,
+    /// Whether this turn's quantum was added.
+    credited: bool,
+}
+
+/// Deficit round-robin over caller keys: each turn a flow may take `quantum × weight` texts, and a
+/// batch is filled from successive flows up to its budget.
+#[derive(Default)]
+struct Fair {
+    flows: HashMap<Arc<str>, Flow>,
+    ring: VecDeque<Arc<str>>,
+}
+
+impl Fair {
+    fn push(&mut self, job: Job, weight: usize) {
+        match self.flows.get_mut(&job.key) {
+            Some(flow) => {
+                flow.weight = weight;
+                flow.jobs.push_back(job);
+            }
+            None => {
+                self.ring.push_back(Arc::clone(&job.key));
+                let key = Arc::clone(&job.key);
+                self.flows.insert(key, Flow { jobs: VecDeque::from([job]), weight, deficit: 0, credited: false });
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    fn drain(&mut self) -> Vec<Job> {
+        self.ring.clear();
+        self.flows.drain().flat_map(|(_, f)| f.jobs).collect()
+    }
+
+    /// The next batch of at most `budget` texts (at least one job if any is queued). Jobs whose
+    /// caller has gone are moved to `dropped` instead.
+    fn take(&mut self, budget: usize, quantum: usize, dropped: &mut Vec<Job>) -> Vec<Job> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        while let Some(key) = self.ring.front().cloned() {
+            let Some(flow) = self.flows.get_mut(&key) else {
+                self.ring.pop_front();
+                continue;
+            };
+            while let Some(job) = flow.jobs.pop_front() {
+                if job.reply.is_closed() {
+                    dropped.push(job);
+                } else {
+                    flow.jobs.push_front(job);
+                    break;
+                }
+            }
+            let Some(len) = flow.jobs.front().map(|j| j.texts.len()) else {
+                self.flows.remove(&key);
+                self.ring.pop_front();
+                continue;
+            };
+            if !flow.credited {
+                flow.deficit += quantum * flow.weight;
+                flow.credited = true;
+            }
+            if len <= flow.deficit {
+                if !out.is_empty() && used + len > budget {
+                    break;
+                }
+                flow.deficit -= len;
+                used += len;
+                out.extend(flow.jobs.pop_front());
+                if used >= budget {
+                    break;
+                }
+            } else {
+                flow.credited = false;
+                self.ring.rotate_left(1);
+            }
+        }
+        out
+    }
+}
+
+/// Queues and admission counters, under one lock.
+#[derive(Default)]
+struct Queues {
+    lanes: [Fair; 2],
+    /// Texts admitted and not yet answered, per lane.
+    pending: [usize; 2],
+    /// The same per lane and caller key.
+    by_key: [HashMap<Arc<str>, usize>; 2],
+}
+
+impl Queues {
+    fn release(&mut self, lane: Lane, key: &Arc<str>, n: usize) {
+        let i = lane.index();
+        self.pending[i] = self.pending[i].saturating_sub(n);
+        if let Some(p) = self.by_key[i].get_mut(key) {
+            *p = p.saturating_sub(n);
+            if *p == 0 {
+                self.by_key[i].remove(key);
+            }
+        }
+    }
+}
+
 struct Shared {
-    queue: Mutex<VecDeque<Job>>,
-    wake: Condvar,
+    queues: Mutex<Queues>,
+    wake: [Condvar; 2],
+    /// Notified whenever room is released, for slices that wait for it.
+    room: Notify,
     stopped: AtomicBool,
-    /// Texts admitted and not yet answered (queued or in the running batch).
-    pending: AtomicUsize,
     capacity: usize,
+    tenant_max: usize,
     max_batch: usize,
     texts: AtomicU64,
     tokens: AtomicU64,
@@ -86,17 +279,46 @@ impl Shared {
     /// Marks the service stopped and answers every queued request with `Unavailable`.
     fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        let drained: Vec<Job> = self.queue.lock().drain(..).collect();
-        self.wake.notify_all();
+        let mut drained = Vec::new();
+        {
+            let mut q = self.queues.lock();
+            for lane in [Lane::Interactive, Lane::Bulk] {
+                for job in q.lanes[lane.index()].drain() {
+                    q.release(lane, &job.key, job.texts.len());
+                    drained.push(job);
+                }
+            }
+        }
+        for w in &self.wake {
+            w.notify_all();
+        }
+        self.room.notify_waiters();
         for job in drained {
-            self.pending.fetch_sub(job.texts.len(), Ordering::SeqCst);
             let _ = job.reply.send(Err(EmbedError::Unavailable));
+        }
+    }
+
+    fn retry_after(&self, pending: usize) -> u64 {
+        let rate = f64::from_bits(self.rate.load(Ordering::Relaxed)).max(1.0);
+        ((pending as f64 / rate).ceil() as u64).clamp(1, 60)
+    }
+
+    /// Answers the jobs of one batch and releases their room.
+    fn answer(&self, lane: Lane, jobs: Vec<(Job, Reply)>) {
+        {
+            let mut q = self.queues.lock();
+            for (job, _) in &jobs {
+                q.release(lane, &job.key, job.texts.len());
+            }
+        }
+        self.room.notify_waiters();
+        for (job, reply) in jobs {
+            let _ = job.reply.send(reply);
         }
     }
 }
 
-/// Owned by the `EmbedService` clones (not by the worker): dropping the last clone stops the
-/// worker.
+/// Owned by the `EmbedService` clones (not by the workers): dropping the last clone stops them.
 struct Handle {
     shared: Arc<Shared>,
     tokenizer: Arc<Tokenizer>,
@@ -110,10 +332,17 @@ impl Drop for Handle {
 
 /// Async embedding service; cheap to clone (an `Arc` inside).
 ///
-/// Requests go into a bounded queue (counted in texts) served by one dedicated OS thread that
-/// takes as many queued requests as fit in `max_batch` texts, embeds them together (the
-/// [`Embedder`] sorts by length and packs sequences without padding) and answers each caller
-/// through a oneshot channel. CPU-heavy work therefore never runs on the async runtime.
+/// Requests are cut into slices of at most `max_batch` texts and queued in one of two lanes, each
+/// bounded (counted in texts, queued plus in progress) and served by its own OS thread:
+/// - the interactive lane (queries, small writes) at normal priority;
+/// - the bulk lane (large documents, bulk uploads, background work) at `bulk_nice`, so that when
+///   both have work the OS runs the query first, and bulk still gets every idle cycle.
+///
+/// Within a lane, tenants are served by deficit round-robin weighted by their plan: a batch of up
+/// to `max_batch` texts is filled from successive tenants' queues, so one tenant's thousand-chunk
+/// document never holds another tenant's request back by more than one batch. A slice whose caller
+/// has gone is skipped, and a dropped request queues no further slices. CPU-heavy work never runs
+/// on the async runtime.
 #[derive(Clone)]
 pub struct EmbedService {
     inner: Option<Arc<Handle>>,
@@ -126,12 +355,12 @@ impl std::fmt::Debug for EmbedService {
 }
 
 impl EmbedService {
-    /// Loads the model and starts the worker thread. Never panics and never fails: if the
-    /// model is absent or broken, logs a warning and returns an unavailable service.
+    /// Loads the model and starts the worker threads. Never panics and never fails: if the model is
+    /// absent or broken, logs a warning and returns an unavailable service.
     pub fn start(cfg: &EmbedConfig) -> EmbedService {
         let loaded = catch_unwind(|| Embedder::load(&cfg.model_dir));
         let embedder = match loaded {
-            Ok(Ok(e)) => e.with_threads(cfg.threads),
+            Ok(Ok(e)) => Arc::new(e.with_threads(cfg.threads)),
             Ok(Err(err)) => {
                 tracing::warn!(model_dir = %cfg.model_dir.display(), error = %format!("{err:#}"),
                     "embedding model not loaded; embeddings are disabled");
@@ -143,24 +372,35 @@ impl EmbedService {
                 return EmbedService::disabled();
             }
         };
+        let capacity = cfg.queue_capacity.max(1);
+        let max_batch = cfg.max_batch.clamp(1, capacity);
+        let tenant_max = if cfg.tenant_max_pending == 0 { capacity / 4 } else { cfg.tenant_max_pending };
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
-            wake: Condvar::new(),
+            queues: Mutex::new(Queues::default()),
+            wake: [Condvar::new(), Condvar::new()],
+            room: Notify::new(),
             stopped: AtomicBool::new(false),
-            pending: AtomicUsize::new(0),
-            capacity: cfg.queue_capacity.max(1),
-            max_batch: cfg.max_batch.max(1),
+            capacity,
+            tenant_max: tenant_max.clamp(max_batch, capacity),
+            max_batch,
             texts: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             rate: AtomicU64::new(100f64.to_bits()),
         });
         let tokenizer = embedder.tokenizer_arc();
-        let worker_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().name("warren-embed".into()).spawn(move || worker(embedder, worker_shared));
-        if let Err(err) = spawned {
-            tracing::warn!(error = %err, "cannot start the embedding thread; embeddings are disabled");
-            return EmbedService::disabled();
+        for lane in [Lane::Interactive, Lane::Bulk] {
+            let (e, s) = (Arc::clone(&embedder), Arc::clone(&shared));
+            let nice = if lane == Lane::Bulk { cfg.bulk_nice.clamp(0, 19) } else { 0 };
+            let spawned = std::thread::Builder::new().name(format!("warren-embed-{}", lane.name())).spawn(move || {
+                lower_priority(nice);
+                worker(&e, &s, lane)
+            });
+            if let Err(err) = spawned {
+                tracing::warn!(error = %err, "cannot start an embedding thread; embeddings are disabled");
+                shared.stop();
+                return EmbedService::disabled();
+            }
         }
         tracing::info!(model_dir = %cfg.model_dir.display(), "embedding service started");
         EmbedService { inner: Some(Arc::new(Handle { shared, tokenizer })) }
@@ -188,79 +428,61 @@ impl EmbedService {
         Some(h.tokenizer.encode(text, true).map_or(2, |e| e.len()))
     }
 
-    /// L2-normalised embeddings of `texts`, in order.
+    /// Texts per slice and per batch.
+    pub fn max_batch(&self) -> usize {
+        self.inner.as_ref().map_or(1, |h| h.shared.max_batch)
+    }
+
+    /// [`EmbedService::embed_for`] as an anonymous interactive caller.
+    pub async fn embed(&self, texts: Vec<String>) -> Reply {
+        self.embed_for(&Caller::anonymous(Lane::Interactive), texts).await
+    }
+
+    /// [`EmbedService::embed_for`] as an anonymous bulk caller.
+    pub async fn embed_all(&self, texts: Vec<String>) -> Reply {
+        self.embed_for(&Caller::anonymous(Lane::Bulk), texts).await
+    }
+
+    /// L2-normalised embeddings of `texts`, in order, whatever their number.
     ///
-    /// Queued on a dedicated worker thread that batches requests across all callers (sorted by
-    /// length within a batch). Returns `Overloaded` immediately when the bounded queue would
-    /// exceed `queue_capacity` texts, and `Failed` for a request larger than the whole queue.
-    /// An empty `texts` gives an empty result without queueing. If the returned future is
-    /// dropped before the request runs, the request is skipped.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// The texts are cut into slices of `max_batch`, of which at most two are queued at a time. The
+    /// first slice is refused at once with `Overloaded` when the lane is full or the caller already
+    /// has `tenant_max_pending` texts in it; later slices of an admitted request wait for room
+    /// instead, so admitted work completes. Dropping the future stops the request: its queued
+    /// slices are skipped and no further slice is queued. An empty `texts` gives an empty result.
+    pub async fn embed_for(&self, caller: &Caller, texts: Vec<String>) -> Reply {
         let Some(h) = self.inner.as_ref().filter(|_| self.is_available()) else {
             return Err(EmbedError::Unavailable);
         };
-        let shared = &h.shared;
-        let n = texts.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        if n > shared.capacity {
-            return Err(EmbedError::Failed(format!("request of {n} texts exceeds the queue capacity of {}", shared.capacity)));
-        }
-        // Admission: reserve n slots or refuse.
-        let admitted = shared.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| (cur + n <= shared.capacity).then_some(cur + n));
-        if let Err(cur) = admitted {
-            let rate = f64::from_bits(shared.rate.load(Ordering::Relaxed)).max(1.0);
-            let retry_after_secs = ((cur as f64 / rate).ceil() as u64).clamp(1, 60);
-            return Err(EmbedError::Overloaded { retry_after_secs });
-        }
-        let (reply, answer) = oneshot::channel();
-        {
-            let mut queue = shared.queue.lock();
-            // Checked under the lock: `stop` drains under the same lock, so no job is stranded.
-            if shared.stopped.load(Ordering::SeqCst) {
-                drop(queue);
-                shared.pending.fetch_sub(n, Ordering::SeqCst);
-                return Err(EmbedError::Unavailable);
-            }
-            queue.push_back(Job { texts, reply });
-        }
-        shared.wake.notify_one();
-        answer.await.unwrap_or(Err(EmbedError::Unavailable))
-    }
-
-    /// Embeds any number of texts as a sequence of queue requests of at most `4 × max_batch` texts
-    /// (and never more than the queue holds), so a large document or bulk upload is not refused for
-    /// its size, and other tenants' requests queue between its slices instead of behind all of it.
-    /// Dropping the future stops it: slices not yet admitted are never queued.
-    pub async fn embed_all(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let slice = match self.inner.as_ref() {
-            Some(h) => (h.shared.max_batch * 4).min(h.shared.capacity).max(1),
-            None => return Err(EmbedError::Unavailable),
-        };
+        let slice = h.shared.max_batch;
         if texts.len() <= slice {
-            return self.embed(texts).await;
+            return submit(&h.shared, caller, texts, false).await;
         }
-        let mut out = Vec::with_capacity(texts.len());
+        let mut parts = Vec::with_capacity(texts.len().div_ceil(slice));
         let mut rest = texts.into_iter().peekable();
         while rest.peek().is_some() {
-            let part: Vec<String> = rest.by_ref().take(slice).collect();
-            out.extend(self.embed(part).await?);
+            parts.push(rest.by_ref().take(slice).collect::<Vec<String>>());
         }
-        Ok(out)
+        let shared = &h.shared;
+        let done: Vec<Vec<Vec<f32>>> =
+            futures::stream::iter(parts.into_iter().enumerate().map(|(i, part)| submit(shared, caller, part, i > 0))).buffered(2).try_collect().await?;
+        Ok(done.into_iter().flatten().collect())
     }
 
-    /// Stops the worker; pending requests get `Unavailable`. The batch being computed, if any,
-    /// still completes. Idempotent; affects every clone.
+    /// Stops the workers; pending requests get `Unavailable`. A batch being computed still
+    /// completes. Idempotent; affects every clone.
     pub fn shutdown(&self) {
         if let Some(h) = &self.inner {
             h.shared.stop();
         }
     }
 
-    /// Texts admitted and not yet answered (queued or in the running batch).
+    /// Texts admitted and not yet answered (queued or in a running batch), in both lanes.
     pub fn queue_len(&self) -> usize {
-        self.inner.as_ref().map_or(0, |h| h.shared.pending.load(Ordering::SeqCst))
+        self.inner.as_ref().map_or(0, |h| {
+            let q = h.shared.queues.lock();
+            q.pending[0] + q.pending[1]
+        })
     }
 
     /// Counters since start (all zero for a disabled service).
@@ -273,45 +495,87 @@ impl EmbedService {
     }
 }
 
-/// The worker loop: wait for jobs, take up to `max_batch` texts worth of them, embed, answer.
-fn worker(embedder: Embedder, shared: Arc<Shared>) {
-    loop {
-        let mut jobs = Vec::new();
+/// Queues one slice (at most `max_batch` texts) and awaits its answer. With `wait`, waits for room
+/// instead of refusing.
+async fn submit(shared: &Shared, caller: &Caller, texts: Vec<String>, wait: bool) -> Reply {
+    let n = texts.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let lane = caller.lane.index();
+    let mut texts = Some(texts);
+    let answer = loop {
+        // Registered before the check, so a release between the check and the wait is not missed.
+        let room = shared.room.notified();
         {
-            let mut queue = shared.queue.lock();
-            while queue.is_empty() && !shared.stopped.load(Ordering::SeqCst) {
-                shared.wake.wait(&mut queue);
+            let mut q = shared.queues.lock();
+            // Checked under the lock: `stop` drains under the same lock, so no job is stranded.
+            if shared.stopped.load(Ordering::SeqCst) {
+                return Err(EmbedError::Unavailable);
+            }
+            let mine = q.by_key[lane].get(&caller.key).copied().unwrap_or(0);
+            let fits = q.pending[lane] + n <= shared.capacity && (mine == 0 || mine + n <= shared.tenant_max);
+            if fits {
+                q.pending[lane] += n;
+                *q.by_key[lane].entry(Arc::clone(&caller.key)).or_insert(0) += n;
+                let (reply, answer) = oneshot::channel();
+                let job = Job { key: Arc::clone(&caller.key), texts: texts.take().unwrap_or_default(), reply };
+                q.lanes[lane].push(job, caller.weight);
+                break answer;
+            }
+            if !wait {
+                metrics::counter!("warren_embed_refused_total", "lane" => caller.lane.name()).increment(1);
+                return Err(EmbedError::Overloaded { retry_after_secs: shared.retry_after(q.pending[lane]) });
+            }
+        }
+        room.await;
+    };
+    shared.wake[lane].notify_one();
+    answer.await.unwrap_or(Err(EmbedError::Unavailable))
+}
+
+/// Lowers the calling thread's priority (Linux: nice is per thread and inherited by the threads it
+/// spawns, so the batch's helper threads run at the same priority).
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its arguments; raising one's own nice needs no privilege.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the bulk embedding thread's priority");
+        }
+    }
+}
+
+/// A lane's worker loop: wait for jobs, take the next fair batch, embed, answer.
+fn worker(embedder: &Embedder, shared: &Shared, lane: Lane) {
+    loop {
+        let mut dropped = Vec::new();
+        let jobs = {
+            let mut q = shared.queues.lock();
+            while q.lanes[lane.index()].is_empty() && !shared.stopped.load(Ordering::SeqCst) {
+                shared.wake[lane.index()].wait(&mut q);
             }
             if shared.stopped.load(Ordering::SeqCst) {
                 break;
             }
-            let mut count = 0;
-            while let Some(job) = queue.front() {
-                let len = job.texts.len();
-                if !jobs.is_empty() && count + len > shared.max_batch {
-                    break;
-                }
-                count += len;
-                jobs.extend(queue.pop_front());
-            }
+            q.lanes[lane.index()].take(shared.max_batch, shared.max_batch, &mut dropped)
+        };
+        if !dropped.is_empty() {
+            // Their callers are gone: release the room without computing anything.
+            shared.answer(lane, dropped.into_iter().map(|j| (j, Err(EmbedError::Unavailable))).collect());
         }
-        // Skip requests whose caller went away.
-        jobs.retain(|job: &Job| {
-            let alive = !job.reply.is_closed();
-            if !alive {
-                shared.pending.fetch_sub(job.texts.len(), Ordering::SeqCst);
-            }
-            alive
-        });
-        if jobs.is_empty() {
-            continue;
+        if !jobs.is_empty() {
+            run_batch(embedder, shared, lane, jobs);
         }
-        run_batch(&embedder, &shared, jobs);
     }
-    tracing::debug!("embedding worker stopped");
+    tracing::debug!(lane = lane.name(), "embedding worker stopped");
 }
 
-fn run_batch(embedder: &Embedder, shared: &Shared, jobs: Vec<Job>) {
+fn run_batch(embedder: &Embedder, shared: &Shared, lane: Lane, jobs: Vec<Job>) {
     let started = Instant::now();
     let texts: Vec<&str> = jobs.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
     let n = texts.len();
@@ -334,19 +598,18 @@ fn run_batch(embedder: &Embedder, shared: &Shared, jobs: Vec<Job>) {
             let rate = 0.8 * old + 0.2 * (n as f64 / secs);
             shared.rate.store(rate.to_bits(), Ordering::Relaxed);
             let mut vectors = vectors.into_iter();
-            for job in jobs {
-                let k = job.texts.len();
-                let mine: Vec<Vec<f32>> = vectors.by_ref().take(k).collect();
-                shared.pending.fetch_sub(k, Ordering::SeqCst);
-                let _ = job.reply.send(Ok(mine));
-            }
+            let answered = jobs
+                .into_iter()
+                .map(|job| {
+                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.texts.len()).collect();
+                    (job, Ok(mine))
+                })
+                .collect();
+            shared.answer(lane, answered);
         }
         Err(msg) => {
             tracing::warn!(error = %msg, texts = n, "embedding batch failed");
-            for job in jobs {
-                shared.pending.fetch_sub(job.texts.len(), Ordering::SeqCst);
-                let _ = job.reply.send(Err(EmbedError::Failed(msg.clone())));
-            }
+            shared.answer(lane, jobs.into_iter().map(|j| (j, Err(EmbedError::Failed(msg.clone())))).collect());
         }
     }
 }
@@ -372,6 +635,70 @@ mod tests {
     fn default_config() {
         let c = EmbedConfig::default();
         assert_eq!(c.model_dir, PathBuf::from("models/all-MiniLM-L6-v2"));
-        assert_eq!((c.queue_capacity, c.max_batch, c.threads), (4096, 32, 0));
+        assert_eq!((c.queue_capacity, c.max_batch, c.threads, c.tenant_max_pending, c.bulk_nice), (4096, 32, 0, 0, 10));
+    }
+
+    /// A queued job of `n` texts for `key`; the receiver keeps it alive.
+    fn job(key: &str, n: usize) -> (Job, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        (Job { key: key.into(), texts: vec![String::new(); n], reply }, rx)
+    }
+
+    #[test]
+    fn round_robin_puts_a_late_tenant_into_the_next_batch() {
+        let mut fair = Fair::default();
+        let mut keep = Vec::new();
+        // Tenant A queues a 1,000-chunk document as slices of 32; then B asks one query.
+        for _ in 0..32 {
+            let (j, rx) = job("a", 32);
+            fair.push(j, 1);
+            keep.push(rx);
+        }
+        let (j, rx) = job("b", 1);
+        fair.push(j, 1);
+        keep.push(rx);
+        let mut dropped = Vec::new();
+        let first = fair.take(32, 32, &mut dropped);
+        assert_eq!(first.iter().map(|j| &*j.key).collect::<Vec<_>>(), ["a"]);
+        let second = fair.take(32, 32, &mut dropped);
+        assert_eq!(second.iter().map(|j| &*j.key).collect::<Vec<_>>(), ["b"], "B waits for one batch, not for A's document");
+        assert!(dropped.is_empty());
+    }
+
+    #[test]
+    fn weights_share_texts_in_proportion() {
+        let mut fair = Fair::default();
+        let mut keep = Vec::new();
+        for _ in 0..400 {
+            for (key, weight) in [("free", 1), ("pro", 4)] {
+                let (j, rx) = job(key, 8);
+                fair.push(j, weight);
+                keep.push(rx);
+            }
+        }
+        let mut served: HashMap<String, usize> = HashMap::new();
+        let mut dropped = Vec::new();
+        for _ in 0..100 {
+            for j in fair.take(32, 32, &mut dropped) {
+                *served.entry(j.key.to_string()).or_default() += j.texts.len();
+            }
+        }
+        let (free, pro) = (served["free"], served["pro"]);
+        assert_eq!(free + pro, 3200, "every batch is full");
+        assert!((pro as f64 / free as f64 - 4.0).abs() < 0.2, "pro {pro} vs free {free}");
+    }
+
+    #[test]
+    fn gone_callers_are_dropped_not_served() {
+        let mut fair = Fair::default();
+        let (j, rx) = job("a", 4);
+        fair.push(j, 1);
+        drop(rx);
+        let (j, _rx) = job("b", 2);
+        fair.push(j, 1);
+        let mut dropped = Vec::new();
+        let batch = fair.take(32, 32, &mut dropped);
+        assert_eq!((batch.len(), &*batch[0].key, dropped.len()), (1, "b", 1));
+        assert!(fair.is_empty() || fair.take(32, 32, &mut dropped).is_empty());
     }
 }

@@ -65,6 +65,10 @@ pub struct Plan {
     /// Stripe price ids that mean this tier (webhooks map subscriptions through them).
     #[serde(default)]
     pub stripe_price_ids: Vec<String>,
+    /// Share of the embedding workers when tenants compete (weighted round-robin); unset: 1, 2, 4
+    /// and 8 for free, starter, pro and enterprise.
+    #[serde(default)]
+    pub cpu_weight: Option<u32>,
 }
 
 impl Plan {
@@ -83,11 +87,24 @@ pub struct Costs {
     pub assemble: u32,
     pub embeddings: u32,
     pub bulk_document: u32,
+    /// One more cell per this many chunks (or embeddings inputs) embedded, rounded up, so a call's
+    /// cost grows with the CPU it takes; 0 = no per-chunk cost.
+    pub chunks_per_cell: u32,
+}
+
+impl Costs {
+    /// Cells for embedding `chunks` texts.
+    pub fn for_chunks(&self, chunks: usize) -> u32 {
+        if self.chunks_per_cell == 0 {
+            return 0;
+        }
+        u32::try_from(chunks.div_ceil(self.chunks_per_cell as usize)).unwrap_or(u32::MAX)
+    }
 }
 
 impl Default for Costs {
     fn default() -> Self {
-        Costs { read: 1, write: 1, search: 1, assemble: 2, embeddings: 1, bulk_document: 1 }
+        Costs { read: 1, write: 1, search: 1, assemble: 2, embeddings: 1, bulk_document: 1, chunks_per_cell: 16 }
     }
 }
 
@@ -228,6 +245,15 @@ pub struct Entitlements {
 }
 
 impl Entitlements {
+    /// Weight of this tenant in the embedding workers' round-robin.
+    pub fn cpu_weight(&self) -> u32 {
+        self.plan.cpu_weight.unwrap_or(match self.tier {
+            Tier::Free => 1,
+            Tier::Starter => 2,
+            Tier::Pro => 4,
+            Tier::Enterprise => 8,
+        })
+    }
     pub fn rate(&self) -> (u32, u32) {
         let o = self.overrides.as_deref();
         (o.and_then(|o| o.rate_per_sec).unwrap_or(self.plan.rate_per_sec), o.and_then(|o| o.burst).unwrap_or(self.plan.burst))

@@ -281,7 +281,8 @@ async fn embed_missing(t: &Trainer, lease: &Lease) -> Result<bool, Error> {
         }
         done += todo.len();
         let texts: Vec<String> = todo.iter().map(|t| t.1.clone()).collect();
-        match t.embed.embed(texts).await {
+        let caller = crate::embed::Caller::new(t.cap.id(), 1, crate::embed::Lane::Bulk);
+        match t.embed.embed_for(&caller, texts).await {
             Ok(vectors) => {
                 let items: Vec<(String, String, Vec<f32>)> = todo.into_iter().zip(vectors).map(|((id, text), v)| (id, text, v)).collect();
                 lease.blocking(move |h| h.with_writer(|c| store::set_embeddings(c, items))).await?;

@@ -236,6 +236,11 @@ impl TenantCtx {
     pub fn costs(&self) -> &crate::plans::Costs {
         self.entitlements.costs()
     }
+
+    /// This tenant as a caller of the embedding workers: its own fair-share flow, weighted by plan.
+    pub fn embed_caller(&self, lane: crate::embed::Lane) -> crate::embed::Caller {
+        crate::embed::Caller::new(self.tenant.id.as_str(), self.entitlements.cpu_weight(), lane)
+    }
 }
 
 fn rate_limited(t: Throttled, cells: u32) -> Error {

@@ -52,7 +52,8 @@ async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument]) -> Result<O
     if texts.is_empty() {
         return Ok(Some(prepared.iter().map(|_| Vec::new()).collect()));
     }
-    let mut flat = embed.embed_all(texts).await.map_err(embed_error)?.into_iter();
+    let caller = ctx.embed_caller(crate::embed::Lane::for_write(texts.len()));
+    let mut flat = embed.embed_for(&caller, texts).await.map_err(embed_error)?.into_iter();
     Ok(Some(prepared.iter().map(|d| flat.by_ref().take(d.chunks.len()).collect()).collect()))
 }
 
@@ -61,6 +62,7 @@ pub async fn write(ctx: &TenantCtx, input: DocumentInput) -> Result<docs::WriteR
     ctx.authorize(Op::DocumentWrite)?;
     let prepared = prepare_all(ctx, vec![input]).await?.pop().ok_or_else(|| Error::internal(anyhow::anyhow!("no prepared document")))??;
     let bytes = prepared.content.len() as u64;
+    ctx.charge(ctx.costs().for_chunks(prepared.chunks.len()))?;
     ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
     let embeddings = embed_docs(ctx, &[&prepared]).await?.map(|mut v| v.remove(0));
     let embedded_tokens: usize = prepared.chunks.iter().map(|c| c.llm_tokens).sum();
@@ -107,6 +109,7 @@ pub async fn bulk(ctx: &TenantCtx, documents: Vec<serde_json::Value>) -> Result<
     }
     if !ok_docs.is_empty() {
         let bytes: u64 = ok_docs.iter().map(|d| d.content.len() as u64).sum();
+        ctx.charge(ctx.costs().for_chunks(ok_docs.iter().map(|d| d.chunks.len()).sum()))?;
         ctx.check_storage(ok_docs.iter().map(|d| d.path.clone()).collect(), bytes).await?;
         let refs: Vec<&PreparedDocument> = ok_docs.iter().collect();
         let embeddings = embed_docs(ctx, &refs).await?;

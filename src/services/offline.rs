@@ -56,6 +56,8 @@ impl Operator {
             queue_capacity: self.config.embed.queue_capacity,
             max_batch: self.config.embed.max_batch,
             threads: self.config.embed.threads,
+            tenant_max_pending: self.config.embed.tenant_max_pending,
+            bulk_nice: self.config.embed.bulk_nice,
         });
         let limits = DocLimits { max_content_bytes: self.config.docs.max_document_bytes, ..DocLimits::default() };
         Ok(OfflineDocs { conn, search, embed, limits })

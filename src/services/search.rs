@@ -43,7 +43,8 @@ pub(crate) fn rebuild(h: &TenantHandle) -> Result<usize, Error> {
 
 /// Embeds one query on the shared worker.
 async fn embed_query(ctx: &TenantCtx, query: &str) -> Result<Vec<f32>, Error> {
-    let mut v = ctx.state().embed.embed(vec![query.to_string()]).await.map_err(embed_error)?;
+    let caller = ctx.embed_caller(crate::embed::Lane::Interactive);
+    let mut v = ctx.state().embed.embed_for(&caller, vec![query.to_string()]).await.map_err(embed_error)?;
     v.pop().ok_or_else(|| Error::internal(anyhow::anyhow!("embedder returned nothing")))
 }
 
@@ -227,7 +228,8 @@ pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<Embed
     let counted = inputs.clone();
     let prompt_tokens: usize =
         tokio::task::spawn_blocking(move || counted.iter().map(|t| tokenizer.encode(t.as_str(), true).map(|e| e.len()).unwrap_or(0)).sum()).await?;
-    let vectors = embed.embed_all(inputs).await.map_err(embed_error)?;
+    let caller = ctx.embed_caller(crate::embed::Lane::for_write(inputs.len()));
+    let vectors = embed.embed_for(&caller, inputs).await.map_err(embed_error)?;
     ctx.state().meter.record(ctx.id(), Kind::Embedding, prompt_tokens as u64);
     let data = vectors
         .into_iter()

@@ -123,6 +123,29 @@ async fn an_api_key_may_carry_a_lower_limit_and_bulk_costs_per_document() {
     app.stop().await;
 }
 
+/// A document's rate-limit cost grows with the chunks it embeds: one more cell per 16 chunks.
+#[tokio::test]
+async fn a_document_costs_one_more_cell_per_sixteen_chunks() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("chunky", "starter").await;
+    let content: String = (0..120).map(|i| format!("Paragraph {i} talks about subject number {i} at some length. ").repeat(12) + "\n\n").collect();
+    let r = send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "a.md", "content": content}))).await;
+    assert_eq!(r.status(), 201);
+    let chunks = json_of(r).await["chunks"].as_u64().expect("chunks");
+    assert!(chunks > 32, "the document should have many chunks, got {chunks}");
+    // With a key burst of 3, the same document no longer fits, and nothing of it is written.
+    let r = send(app.admin(Method::PUT, &format!("/tenants/chunky/keys/{}/rate_limit", t.key_id)).json(&json!({"rate_per_sec": 1, "burst": 3}))).await;
+    assert_eq!(r.status(), 200);
+    let v = expect_error(send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "b.md", "content": content}))).await, 429, "rate_limited").await;
+    assert_eq!(v["error"]["cost"], chunks.div_ceil(16), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("smaller"), "{v}");
+    let r = send(app.admin(Method::PUT, &format!("/tenants/chunky/keys/{}/rate_limit", t.key_id)).json(&json!(null))).await;
+    assert_eq!(r.status(), 200);
+    let listed = json_of(send(app.api(Method::GET, "/documents?path_prefix=b", &t.key)).await).await;
+    assert_eq!(listed["documents"].as_array().map(Vec::len), Some(0), "a refused write stores nothing: {listed}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn hard_quota_refuses_and_soft_quota_records_overage() {
     let dir = tempfile::tempdir().unwrap();
