@@ -43,6 +43,10 @@ pub enum Credential {
     Webhook {
         source: &'static str,
     },
+    /// A background worker resuming work the tenant's own credentials started (a document job).
+    Worker {
+        worker: &'static str,
+    },
 }
 
 /// Proof that host and credentials of a request agree on one active tenant. Only [`Authenticator::prove`] makes one.

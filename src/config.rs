@@ -278,6 +278,15 @@ pub struct DocsConfig {
     pub max_bulk_bytes: usize,
     /// Timeout of a bulk request, in seconds (embedding a large batch takes a while on CPU).
     pub bulk_timeout_secs: u64,
+    /// A document write or bulk upload with more chunks than this is accepted as a background job
+    /// (202 and a job id) instead of being embedded within the request; 0 = never.
+    pub job_threshold_chunks: usize,
+    /// Jobs a tenant may have queued or running; beyond it a large write answers 503 `overloaded`.
+    pub max_jobs_per_tenant: u64,
+    /// Jobs running at once over all tenants (each embeds on the bulk lane).
+    pub job_workers: usize,
+    /// Days a finished job's status stays readable.
+    pub job_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -364,7 +373,16 @@ impl Default for Config {
 
 impl Default for DocsConfig {
     fn default() -> Self {
-        DocsConfig { max_document_bytes: 1024 * 1024, max_bulk_documents: 1000, max_bulk_bytes: 32 * 1024 * 1024, bulk_timeout_secs: 600 }
+        DocsConfig {
+            max_document_bytes: 1024 * 1024,
+            max_bulk_documents: 1000,
+            max_bulk_bytes: 32 * 1024 * 1024,
+            bulk_timeout_secs: 600,
+            job_threshold_chunks: 256,
+            max_jobs_per_tenant: 4,
+            job_workers: 2,
+            job_retention_days: 7,
+        }
     }
 }
 

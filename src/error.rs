@@ -97,6 +97,7 @@ codes! {
     OriginNotAllowed = ("origin_not_allowed", 403, "MCP: the Host is not served here or the browser Origin is not allowed (DNS rebinding guard)."),
     SessionNotFound = ("session_not_found", 404, "MCP: the session is unknown, closed or past its time limit; initialise a new one."),
     DocumentNotFound = ("document_not_found", 404, "No such document."),
+    JobNotFound = ("job_not_found", 404, "No such job for this tenant (finished jobs are kept for `docs.job_retention_days`)."),
     Internal = ("internal", 500, "An unexpected error; the cause is in the server log."),
 }
 

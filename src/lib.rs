@@ -109,7 +109,9 @@ impl App {
         plan_store.refresh_overrides_sync(&control).map_err(|e| anyhow::anyhow!("loading plan overrides: {e}"))?;
         let shutdown = CancellationToken::new();
         let search_cpu = cpu::CpuQueue::new("search", config.search.cpu_workers, config.search.queue_capacity);
+        let jobs = Arc::new(state::JobBoard::new(config.docs.job_workers));
         let state = AppState {
+            jobs,
             shutdown: shutdown.clone(),
             meter: metering::Meter::with(control.clone(), clock, config.billing.enforce),
             plans: plan_store,
@@ -151,6 +153,12 @@ impl App {
             let stop = background.clone();
             let reopen: Arc<dyn backup::Reopen> = Arc::new(state.registry.clone());
             tokio::spawn(b.run(stop, reopen))
+        });
+        let resuming = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = services::jobs::resume_pending(&resuming).await {
+                tracing::warn!(error = %e, "cannot list pending document jobs; they resume on the next start");
+            }
         });
         let router = api::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "warren listening");

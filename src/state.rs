@@ -34,4 +34,20 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The bounded CPU queue of search and context assembly.
     pub search_cpu: crate::cpu::CpuQueue,
+    /// Background document jobs: how many run at once, and the live progress of the running ones.
+    pub jobs: Arc<JobBoard>,
+}
+
+/// Live state of background jobs (their rows in each tenant's SQLite are the record).
+pub struct JobBoard {
+    /// Jobs running at once, over all tenants (`docs.job_workers`).
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Chunks embedded so far, per running job id.
+    pub progress: parking_lot::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
+}
+
+impl JobBoard {
+    pub fn new(workers: usize) -> JobBoard {
+        JobBoard { slots: Arc::new(tokio::sync::Semaphore::new(workers.max(1))), progress: Default::default() }
+    }
 }

@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::docs::{self, BulkRequest, DocumentInput, ListQuery};
 use crate::error::Error;
 use crate::search::{AssembleRequest, AssembleResponse, SearchRequest, SearchResponse};
-use crate::services::documents::{self, BulkResponse, DocRef};
+use crate::docs::jobs::Job;
+use crate::services::documents::{self, BulkResponse, DocRef, Written};
+use crate::services::jobs;
 use crate::services::op;
 use crate::services::search::{self, EmbeddingsRequest, EmbeddingsResponse, ModelList};
 use crate::state::AppState;
@@ -23,8 +25,8 @@ use crate::state::AppState;
 /// The context API's part of the OpenAPI document (listed in [`super::openapi::MODULES`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create, bulk, list, get_one, delete_one, delete_prefix, search, assemble, embeddings, models),
-    components(schemas(docs::Document, docs::DocumentSummary, docs::BulkItemResult, docs::ItemError, BulkResponse, EmbeddingsResponse, ModelList))
+    paths(create, bulk, list, get_one, delete_one, delete_prefix, job, jobs_list, search, assemble, embeddings, models),
+    components(schemas(docs::Document, docs::DocumentSummary, docs::BulkItemResult, docs::ItemError, BulkResponse, Job, JobList, EmbeddingsResponse, ModelList))
 )]
 pub struct ContextApi;
 
@@ -36,26 +38,65 @@ pub fn routes(config: &Config) -> Router<AppState> {
         .route("/documents", post(create).get(list).delete(delete_prefix).layer(DefaultBodyLimit::max(doc_body)))
         .route("/documents/bulk", post(bulk).layer(DefaultBodyLimit::max(config.docs.max_bulk_bytes)))
         .route("/documents/{id}", get(get_one).delete(delete_one))
+        .route("/jobs", get(jobs_list))
+        .route("/jobs/{id}", get(job))
         .route("/search", post(search))
         .route("/context/assemble", post(assemble))
         .route("/embeddings", post(embeddings))
         .route("/models", get(models))
 }
 
-/// Adds a document, or replaces the one at the same path.
+/// Adds a document, or replaces the one at the same path. One with more than
+/// `docs.job_threshold_chunks` chunks is accepted as a background job: 202 with the job and a
+/// `Location` to poll.
 #[utoipa::path(post, path = "/api/v1/documents", tag = "documents", request_body = DocumentInput,
-    responses((status = 201, description = "Created", body = docs::WriteResult), (status = 200, description = "Replaced the document at this path", body = docs::WriteResult)))]
+    responses((status = 201, description = "Created", body = docs::WriteResult), (status = 200, description = "Replaced the document at this path", body = docs::WriteResult),
+        (status = 202, description = "Accepted as a background job; poll GET /api/v1/jobs/{id}", body = Job)))]
 async fn create(ctx: Authorized<op::DocumentWrite>, ApiJson(input): ApiJson<DocumentInput>) -> Result<Response, Error> {
-    let result = documents::write(&ctx, input).await?;
-    let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(result)).into_response())
+    Ok(match documents::write(&ctx, input).await? {
+        Written::Done(result) => {
+            let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
+            (status, Json(result)).into_response()
+        }
+        Written::Queued(job) => accepted(job),
+    })
 }
 
 /// Adds or replaces up to `docs.max_bulk_documents` documents; one bad item does not sink the batch.
+/// A batch with more than `docs.job_threshold_chunks` chunks in all is accepted as a background job.
 #[utoipa::path(post, path = "/api/v1/documents/bulk", tag = "documents", request_body = BulkRequest,
-    responses((status = 200, description = "Per-item results", body = BulkResponse)))]
-async fn bulk(ctx: Authorized<op::DocumentBulk>, ApiJson(req): ApiJson<BulkRequest>) -> Result<Json<BulkResponse>, Error> {
-    Ok(Json(documents::bulk(&ctx, req.documents).await?))
+    responses((status = 200, description = "Per-item results", body = BulkResponse),
+        (status = 202, description = "Accepted as a background job; its result holds the per-item results", body = Job)))]
+async fn bulk(ctx: Authorized<op::DocumentBulk>, ApiJson(req): ApiJson<BulkRequest>) -> Result<Response, Error> {
+    Ok(match documents::bulk(&ctx, req.documents).await? {
+        Written::Done(r) => Json(r).into_response(),
+        Written::Queued(job) => accepted(job),
+    })
+}
+
+/// 202 Accepted with the job and where to poll it.
+fn accepted(job: Job) -> Response {
+    let location = format!("/api/v1/jobs/{}", job.id);
+    (StatusCode::ACCEPTED, [(axum::http::header::LOCATION, location)], Json(job)).into_response()
+}
+
+/// One background document job: status, chunks embedded so far, and the result once finished.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "documents", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The job", body = Job)))]
+async fn job(ctx: Authorized<op::JobGet>, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, Error> {
+    Ok(Json(jobs::get(&ctx, id).await?))
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// This tenant's most recent background jobs (at most 100), newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "documents", responses((status = 200, description = "Recent jobs", body = JobList)))]
+async fn jobs_list(ctx: Authorized<op::JobList>) -> Result<Json<JobList>, Error> {
+    Ok(Json(JobList { jobs: jobs::list(&ctx).await? }))
 }
 
 /// Lists documents (without content), ordered by path, with keyset pagination.

@@ -114,6 +114,14 @@ CREATE TABLE integrations (
     PRIMARY KEY (tenant_id, kind)
 );
 "#,
+    r#"
+CREATE TABLE pending_jobs (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    job_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, job_id)
+);
+"#,
 ];
 
 pub use crate::clock::{parse_ts, ts};

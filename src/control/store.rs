@@ -143,6 +143,11 @@ pub trait ControlStore: Send + Sync {
     fn apply(&self, change: Change, audit: AuditRecord) -> Fut<'_, Outcome>;
     /// Applies a Stripe event once: a replayed event id changes nothing. Answers the outcome JSON.
     fn stripe_event(&self, event: StripeEvent, at: DateTime<Utc>) -> Fut<'_, Value>;
+    /// Notes (or, with `pending` false, forgets) a background job of a tenant, so a restarted server
+    /// resumes it without opening every tenant.
+    fn set_job_pending(&self, tenant_id: &str, job_id: &str, pending: bool, at: DateTime<Utc>) -> Fut<'_, ()>;
+    /// Every pending job, as `(tenant_id, job_id)`, oldest first.
+    fn pending_jobs(&self) -> Fut<'_, Vec<(String, String)>>;
 }
 
 impl ControlStore for ControlPlane {
@@ -219,6 +224,29 @@ impl ControlStore for ControlPlane {
             )?;
             tx.commit()?;
             Ok(serde_json::json!({"received": true, "outcome": outcome, "tenant_id": tenant_id}))
+        }))
+    }
+
+    fn set_job_pending(&self, tenant_id: &str, job_id: &str, pending: bool, at: DateTime<Utc>) -> Fut<'_, ()> {
+        let (tenant_id, job_id) = (tenant_id.to_string(), job_id.to_string());
+        Box::pin(self.write(move |c| {
+            if pending {
+                c.execute(
+                    "INSERT OR IGNORE INTO pending_jobs (tenant_id, job_id, created_at) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![tenant_id, job_id, super::ts(at)],
+                )?;
+            } else {
+                c.execute("DELETE FROM pending_jobs WHERE tenant_id = ?1 AND job_id = ?2", rusqlite::params![tenant_id, job_id])?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn pending_jobs(&self) -> Fut<'_, Vec<(String, String)>> {
+        Box::pin(self.run(|c| {
+            let mut st = c.prepare("SELECT tenant_id, job_id FROM pending_jobs ORDER BY created_at, job_id")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         }))
     }
 

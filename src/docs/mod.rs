@@ -15,6 +15,7 @@
 //! be back-filled later with [`crate::search::TenantSearch::backfill_embeddings`]).
 
 pub mod chunk;
+pub mod jobs;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

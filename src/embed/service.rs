@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -451,12 +451,23 @@ impl EmbedService {
     /// instead, so admitted work completes. Dropping the future stops the request: its queued
     /// slices are skipped and no further slice is queued. An empty `texts` gives an empty result.
     pub async fn embed_for(&self, caller: &Caller, texts: Vec<String>) -> Reply {
+        self.embed_counted(caller, texts, None).await
+    }
+
+    /// [`EmbedService::embed_for`], adding the texts of each finished slice to `progress`.
+    pub async fn embed_counted(&self, caller: &Caller, texts: Vec<String>, progress: Option<&AtomicUsize>) -> Reply {
         let Some(h) = self.inner.as_ref().filter(|_| self.is_available()) else {
             return Err(EmbedError::Unavailable);
         };
         let slice = h.shared.max_batch;
+        let count = |v: Vec<Vec<f32>>| {
+            if let Some(p) = progress {
+                p.fetch_add(v.len(), Ordering::Relaxed);
+            }
+            v
+        };
         if texts.len() <= slice {
-            return submit(&h.shared, caller, texts, false).await;
+            return submit(&h.shared, caller, texts, false).await.map(count);
         }
         let mut parts = Vec::with_capacity(texts.len().div_ceil(slice));
         let mut rest = texts.into_iter().peekable();
@@ -465,7 +476,10 @@ impl EmbedService {
         }
         let shared = &h.shared;
         let done: Vec<Vec<Vec<f32>>> =
-            futures::stream::iter(parts.into_iter().enumerate().map(|(i, part)| submit(shared, caller, part, i > 0))).buffered(2).try_collect().await?;
+            futures::stream::iter(parts.into_iter().enumerate().map(|(i, part)| futures::TryFutureExt::map_ok(submit(shared, caller, part, i > 0), count)))
+                .buffered(2)
+                .try_collect()
+                .await?;
         Ok(done.into_iter().flatten().collect())
     }
 

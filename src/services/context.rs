@@ -73,6 +73,20 @@ impl TenantCtx {
         }
     }
 
+    /// The same tenant, continuing in a background worker work this context started and paid for (a
+    /// document job): same scopes and plan, storage through a worker capability.
+    pub fn for_worker(&self, worker: &'static str) -> TenantCtx {
+        TenantCtx { cap: self.cap.for_worker(worker), rate: None, ..self.clone() }
+    }
+
+    /// A tenant whose pending work a background worker found in the control plane (a job accepted
+    /// before a restart). It may only write, as the accepted job does.
+    pub(crate) fn resumed(state: &AppState, tenant: Arc<Tenant>, worker: &'static str) -> TenantCtx {
+        let entitlements = state.plans.entitlements(&tenant);
+        let cap = state.registry.cap_for_worker(crate::tenant::WorkerProof::new(worker), &tenant.id);
+        TenantCtx { tenant, scopes: vec![Scope::Write], credential: Credential::Worker { worker }, state: state.clone(), entitlements, rate: None, cap }
+    }
+
     pub fn tenant(&self) -> &Tenant {
         &self.tenant
     }

@@ -3,11 +3,15 @@
 //! Tantivy writes run under the tenant's lease. Every write and delete records a usage event and
 //! adjusts the plan's storage measurement.
 
+use std::sync::atomic::AtomicUsize;
+
 use serde::Serialize;
 
 use super::context::TenantCtx;
+use super::jobs;
 use super::ops::Op;
 use super::search::{embed_error, search_state};
+use crate::docs::jobs::Job;
 use crate::docs::{self, BulkItemResult, DocLimits, DocumentInput, ListQuery, PreparedDocument, TokenCounter};
 use crate::error::Error;
 use crate::metering::Kind;
@@ -41,9 +45,10 @@ async fn prepare_all(ctx: &TenantCtx, inputs: Vec<DocumentInput>) -> Result<Vec<
     .await?)
 }
 
-/// Embeds every chunk of the prepared documents (in queue-sized slices); None when no model is loaded
-/// (the documents are then stored for keyword search only).
-async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument]) -> Result<Option<Vec<Vec<Vec<f32>>>>, Error> {
+/// Embeds every chunk of the prepared documents (in `max_batch` slices, on this tenant's fair share of
+/// the embedding workers); None when no model is loaded (the documents are then stored for keyword
+/// search only). `progress` counts the chunks embedded.
+async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument], progress: Option<&AtomicUsize>) -> Result<Option<Vec<Vec<Vec<f32>>>>, Error> {
     let embed = &ctx.state().embed;
     if !embed.is_available() {
         return Ok(None);
@@ -53,36 +58,77 @@ async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument]) -> Result<O
         return Ok(Some(prepared.iter().map(|_| Vec::new()).collect()));
     }
     let caller = ctx.embed_caller(crate::embed::Lane::for_write(texts.len()));
-    let mut flat = embed.embed_for(&caller, texts).await.map_err(embed_error)?.into_iter();
+    let mut flat = embed.embed_counted(&caller, texts, progress).await.map_err(embed_error)?.into_iter();
     Ok(Some(prepared.iter().map(|d| flat.by_ref().take(d.chunks.len()).collect()).collect()))
 }
 
-/// Validates, chunks, embeds and stores one document.
-pub async fn write(ctx: &TenantCtx, input: DocumentInput) -> Result<docs::WriteResult, Error> {
+/// What a write answers: done now, or accepted as a background job (202).
+pub enum Written<T> {
+    Done(T),
+    Queued(Job),
+}
+
+/// Where a write runs: in the request (charged, checked, maybe turned into a job), or inside a job
+/// that was charged and checked when it was accepted.
+#[derive(Clone, Copy)]
+pub(super) enum Run<'a> {
+    Request,
+    Job(&'a AtomicUsize),
+}
+
+impl Run<'_> {
+    fn progress(&self) -> Option<&AtomicUsize> {
+        match self {
+            Run::Request => None,
+            Run::Job(p) => Some(p),
+        }
+    }
+}
+
+/// Validates, chunks, embeds and stores one document. One with more than `docs.job_threshold_chunks`
+/// chunks is accepted as a job instead.
+pub async fn write(ctx: &TenantCtx, input: DocumentInput) -> Result<Written<docs::WriteResult>, Error> {
     ctx.authorize(Op::DocumentWrite)?;
+    write_as(ctx, input, Run::Request).await
+}
+
+pub(super) async fn write_as(ctx: &TenantCtx, input: DocumentInput, run: Run<'_>) -> Result<Written<docs::WriteResult>, Error> {
+    let kept = matches!(run, Run::Request).then(|| input.clone());
     let prepared = prepare_all(ctx, vec![input]).await?.pop().ok_or_else(|| Error::internal(anyhow::anyhow!("no prepared document")))??;
     let bytes = prepared.content.len() as u64;
-    ctx.charge(ctx.costs().for_chunks(prepared.chunks.len()))?;
-    ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
-    let embeddings = embed_docs(ctx, &[&prepared]).await?.map(|mut v| v.remove(0));
+    if let Some(input) = kept {
+        ctx.charge(ctx.costs().for_chunks(prepared.chunks.len()))?;
+        ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
+        if jobs::should_queue(ctx, prepared.chunks.len()) {
+            let input = serde_json::to_value(&input).map_err(Error::internal)?;
+            return Ok(Written::Queued(jobs::enqueue(ctx, jobs::KIND_DOCUMENT, input, 1, prepared.chunks.len()).await?));
+        }
+    }
+    let embeddings = embed_docs(ctx, &[&prepared], run.progress()).await?.map(|mut v| v.remove(0));
     let embedded_tokens: usize = prepared.chunks.iter().map(|c| c.llm_tokens).sum();
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let result = lease.blocking(move |h| h.with_writer(|c| Ok(search.upsert(c, prepared, embeddings)?))).await?;
     ctx.state().meter.record(ctx.id(), Kind::DocumentWrite, embedded_tokens as u64);
     ctx.wrote(result.created as u64, bytes);
-    Ok(result)
+    Ok(Written::Done(result))
 }
 
 /// Adds or replaces up to `docs.max_bulk_documents` documents; one bad item does not sink the batch.
-pub async fn bulk(ctx: &TenantCtx, documents: Vec<serde_json::Value>) -> Result<BulkResponse, Error> {
+/// A batch with more than `docs.job_threshold_chunks` chunks in all is accepted as a job instead.
+pub async fn bulk(ctx: &TenantCtx, documents: Vec<serde_json::Value>) -> Result<Written<BulkResponse>, Error> {
     ctx.authorize(Op::DocumentBulk)?;
     let max = ctx.state().config.docs.max_bulk_documents;
     if documents.is_empty() || documents.len() > max {
         return Err(Error::validation(format!("documents must hold 1 to {max} items")));
     }
+    ctx.charge(ctx.costs().bulk_document.saturating_mul(documents.len() as u32))?;
+    bulk_as(ctx, documents, Run::Request).await
+}
+
+pub(super) async fn bulk_as(ctx: &TenantCtx, documents: Vec<serde_json::Value>, run: Run<'_>) -> Result<Written<BulkResponse>, Error> {
     let n = documents.len();
-    ctx.charge(ctx.costs().bulk_document.saturating_mul(n as u32))?;
+    let kept = matches!(run, Run::Request).then(|| documents.clone());
     let mut results: Vec<Option<BulkItemResult>> = vec![None; n];
     let mut inputs = Vec::new();
     let mut positions = Vec::new();
@@ -109,10 +155,16 @@ pub async fn bulk(ctx: &TenantCtx, documents: Vec<serde_json::Value>) -> Result<
     }
     if !ok_docs.is_empty() {
         let bytes: u64 = ok_docs.iter().map(|d| d.content.len() as u64).sum();
-        ctx.charge(ctx.costs().for_chunks(ok_docs.iter().map(|d| d.chunks.len()).sum()))?;
-        ctx.check_storage(ok_docs.iter().map(|d| d.path.clone()).collect(), bytes).await?;
+        let chunks: usize = ok_docs.iter().map(|d| d.chunks.len()).sum();
+        if let Some(documents) = kept {
+            ctx.charge(ctx.costs().for_chunks(chunks))?;
+            ctx.check_storage(ok_docs.iter().map(|d| d.path.clone()).collect(), bytes).await?;
+            if jobs::should_queue(ctx, chunks) {
+                return Ok(Written::Queued(jobs::enqueue(ctx, jobs::KIND_BULK, serde_json::Value::Array(documents), n, chunks).await?));
+            }
+        }
         let refs: Vec<&PreparedDocument> = ok_docs.iter().collect();
-        let embeddings = embed_docs(ctx, &refs).await?;
+        let embeddings = embed_docs(ctx, &refs, run.progress()).await?;
         let tokens: usize = ok_docs.iter().flat_map(|d| d.chunks.iter().map(|c| c.llm_tokens)).sum();
         let lease = ctx.storage().await?;
         let search = search_state(&lease).await?;
@@ -134,7 +186,7 @@ pub async fn bulk(ctx: &TenantCtx, documents: Vec<serde_json::Value>) -> Result<
     }
     let results: Vec<BulkItemResult> = results.into_iter().flatten().collect();
     let failed = results.iter().filter(|r| r.error.is_some()).count();
-    Ok(BulkResponse { results, succeeded: n - failed, failed })
+    Ok(Written::Done(BulkResponse { results, succeeded: n - failed, failed }))
 }
 
 /// One page of documents ordered by path. Reads come straight from SQLite: they never open the

@@ -68,6 +68,10 @@ operations! {
     DocumentWrite: Write, write;
     /// `POST /documents/bulk` (plus `bulk_document` per item)
     DocumentBulk: Write, write;
+    /// `GET /jobs/{id}` (a background document job)
+    JobGet: Read, read;
+    /// `GET /jobs`
+    JobList: Read, read;
     /// `DELETE /documents/{id}`, MCP `delete_document`
     DocumentDelete: Write, write;
     /// `DELETE /documents?path_prefix=`
@@ -121,6 +125,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 26);
+        assert_eq!(Op::ALL.len(), 28);
     }
 }

@@ -138,5 +138,23 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 CREATE INDEX IF NOT EXISTS webhook_deliveries_at ON webhook_deliveries(received_at);
 ";
 
+/// Document writes too large to finish within a request, run in the background (`services::jobs`).
+/// `input` holds the request until the job has finished, then is cleared.
+pub const JOBS: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    input       TEXT,
+    documents   INTEGER NOT NULL,
+    chunks      INTEGER NOT NULL,
+    result      TEXT,
+    error       TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, updated_at);
+";
+
 /// Every migration, in order.
-pub const MIGRATIONS: &[&str] = &[META, DOCUMENTS, COMMERCE, ORDER_STATUS, WEBHOOKS];
+pub const MIGRATIONS: &[&str] = &[META, DOCUMENTS, COMMERCE, ORDER_STATUS, WEBHOOKS, JOBS];

@@ -6,6 +6,7 @@ mod caddy;
 mod context;
 mod handles;
 mod helpers;
+mod jobs;
 mod plans;
 mod platform;
 mod recs;

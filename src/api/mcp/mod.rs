@@ -206,7 +206,14 @@ impl WarrenMcp {
             async {
                 ctx.begin(Op::DocumentWrite)?;
                 let input = DocumentInput { content: a.content, path: a.path, title: None, metadata: a.metadata.map(Value::Object) };
-                documents::write(&ctx, input).await
+                Ok(match documents::write(&ctx, input).await? {
+                    documents::Written::Done(r) => serde_json::to_value(r).map_err(Error::internal)?,
+                    documents::Written::Queued(job) => serde_json::json!({
+                        "queued": true,
+                        "job": job,
+                        "note": "the document is large and is being embedded in the background; it becomes searchable when the job succeeds",
+                    }),
+                })
             }
             .await,
         )
