@@ -8,21 +8,23 @@
 //!   dedicated worker thread.
 //!
 //! # Threading model
-//! - `EmbedService::embed` (async) reserves room for its texts in a bounded queue (capacity
-//!   counted in texts, queued plus in progress). If the room is not there it returns
-//!   [`EmbedError::Overloaded`] at once, without waiting; otherwise it pushes the job and
-//!   awaits a `tokio::sync::oneshot` reply. Nothing heavy ever runs on the async runtime.
-//! - One OS thread (`warren-embed`, not a tokio or rayon thread) owns the [`Embedder`]. It
-//!   sleeps on a condition variable, wakes for a job, drains queued jobs up to `max_batch`
-//!   texts (requests from different callers share a batch), embeds them together and answers
-//!   each caller. Batching is opportunistic: there is no linger delay, so an idle service
-//!   answers a single query immediately and a busy one forms larger batches by itself.
+//! - `EmbedService::embed_for` (async) cuts its texts into slices of `max_batch` and queues at most two
+//!   at a time in one of two lanes (interactive, bulk), each bounded in texts (queued plus in
+//!   progress) and per caller key. A first slice that does not fit returns
+//!   [`EmbedError::Overloaded`] at once; later slices wait for room. Each slice awaits a
+//!   `tokio::sync::oneshot` reply. Nothing heavy ever runs on the async runtime.
+//! - Each lane has one OS thread (`warren-embed-interactive`, `warren-embed-bulk`; not tokio or rayon
+//!   threads), sharing one [`Embedder`]. The bulk thread runs at a higher nice value, so the OS
+//!   prefers queries. A thread sleeps on its lane's condition variable, wakes for a job and takes the
+//!   next batch of up to `max_batch` texts by deficit round-robin over caller keys (tenants), weighted
+//!   by their plan. Batching is opportunistic: there is no linger delay, so an idle service answers a
+//!   single query immediately and a busy one forms larger batches by itself.
 //! - Inside a batch, sequences are sorted by length and packed into work units of similar
 //!   token counts without padding; the worker plus `threads − 1` scoped helper threads
-//!   (spawned per batch, `std::thread::scope`) each take whole units. Matrix products run
-//!   single-threaded inside a unit (the `gemm` crate), so threads never synchronise within a
+//!   (spawned per batch, `std::thread::scope`, inheriting the worker's priority) each take whole
+//!   units. Matrix products run single-threaded inside a unit, so threads never synchronise within a
 //!   forward pass and no global thread pool (rayon) is involved.
-//! - `shutdown` (or dropping the last clone) stops the worker; queued requests get
+//! - `shutdown` (or dropping the last clone) stops the workers; queued requests get
 //!   [`EmbedError::Unavailable`].
 //!
 //! # Model files

@@ -79,7 +79,7 @@ async fn mcp_with_the_official_python_client() {
 
 /// One JSON-RPC message over Streamable HTTP; returns status, headers and the first JSON message
 /// of the answer (plain JSON, or the first `data:` of an SSE stream).
-async fn mcp_post(app: &TestApp, key: &str, session: Option<&str>, body: Value, extra: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
+pub(crate) async fn mcp_post(app: &TestApp, key: &str, session: Option<&str>, body: Value, extra: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
     let mut rb = app
         .req(Method::POST, "/mcp")
         .bearer_auth(key)
@@ -102,12 +102,12 @@ async fn mcp_post(app: &TestApp, key: &str, session: Option<&str>, body: Value, 
     (status, headers, v.unwrap_or(Value::Null))
 }
 
-fn init_msg() -> Value {
+pub(crate) fn init_msg() -> Value {
     json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "warren-tests", "version": "1"}}})
 }
 
-async fn open_session(app: &TestApp, key: &str) -> String {
+pub(crate) async fn open_session(app: &TestApp, key: &str) -> String {
     let (status, headers, v) = mcp_post(app, key, None, init_msg(), &[]).await;
     assert_eq!(status, 200, "{v}");
     let sid = headers.get("mcp-session-id").expect("session id").to_str().unwrap().to_string();

@@ -126,11 +126,16 @@ async fn a_job_interrupted_by_a_stop_resumes_on_start() {
     assert_eq!(done["result"]["path"], "resumed.md", "{done}");
     let listed = json_of(send(app.api(Method::GET, "/documents?path_prefix=resumed", &t.key)).await).await;
     assert_eq!(listed["documents"].as_array().map(Vec::len), Some(1), "{listed}");
-    // Once finished, it is no longer pending: the next start has nothing to resume.
-    let pending: i64 = rusqlite::Connection::open(app.dir.path().join("control.db"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM pending_jobs", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(pending, 0);
+    // Once finished (the job row first, then the control plane's note), it is no longer pending: the
+    // next start has nothing to resume.
+    let control = rusqlite::Connection::open(app.dir.path().join("control.db")).unwrap();
+    let pending = || control.query_row("SELECT count(*) FROM pending_jobs", [], |r| r.get::<_, i64>(0)).unwrap();
+    for _ in 0..100 {
+        if pending() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(), 0, "the finished job is still noted as pending");
     app.stop().await;
 }

@@ -6,6 +6,7 @@ mod caddy;
 mod context;
 mod handles;
 mod helpers;
+mod isolation;
 mod jobs;
 mod plans;
 mod platform;
