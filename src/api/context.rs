@@ -12,10 +12,10 @@ use serde::Deserialize;
 use super::extract::Authorized;
 use super::{ApiJson, ApiPath, ApiQuery};
 use crate::config::Config;
+use crate::docs::jobs::Job;
 use crate::docs::{self, BulkRequest, DocumentInput, ListQuery};
 use crate::error::Error;
 use crate::search::{AssembleRequest, AssembleResponse, SearchRequest, SearchResponse};
-use crate::docs::jobs::Job;
 use crate::services::documents::{self, BulkResponse, DocRef, Written};
 use crate::services::jobs;
 use crate::services::op;
@@ -26,7 +26,17 @@ use crate::state::AppState;
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(create, bulk, list, get_one, delete_one, delete_prefix, job, jobs_list, search, assemble, embeddings, models),
-    components(schemas(docs::Document, docs::DocumentSummary, docs::BulkItemResult, docs::ItemError, BulkResponse, Job, JobList, EmbeddingsResponse, ModelList))
+    components(schemas(
+        docs::Document,
+        docs::DocumentSummary,
+        docs::BulkItemResult,
+        docs::ItemError,
+        BulkResponse,
+        Job,
+        JobList,
+        EmbeddingsResponse,
+        ModelList
+    ))
 )]
 pub struct ContextApi;
 
@@ -75,7 +85,7 @@ async fn bulk(ctx: Authorized<op::DocumentBulk>, ApiJson(req): ApiJson<BulkReque
 }
 
 /// 202 Accepted with the job and where to poll it.
-fn accepted(job: Job) -> Response {
+fn accepted(job: Box<Job>) -> Response {
     let location = format!("/api/v1/jobs/{}", job.id);
     (StatusCode::ACCEPTED, [(axum::http::header::LOCATION, location)], Json(job)).into_response()
 }

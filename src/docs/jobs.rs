@@ -54,7 +54,16 @@ pub fn active(c: &Connection) -> rusqlite::Result<u64> {
 }
 
 /// Inserts a queued job holding `input`, and forgets finished jobs last updated before `prune_before`.
-pub fn insert(c: &Connection, id: &str, kind: &str, input: &Value, documents: u64, chunks: u64, now: &str, prune_before: &str) -> rusqlite::Result<Job> {
+pub fn insert(
+    c: &Connection,
+    id: &str,
+    kind: &str,
+    input: &Value,
+    documents: u64,
+    chunks: u64,
+    now: &str,
+    prune_before: &str,
+) -> rusqlite::Result<Job> {
     c.execute("DELETE FROM jobs WHERE status IN ('succeeded', 'failed') AND updated_at < ?1", [prune_before])?;
     c.execute(
         "INSERT INTO jobs (id, kind, status, input, documents, chunks, created_at, updated_at) VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?6)",

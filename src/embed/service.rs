@@ -475,11 +475,12 @@ impl EmbedService {
             parts.push(rest.by_ref().take(slice).collect::<Vec<String>>());
         }
         let shared = &h.shared;
-        let done: Vec<Vec<Vec<f32>>> =
-            futures::stream::iter(parts.into_iter().enumerate().map(|(i, part)| futures::TryFutureExt::map_ok(submit(shared, caller, part, i > 0), count)))
-                .buffered(2)
-                .try_collect()
-                .await?;
+        let done: Vec<Vec<Vec<f32>>> = futures::stream::iter(
+            parts.into_iter().enumerate().map(|(i, part)| futures::TryFutureExt::map_ok(submit(shared, caller, part, i > 0), count)),
+        )
+        .buffered(2)
+        .try_collect()
+        .await?;
         Ok(done.into_iter().flatten().collect())
     }
 

@@ -84,7 +84,15 @@ impl TenantCtx {
     pub(crate) fn resumed(state: &AppState, tenant: Arc<Tenant>, worker: &'static str) -> TenantCtx {
         let entitlements = state.plans.entitlements(&tenant);
         let cap = state.registry.cap_for_worker(crate::tenant::WorkerProof::new(worker), &tenant.id);
-        TenantCtx { tenant, scopes: vec![Scope::Write], credential: Credential::Worker { worker }, state: state.clone(), entitlements, rate: None, cap }
+        TenantCtx {
+            tenant,
+            scopes: vec![Scope::Write],
+            credential: Credential::Worker { worker },
+            state: state.clone(),
+            entitlements,
+            rate: None,
+            cap,
+        }
     }
 
     pub fn tenant(&self) -> &Tenant {

@@ -65,7 +65,7 @@ async fn embed_docs(ctx: &TenantCtx, prepared: &[&PreparedDocument], progress: O
 /// What a write answers: done now, or accepted as a background job (202).
 pub enum Written<T> {
     Done(T),
-    Queued(Job),
+    Queued(Box<Job>),
 }
 
 /// Where a write runs: in the request (charged, checked, maybe turned into a job), or inside a job
@@ -101,7 +101,7 @@ pub(super) async fn write_as(ctx: &TenantCtx, input: DocumentInput, run: Run<'_>
         ctx.check_storage(vec![prepared.path.clone()], bytes).await?;
         if jobs::should_queue(ctx, prepared.chunks.len()) {
             let input = serde_json::to_value(&input).map_err(Error::internal)?;
-            return Ok(Written::Queued(jobs::enqueue(ctx, jobs::KIND_DOCUMENT, input, 1, prepared.chunks.len()).await?));
+            return Ok(Written::Queued(Box::new(jobs::enqueue(ctx, jobs::KIND_DOCUMENT, input, 1, prepared.chunks.len()).await?)));
         }
     }
     let embeddings = embed_docs(ctx, &[&prepared], run.progress()).await?.map(|mut v| v.remove(0));
@@ -160,7 +160,7 @@ pub(super) async fn bulk_as(ctx: &TenantCtx, documents: Vec<serde_json::Value>, 
             ctx.charge(ctx.costs().for_chunks(chunks))?;
             ctx.check_storage(ok_docs.iter().map(|d| d.path.clone()).collect(), bytes).await?;
             if jobs::should_queue(ctx, chunks) {
-                return Ok(Written::Queued(jobs::enqueue(ctx, jobs::KIND_BULK, serde_json::Value::Array(documents), n, chunks).await?));
+                return Ok(Written::Queued(Box::new(jobs::enqueue(ctx, jobs::KIND_BULK, serde_json::Value::Array(documents), n, chunks).await?)));
             }
         }
         let refs: Vec<&PreparedDocument> = ok_docs.iter().collect();

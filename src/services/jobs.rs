@@ -10,9 +10,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::context::TenantCtx;
-use crate::control::ControlStore;
 use super::documents::{self, Run, Written};
 use super::ops::Op;
+use crate::control::ControlStore;
 use crate::docs::jobs::{self as store, Job};
 use crate::docs::DocumentInput;
 use crate::error::{Code, Error};
@@ -48,7 +48,9 @@ pub(super) async fn enqueue(ctx: &TenantCtx, kind: &'static str, input: Value, d
                 if store::active(c)? >= max {
                     return Err(Error::unavailable(
                         Code::Overloaded,
-                        format!("this tenant already has {max} document jobs queued or running (docs.max_jobs_per_tenant); retry once one has finished"),
+                        format!(
+                            "this tenant already has {max} document jobs queued or running (docs.max_jobs_per_tenant); retry once one has finished"
+                        ),
                         5,
                     ));
                 }

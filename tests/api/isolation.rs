@@ -122,7 +122,8 @@ fn attempts(spec: &Value, ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
                     query.push(format!("{name}={}", ids.string_for(name).as_str().unwrap_or("x")));
                 }
             }
-            let body = op["requestBody"]["content"]["application/json"]["schema"].as_object().map(|s| example(spec, &Value::Object(s.clone()), "", ids, 0));
+            let body =
+                op["requestBody"]["content"]["application/json"]["schema"].as_object().map(|s| example(spec, &Value::Object(s.clone()), "", ids, 0));
             // Substitute every path parameter with every victim id.
             let mut urls = vec![path.clone()];
             while let Some(u) = urls.iter().find(|u| u.contains('{')).cloned() {
@@ -144,8 +145,12 @@ fn attempts(spec: &Value, ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
 
 fn jwt(tenant: &str, secret: &str) -> String {
     let claims = json!({"tenant": tenant, "exp": chrono::Utc::now().timestamp() + 600, "scopes": ["read", "write", "admin"]});
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-        .unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// The victim's state as its own key sees it.
@@ -183,14 +188,26 @@ async fn no_credential_or_host_form_reaches_another_tenant() {
     let attacker = app.create_tenant("attacker", "enterprise").await;
 
     // The victim's data, each piece carrying the marker.
-    let r = send(app.api(Method::POST, "/documents", &victim.key).json(&json!({"path": "secret.md", "title": MARK, "content": format!("victim secret zq {MARK}"), "metadata": {"tag": MARK}}))).await;
+    let r = send(
+        app.api(Method::POST, "/documents", &victim.key)
+            .json(&json!({"path": "secret.md", "title": MARK, "content": format!("victim secret zq {MARK}"), "metadata": {"tag": MARK}})),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let doc = json_of(r).await["id"].as_str().unwrap().to_string();
-    let r = send(app.api(Method::POST, "/products", &victim.key).json(&json!({"products": [{"id": "p-victim", "name": format!("{MARK} lamp"), "categories": [MARK]}]}))).await;
+    let r = send(
+        app.api(Method::POST, "/products", &victim.key)
+            .json(&json!({"products": [{"id": "p-victim", "name": format!("{MARK} lamp"), "categories": [MARK]}]})),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let r = send(app.api(Method::POST, "/customers", &victim.key).json(&json!({"customers": [{"id": "c-victim", "segment": MARK}]}))).await;
     assert_eq!(r.status(), 200);
-    let r = send(app.api(Method::POST, "/orders", &victim.key).json(&json!({"orders": [{"id": "o-victim", "customer_id": "c-victim", "lines": [{"product_id": "p-victim"}]}]}))).await;
+    let r = send(
+        app.api(Method::POST, "/orders", &victim.key)
+            .json(&json!({"orders": [{"id": "o-victim", "customer_id": "c-victim", "lines": [{"product_id": "p-victim"}]}]})),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let long: String = (0..6).map(|i| format!("Part {i}: victim secret zq {MARK}. ").repeat(40) + "\n\n").collect();
     let r = send(app.api(Method::POST, "/documents", &victim.key).json(&json!({"path": "long.md", "content": long}))).await;

@@ -17,7 +17,9 @@ fn model_dir() -> std::path::PathBuf {
 
 /// A document of about `paragraphs` chunks.
 fn long_text(topic: &str, paragraphs: usize) -> String {
-    (0..paragraphs).map(|i| format!("Section {i} on {topic}: ") + &format!("the {topic} of part {i} is described here in some detail. ").repeat(25) + "\n\n").collect()
+    (0..paragraphs)
+        .map(|i| format!("Section {i} on {topic}: ") + &format!("the {topic} of part {i} is described here in some detail. ").repeat(25) + "\n\n")
+        .collect()
 }
 
 /// Polls a job until it has finished (the work is real, so this waits for it, not for a clock).
@@ -77,7 +79,9 @@ async fn large_writes_become_jobs_that_report_progress_and_results() {
     assert_eq!(json_of(send(app.api(Method::GET, "/jobs", &b.key)).await).await["jobs"], json!([]));
 
     // The document is searchable semantically: its chunks were embedded by the job.
-    let found = json_of(send(app.api(Method::POST, "/search", &a.key).json(&json!({"query": "chemistry of volcanic earth", "mode": "semantic"}))).await).await;
+    let found =
+        json_of(send(app.api(Method::POST, "/search", &a.key).json(&json!({"query": "chemistry of volcanic earth", "mode": "semantic"}))).await)
+            .await;
     assert_eq!(found["results"][0]["path"], "big.md", "{found}");
 
     // A bulk upload over the threshold is a job too; its result is the per-item answer.

@@ -134,9 +134,12 @@ async fn a_document_costs_one_more_cell_per_sixteen_chunks() {
     let chunks = json_of(r).await["chunks"].as_u64().expect("chunks");
     assert!(chunks > 32, "the document should have many chunks, got {chunks}");
     // With a key burst of 3, the same document no longer fits, and nothing of it is written.
-    let r = send(app.admin(Method::PUT, &format!("/tenants/chunky/keys/{}/rate_limit", t.key_id)).json(&json!({"rate_per_sec": 1, "burst": 3}))).await;
+    let r =
+        send(app.admin(Method::PUT, &format!("/tenants/chunky/keys/{}/rate_limit", t.key_id)).json(&json!({"rate_per_sec": 1, "burst": 3}))).await;
     assert_eq!(r.status(), 200);
-    let v = expect_error(send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "b.md", "content": content}))).await, 429, "rate_limited").await;
+    let v =
+        expect_error(send(app.api(Method::POST, "/documents", &t.key).json(&json!({"path": "b.md", "content": content}))).await, 429, "rate_limited")
+            .await;
     assert_eq!(v["error"]["cost"], chunks.div_ceil(16), "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("smaller"), "{v}");
     let r = send(app.admin(Method::PUT, &format!("/tenants/chunky/keys/{}/rate_limit", t.key_id)).json(&json!(null))).await;
