@@ -58,7 +58,7 @@ pub async fn search(ctx: &TenantCtx, req: SearchRequest) -> Result<SearchRespons
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
-    let _slot = ctx.state().search_cpu.admit().await?;
+    let _slot = ctx.state().search_cpu.admit(ctx.id(), ctx.entitlements().cpu_weight()).await?;
     let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.search(c, &req, qvec.as_deref())?))).await?;
     ctx.state().meter.record(ctx.id(), Kind::Search, 0);
     Ok(resp)
@@ -75,7 +75,7 @@ pub async fn assemble(ctx: &TenantCtx, req: AssembleRequest) -> Result<AssembleR
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
-    let _slot = ctx.state().search_cpu.admit().await?;
+    let _slot = ctx.state().search_cpu.admit(ctx.id(), ctx.entitlements().cpu_weight()).await?;
     let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.assemble(c, &req, qvec.as_deref())?))).await?;
     ctx.state().meter.record(ctx.id(), Kind::Assemble, resp.total_tokens as u64);
     Ok(resp)
