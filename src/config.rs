@@ -42,6 +42,9 @@ pub struct Config {
     pub tenant_read_pool_size: u32,
     /// How long a request waits for a tenant handle to open before 503 `tenant_unavailable`.
     pub tenant_open_timeout_ms: u64,
+    /// Writes are refused with 507 `insufficient_storage` while the data dir's file system has less
+    /// free space than this, so that reads, deletes and SQLite's own journal always have room (0 = off).
+    pub min_free_disk_bytes: u64,
     /// Proxies whose `X-Tenant-Domain` / `X-Forwarded-*` headers are believed (`WARREN_TRUSTED_PROXIES`,
     /// comma-separated CIDRs or addresses).
     #[serde(deserialize_with = "de_cidrs")]
@@ -347,6 +350,7 @@ impl Default for Config {
             tenant_idle_secs: 600,
             tenant_read_pool_size: 2,
             tenant_open_timeout_ms: 5_000,
+            min_free_disk_bytes: 64 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             backup_url: None,

@@ -27,6 +27,61 @@ pub fn ensure_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Free bytes on the file system holding `path` (for an unprivileged user), if it can be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Refuses writes while the data dir's disk has less than `min_free` bytes free, asking the file
+/// system at most once a second.
+pub struct DiskGuard {
+    path: std::path::PathBuf,
+    min_free: u64,
+    /// When the free space was last asked, and whether it was low.
+    last: parking_lot::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+impl DiskGuard {
+    pub fn new(path: &Path, min_free: u64) -> DiskGuard {
+        DiskGuard { path: path.to_path_buf(), min_free, last: parking_lot::Mutex::new(None) }
+    }
+
+    /// Whether the disk is below the threshold now (cached for a second).
+    pub fn low(&self) -> bool {
+        if self.min_free == 0 {
+            return false;
+        }
+        let mut last = self.last.lock();
+        if let Some((at, low)) = *last {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return low;
+            }
+        }
+        let low = free_bytes(&self.path).is_some_and(|free| free < self.min_free);
+        if low && !last.is_some_and(|(_, was)| was) {
+            tracing::error!(data_dir = %self.path.display(), min_free_bytes = self.min_free, "the data dir's disk is nearly full; writes answer 507 until space is freed");
+        }
+        metrics::gauge!("warren_disk_low").set(if low { 1.0 } else { 0.0 });
+        *last = Some((std::time::Instant::now(), low));
+        low
+    }
+}
+
 /// File holding the address the server bound (`127.0.0.1:43123`), written at start-up: with
 /// `listen = "127.0.0.1:0"` this is how a supervisor or a test learns the port.
 pub const ADDR_FILE: &str = "warren.addr";

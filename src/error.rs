@@ -97,6 +97,7 @@ codes! {
     OriginNotAllowed = ("origin_not_allowed", 403, "MCP: the Host is not served here or the browser Origin is not allowed (DNS rebinding guard)."),
     SessionNotFound = ("session_not_found", 404, "MCP: the session is unknown, closed or past its time limit; initialise a new one."),
     DocumentNotFound = ("document_not_found", 404, "No such document."),
+    InsufficientStorage = ("insufficient_storage", 507, "The data dir's disk is full or below `min_free_disk_bytes`; nothing was written, reads and deletes still work, and the operator frees or adds space."),
     JobNotFound = ("job_not_found", 404, "No such job for this tenant (finished jobs are kept for `docs.job_retention_days`)."),
     Internal = ("internal", 500, "An unexpected error; the cause is in the server log."),
 }
@@ -213,7 +214,27 @@ impl Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Internal(e.into())
+        match &e {
+            // The transaction was rolled back: nothing half-written. Logged once, like every 5xx.
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                tracing::error!(error = %e, "the data dir's disk is full; writes answer 507 until space is freed");
+                metrics::counter!("warren_disk_full_total").increment(1);
+                Error::insufficient_storage()
+            }
+            _ => Error::Internal(e.into()),
+        }
+    }
+}
+
+impl Error {
+    /// 507 `insufficient_storage`.
+    pub fn insufficient_storage() -> Error {
+        Error::Coded {
+            code: Code::InsufficientStorage,
+            message: "the server's disk is full: nothing was written; reads and deletes still work".into(),
+            details: None,
+            retry_after_secs: None,
+        }
     }
 }
 

@@ -110,7 +110,9 @@ impl App {
         let shutdown = CancellationToken::new();
         let search_cpu = cpu::CpuQueue::new("search", config.search.cpu_workers, config.search.queue_capacity);
         let jobs = Arc::new(state::JobBoard::new(config.docs.job_workers));
+        let disk = Arc::new(datadir::DiskGuard::new(&config.data_dir, config.min_free_disk_bytes));
         let state = AppState {
+            disk,
             jobs,
             shutdown: shutdown.clone(),
             meter: metering::Meter::with(control.clone(), clock, config.billing.enforce),

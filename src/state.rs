@@ -36,6 +36,8 @@ pub struct AppState {
     pub search_cpu: crate::cpu::CpuQueue,
     /// Background document jobs: how many run at once, and the live progress of the running ones.
     pub jobs: Arc<JobBoard>,
+    /// Free space on the data dir, checked before anything adds data.
+    pub disk: Arc<crate::datadir::DiskGuard>,
 }
 
 /// Live state of background jobs (their rows in each tenant's SQLite are the record).

@@ -38,6 +38,9 @@ pub enum DocsError {
     TooLarge { field: String, size: usize, limit: usize },
     #[error("embeddings are unavailable")]
     EmbeddingsUnavailable,
+    /// SQLite found the disk full; the transaction was rolled back.
+    #[error("the server's disk is full: nothing was written; reads and deletes still work")]
+    DiskFull,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -53,6 +56,7 @@ impl DocsError {
             DocsError::NotFound => Code::DocumentNotFound,
             DocsError::TooLarge { .. } => Code::PayloadTooLarge,
             DocsError::EmbeddingsUnavailable => Code::EmbeddingsUnavailable,
+            DocsError::DiskFull => Code::InsufficientStorage,
             DocsError::Internal(_) => Code::Internal,
         }
     }
@@ -66,6 +70,13 @@ impl DocsError {
             other => other.to_string(),
         }
     }
+    /// A copy for every item of a batch that failed as a whole (causes other than a full disk as text).
+    pub fn duplicate(&self) -> DocsError {
+        match self {
+            DocsError::DiskFull => DocsError::DiskFull,
+            other => DocsError::Internal(other.to_string()),
+        }
+    }
     /// The HTTP status of [`code`](Self::code) (for per-item bulk results).
     pub fn status(&self) -> u16 {
         self.code().status()
@@ -74,16 +85,31 @@ impl DocsError {
 
 impl From<rusqlite::Error> for DocsError {
     fn from(e: rusqlite::Error) -> Self {
-        DocsError::Internal(format!("sqlite: {e}"))
+        match crate::error::Error::from(e) {
+            err if err.code() == Code::InsufficientStorage => DocsError::DiskFull,
+            err => DocsError::Internal(format!("sqlite: {err}")),
+        }
     }
 }
+/// Whether an error's text says the disk is full (ENOSPC, however deep a library wrapped it).
+fn says_disk_full(text: &str) -> bool {
+    text.contains("No space left on device") || text.contains("os error 28")
+}
+
 impl From<tantivy::TantivyError> for DocsError {
     fn from(e: tantivy::TantivyError) -> Self {
-        DocsError::Internal(format!("index: {e}"))
+        let text = e.to_string();
+        if says_disk_full(&text) {
+            return DocsError::DiskFull;
+        }
+        DocsError::Internal(format!("index: {text}"))
     }
 }
 impl From<std::io::Error> for DocsError {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull || says_disk_full(&e.to_string()) {
+            return DocsError::DiskFull;
+        }
         DocsError::Internal(format!("io: {e}"))
     }
 }
@@ -379,6 +405,7 @@ impl From<DocsError> for crate::error::Error {
                 "the embedding model is not loaded on this server; keyword search still works (mode: \"keyword\")",
                 60,
             ),
+            DocsError::DiskFull => Error::insufficient_storage(),
             DocsError::Internal(m) => Error::internal(anyhow::anyhow!(m)),
         }
     }

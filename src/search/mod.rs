@@ -233,7 +233,7 @@ impl TenantSearch {
     pub fn upsert_many(&self, conn: &mut Connection, items: Vec<(PreparedDocument, Option<Vec<Vec<f32>>>)>) -> Vec<Result<WriteResult>> {
         let _w = self.write.lock();
         if let Err(e) = self.ensure_fresh_locked(conn) {
-            return items.iter().map(|_| Err(DocsError::Internal(e.to_string()))).collect();
+            return items.iter().map(|_| Err(e.duplicate())).collect();
         }
         let n = items.len();
         let outcome = (|| -> Result<(Vec<Result<WriteResult>>, Vec<i64>, Vec<store::StoredChunk>, i64)> {
@@ -272,7 +272,7 @@ impl TenantSearch {
                 }
                 results
             }
-            Err(e) => (0..n).map(|_| Err(DocsError::Internal(e.to_string()))).collect(),
+            Err(e) => (0..n).map(|_| Err(e.duplicate())).collect(),
         }
     }
 

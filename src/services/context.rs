@@ -144,6 +144,9 @@ impl TenantCtx {
     /// records an `api_call`.
     pub fn begin(&self, op: Op) -> Result<(), Error> {
         self.authorize(op)?;
+        if op.adds_data() && self.state.disk.low() {
+            return Err(Error::insufficient_storage());
+        }
         self.charge(op.cost(self.entitlements.costs()))?;
         if self.state.plans.enforce {
             self.state.meter.record(&self.tenant.id, crate::metering::Kind::ApiCall, 0);

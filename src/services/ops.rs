@@ -32,6 +32,13 @@ macro_rules! operations {
                 match self { $(Op::$name => costs.$cost,)* }
             }
 
+            /// Whether the operation adds data (charged as a write and not a delete): refused with 507
+            /// `insufficient_storage` when the disk is low, while reads and deletes still run.
+            pub fn adds_data(self) -> bool {
+                let write = match self { $(Op::$name => stringify!($cost) == "write",)* };
+                write && !matches!(self, Op::DocumentDelete | Op::DocumentDeletePrefix | Op::ProductDelete)
+            }
+
             pub const fn name(self) -> &'static str {
                 match self { $(Op::$name => stringify!($name),)* }
             }

@@ -12,4 +12,5 @@ mod plans;
 mod platform;
 mod recs;
 mod scopes;
+mod storage;
 mod woocommerce;
