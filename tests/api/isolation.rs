@@ -160,8 +160,9 @@ async fn victim_state(app: &TestApp, key: &str, ids: &Ids) -> Vec<String> {
         let r = send(app.api(Method::GET, path, key)).await;
         let status = r.status();
         let mut v: Value = r.json().await.unwrap_or(Value::Null);
-        // Usage and rate-limit fields move with every call; the data must not.
-        for k in ["usage", "rate_limit", "updated_at"] {
+        // Usage and rate-limit fields move with every call, and the trainer embeds products in the
+        // background (`embedded`); the data must not move.
+        for k in ["usage", "rate_limit", "updated_at", "embedded"] {
             if let Some(o) = v.as_object_mut() {
                 o.remove(k);
             }
@@ -214,14 +215,17 @@ async fn no_credential_or_host_form_reaches_another_tenant() {
     assert_eq!(r.status(), 202, "the long document is a job");
     let job = json_of(r).await["id"].as_str().unwrap().to_string();
     let ids = Ids { doc, product: "p-victim".into(), customer: "c-victim".into(), job, key: victim.key_id.clone(), tenant: victim.id.clone() };
-    // The job finishes before the matrix, so its result is part of the victim's state.
-    for _ in 0..600 {
-        let v = json_of(send(app.api(Method::GET, &format!("/jobs/{}", ids.job), &victim.key)).await).await;
-        if v["status"] == "succeeded" {
+    // The job finishes before the matrix, so its result is part of the victim's state (the work is
+    // real: this waits for it, up to 5 minutes on a loaded machine).
+    let mut status = Value::Null;
+    for _ in 0..3000 {
+        status = json_of(send(app.api(Method::GET, &format!("/jobs/{}", ids.job), &victim.key)).await).await["status"].clone();
+        if status != "queued" && status != "running" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(status, "succeeded", "the victim's job");
     let before = victim_state(&app, &victim.key, &ids).await;
     assert!(before.iter().any(|s| s.contains(MARK)), "the victim's own key sees its data: {before:?}");
 
@@ -310,7 +314,9 @@ async fn no_credential_or_host_form_reaches_another_tenant() {
     assert!(leaks.is_empty(), "{} of {tried} attempts leaked the victim's data:\n{}", leaks.len(), leaks.join("\n"));
     assert!(admin_open.is_empty(), "admin routes accepted tenant credentials:\n{}", admin_open.join("\n"));
     assert!(server_errors.is_empty(), "attempts answered 5xx:\n{}", server_errors.join("\n"));
-    assert_eq!(victim_state(&app, &victim.key, &ids).await, before, "the matrix changed the victim's data");
+    let after = victim_state(&app, &victim.key, &ids).await;
+    let changed: Vec<(&String, &String)> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+    assert!(changed.is_empty(), "the matrix changed the victim's data (before, after): {changed:#?}");
 
     // Control: the same generated reads with the victim's own key do reach the marked data, so the
     // calls above were real requests that would have shown a leak.
