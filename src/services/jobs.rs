@@ -105,28 +105,25 @@ async fn run(ctx: &TenantCtx, id: &str) -> Result<(), Error> {
 }
 
 async fn execute(ctx: &TenantCtx, kind: &str, input: Value, progress: &AtomicUsize) -> Result<Value, Error> {
-    let done = |w: Written<Value>| match w {
-        Written::Done(v) => Ok(v),
-        Written::Queued(_) => Err(Error::internal(anyhow::anyhow!("a job queued another job"))),
-    };
     match kind {
         KIND_DOCUMENT => {
             let input: DocumentInput = serde_json::from_value(input).map_err(|e| Error::internal(anyhow::anyhow!("stored job input: {e}")))?;
-            let w = documents::write_as(ctx, input, Run::Job(progress)).await?;
-            done(match w {
-                Written::Done(r) => Written::Done(serde_json::to_value(r).map_err(Error::internal)?),
-                Written::Queued(j) => Written::Queued(j),
-            })
+            outcome(documents::write_as(ctx, input, Run::Job(progress)).await?)
         }
         KIND_BULK => {
             let Value::Array(items) = input else { return Err(Error::internal(anyhow::anyhow!("stored bulk job input is not an array"))) };
-            let w = documents::bulk_as(ctx, items, Run::Job(progress)).await?;
-            done(match w {
-                Written::Done(r) => Written::Done(serde_json::to_value(r).map_err(Error::internal)?),
-                Written::Queued(j) => Written::Queued(j),
-            })
+            outcome(documents::bulk_as(ctx, items, Run::Job(progress)).await?)
         }
         other => Err(Error::internal(anyhow::anyhow!("unknown job kind {other:?}"))),
+    }
+}
+
+/// What a job records: the answer the synchronous call would have given. (A job never queues
+/// another: `Run::Job` skips the threshold.)
+fn outcome<T: serde::Serialize>(w: Written<T>) -> Result<Value, Error> {
+    match w {
+        Written::Done(r) => serde_json::to_value(r).map_err(Error::internal),
+        Written::Queued(_) => Err(Error::internal(anyhow::anyhow!("a job queued another job"))),
     }
 }
 

@@ -10,10 +10,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn model_dir() -> std::path::PathBuf {
-    std::env::var("WARREN_MODEL_DIR").map(Into::into).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
-}
-
 async fn with_model(tweak: impl FnOnce(&mut warren::config::Config)) -> TestApp {
     let dir = model_dir();
     assert!(dir.join("model.safetensors").exists(), "model missing in {}: run scripts/fetch-model.sh", dir.display());

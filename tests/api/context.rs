@@ -6,13 +6,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-/// The model the test command fetched (scripts/fetch-model.sh); tests needing it fail without it.
-fn model_dir() -> std::path::PathBuf {
-    std::env::var("WARREN_MODEL_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
-}
-
 async fn with_model() -> TestApp {
     let dir = model_dir();
     assert!(dir.join("model.safetensors").exists(), "model missing in {}: run scripts/fetch-model.sh", dir.display());

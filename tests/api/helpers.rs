@@ -26,6 +26,11 @@ pub struct Tenant {
     pub key_id: String,
 }
 
+/// The model the test command fetched (scripts/fetch-model.sh); tests needing it fail without it.
+pub fn model_dir() -> std::path::PathBuf {
+    std::env::var("WARREN_MODEL_DIR").map(Into::into).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
+}
+
 /// A config for tests: loopback port 0, a known admin token, no embedding model unless asked.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::for_tests(dir);
@@ -262,4 +267,17 @@ pub fn window_activity(v: &Value) -> Vec<String> {
         .filter(|r| r["score"].as_f64().unwrap() > 0.05)
         .map(|r| r["product_id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Polls a job until it has finished (the work is real, so this waits for it, not for a clock).
+pub async fn job_finished(app: &TestApp, key: &str, location: &str, secs: u64) -> Value {
+    let path = location.strip_prefix("/api/v1").expect("a job location under /api/v1");
+    for _ in 0..secs * 10 {
+        let v = json_of(send(app.api(Method::GET, path, key)).await).await;
+        match v["status"].as_str() {
+            Some("queued" | "running") => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => return v,
+        }
+    }
+    panic!("job {location} did not finish in {secs} s");
 }

@@ -174,9 +174,7 @@ async fn victim_state(app: &TestApp, key: &str, ids: &Ids) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_credential_or_host_form_reaches_another_tenant() {
-    let model = std::env::var("WARREN_MODEL_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
+    let model = model_dir();
     assert!(model.join("model.safetensors").exists(), "model missing in {}: run scripts/fetch-model.sh", model.display());
     let app = spawn_with(|c| {
         c.model_dir = model;
@@ -215,17 +213,10 @@ async fn no_credential_or_host_form_reaches_another_tenant() {
     assert_eq!(r.status(), 202, "the long document is a job");
     let job = json_of(r).await["id"].as_str().unwrap().to_string();
     let ids = Ids { doc, product: "p-victim".into(), customer: "c-victim".into(), job, key: victim.key_id.clone(), tenant: victim.id.clone() };
-    // The job finishes before the matrix, so its result is part of the victim's state (the work is
-    // real: this waits for it, up to 5 minutes on a loaded machine).
-    let mut status = Value::Null;
-    for _ in 0..3000 {
-        status = json_of(send(app.api(Method::GET, &format!("/jobs/{}", ids.job), &victim.key)).await).await["status"].clone();
-        if status != "queued" && status != "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "succeeded", "the victim's job");
+    // The job finishes before the matrix, so its result is part of the victim's state (up to 5
+    // minutes on a loaded machine: the work is real).
+    let done = job_finished(&app, &victim.key, &format!("/api/v1/jobs/{}", ids.job), 300).await;
+    assert_eq!(done["status"], "succeeded", "the victim's job: {done}");
     let before = victim_state(&app, &victim.key, &ids).await;
     assert!(before.iter().any(|s| s.contains(MARK)), "the victim's own key sees its data: {before:?}");
 

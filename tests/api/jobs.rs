@@ -9,30 +9,11 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn model_dir() -> std::path::PathBuf {
-    std::env::var("WARREN_MODEL_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
-}
-
 /// A document of about `paragraphs` chunks.
 fn long_text(topic: &str, paragraphs: usize) -> String {
     (0..paragraphs)
         .map(|i| format!("Section {i} on {topic}: ") + &format!("the {topic} of part {i} is described here in some detail. ").repeat(25) + "\n\n")
         .collect()
-}
-
-/// Polls a job until it has finished (the work is real, so this waits for it, not for a clock).
-async fn finished(app: &TestApp, key: &str, location: &str) -> Value {
-    let path = location.strip_prefix("/api/v1").expect("a job location under /api/v1");
-    for _ in 0..1200 {
-        let v = json_of(send(app.api(Method::GET, path, key)).await).await;
-        match v["status"].as_str() {
-            Some("queued" | "running") => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ => return v,
-        }
-    }
-    panic!("job {location} did not finish in 120 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -69,7 +50,7 @@ async fn large_writes_become_jobs_that_report_progress_and_results() {
     expect_error(send(app.api(Method::GET, &format!("/jobs/{id}"), &b.key)).await, 404, "job_not_found").await;
     expect_error(send(app.api(Method::GET, "/jobs/job_01HZZZZZZZZZZZZZZZZZZZZZZZ", &a.key)).await, 404, "job_not_found").await;
 
-    let done = finished(&app, &a.key, &location).await;
+    let done = job_finished(&app, &a.key, &location, 120).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"]["chunks"].as_u64(), Some(chunks), "{done}");
     assert_eq!(done["result"]["created"], true, "{done}");
@@ -91,7 +72,7 @@ async fn large_writes_become_jobs_that_report_progress_and_results() {
     let r = send(app.api(Method::POST, "/documents/bulk", &a.key).json(&json!({"documents": with_bad}))).await;
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    let done = finished(&app, &a.key, &location).await;
+    let done = job_finished(&app, &a.key, &location, 120).await;
     assert_eq!(done["kind"], "bulk", "{done}");
     assert_eq!((done["result"]["succeeded"].as_u64(), done["result"]["failed"].as_u64()), (Some(3), Some(1)), "{done}");
     let listed = json_of(send(app.api(Method::GET, "/documents?path_prefix=bulk", &a.key)).await).await;
@@ -125,7 +106,7 @@ async fn a_job_interrupted_by_a_stop_resumes_on_start() {
     drop(control);
 
     let (app, _) = spawn_state(Some(dir), |_| {}).await;
-    let done = finished(&app, &t.key, "/api/v1/jobs/job_1").await;
+    let done = job_finished(&app, &t.key, "/api/v1/jobs/job_1", 120).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"]["path"], "resumed.md", "{done}");
     let listed = json_of(send(app.api(Method::GET, "/documents?path_prefix=resumed", &t.key)).await).await;

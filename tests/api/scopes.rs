@@ -3,7 +3,7 @@
 //! and over MCP; and `warren tenant delete` (the CLI, server stopped) schedules the replica deletion
 //! exactly like `DELETE /admin/v1/tenants/{slug}`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -11,11 +11,6 @@ use reqwest::{Client, Method};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-
-/// The model the test command fetched (scripts/fetch-model.sh); tests needing it fail without it.
-fn model_dir() -> PathBuf {
-    std::env::var("WARREN_MODEL_DIR").map(Into::into).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"))
-}
 
 /// The real model, and trainings that follow writes quickly.
 async fn with_model() -> TestApp {
