@@ -221,12 +221,22 @@ impl From<rusqlite::Error> for Error {
                 metrics::counter!("warren_disk_full_total").increment(1);
                 Error::insufficient_storage()
             }
+            // A damaged file: the caller (the tenant's lease) checks it and quarantines the tenant.
+            rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                tracing::error!(error = %e, "SQLite reports a damaged database");
+                Error::damaged()
+            }
             _ => Error::Internal(e.into()),
         }
     }
 }
 
 impl Error {
+    /// 503 `tenant_damaged`: the tenant's database failed SQLite's checks; restore it from its backup.
+    pub fn damaged() -> Error {
+        Error::unavailable(Code::TenantDamaged, "this tenant's database is damaged or missing; the operator has to restore it from its backup", 60)
+    }
+
     /// 507 `insufficient_storage`.
     pub fn insufficient_storage() -> Error {
         Error::Coded {

@@ -20,6 +20,7 @@ pub mod datadir;
 pub mod docs;
 pub mod embed;
 pub mod error;
+pub mod faults;
 pub mod metering;
 pub mod plans;
 pub mod recs;
@@ -156,6 +157,7 @@ impl App {
             let reopen: Arc<dyn backup::Reopen> = Arc::new(state.registry.clone());
             tokio::spawn(b.run(stop, reopen))
         });
+        services::tenants::sweep_deleted_storage(&state.control, &state.config.data_dir).await;
         let resuming = state.clone();
         tokio::spawn(async move {
             if let Err(e) = services::jobs::resume_pending(&resuming).await {

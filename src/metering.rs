@@ -273,10 +273,14 @@ impl Meter {
                         stmt.execute(params![tenant, kind.as_str(), p.count as i64, p.tokens as i64, p.at])?;
                     }
                 }
+                crate::faults::point("usage.in_flush");
                 tx.commit()?;
                 Ok(())
             })
             .await;
+        if res.is_ok() {
+            crate::faults::point("usage.after_flush");
+        }
         if let Err(e) = res {
             tracing::warn!(error = %e, rows = keep.len(), "usage flush failed; will retry");
             let mut buf = self.buffer.lock();

@@ -143,7 +143,9 @@ impl DbReplica {
         let batch = tokio::task::spawn_blocking(move || build_batch(&db, &pos, full, next, &*src)).await??;
         if let Batch::Ready { l0, l9, cursor, commit, ts } = batch {
             let bytes = l0.len() as u64;
+            crate::faults::point("ship.before_put");
             self.replica.put(0, next, next, l0, ts).await.with_context(|| format!("uploading level-0 TXID {next:016x}"))?;
+            crate::faults::point("ship.after_put");
             st.files.push(FileInfo { level: 0, min: next, max: next, size: bytes, created_ms: ts });
             metrics::counter!("warren_backup_puts_total").increment(1);
             metrics::counter!("warren_backup_bytes_total").increment(bytes);
@@ -214,6 +216,7 @@ impl DbReplica {
         let (db, pos, src, limit) = (self.db_path.clone(), st.pos.clone(), source.clone(), cfg.checkpoint_pages);
         let done = tokio::task::spawn_blocking(move || checkpoint_if_large(&db, &pos, &*src, limit)).await??;
         if done {
+            crate::faults::point("checkpoint.after");
             st.pos.cursor.checkpointed = true;
             let (db, pos) = (self.db_path.clone(), st.pos.clone());
             tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
@@ -264,6 +267,7 @@ impl DbReplica {
         .await??;
         let n = bytes.len() as u64;
         self.replica.put(level, min, max, bytes.into(), h.timestamp_ms).await.with_context(|| format!("uploading level-{level} compaction"))?;
+        crate::faults::point("compact.after_put");
         st.files.push(FileInfo { level, min, max, size: n, created_ms: h.timestamp_ms });
         metrics::counter!("warren_backup_puts_total").increment(1);
         metrics::counter!("warren_backup_compactions_total", "level" => level.to_string()).increment(1);
@@ -305,6 +309,7 @@ impl DbReplica {
         for f in &doomed {
             self.replica.delete(f).await.with_context(|| format!("deleting {} (retention)", ltx::file_name(f.min, f.max)))?;
             metrics::counter!("warren_backup_deletes_total").increment(1);
+            crate::faults::point("retention.between_deletes");
         }
         st.files.retain(|f| !doomed.contains(f));
         Ok(())

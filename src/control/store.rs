@@ -148,6 +148,8 @@ pub trait ControlStore: Send + Sync {
     fn set_job_pending(&self, tenant_id: &str, job_id: &str, pending: bool, at: DateTime<Utc>) -> Fut<'_, ()>;
     /// Every pending job, as `(tenant_id, job_id)`, oldest first.
     fn pending_jobs(&self) -> Fut<'_, Vec<(String, String)>>;
+    /// Which of `ids` were deleted tenants: no row, and a `tenant.deleted` audit event.
+    fn deleted_among(&self, ids: Vec<String>) -> Fut<'_, Vec<String>>;
 }
 
 impl ControlStore for ControlPlane {
@@ -247,6 +249,22 @@ impl ControlStore for ControlPlane {
             let mut st = c.prepare("SELECT tenant_id, job_id FROM pending_jobs ORDER BY created_at, job_id")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        }))
+    }
+
+    fn deleted_among(&self, ids: Vec<String>) -> Fut<'_, Vec<String>> {
+        Box::pin(self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT 1 FROM audit_events WHERE tenant_id = ?1 AND action = 'tenant.deleted'
+                 AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = ?1) LIMIT 1",
+            )?;
+            let mut out = Vec::new();
+            for id in ids {
+                if st.exists([&id])? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
         }))
     }
 

@@ -41,6 +41,9 @@ pub enum DocsError {
     /// SQLite found the disk full; the transaction was rolled back.
     #[error("the server's disk is full: nothing was written; reads and deletes still work")]
     DiskFull,
+    /// SQLite found the database damaged (the tenant's lease checks it and may quarantine it).
+    #[error("the tenant's database is damaged")]
+    Damaged,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,6 +60,7 @@ impl DocsError {
             DocsError::TooLarge { .. } => Code::PayloadTooLarge,
             DocsError::EmbeddingsUnavailable => Code::EmbeddingsUnavailable,
             DocsError::DiskFull => Code::InsufficientStorage,
+            DocsError::Damaged => Code::TenantDamaged,
             DocsError::Internal(_) => Code::Internal,
         }
     }
@@ -74,6 +78,7 @@ impl DocsError {
     pub fn duplicate(&self) -> DocsError {
         match self {
             DocsError::DiskFull => DocsError::DiskFull,
+            DocsError::Damaged => DocsError::Damaged,
             other => DocsError::Internal(other.to_string()),
         }
     }
@@ -87,6 +92,7 @@ impl From<rusqlite::Error> for DocsError {
     fn from(e: rusqlite::Error) -> Self {
         match crate::error::Error::from(e) {
             err if err.code() == Code::InsufficientStorage => DocsError::DiskFull,
+            err if err.code() == Code::TenantDamaged => DocsError::Damaged,
             err => DocsError::Internal(format!("sqlite: {err}")),
         }
     }
@@ -406,6 +412,7 @@ impl From<DocsError> for crate::error::Error {
                 60,
             ),
             DocsError::DiskFull => Error::insufficient_storage(),
+            DocsError::Damaged => Error::damaged(),
             DocsError::Internal(m) => Error::internal(anyhow::anyhow!(m)),
         }
     }

@@ -260,7 +260,9 @@ impl TenantSearch {
                 return Ok((results, Vec::new(), Vec::new(), 0));
             }
             let generation = store::bump_generation(&tx)?;
+            crate::faults::point("write.in_tx");
             tx.commit()?;
+            crate::faults::point("write.committed");
             let touched: Vec<i64> = by_doc.keys().copied().collect();
             let added: Vec<store::StoredChunk> = by_doc.into_values().flatten().collect();
             Ok((results, touched, added, generation))

@@ -149,12 +149,27 @@ pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::R
             rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
         anyhow::ensure!(owner.as_deref() == Some(tenant_id), "the replica belongs to tenant {owner:?}, not {tenant_id}");
     }
+    // A kill -9 anywhere below leaves the old state or the restored one, never a mix: the old WAL is
+    // folded into the old file before it is removed (so removing it loses nothing), and the shipped
+    // position is forgotten before the swap (a full image of either state is always right).
+    if db.exists() {
+        let folded = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)))
+            .map_err(anyhow::Error::from)
+            .and_then(|busy| if busy == 0 { Ok(()) } else { Err(anyhow::anyhow!("the checkpoint was blocked")) });
+        if let Err(e) = folded {
+            // A damaged file may not checkpoint; it is being replaced, so go on.
+            tracing::warn!(tenant = %tenant_id, error = %format!("{e:#}"), "could not fold the old WAL before the restore swap");
+        }
+    }
     for ext in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
-    std::fs::rename(staged, &db)?;
     crate::backup::reset_position(&db);
+    crate::faults::point("restore.swap");
+    std::fs::rename(staged, &db)?;
+    let _ = std::fs::remove_file(dir.join(crate::tenant::QUARANTINE_FILE));
     let _ = std::fs::remove_dir_all(dir.join("index"));
     Ok(())
 }

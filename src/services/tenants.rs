@@ -181,6 +181,7 @@ impl Operator {
             Outcome::Done(false) => return Err(not_found()),
             other => return Err(unexpected(other)),
         }
+        crate::faults::point("delete.between_row_and_files");
         // The row is gone: finish even if the request that asked goes away (a client that disconnects,
         // the request timeout while in-flight requests drain), so no data is left behind.
         let (live, data_dir, id) = (self.live.clone(), self.config.data_dir.clone(), t.id.clone());
@@ -257,6 +258,49 @@ impl Operator {
             }
         }
     }
+}
+
+/// Finishes deletes that a crash interrupted: empties `<data dir>/.trash/` and removes the directory
+/// of every deleted tenant (no row, and a `tenant.deleted` audit event: the row goes first, in the
+/// audited transaction). A directory without a row but without that event is left alone: it may be a
+/// tenant that the CLI is creating (storage first, row last). Runs at start-up, before serving.
+pub async fn sweep_deleted_storage(control: &crate::control::ControlPlane, data_dir: &std::path::Path) -> usize {
+    let trash = data_dir.join(".trash");
+    if trash.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            tracing::warn!(error = %e, "emptying the trash of interrupted deletes failed");
+        }
+    }
+    let ids: Vec<String> = match std::fs::read_dir(data_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.len() == 26 && ulid::Ulid::from_string(n).is_ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the data dir for interrupted deletes failed");
+            return 0;
+        }
+    };
+    let deleted = match control.deleted_among(ids).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "finding interrupted deletes failed; they are finished on the next start");
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for id in deleted {
+        match remove_storage(data_dir, &id) {
+            Ok(()) => {
+                tracing::info!(tenant = %id, "removed the storage of a tenant whose delete was interrupted");
+                n += 1;
+            }
+            Err(e) => tracing::warn!(tenant = %id, error = %format!("{e:#}"), "removing the storage of a deleted tenant failed"),
+        }
+    }
+    n
 }
 
 /// A change answered with an outcome of another kind: a bug in the control-plane implementation.

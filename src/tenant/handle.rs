@@ -49,6 +49,8 @@ pub struct TenantHandle {
     readers: r2d2::Pool<SqliteConnectionManager>,
     leases: AtomicUsize,
     closing: AtomicBool,
+    /// Set when the database failed `quick_check` after opening (see [`super::QUARANTINE_FILE`]).
+    quarantined: AtomicBool,
     released: Notify,
     /// Derived per-tenant state of other modules (search index, vector cache, ...), created lazily.
     extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
@@ -103,6 +105,7 @@ impl TenantHandle {
             readers,
             leases: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            quarantined: AtomicBool::new(false),
             released: Notify::new(),
             extensions: Mutex::new(Vec::new()),
             replica: backup.map(|b| {
@@ -119,6 +122,36 @@ impl TenantHandle {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::SeqCst)
+    }
+
+    /// After SQLite reported damage: runs `PRAGMA quick_check` on a fresh connection and, if it fails,
+    /// quarantines the tenant (writes the marker, logs an error, counts it). Blocking.
+    fn check_and_quarantine(&self) {
+        if self.quarantined.load(Ordering::SeqCst) {
+            return;
+        }
+        let db = self.dir.join(super::DB_FILE);
+        let verdict = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .and_then(|c| {
+                let mut st = c.prepare("PRAGMA quick_check(5)")?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows.join("; "))
+            })
+            .unwrap_or_else(|e| format!("quick_check could not run: {e}"));
+        if verdict == "ok" {
+            return;
+        }
+        self.quarantined.store(true, Ordering::SeqCst);
+        let reason = format!("PRAGMA quick_check failed: {verdict}");
+        if let Err(e) = crate::datadir::write_private(&self.dir.join(super::QUARANTINE_FILE), reason.as_bytes()) {
+            tracing::error!(tenant = %self.id, error = %e, "writing the quarantine marker failed (the tenant is quarantined until restart)");
+        }
+        tracing::error!(tenant = %self.id, reason = %reason, "tenant quarantined: its database is damaged; restore it from its backup");
+        metrics::counter!("warren_tenant_quarantined_total").increment(1);
     }
 
     /// Grants a lease unless the handle is closing.
@@ -253,7 +286,11 @@ impl Lease {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
-            f(&lease)
+            let out = f(&lease);
+            if matches!(&out, Err(e) if e.code() == Code::TenantDamaged) {
+                lease.check_and_quarantine();
+            }
+            out
         })
         .await?
     }

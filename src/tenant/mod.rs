@@ -75,8 +75,13 @@ pub fn tenant_dir(data_dir: &Path, tenant_id: &str) -> PathBuf {
 fn damaged(id: &str, why: &str) -> Error {
     tracing::error!(tenant = %id, reason = %why, "tenant database damaged: restore it from its backup");
     metrics::counter!("warren_tenant_damaged_total").increment(1);
-    Error::unavailable(Code::TenantDamaged, "this tenant's database is damaged or missing; the operator has to restore it from its backup", 60)
+    Error::damaged()
 }
+
+/// The marker of a quarantined tenant (`<tenant dir>/QUARANTINED`, holding the reason): a database
+/// that failed `PRAGMA quick_check` after it was opened. The tenant answers 503 `tenant_damaged`
+/// without being reopened, across restarts, until a restore replaces the file and removes the marker.
+pub const QUARANTINE_FILE: &str = "QUARANTINED";
 
 /// Whether opening failed because the file is not a (sound) SQLite database.
 fn is_corrupt(e: &anyhow::Error) -> bool {
@@ -142,6 +147,11 @@ impl TenantRegistry {
                     coded => coded.duplicate(),
                 },
             )?;
+            if handle.is_quarantined() {
+                // The marker is written: drop the handle, so every later request is refused at open.
+                self.inner.cache.invalidate(tenant_id).await;
+                return Err(Error::damaged());
+            }
             if let Some(lease) = handle.lease() {
                 return Ok(lease);
             }
@@ -268,6 +278,9 @@ impl Inner {
         let dir = tenant_dir(&self.cfg.data_dir, id);
         if !dir.join(DB_FILE).exists() {
             return Err(damaged(id, "its database file is missing"));
+        }
+        if let Ok(why) = std::fs::read_to_string(dir.join(QUARANTINE_FILE)) {
+            return Err(damaged(id, &format!("quarantined: {}", why.trim())));
         }
         let (pool_size, threads, owned_id, backup) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string(), self.backup.clone());
         let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit, backup.as_ref()))

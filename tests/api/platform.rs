@@ -487,3 +487,70 @@ async fn a_damaged_tenant_is_a_clear_503_and_the_others_keep_serving() {
     assert!(metrics.contains("warren_tenant_damaged_total"), "the operator sees it in metrics");
     app.stop().await;
 }
+
+/// The `sqlite3` CLI on a closed database; panics unless it succeeds.
+fn sqlite3_cli(db: &std::path::Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3").arg(db).arg(sql).output().expect("run sqlite3 (apt-get install sqlite3)");
+    assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A database that opens but whose pages fail `quick_check`: the first request that meets the damage
+/// is a 503 `tenant_damaged` (not a 500), the tenant is quarantined (a marker that survives restarts,
+/// an error log, a metric), and other tenants keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_failing_quick_check_after_open_is_quarantined() {
+    let app = spawn_app().await;
+    let (rotten, fine) = (app.create_tenant("rotten", "starter").await, app.create_tenant("fine", "starter").await);
+    for t in [&rotten, &fine] {
+        let docs: Vec<Value> = (0..40).map(|i| json!({"path": format!("d{i}.md"), "content": format!("document {i} {}", "words ".repeat(400))})).collect();
+        let r = send(app.api(Method::POST, "/documents/bulk", &t.key).json(&json!({"documents": docs}))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let mut app = app;
+    app.shutdown.cancel();
+    app.task.take().unwrap().await.unwrap().unwrap();
+    let dir = std::mem::replace(&mut app.dir, tempfile::tempdir().unwrap());
+    let db = dir.path().join(&rotten.id).join("tenant.db");
+    sqlite3_cli(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let pages: Vec<u64> =
+        sqlite3_cli(&db, "SELECT pageno FROM dbstat WHERE name = 'documents' AND pagetype = 'leaf';").lines().map(|l| l.parse().unwrap()).collect();
+    assert!(pages.len() >= 3, "documents spans {pages:?}");
+    let page_size: u64 = sqlite3_cli(&db, "PRAGMA page_size;").trim().parse().unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        for p in &pages {
+            f.seek(SeekFrom::Start((p - 1) * page_size)).unwrap();
+            f.write_all(&vec![0xA5; page_size as usize]).unwrap();
+        }
+    }
+    let (app, _) = spawn_state(Some(dir), |_| {}).await;
+    let marker = app.dir.path().join(&rotten.id).join("QUARANTINED");
+    let r = send(app.api(Method::GET, "/documents", &rotten.key)).await;
+    expect_error(r, 503, "tenant_damaged").await;
+    let why = std::fs::read_to_string(&marker).expect("the quarantine marker is written");
+    assert!(why.contains("quick_check"), "{why}");
+    let metrics = send(app.req(Method::GET, "/metrics")).await.text().await.unwrap();
+    assert!(metrics.contains("warren_tenant_quarantined_total"), "the operator sees it in metrics");
+    for (m, path, body) in [(Method::GET, "/documents", None), (Method::POST, "/search", Some(json!({"query": "document", "mode": "keyword"})))] {
+        let mut rb = app.api(m, path, &rotten.key);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let e = expect_error(send(rb).await, 503, "tenant_damaged").await;
+        assert!(e["error"]["message"].as_str().unwrap().contains("restore"), "{e}");
+    }
+    let r = send(app.api(Method::POST, "/search", &fine.key).json(&json!({"query": "document", "mode": "keyword", "limit": 50}))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["results"].as_array().map(Vec::len), Some(40));
+    // The quarantine survives a restart: the damaged file is not reopened.
+    let mut app = app;
+    app.shutdown.cancel();
+    app.task.take().unwrap().await.unwrap().unwrap();
+    let dir = std::mem::replace(&mut app.dir, tempfile::tempdir().unwrap());
+    let (app, _) = spawn_state(Some(dir), |_| {}).await;
+    expect_error(send(app.api(Method::GET, "/documents", &rotten.key)).await, 503, "tenant_damaged").await;
+    assert!(marker.exists() || app.dir.path().join(&rotten.id).join("QUARANTINED").exists());
+    app.stop().await;
+}
