@@ -91,7 +91,7 @@ codes! {
     Timeout = ("timeout", 503, "The request took longer than the configured timeout."),
     TenantUnavailable = ("tenant_unavailable", 503, "The tenant could not be opened within `tenant_open_timeout_ms`; retry after Retry-After."),
     TenantRestoring = ("tenant_restoring", 503, "The tenant is being restored or closed; retry after Retry-After."),
-    TenantDamaged = ("tenant_damaged", 503, "The tenant's database file is missing or is not a valid SQLite database; nothing was changed, other tenants are unaffected, and the operator restores it from its backup (README: Backups)."),
+    TenantDamaged = ("tenant_damaged", 503, "The tenant's database file is missing, is not a valid SQLite database, or failed `quick_check` (the tenant is then quarantined); nothing was changed, other tenants are unaffected, and the operator restores it from its backup (README: Backups)."),
     Overloaded = ("overloaded", 503, "The server is at a configured capacity limit; retry after Retry-After."),
     EmbeddingsUnavailable = ("embeddings_unavailable", 503, "The embedding model is not loaded on this server; keyword search still works."),
     OriginNotAllowed = ("origin_not_allowed", 403, "MCP: the Host is not served here or the browser Origin is not allowed (DNS rebinding guard)."),

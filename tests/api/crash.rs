@@ -6,7 +6,7 @@
 //! - `PRAGMA integrity_check` is ok for control.db and every tenant.db;
 //! - the real litestream restores each replica to the same state (scripts/litestream-compat.sh);
 //! - usage is never counted twice (counted ≤ attempted) and loses at most the writes acknowledged in
-//!   the last flush interval (1 s, plus 0.5 s for the flush itself and scheduling);
+//!   the last flush interval (1 s; asserted with 1 s of slack for scheduling on a loaded machine, and the worst window is reported);
 //! - an interrupted tenant delete either did not happen or is finished at start-up.
 //!
 //! The suite runs one seed per point; `benches/crash.sh` runs more (`WARREN_CRASH_SEEDS`).
@@ -234,7 +234,7 @@ async fn run_case(moto: &Moto, case: &Case, seed: u64, fig: &mut Figures) {
     if missing > 0 {
         let oldest_lost = acked[acked.len() - missing].1;
         let window = died.saturating_duration_since(oldest_lost);
-        assert!(window <= Duration::from_millis(1500), "{label}: usage lost {missing} writes acknowledged up to {window:?} before the kill");
+        assert!(window <= Duration::from_millis(2000), "{label}: usage lost {missing} writes acknowledged up to {window:?} before the kill");
         fig.worst_usage_loss = fig.worst_usage_loss.max(window);
     }
     // The interrupted delete: done (row and files gone) or not done at all (data intact).
@@ -270,7 +270,12 @@ async fn run_case(moto: &Moto, case: &Case, seed: u64, fig: &mut Figures) {
 fn integrity_ok(label: &str, db: &Path) {
     let out = std::process::Command::new("sqlite3").arg("-readonly").arg(db).arg("PRAGMA integrity_check;").output().expect("run sqlite3");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.trim() == "ok", "{label}: integrity_check of {}: {text}{}", db.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.trim() == "ok",
+        "{label}: integrity_check of {}: {text}{}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn all_paths(client: &Client, addr: &str, key: &str) -> BTreeSet<String> {

@@ -503,7 +503,8 @@ async fn a_tenant_failing_quick_check_after_open_is_quarantined() {
     let app = spawn_app().await;
     let (rotten, fine) = (app.create_tenant("rotten", "starter").await, app.create_tenant("fine", "starter").await);
     for t in [&rotten, &fine] {
-        let docs: Vec<Value> = (0..40).map(|i| json!({"path": format!("d{i}.md"), "content": format!("document {i} {}", "words ".repeat(400))})).collect();
+        let docs: Vec<Value> =
+            (0..40).map(|i| json!({"path": format!("d{i}.md"), "content": format!("document {i} {}", "words ".repeat(400))})).collect();
         let r = send(app.api(Method::POST, "/documents/bulk", &t.key).json(&json!({"documents": docs}))).await;
         assert_eq!(r.status(), 200);
     }
