@@ -9,7 +9,8 @@ venv="${WARREN_TEST_VENV:-$root/target/test-venv}"
 req="$root/tests/python/requirements.txt"
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$req" | cut -d' ' -f1)
-exec 9>"${venv}.lock" 2>/dev/null || { mkdir -p "$(dirname "$venv")"; exec 9>"${venv}.lock"; }
+mkdir -p "$(dirname "$venv")"
+exec 9>"${venv}.lock"
 flock 9
 if [[ ! -x $venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "test-venv: installing $(grep -cv '^\s*\(#\|$\)' "$req") packages into $venv" >&2
