@@ -45,6 +45,9 @@ pub struct Config {
     /// Writes are refused with 507 `insufficient_storage` while the data dir's file system has less
     /// free space than this, so that reads, deletes and SQLite's own journal always have room (0 = off).
     pub min_free_disk_bytes: u64,
+    /// Usage counts are buffered in memory and written to control.db this often, so a `kill -9`
+    /// loses at most this much metering (`WARREN_USAGE_FLUSH_INTERVAL_MS`).
+    pub usage_flush_interval_ms: u64,
     /// Proxies whose `X-Tenant-Domain` / `X-Forwarded-*` headers are believed (`WARREN_TRUSTED_PROXIES`,
     /// comma-separated CIDRs or addresses).
     #[serde(deserialize_with = "de_cidrs")]
@@ -350,6 +353,7 @@ impl Default for Config {
             tenant_idle_secs: 600,
             tenant_read_pool_size: 2,
             tenant_open_timeout_ms: 5_000,
+            usage_flush_interval_ms: 250,
             min_free_disk_bytes: 64 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),

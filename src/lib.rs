@@ -212,9 +212,21 @@ impl App {
 }
 
 /// Periodic process-wide tasks: handle housekeeping, auth-cache invalidation on control.db changes,
-/// key last-used flushes. One timer each for the whole process; none per tenant.
+/// key last-used flushes, usage flushes. One timer each for the whole process; none per tenant.
 fn spawn_background(state: &AppState, shutdown: CancellationToken) -> CancellationToken {
     let stop = shutdown.child_token();
+    let (s, st) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        // Usage counts on their own timer: `usage_flush_interval_ms` bounds what a `kill -9` loses.
+        let mut tick = tokio::time::interval(Duration::from_millis(s.config.usage_flush_interval_ms.max(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = st.cancelled() => break,
+                _ = tick.tick() => s.meter.flush().await,
+            }
+        }
+    });
     let (s, st) = (state.clone(), stop.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -227,7 +239,6 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             }
             n += 1;
             s.registry.maintain().await;
-            s.meter.flush().await;
             s.plans.prune();
             if let Some(w) = watcher.as_mut() {
                 if w.changed().await {

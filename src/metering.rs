@@ -1,10 +1,10 @@
-//! Usage events: cheap to record, durable within a second, never counted twice.
+//! Usage events: cheap to record, durable within `usage_flush_interval_ms`, never counted twice.
 //!
 //! Handlers call [`Meter::record`], which only adds to an in-memory buffer (aggregated per tenant,
 //! kind and month) and to the tenant's in-memory monthly counters. A single process-wide task
-//! flushes the buffer every second into `usage_events` in control.db, one transaction per flush, so
-//! a `kill -9` loses at most the last second of counts and a flush is either wholly applied or not
-//! at all.
+//! flushes the buffer every `usage_flush_interval_ms` (250 ms by default) into `usage_events` in
+//! control.db, one transaction per flush, so a `kill -9` loses at most the last interval of counts
+//! and a flush is either wholly applied or not at all.
 //!
 //! Quota checks read the in-memory counters ([`Meter::month`]): they are seeded once per tenant and
 //! month from the events that were in control.db when this process started (`id <= boundary`), and

@@ -6,7 +6,7 @@
 //! - `PRAGMA integrity_check` is ok for control.db and every tenant.db;
 //! - the real litestream restores each replica to the same state (scripts/litestream-compat.sh);
 //! - usage is never counted twice (counted ≤ attempted) and loses at most the writes acknowledged in
-//!   the last flush interval (1 s; the assertion allows 3 s so that a loaded CI machine does not flake, and the worst window is reported);
+//!   the last flush interval (`usage_flush_interval_ms`, 250 ms; the issue bounds the loss at 1 s, which is asserted, and the worst window is reported);
 //! - an interrupted tenant delete either did not happen or is finished at start-up.
 //!
 //! The suite runs one seed per point; `benches/crash.sh` runs more (`WARREN_CRASH_SEEDS`).
@@ -246,7 +246,7 @@ async fn run_case(moto: &Moto, case: &Case, seed: u64, fig: &mut Figures) {
     if missing > 0 {
         let oldest_lost = acked[acked.len() - missing].1;
         let window = died.saturating_duration_since(oldest_lost);
-        assert!(window <= Duration::from_millis(3000), "{label}: usage lost {missing} writes acknowledged up to {window:?} before the kill");
+        assert!(window <= Duration::from_millis(1000), "{label}: usage lost {missing} writes acknowledged up to {window:?} before the kill");
         fig.worst_usage_loss = fig.worst_usage_loss.max(window);
     }
     // The interrupted delete: done (row and files gone) or not done at all (data intact).
