@@ -426,6 +426,7 @@ impl Config {
         anyhow::ensure!(self.max_open_tenants >= 1, "max_open_tenants must be at least 1");
         anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
+        anyhow::ensure!(self.usage_flush_interval_ms >= 10, "usage_flush_interval_ms must be at least 10");
         anyhow::ensure!(!self.base_domain.is_empty(), "base_domain must not be empty");
         if let Some(s) = &self.stripe_webhook_secret {
             anyhow::ensure!(!s.expose().is_empty(), "stripe_webhook_secret must not be empty");
@@ -502,6 +503,15 @@ mod tests {
             assert_eq!(c.listen.port(), 8080);
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_usage_flush_interval_under_10_ms_is_refused() {
+        let mut cfg = Config { usage_flush_interval_ms: 0, ..Config::default() };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("usage_flush_interval_ms"), "{err}");
+        cfg.usage_flush_interval_ms = 10;
+        cfg.validate().unwrap();
     }
 
     #[test]

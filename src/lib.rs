@@ -218,7 +218,7 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
     let (s, st) = (state.clone(), stop.clone());
     tokio::spawn(async move {
         // Usage counts on their own timer: `usage_flush_interval_ms` bounds what a `kill -9` loses.
-        let mut tick = tokio::time::interval(Duration::from_millis(s.config.usage_flush_interval_ms.max(10)));
+        let mut tick = tokio::time::interval(Duration::from_millis(s.config.usage_flush_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
