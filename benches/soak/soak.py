@@ -7,6 +7,7 @@ import http.client, json, os, random, signal, socket, subprocess, sys, tempfile,
 
 WARREN, MODEL, MOTO, SECS, TENANTS, CAP, CLIENTS, OUT = sys.argv[1:9]
 SECS, TENANTS, CAP, CLIENTS = int(SECS), int(TENANTS), int(CAP), int(CLIENTS)
+READ_POOL = 2                                      # the server's tenant_read_pool_size, set below
 ADMIN = "soak-admin-token-0123456789"
 SAMPLE_SECS = 15
 WARMUP_SECS = min(300, SECS // 6)
@@ -62,6 +63,29 @@ def proc_stats(pid):
             if line.startswith("Threads:"):
                 threads = int(line.split()[1])
     return rss, len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
+def fd_kinds(pid):
+    """Open descriptors by kind: SQLite database, WAL and shared-memory files, index files, sockets, other."""
+    kinds = {"db": 0, "wal": 0, "shm": 0, "index": 0, "socket": 0, "other": 0}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue                                # closed between listdir and readlink
+        if target.startswith("socket:"):
+            kinds["socket"] += 1
+        elif target.endswith(".db-wal"):
+            kinds["wal"] += 1
+        elif target.endswith(".db-shm"):
+            kinds["shm"] += 1
+        elif target.endswith(".db"):
+            kinds["db"] += 1
+        elif "/index/" in target:
+            kinds["index"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
 
 
 class Window:
@@ -185,7 +209,7 @@ def main():
     wait_http(f"http://127.0.0.1:{moto_port}/", "moto")
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{moto_port}/soak", method="PUT"))
     env = dict(os.environ, WARREN_DATA_DIR=data, WARREN_LISTEN=f"127.0.0.1:{port}", WARREN_ADMIN_TOKEN=ADMIN, WARREN_MODEL_DIR=MODEL,
-               RUST_LOG="warn", WARREN_MAX_OPEN_TENANTS=str(CAP), AWS_ACCESS_KEY_ID="soak", AWS_SECRET_ACCESS_KEY="soak",
+               RUST_LOG="warn", WARREN_MAX_OPEN_TENANTS=str(CAP), WARREN_TENANT_READ_POOL_SIZE=str(READ_POOL), AWS_ACCESS_KEY_ID="soak", AWS_SECRET_ACCESS_KEY="soak",
                WARREN_BACKUP_URL=f"s3://soak/warren?endpoint=http://127.0.0.1:{moto_port}&region=us-east-1")
     log = open(os.path.join(OUT, "warren.log"), "w")
     srv = subprocess.Popen([WARREN, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -218,9 +242,10 @@ def main():
         time.sleep(SAMPLE_SECS)
         lat, statuses = window.take()
         rss, fds, nthreads = proc_stats(srv.pid)
+        kinds = fd_kinds(srv.pid)
         for k, v in statuses.items():
             totals[k] = totals.get(k, 0) + v
-        s = {"t": round(time.time() - start), "rss_mb": rss, "fds": fds, "threads": nthreads, "ok": len(lat),
+        s = {"t": round(time.time() - start), "rss_mb": rss, "fds": fds, "threads": nthreads, "fd_kinds": kinds, "ok": len(lat),
              "p50": round(pct(lat, 0.5), 1), "p99": round(pct(lat, 0.99), 1), "statuses": statuses}
         samples.append(s)
         print(json.dumps(s), flush=True)
@@ -230,10 +255,12 @@ def main():
     srv.send_signal(signal.SIGTERM); srv.wait(timeout=120); moto.kill()
 
     with open(os.path.join(OUT, "series.csv"), "w") as f:
-        f.write("t_secs,rss_mib,fds,threads,ok,p50_ms,p99_ms,non_2xx\n")
+        f.write("t_secs,rss_mib,fds,fd_db,fd_wal,fd_shm,fd_index,fd_socket,fd_other,threads,ok,p50_ms,p99_ms,non_2xx\n")
         for s in samples:
             bad = sum(v for k, v in s["statuses"].items() if k not in (200, 201))
-            f.write(f"{s['t']},{s['rss_mb']},{s['fds']},{s['threads']},{s['ok']},{s['p50']},{s['p99']},{bad}\n")
+            k = s["fd_kinds"]
+            f.write(f"{s['t']},{s['rss_mb']},{s['fds']},{k['db']},{k['wal']},{k['shm']},{k['index']},{k['socket']},{k['other']},"
+                    f"{s['threads']},{s['ok']},{s['p50']},{s['p99']},{bad}\n")
     svg(samples, os.path.join(OUT, "soak.svg"))
 
     after = [s for s in samples if s["t"] > WARMUP_SECS]
@@ -251,7 +278,15 @@ def main():
         den = sum((x["t"] - mt) ** 2 for x in after) or 1
         return sum((x["t"] - mt) * (x[k] - my) for x in after) / den * 3600
     print(f"== after warm-up, least-squares trend per hour: RSS {slope('rss_mb'):+.0f} MiB, descriptors {slope('fds'):+.0f}, p99 {slope('p99'):+.1f} ms")
+    # The README's ceiling for SQLite: a handle holds a writer and READ_POOL readers, each with the
+    # database and its WAL open, and one shared -shm; open and closing handles together hold at most
+    # 2 x CAP permits.
+    per_handle = 2 * (1 + READ_POOL) + 1
+    sqlite_hi = max(s["fd_kinds"]["db"] + s["fd_kinds"]["wal"] + s["fd_kinds"]["shm"] for s in after)
+    for kind in ("db", "wal", "shm", "index", "socket", "other"):
+        print(f"== descriptors after warm-up, {kind}: {min(s['fd_kinds'][kind] for s in after)}-{max(s['fd_kinds'][kind] for s in after)}")
     checks = [
+        (f"SQLite descriptors within 2 x cap x {per_handle} = {2 * CAP * per_handle}: at most {sqlite_hi}", sqlite_hi <= 2 * CAP * per_handle),
         (f"RSS after warm-up within 25% of its first value ({avg(base, 'rss_mb'):.0f} MiB): {rss_lo}-{rss_hi} MiB", rss_hi <= 1.25 * avg(base, "rss_mb")),
         (f"file descriptors after warm-up within +-64: {fd_lo}-{fd_hi}", fd_hi - fd_lo <= 64),
         (f"p99 does not drift: last sixth {p99_last:.1f} ms vs first sixth after warm-up {p99_base:.1f} ms (bound 1.5x)", p99_last <= 1.5 * p99_base),

@@ -90,9 +90,13 @@ impl TenantHandle {
                 }
                 Ok(())
             });
+        // Every reader opens with the handle (on the shared r2d2 threads, so the open itself does not
+        // wait): a handle then holds a fixed set of descriptors — per connection the database and
+        // its WAL, plus one shared `-shm` — so the process's descriptors follow the open-handle count
+        // (bounded by `max_open_tenants`) rather than creeping up as readers are first used.
         let readers = r2d2::Pool::builder()
             .max_size(read_pool_size)
-            .min_idle(Some(0))
+            .min_idle(Some(read_pool_size))
             .idle_timeout(None)
             .max_lifetime(None)
             .connection_timeout(Duration::from_secs(10))
