@@ -31,6 +31,7 @@ use crate::state::AppState;
         woo_orders,
         woo_totals,
         customers,
+        delete_customer,
         orders,
         events,
         recommend,
@@ -48,7 +49,9 @@ use crate::state::AppState;
         domain::Reason,
         BatchResponse,
         BatchAnswer,
-        RecsResponse
+        RecsResponse,
+        recs::CustomerReceipt,
+        store::Erased
     ))
 )]
 pub struct RecsApi;
@@ -97,6 +100,7 @@ pub fn routes(config: &Config) -> Router<AppState> {
         .route("/integrations/woocommerce/orders", post(woo_orders).layer(body))
         .route("/integrations/woocommerce/totals", axum::routing::put(woo_totals))
         .route("/customers", post(customers).layer(body))
+        .route("/customers/{id}", axum::routing::delete(delete_customer))
         .route("/orders", post(orders).layer(body))
         .route("/events", post(events).layer(body))
         .route("/recommendations", get(recommend))
@@ -151,6 +155,27 @@ async fn delete_product(ctx: Authorized<op::ProductDelete>, ApiPath(id): ApiPath
     responses((status = 201, description = "One object created", body = ItemResult), (status = 200, description = "Per-item results (list body), or one object updated", body = BatchAnswer)))]
 async fn customers(ctx: Authorized<op::CustomersUpsert>, ApiJson(body): ApiJson<Value>) -> Result<Response, Error> {
     Ok(answer(recs::customers(&ctx, body).await?))
+}
+
+/// Query of `DELETE /customers/{id}`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeleteCustomerQuery {
+    /// Erase everything that names the customer (profile, orders and their lines, events), not only the profile.
+    #[serde(default)]
+    erase: bool,
+}
+
+/// Deletes a customer's profile, or with `erase=true` erases the customer (a data-protection request):
+/// the answer is a receipt with the rows removed per table and where copies may still be.
+#[utoipa::path(delete, path = "/api/v1/customers/{id}", tag = "commerce", params(("id" = String, Path, description = "Customer id"), DeleteCustomerQuery),
+    responses((status = 200, description = "Receipt", body = recs::CustomerReceipt)))]
+async fn delete_customer(
+    ctx: Authorized<op::CustomerDelete>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteCustomerQuery>,
+) -> Result<Json<recs::CustomerReceipt>, Error> {
+    Ok(Json(recs::delete_customer_by_id(&ctx, id, q.erase).await?))
 }
 
 /// Adds orders (an order id seen before is a `duplicate`).

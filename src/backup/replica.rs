@@ -24,6 +24,8 @@ pub struct DbReplica {
     /// Shipping state; loaded on the first sync in this process.
     ship: tokio::sync::Mutex<Option<ShipState>>,
     source: Weak<dyn Source>,
+    /// An erasure asked for a checkpoint as soon as everything is shipped, whatever the WAL's size.
+    checkpoint_soon: std::sync::atomic::AtomicBool,
 }
 
 struct ShipState {
@@ -56,7 +58,16 @@ impl DbReplica {
             dirty: Mutex::new(None),
             ship: tokio::sync::Mutex::new(None),
             source,
+            checkpoint_soon: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Asks for a TRUNCATE checkpoint at the next sync, once everything in the WAL has shipped
+    /// (after an erasure, so the erased bytes leave the WAL promptly). The caller's write marked the
+    /// database dirty, so a sync follows; if the checkpoint cannot complete then (new commits, a
+    /// long reader), it is tried again at each later sync.
+    pub fn checkpoint_soon(&self) {
+        self.checkpoint_soon.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn key(&self) -> &ReplicaKey {
@@ -213,8 +224,13 @@ impl DbReplica {
         }
         self.retention(st, cfg).await?;
         // Checkpoint once the WAL is large and everything in it is shipped.
-        let (db, pos, src, limit) = (self.db_path.clone(), st.pos.clone(), source.clone(), cfg.checkpoint_pages);
+        let forced = self.checkpoint_soon.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let limit = if forced { 0 } else { cfg.checkpoint_pages };
+        let (db, pos, src) = (self.db_path.clone(), st.pos.clone(), source.clone());
         let done = tokio::task::spawn_blocking(move || checkpoint_if_large(&db, &pos, &*src, limit)).await??;
+        if forced && !done {
+            self.checkpoint_soon();
+        }
         if done {
             crate::faults::point("checkpoint.after");
             st.pos.cursor.checkpointed = true;

@@ -180,6 +180,55 @@ pub fn delete_customer(c: &mut Connection, id: &str) -> Result<bool, Error> {
     Ok(c.execute("DELETE FROM customers WHERE id = ?1", [id])? > 0)
 }
 
+/// What erasing one end customer removed, per table (the receipt of `DELETE /customers/{id}?erase=true`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Erased {
+    pub customers: u64,
+    pub orders: u64,
+    pub order_lines: u64,
+    pub events: u64,
+    /// `unknown_products` entries that pointed at the erased orders and events.
+    pub unknown_product_refs: u64,
+}
+
+impl Erased {
+    pub fn total(&self) -> u64 {
+        self.customers + self.orders + self.order_lines + self.events + self.unknown_product_refs
+    }
+}
+
+/// Erases a customer: the profile, every order of theirs with its lines, every event that names
+/// them, and the unknown-product notes those orders and events left, in one transaction. The
+/// training data changes, so the model is retrained (the caller schedules it). With `secure_delete`
+/// on (tenant databases always run with it) the freed bytes are overwritten with zeros.
+pub fn erase_customer(c: &mut Connection, id: &str) -> Result<Erased, Error> {
+    let tx = c.transaction()?;
+    let unknown_orders = tx.execute(
+        "DELETE FROM unknown_products WHERE source = 'order' AND ref IN (SELECT id FROM orders WHERE customer_id = ?1)",
+        [id],
+    )?;
+    let unknown_events = tx.execute(
+        "DELETE FROM unknown_products WHERE source = 'event' AND ref IN (SELECT CAST(id AS TEXT) FROM events WHERE customer_id = ?1)",
+        [id],
+    )?;
+    let order_lines = tx.execute("DELETE FROM order_lines WHERE order_id IN (SELECT id FROM orders WHERE customer_id = ?1)", [id])?;
+    let orders = tx.execute("DELETE FROM orders WHERE customer_id = ?1", [id])?;
+    let events = tx.execute("DELETE FROM events WHERE customer_id = ?1", [id])?;
+    let customers = tx.execute("DELETE FROM customers WHERE id = ?1", [id])?;
+    let erased = Erased {
+        customers: customers as u64,
+        orders: orders as u64,
+        order_lines: order_lines as u64,
+        events: events as u64,
+        unknown_product_refs: (unknown_orders + unknown_events) as u64,
+    };
+    if erased.total() > 0 {
+        bump(&tx)?;
+    }
+    tx.commit()?;
+    Ok(erased)
+}
+
 /// Marks an order deleted in the store: it no longer counts as a purchase. A later update with a newer
 /// `modified_at` (WooCommerce's `order.restored`) brings it back.
 pub fn retract_order(c: &mut Connection, id: &str) -> Result<bool, Error> {

@@ -63,8 +63,17 @@ pub fn analyzer() -> TextAnalyzer {
     b.filter_dynamic(Stemmer::new(Language::English)).build()
 }
 
-/// A writer kept between write batches, with the time of its last use.
-type WriterSlot = Mutex<Option<(IndexWriter<TantivyDocument>, Instant)>>;
+/// A writer kept between write batches: the time of its last use, and whether deleted documents
+/// wait to be expunged from their segments.
+struct Kept {
+    writer: IndexWriter<TantivyDocument>,
+    /// The index's reader, reloaded after an expunge so no searcher keeps the old segments mapped.
+    reader: IndexReader,
+    last_used: Instant,
+    expunge: bool,
+}
+
+type WriterSlot = Mutex<Option<Kept>>;
 
 /// A kept writer idle this long is dropped by the sweeper.
 pub const WRITER_IDLE: Duration = Duration::from_secs(5);
@@ -84,7 +93,8 @@ fn live_writers() -> &'static Mutex<Vec<Weak<WriterSlot>>> {
     })
 }
 
-/// Drops writers idle for at least `idle`, and forgets slots whose index is gone.
+/// Drops writers idle for at least `idle` (expunging pending deletes first), and forgets slots whose
+/// index is gone.
 pub(crate) fn sweep_writers(idle: Duration) {
     let slots: Vec<Arc<WriterSlot>> = {
         let mut live = live_writers().lock().unwrap_or_else(|p| p.into_inner());
@@ -94,10 +104,37 @@ pub(crate) fn sweep_writers(idle: Duration) {
     for slot in slots {
         // A busy slot is in use right now: not idle.
         let idle_writer = match slot.try_lock() {
-            Ok(mut g) if g.as_ref().is_some_and(|(_, t)| t.elapsed() >= idle) => g.take(),
+            Ok(mut g) if g.as_ref().is_some_and(|k| k.last_used.elapsed() >= idle) => g.take().map(|mut k| {
+                expunge(&mut k);
+                k
+            }),
             _ => None,
         };
         drop(idle_writer); // joins the writer's threads, outside the slot lock
+    }
+}
+
+/// If deletes wait to be expunged: merges every segment that has deleted documents into one
+/// without them, reloads the reader and removes the old segment files, so a deleted text's terms and
+/// positions are gone from the index directory (a delete alone only marks documents dead). Runs
+/// while the slot is locked, so no second writer can start meanwhile (Tantivy allows one per index).
+fn expunge(k: &mut Kept) {
+    if !std::mem::take(&mut k.expunge) {
+        return;
+    }
+    let t0 = Instant::now();
+    let result = (|| -> tantivy::Result<usize> {
+        let ids: Vec<_> = k.writer.index().searchable_segment_metas()?.into_iter().filter(|m| m.has_deletes()).map(|m| m.id()).collect();
+        if !ids.is_empty() {
+            k.writer.merge(&ids).wait()?;
+        }
+        k.reader.reload()?;
+        k.writer.garbage_collect_files().wait()?;
+        Ok(ids.len())
+    })();
+    match result {
+        Ok(n) => tracing::debug!(segments = n, ms = t0.elapsed().as_millis() as u64, "expunged deleted documents"),
+        Err(e) => tracing::warn!(error = %e, "expunging deleted documents failed; they stay until the next merge or rebuild"),
     }
 }
 
@@ -107,6 +144,13 @@ pub(crate) struct KeywordIndex {
     pub reader: IndexReader,
     pub fields: Fields,
     writer: Arc<WriterSlot>,
+}
+
+impl Drop for KeywordIndex {
+    /// A tenant closing with deletes still to expunge expunges them now (on the closing thread).
+    fn drop(&mut self) {
+        self.close_writer();
+    }
 }
 
 /// A chunk to add to the index.
@@ -145,12 +189,14 @@ impl KeywordIndex {
 
     /// Applies one write batch: removes every chunk of `delete_docs`, adds `add` and commits with
     /// the generation as payload. The writer is kept for the next batch (see module docs); on any
-    /// error it is dropped, which rolls back what this batch staged.
-    pub fn apply(&self, delete_docs: &[i64], add: &[IndexEntry<'_>], generation: i64) -> Result<()> {
+    /// error it is dropped, which rolls back what this batch staged. With `expunge`, the segments
+    /// holding the deleted chunks are rewritten without them once the writer goes idle (see
+    /// [`expunge`]), so their terms leave the index files.
+    pub fn apply(&self, delete_docs: &[i64], add: &[IndexEntry<'_>], generation: i64, expunge: bool) -> Result<()> {
         let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut writer = match slot.take() {
-            Some((w, _)) => w,
-            None => self.index.writer_with_num_threads(1, WRITER_BUDGET)?,
+        let (mut writer, pending) = match slot.take() {
+            Some(k) => (k.writer, k.expunge),
+            None => (self.index.writer_with_num_threads(1, WRITER_BUDGET)?, false),
         };
         for &seq in delete_docs {
             writer.delete_term(Term::from_field_u64(self.fields.doc_seq, seq as u64));
@@ -166,14 +212,29 @@ impl KeywordIndex {
         prepared.set_payload(&generation.to_string());
         prepared.commit()?;
         self.reader.reload()?;
-        *slot = Some((writer, Instant::now()));
+        *slot = Some(Kept { writer, reader: self.reader.clone(), last_used: Instant::now(), expunge: pending || (expunge && !delete_docs.is_empty()) });
         Ok(())
     }
 
-    /// Drops a kept writer now (before the index is replaced or closed).
+    /// Drops a kept writer now (before the index is replaced or closed), expunging pending deletes first.
     pub fn close_writer(&self) {
-        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().map(|mut k| {
+            expunge(&mut k);
+            k
+        });
         drop(w);
+    }
+
+    /// The payload of the last commit (tests).
+    #[cfg(test)]
+    pub fn load_payload(&self) -> Option<i64> {
+        self.index.load_metas().ok()?.payload.and_then(|p| p.parse().ok())
+    }
+
+    /// Whether deleted documents wait to be expunged (tests).
+    #[cfg(test)]
+    pub fn expunge_pending(&self) -> bool {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|k| k.expunge)
     }
 
     /// Analyzes a query into its (deduplicated) terms.
@@ -243,4 +304,60 @@ pub(crate) fn highlights(gen: &mut tantivy::snippet::SnippetGenerator, text: &st
     let snip = gen.snippet(text);
     let off = snip.fragment_range().start;
     snip.highlighted().iter().map(|r| (r.start + off, r.end + off)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(chunk_id: i64, doc_seq: i64, text: &str) -> IndexEntry<'_> {
+        IndexEntry { chunk_id, doc_seq, text }
+    }
+
+    /// Whether any segment still knows `word` as a term (deleted documents keep their terms until
+    /// their segment is rewritten).
+    fn knows(idx: &KeywordIndex, word: &str) -> bool {
+        idx.reader.reload().unwrap();
+        let searcher = idx.reader.searcher();
+        searcher.segment_readers().iter().any(|s| {
+            let inv = s.inverted_index(idx.fields.text).unwrap();
+            inv.terms().term_ord(word.as_bytes()).unwrap().is_some()
+        })
+    }
+
+    fn has_deletes(idx: &KeywordIndex) -> bool {
+        idx.index.searchable_segment_metas().unwrap().iter().any(|m| m.has_deletes())
+    }
+
+    #[test]
+    fn a_delete_is_expunged_from_the_segments_when_the_writer_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = KeywordIndex::create(dir.path()).unwrap();
+        idx.apply(&[], &[entry(1, 1, "qqzvx secret ticket"), entry(2, 2, "garden hose")], 1, true).unwrap();
+        idx.apply(&[1], &[], 2, true).unwrap();
+        assert!(idx.expunge_pending());
+        // Deleted, but its terms are still in the segment: what a delete alone leaves behind.
+        assert!(has_deletes(&idx) && knows(&idx, "qqzvx"));
+        idx.close_writer();
+        assert!(!has_deletes(&idx), "the segment with the deleted chunk was rewritten");
+        assert!(!knows(&idx, "qqzvx"), "the deleted chunk's terms are gone");
+        assert!(knows(&idx, "garden"), "the live chunk stays");
+        let files: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!files.iter().any(|f| f.ends_with(".del")), "no delete bitsets remain: {files:?}");
+        assert_eq!(idx.load_payload(), Some(2), "the commit payload (the SQLite generation) survives the merge");
+    }
+
+    #[test]
+    fn an_update_does_not_expunge_and_the_idle_sweeper_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = KeywordIndex::create(dir.path()).unwrap();
+        idx.apply(&[], &[entry(1, 1, "qqzvx old text"), entry(2, 2, "other words")], 1, false).unwrap();
+        idx.apply(&[1], &[entry(3, 1, "new text")], 2, false).unwrap();
+        assert!(!idx.expunge_pending());
+        idx.close_writer();
+        assert!(has_deletes(&idx) && knows(&idx, "qqzvx"), "an update leaves the old chunk to the merge policy");
+        idx.apply(&[2], &[], 3, true).unwrap();
+        sweep_writers(Duration::ZERO);
+        assert!(!has_deletes(&idx) && !knows(&idx, "qqzvx") && !knows(&idx, "other"), "the sweeper expunged every segment with deletes");
+    }
 }

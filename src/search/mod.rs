@@ -201,10 +201,12 @@ impl TenantSearch {
     }
 
     /// Applies a committed write to the index and the vector cache.
-    fn apply_derived(&self, conn: &Connection, touched: &[i64], added: &[store::StoredChunk], generation: i64) {
+    /// Applies a committed write to the index and the vector cache. `expunge` (deletes): the deleted
+    /// chunks' segments are rewritten without them once the writer goes idle.
+    fn apply_derived(&self, conn: &Connection, touched: &[i64], added: &[store::StoredChunk], generation: i64, expunge: bool) {
         let entries: Vec<IndexEntry<'_>> = added.iter().map(|c| IndexEntry { chunk_id: c.id, doc_seq: c.doc_seq, text: &c.index_text }).collect();
         let idx = self.index.read().clone();
-        if let Err(e) = idx.apply(touched, &entries, generation) {
+        if let Err(e) = idx.apply(touched, &entries, generation, expunge) {
             tracing::error!(error = %e, "index update failed; the index will be rebuilt");
             self.stale.store(true, Ordering::SeqCst);
             if let Err(e) = self.rebuild_locked(conn) {
@@ -270,7 +272,7 @@ impl TenantSearch {
         match outcome {
             Ok((results, touched, added, generation)) => {
                 if !touched.is_empty() {
-                    self.apply_derived(conn, &touched, &added, generation);
+                    self.apply_derived(conn, &touched, &added, generation, false);
                 }
                 results
             }
@@ -293,7 +295,7 @@ impl TenantSearch {
         let seq = store::delete_by_id(&tx, id)?;
         let generation = store::bump_generation(&tx)?;
         tx.commit()?;
-        self.apply_derived(conn, &[seq], &[], generation);
+        self.apply_derived(conn, &[seq], &[], generation, true);
         Ok(())
     }
 
@@ -311,7 +313,7 @@ impl TenantSearch {
         }
         let generation = store::bump_generation(&tx)?;
         tx.commit()?;
-        self.apply_derived(conn, &seqs, &[], generation);
+        self.apply_derived(conn, &seqs, &[], generation, true);
         Ok(seqs.into())
     }
 

@@ -211,12 +211,21 @@ pub async fn get(ctx: &TenantCtx, r: DocRef) -> Result<docs::Document, Error> {
         .await
 }
 
-/// Deletes one document, its chunks, index entries and embeddings.
+/// Deletes one document, its chunks, index entries and embeddings, leaving no readable copy in the
+/// tenant's files (zeroed pages, a checkpointed WAL, expunged index segments).
 pub async fn delete(ctx: &TenantCtx, id: String) -> Result<(), Error> {
     ctx.authorize(Op::DocumentDelete)?;
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
-    lease.blocking(move |h| h.with_writer(|c| Ok(search.delete(c, &id)?))).await?;
+    lease
+        .blocking(move |h| {
+            h.with_writer(|c| Ok(search.delete(c, &id)?))?;
+            // The deleted text must not stay readable in the database file or the WAL (see
+            // `checkpoint_after_erasure`); its index segments are expunged when the writer idles.
+            h.checkpoint_after_erasure()?;
+            Ok(())
+        })
+        .await?;
     ctx.state().meter.record(ctx.id(), Kind::DocumentDelete, 0);
     ctx.deleted();
     Ok(())
@@ -229,7 +238,15 @@ pub async fn delete_prefix(ctx: &TenantCtx, prefix: Option<String>) -> Result<do
         prefix.ok_or_else(|| Error::validation("path_prefix is required (use path_prefix= with care: an empty prefix deletes everything)"))?;
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
-    let r = lease.blocking(move |h| h.with_writer(|c| Ok(search.delete_by_prefix(c, &prefix)?))).await?;
+    let r = lease
+        .blocking(move |h| {
+            let r = h.with_writer(|c| Ok(search.delete_by_prefix(c, &prefix)?))?;
+            if r.deleted > 0 {
+                h.checkpoint_after_erasure()?;
+            }
+            Ok(r)
+        })
+        .await?;
     ctx.state().meter.record_n(ctx.id(), Kind::DocumentDelete, r.deleted as u64, 0);
     ctx.deleted();
     Ok(r)

@@ -36,7 +36,7 @@ macro_rules! operations {
             /// `insufficient_storage` when the disk is low, while reads and deletes still run.
             pub fn adds_data(self) -> bool {
                 let write = match self { $(Op::$name => stringify!($cost) == "write",)* };
-                write && !matches!(self, Op::DocumentDelete | Op::DocumentDeletePrefix | Op::ProductDelete)
+                write && !matches!(self, Op::DocumentDelete | Op::DocumentDeletePrefix | Op::ProductDelete | Op::CustomerDelete)
             }
 
             pub const fn name(self) -> &'static str {
@@ -99,6 +99,8 @@ operations! {
     ProductDelete: Write, write;
     /// `POST /customers`, webhook `customer.*`
     CustomersUpsert: Write, write;
+    /// `DELETE /customers/{id}` (the profile) and `DELETE /customers/{id}?erase=true` (everything that names the customer)
+    CustomerDelete: Write, write;
     /// `POST /orders`, `/integrations/woocommerce/orders`, webhook `order.*`
     OrdersInsert: Write, write;
     /// `PUT /integrations/woocommerce/totals` (the store's own totals, for sync progress)
@@ -132,6 +134,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 28);
+        assert_eq!(Op::ALL.len(), 29);
     }
 }

@@ -190,6 +190,69 @@ pub async fn delete_customer(ctx: &TenantCtx, id: String) -> Result<bool, Error>
     lease.blocking(move |h| h.with_writer(|c| store::delete_customer(c, &id))).await
 }
 
+/// Answer of `DELETE /customers/{id}`: what was removed, and where copies can still be.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CustomerReceipt {
+    pub customer_id: String,
+    /// `erased` (`?erase=true`: everything that names the customer) or `deleted` (the profile only).
+    pub mode: &'static str,
+    /// Rows removed per table.
+    pub removed: store::Erased,
+    /// After an erasure: `true` when the WAL was checkpointed into the zeroed database and truncated
+    /// now, `false` when a long read kept it from completing (the next checkpoint does), `null` when
+    /// backups are on (the shipper checkpoints as soon as the erasure has shipped).
+    pub wal_checkpointed: Option<bool>,
+    /// A retraining without the customer's data is scheduled (`recs.debounce_ms`).
+    pub retrain_scheduled: bool,
+    /// With backups on: replica objects taken before now may hold the erased data until this time
+    /// (the next snapshot, `backup.snapshot_interval_secs`, plus the restore window,
+    /// `backup.retention_secs`); `null` without backups.
+    pub backups_may_hold_until: Option<String>,
+}
+
+/// Deletes a customer's profile, or with `erase` erases the customer: the profile, their orders and
+/// order lines, their events and the notes those left, in one transaction, with the freed bytes
+/// zeroed (`secure_delete`) and the WAL checkpointed so no file of the tenant keeps a copy. Either
+/// way the answer is a receipt; an erasure is audited (`customer.erased`, with the counts and
+/// without the customer's id or data). Erasing a customer that has nothing left answers zeros.
+pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> Result<CustomerReceipt, Error> {
+    ctx.authorize(Op::CustomerDelete)?;
+    ctx.require_feature(FEATURE)?;
+    let id = input::id_of(Some(&Value::String(id)), "id").map_err(Error::validation)?;
+    let lease = ctx.storage().await?;
+    let cid = id.clone();
+    let (removed, wal_checkpointed) = lease
+        .blocking(move |h| {
+            if !erase {
+                let n = h.with_writer(|c| store::delete_customer(c, &cid))?;
+                return Ok((store::Erased { customers: n as u64, ..Default::default() }, None));
+            }
+            let removed = h.with_writer(|c| store::erase_customer(c, &cid))?;
+            Ok((removed, h.checkpoint_after_erasure()?))
+        })
+        .await?;
+    let retrain_scheduled = removed.orders + removed.events > 0;
+    if retrain_scheduled {
+        changed(ctx, &lease).await?;
+    }
+    let state = ctx.state();
+    let now = state.plans.clock.now();
+    let backups_may_hold_until = match (&state.backup, erase) {
+        (Some(b), true) => {
+            let s = b.settings();
+            let secs = s.snapshot_interval_secs.saturating_add(s.retention_secs).min(i64::MAX as u64 / 1000) as i64;
+            Some((now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        }
+        _ => None,
+    };
+    if erase {
+        let (tid, actor) = (ctx.id().to_string(), super::Actor::Tenant(ctx.id().to_string()).as_string());
+        let detail = json!({"removed": removed, "backups_may_hold_until": backups_may_hold_until});
+        state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&tid), "customer.erased", &detail)?)).await?;
+    }
+    Ok(CustomerReceipt { customer_id: id, mode: if erase { "erased" } else { "deleted" }, removed, wal_checkpointed, retrain_scheduled, backups_may_hold_until })
+}
+
 /// Retracts an order (WooCommerce `order.deleted`): it no longer counts as a purchase. Whether it changed.
 pub async fn retract_order(ctx: &TenantCtx, id: String) -> Result<bool, Error> {
     ctx.authorize(Op::OrdersInsert)?;

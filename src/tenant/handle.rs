@@ -30,7 +30,10 @@ pub fn migrations() -> &'static [&'static str] {
 
 pub const DB_FILE: &str = "tenant.db";
 
-const PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;";
+/// `secure_delete`: deleted content is overwritten with zeros in the database (and so in the WAL
+/// frames that carry the change), so an erasure leaves no readable copy in free pages.
+const PRAGMAS: &str =
+    "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;";
 
 /// Creates a tenant's directory and database. Only called when a tenant is created explicitly.
 pub fn create_storage(dir: &Path, tenant_id: &str) -> anyhow::Result<()> {
@@ -222,6 +225,22 @@ impl TenantHandle {
                 tracing::warn!(tenant = %self.id, error = %e, "closing writer failed");
             }
         }
+    }
+
+    /// After an erasure: gets the erased bytes out of the WAL. Without backups the WAL is checkpointed
+    /// into the (zeroed) database and truncated now; whether that completed is returned (a reader in
+    /// a long read keeps it from completing, and the next checkpoint finishes it). With backups the
+    /// shipper does it as soon as the erasing transaction has shipped (it must ship first, or the
+    /// replica would miss it); `None`. Blocking.
+    pub fn checkpoint_after_erasure(&self) -> Result<Option<bool>, Error> {
+        if let Some(r) = &self.replica {
+            r.checkpoint_soon();
+            return Ok(None);
+        }
+        self.with_writer(|c| {
+            let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+            Ok(Some(busy == 0))
+        })
     }
 
     /// Runs `f` with the writer connection (blocking; call from `spawn_blocking`).

@@ -5,6 +5,7 @@ mod backup;
 mod caddy;
 mod context;
 mod crash;
+mod erasure;
 mod handles;
 mod helpers;
 mod isolation;

@@ -1,0 +1,125 @@
+//! Data rights: erasing one end customer leaves no byte of them in any file of the data dir, and a
+//! plain customer delete removes only the profile.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const EMAIL: &str = "alice.example@mail.test";
+
+/// Every file under `dir` holding `needle`, with its count.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let n = bytes.windows(needle.len()).filter(|w| *w == needle).count();
+                if n > 0 {
+                    found.push((p.display().to_string(), n));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Tantivy's per-segment delete bitsets: present while deleted documents still sit in a segment.
+fn delete_bitsets(index_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(index_dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".del")).collect())
+        .unwrap_or_default()
+}
+
+async fn call(app: &TestApp, m: Method, path: &str, key: &str, body: Option<Value>) -> Value {
+    let mut rb = app.api(m.clone(), path, key);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = send(rb).await;
+    assert!(r.status().is_success(), "{m} {path}: {}", r.status());
+    json_of(r).await
+}
+
+#[tokio::test]
+async fn erasing_a_customer_leaves_none_of_their_bytes_in_any_file() {
+    let app = spawn_with(|c| c.recs.debounce_ms = 100).await;
+    let t = app.create_tenant("shop", "starter").await;
+    let k = &t.key;
+    call(&app, Method::POST, "/products", k, Some(json!({"products": [{"id": "p1", "name": "Kettle"}, {"id": "p2", "name": "Teapot"}]}))).await;
+    let alice = json!({"id": "c-alice", "name": "Alice Example", "email": EMAIL, "address": "1 Example Street, Testville"});
+    call(&app, Method::POST, "/customers", k, Some(json!({"customers": [alice, {"id": "c-bob", "name": "Bob Other"}]}))).await;
+    let orders = json!({"orders": [
+        {"id": "o1", "customer_id": "c-alice", "created_at": 1_700_000_000, "lines": [{"product_id": "p1"}, {"product_id": "p2"}]},
+        {"id": "o2", "customer_id": "c-alice", "created_at": 1_700_000_100, "lines": [{"product_id": "p9"}]},
+        {"id": "o3", "customer_id": "c-bob", "created_at": 1_700_000_200, "lines": [{"product_id": "p2"}]}]});
+    call(&app, Method::POST, "/orders", k, Some(orders)).await;
+    let events = json!({"events": [
+        {"customer_id": "c-alice", "product_id": "p1", "type": "view", "at": 1_700_000_300},
+        {"customer_id": "c-alice", "product_id": "p2", "type": "cart", "at": 1_700_000_301},
+        {"customer_id": "c-bob", "product_id": "p1", "type": "view", "at": 1_700_000_302}]});
+    call(&app, Method::POST, "/events", k, Some(events)).await;
+    // Support tickets mention her; both land in one index segment, so deleting hers leaves a
+    // segment with a deleted document in it (what the expunge must rewrite).
+    let docs = json!({"documents": [
+        {"path": "support/alice.md", "content": format!("Ticket from Alice Example <{EMAIL}>: the kettle leaks. Reply to {EMAIL}.")},
+        {"path": "support/bob.md", "content": "Ticket from Bob: the teapot is fine."}]});
+    call(&app, Method::POST, "/documents/bulk", k, Some(docs)).await;
+
+    let data = app.dir.path();
+    let before = files_holding(data, EMAIL.as_bytes());
+    assert!(!before.is_empty(), "before the erasure her email is on disk (else this test proves nothing)");
+
+    // Her documents, by path, then her.
+    let d = call(&app, Method::DELETE, "/documents?path_prefix=support/alice", k, None).await;
+    assert_eq!(d["deleted"], 1, "{d}");
+    let index_dir = data.join(&t.id).join("index");
+    assert!(!delete_bitsets(&index_dir).is_empty(), "right after the delete the segment still holds the dead document");
+    let r = call(&app, Method::DELETE, "/customers/c-alice?erase=true", k, None).await;
+    assert_eq!(r["mode"], "erased", "{r}");
+    assert_eq!(r["removed"], json!({"customers": 1, "orders": 2, "order_lines": 3, "events": 2, "unknown_product_refs": 1}), "{r}");
+    assert_eq!(r["wal_checkpointed"], true, "{r}");
+    assert_eq!(r["retrain_scheduled"], true, "{r}");
+    assert_eq!(r["backups_may_hold_until"], Value::Null, "no backups here: {r}");
+
+    // Within the 60 s (the index writer retires after 5 s idle), nothing of her is left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = files_holding(data, EMAIL.as_bytes());
+        let del = delete_bitsets(&index_dir);
+        if left.is_empty() && del.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "60 s after the erasure: email in {left:?}, delete bitsets {del:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for needle in ["Alice Example", "1 Example Street", "the kettle leaks"] {
+        assert_eq!(files_holding(data, needle.as_bytes()), vec![], "{needle:?} is gone too");
+    }
+
+    // Bob and the catalog stay; the audit log records the erasure without naming her.
+    let s = call(&app, Method::GET, "/recommendations/status", k, None).await;
+    assert_eq!((s["data"]["customers"].as_u64(), s["data"]["orders"].as_u64(), s["data"]["events"].as_u64()), (Some(1), Some(1), Some(1)), "{s}");
+    let bob = call(&app, Method::GET, "/documents?path_prefix=support/", k, None).await;
+    assert_eq!(bob["documents"].as_array().map(Vec::len), Some(1), "{bob}");
+    let audit = json_of(send(app.admin(Method::GET, "/tenants/shop/audit")).await).await;
+    let text = audit.to_string();
+    assert!(text.contains("customer.erased"), "{text}");
+    assert!(!text.contains("alice") && !text.contains(EMAIL), "the audit event names no one: {text}");
+
+    // Erasing again answers zeros (a data-protection request can be repeated), and a plain delete
+    // removes only the profile.
+    let again = call(&app, Method::DELETE, "/customers/c-alice?erase=true", k, None).await;
+    assert_eq!(again["removed"]["customers"], 0, "{again}");
+    let plain = call(&app, Method::DELETE, "/customers/c-bob", k, None).await;
+    assert_eq!((plain["mode"].as_str(), plain["removed"]["customers"].as_u64(), plain["removed"]["orders"].as_u64()), (Some("deleted"), Some(1), Some(0)));
+    let s = call(&app, Method::GET, "/recommendations/status", k, None).await;
+    assert_eq!((s["data"]["customers"].as_u64(), s["data"]["orders"].as_u64()), (Some(0), Some(1)), "{s}");
+}
