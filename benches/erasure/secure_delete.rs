@@ -42,9 +42,12 @@ fn put(c: &mut Connection, rng: &mut impl Rng, path: &str) -> rusqlite::Result<(
     for ord in 0..4 {
         tx.execute(
             "INSERT INTO chunks(doc_seq, ord, start_byte, end_byte, text, model_tokens, llm_tokens) VALUES (?1, ?2, 0, 1024, ?3, 250, 250)",
-            params![seq, ord, &content[ord * 1024..(ord + 1) * 1024]],
+            params![seq, ord as i64, &content[ord * 1024..(ord + 1) * 1024]],
         )?;
-        tx.execute("INSERT INTO chunk_embeddings(chunk_id, doc_seq, dim, vector) VALUES (?1, ?2, 384, ?3)", params![tx.last_insert_rowid(), seq, vector])?;
+        tx.execute(
+            "INSERT INTO chunk_embeddings(chunk_id, doc_seq, dim, vector) VALUES (?1, ?2, 384, ?3)",
+            params![tx.last_insert_rowid(), seq, vector],
+        )?;
     }
     tx.commit()
 }

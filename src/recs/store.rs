@@ -203,10 +203,8 @@ impl Erased {
 /// on (tenant databases always run with it) the freed bytes are overwritten with zeros.
 pub fn erase_customer(c: &mut Connection, id: &str) -> Result<Erased, Error> {
     let tx = c.transaction()?;
-    let unknown_orders = tx.execute(
-        "DELETE FROM unknown_products WHERE source = 'order' AND ref IN (SELECT id FROM orders WHERE customer_id = ?1)",
-        [id],
-    )?;
+    let unknown_orders =
+        tx.execute("DELETE FROM unknown_products WHERE source = 'order' AND ref IN (SELECT id FROM orders WHERE customer_id = ?1)", [id])?;
     let unknown_events = tx.execute(
         "DELETE FROM unknown_products WHERE source = 'event' AND ref IN (SELECT CAST(id AS TEXT) FROM events WHERE customer_id = ?1)",
         [id],

@@ -212,7 +212,8 @@ impl KeywordIndex {
         prepared.set_payload(&generation.to_string());
         prepared.commit()?;
         self.reader.reload()?;
-        *slot = Some(Kept { writer, reader: self.reader.clone(), last_used: Instant::now(), expunge: pending || (expunge && !delete_docs.is_empty()) });
+        *slot =
+            Some(Kept { writer, reader: self.reader.clone(), last_used: Instant::now(), expunge: pending || (expunge && !delete_docs.is_empty()) });
         Ok(())
     }
 

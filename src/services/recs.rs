@@ -250,7 +250,14 @@ pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> 
         let detail = json!({"removed": removed, "backups_may_hold_until": backups_may_hold_until});
         state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&tid), "customer.erased", &detail)?)).await?;
     }
-    Ok(CustomerReceipt { customer_id: id, mode: if erase { "erased" } else { "deleted" }, removed, wal_checkpointed, retrain_scheduled, backups_may_hold_until })
+    Ok(CustomerReceipt {
+        customer_id: id,
+        mode: if erase { "erased" } else { "deleted" },
+        removed,
+        wal_checkpointed,
+        retrain_scheduled,
+        backups_may_hold_until,
+    })
 }
 
 /// Retracts an order (WooCommerce `order.deleted`): it no longer counts as a purchase. Whether it changed.

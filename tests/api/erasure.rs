@@ -119,7 +119,10 @@ async fn erasing_a_customer_leaves_none_of_their_bytes_in_any_file() {
     let again = call(&app, Method::DELETE, "/customers/c-alice?erase=true", k, None).await;
     assert_eq!(again["removed"]["customers"], 0, "{again}");
     let plain = call(&app, Method::DELETE, "/customers/c-bob", k, None).await;
-    assert_eq!((plain["mode"].as_str(), plain["removed"]["customers"].as_u64(), plain["removed"]["orders"].as_u64()), (Some("deleted"), Some(1), Some(0)));
+    assert_eq!(
+        (plain["mode"].as_str(), plain["removed"]["customers"].as_u64(), plain["removed"]["orders"].as_u64()),
+        (Some("deleted"), Some(1), Some(0))
+    );
     let s = call(&app, Method::GET, "/recommendations/status", k, None).await;
     assert_eq!((s["data"]["customers"].as_u64(), s["data"]["orders"].as_u64()), (Some(0), Some(1)), "{s}");
 }
