@@ -82,6 +82,7 @@ pub struct Config {
     pub embed: EmbedSettings,
     pub search: SearchSettings,
     pub billing: BillingConfig,
+    pub retention: RetentionConfig,
     pub mcp: McpConfig,
     pub recs: RecsConfig,
 }
@@ -238,6 +239,25 @@ impl Default for RecsConfig {
     }
 }
 
+/// Retention of the control plane's usage and audit events (`[retention]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Days kept for a tenant whose plan states no `retention_days`, for deleted tenants' events and
+    /// for events of no tenant.
+    pub default_days: u32,
+    /// Seconds between retention sweeps.
+    pub sweep_secs: u64,
+    /// Rows deleted per transaction (per table), so a sweep never holds the control plane's write lock long.
+    pub batch_rows: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { default_days: 365, sweep_secs: 3600, batch_rows: 1000 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BillingConfig {
@@ -373,6 +393,7 @@ impl Default for Config {
             embed: EmbedSettings::default(),
             search: SearchSettings::default(),
             billing: BillingConfig::default(),
+            retention: RetentionConfig::default(),
             mcp: McpConfig::default(),
             recs: RecsConfig::default(),
         }
@@ -427,6 +448,9 @@ impl Config {
         anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(self.usage_flush_interval_ms >= 10, "usage_flush_interval_ms must be at least 10");
+        anyhow::ensure!(self.retention.default_days >= 1, "retention.default_days must be at least 1");
+        anyhow::ensure!(self.retention.sweep_secs >= 1, "retention.sweep_secs must be at least 1");
+        anyhow::ensure!(self.retention.batch_rows >= 1, "retention.batch_rows must be at least 1");
         anyhow::ensure!(!self.base_domain.is_empty(), "base_domain must not be empty");
         if let Some(s) = &self.stripe_webhook_secret {
             anyhow::ensure!(!s.expose().is_empty(), "stripe_webhook_secret must not be empty");

@@ -212,7 +212,7 @@ impl App {
 }
 
 /// Periodic process-wide tasks: handle housekeeping, auth-cache invalidation on control.db changes,
-/// key last-used flushes, usage flushes. One timer each for the whole process; none per tenant.
+/// key last-used flushes, usage flushes, retention sweeps. One timer each for the whole process; none per tenant.
 fn spawn_background(state: &AppState, shutdown: CancellationToken) -> CancellationToken {
     let stop = shutdown.child_token();
     let (s, st) = (state.clone(), stop.clone());
@@ -224,6 +224,22 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             tokio::select! {
                 _ = st.cancelled() => break,
                 _ = tick.tick() => s.meter.flush().await,
+            }
+        }
+    });
+    let (s, st) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        // Retention of usage and audit events, on its own timer (a sweep may take a while).
+        let mut tick = tokio::time::interval(Duration::from_secs(s.config.retention.sweep_secs.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = st.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = services::Operator::live(&s, services::Actor::System).prune_retention().await {
+                        tracing::warn!(error = %e, "retention sweep failed; retried at the next one");
+                    }
+                }
             }
         }
     });

@@ -150,6 +150,12 @@ pub trait ControlStore: Send + Sync {
     fn pending_jobs(&self) -> Fut<'_, Vec<(String, String)>>;
     /// Which of `ids` were deleted tenants: no row, and a `tenant.deleted` audit event.
     fn deleted_among(&self, ids: Vec<String>) -> Fut<'_, Vec<String>>;
+    /// Every owner of usage or audit events: tenant ids (live or deleted), and `None` for audit
+    /// events of no tenant.
+    fn event_owners(&self) -> Fut<'_, Vec<Option<String>>>;
+    /// One retention batch for one owner, in one transaction: deletes at most `batch` usage events
+    /// older than `usage_before` and at most `batch` audit events older than `audit_before`. Counts.
+    fn prune_events(&self, owner: Option<String>, usage_before: DateTime<Utc>, audit_before: DateTime<Utc>, batch: u32) -> Fut<'_, (u64, u64)>;
 }
 
 impl ControlStore for ControlPlane {
@@ -249,6 +255,33 @@ impl ControlStore for ControlPlane {
             let mut st = c.prepare("SELECT tenant_id, job_id FROM pending_jobs ORDER BY created_at, job_id")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        }))
+    }
+
+    fn event_owners(&self) -> Fut<'_, Vec<Option<String>>> {
+        Box::pin(self.run(|c| {
+            let mut st = c.prepare("SELECT DISTINCT tenant_id FROM usage_events UNION SELECT DISTINCT tenant_id FROM audit_events")?;
+            let rows = st.query_map([], |r| r.get::<_, Option<String>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn prune_events(&self, owner: Option<String>, usage_before: DateTime<Utc>, audit_before: DateTime<Utc>, batch: u32) -> Fut<'_, (u64, u64)> {
+        Box::pin(self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let usage = match &owner {
+                Some(id) => tx.execute(
+                    "DELETE FROM usage_events WHERE id IN (SELECT id FROM usage_events WHERE tenant_id = ?1 AND at < ?2 LIMIT ?3)",
+                    rusqlite::params![id, super::ts(usage_before), batch],
+                )?,
+                None => 0,
+            };
+            let audit = tx.execute(
+                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE tenant_id IS ?1 AND at < ?2 LIMIT ?3)",
+                rusqlite::params![owner, super::ts(audit_before), batch],
+            )?;
+            tx.commit()?;
+            Ok((usage as u64, audit as u64))
         }))
     }
 

@@ -29,6 +29,7 @@ pub mod ops;
 pub mod quickstart;
 pub mod recs;
 pub mod restore;
+pub mod retention;
 pub mod search;
 pub mod tenants;
 pub mod usage;

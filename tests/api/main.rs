@@ -13,6 +13,7 @@ mod jobs;
 mod plans;
 mod platform;
 mod recs;
+mod retention;
 mod s3proxy;
 mod scopes;
 mod storage;
