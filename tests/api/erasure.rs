@@ -101,7 +101,8 @@ async fn erasing_a_customer_leaves_none_of_their_bytes_in_any_file() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     for needle in ["Alice Example", "1 Example Street", "the kettle leaks"] {
-        assert_eq!(files_holding(data, needle.as_bytes()), vec![], "{needle:?} is gone too");
+        let left = files_holding(data, needle.as_bytes());
+        assert!(left.is_empty(), "{needle:?} is gone too: {left:?}");
     }
 
     // Bob and the catalog stay; the audit log records the erasure without naming her.
