@@ -26,7 +26,7 @@ fn text(rng: &mut impl Rng, bytes: usize) -> String {
 
 fn put(c: &mut Connection, rng: &mut impl Rng, path: &str) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
-    if let Some(seq) = tx.query_row("SELECT seq FROM documents WHERE path = ?1", [path], |r| r.get::<_, i64>(0)).ok() {
+    if let Ok(seq) = tx.query_row("SELECT seq FROM documents WHERE path = ?1", [path], |r| r.get::<_, i64>(0)) {
         tx.execute("DELETE FROM chunk_embeddings WHERE doc_seq = ?1", [seq])?;
         tx.execute("DELETE FROM chunks WHERE doc_seq = ?1", [seq])?;
         tx.execute("DELETE FROM documents WHERE seq = ?1", [seq])?;
