@@ -192,8 +192,9 @@ pub struct Erased {
 }
 
 impl Erased {
-    pub fn total(&self) -> u64 {
-        self.customers + self.orders + self.order_lines + self.events + self.unknown_product_refs
+    /// Whether the training data changed: training reads orders and events, not profiles.
+    pub fn changes_training(&self) -> bool {
+        self.orders + self.events > 0
     }
 }
 
@@ -220,7 +221,7 @@ pub fn erase_customer(c: &mut Connection, id: &str) -> Result<Erased, Error> {
         events: events as u64,
         unknown_product_refs: (unknown_orders + unknown_events) as u64,
     };
-    if erased.total() > 0 {
+    if erased.changes_training() {
         bump(&tx)?;
     }
     tx.commit()?;

@@ -104,10 +104,7 @@ pub(crate) fn sweep_writers(idle: Duration) {
     for slot in slots {
         // A busy slot is in use right now: not idle.
         let idle_writer = match slot.try_lock() {
-            Ok(mut g) if g.as_ref().is_some_and(|k| k.last_used.elapsed() >= idle) => g.take().map(|mut k| {
-                expunge(&mut k);
-                k
-            }),
+            Ok(mut g) if g.as_ref().is_some_and(|k| k.last_used.elapsed() >= idle) => g.take().map(expunged),
             _ => None,
         };
         drop(idle_writer); // joins the writer's threads, outside the slot lock
@@ -118,9 +115,9 @@ pub(crate) fn sweep_writers(idle: Duration) {
 /// without them, reloads the reader and removes the old segment files, so a deleted text's terms and
 /// positions are gone from the index directory (a delete alone only marks documents dead). Runs
 /// while the slot is locked, so no second writer can start meanwhile (Tantivy allows one per index).
-fn expunge(k: &mut Kept) {
+fn expunged(mut k: Kept) -> Kept {
     if !std::mem::take(&mut k.expunge) {
-        return;
+        return k;
     }
     let t0 = Instant::now();
     let result = (|| -> tantivy::Result<usize> {
@@ -136,6 +133,7 @@ fn expunge(k: &mut Kept) {
         Ok(n) => tracing::debug!(segments = n, ms = t0.elapsed().as_millis() as u64, "expunged deleted documents"),
         Err(e) => tracing::warn!(error = %e, "expunging deleted documents failed; they stay until the next merge or rebuild"),
     }
+    k
 }
 
 /// An open index with its reader.
@@ -191,7 +189,7 @@ impl KeywordIndex {
     /// the generation as payload. The writer is kept for the next batch (see module docs); on any
     /// error it is dropped, which rolls back what this batch staged. With `expunge`, the segments
     /// holding the deleted chunks are rewritten without them once the writer goes idle (see
-    /// [`expunge`]), so their terms leave the index files.
+    /// [`expunged`]), so their terms leave the index files.
     pub fn apply(&self, delete_docs: &[i64], add: &[IndexEntry<'_>], generation: i64, expunge: bool) -> Result<()> {
         let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let (mut writer, pending) = match slot.take() {
@@ -219,10 +217,7 @@ impl KeywordIndex {
 
     /// Drops a kept writer now (before the index is replaced or closed), expunging pending deletes first.
     pub fn close_writer(&self) {
-        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().map(|mut k| {
-            expunge(&mut k);
-            k
-        });
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take().map(expunged);
         drop(w);
     }
 

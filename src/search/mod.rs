@@ -200,7 +200,6 @@ impl TenantSearch {
         SearchStats { indexed_chunks: self.index.read().num_docs(), cached_vectors: self.vectors.read().as_ref().map(VectorCache::len) }
     }
 
-    /// Applies a committed write to the index and the vector cache.
     /// Applies a committed write to the index and the vector cache. `expunge` (deletes): the deleted
     /// chunks' segments are rewritten without them once the writer goes idle.
     fn apply_derived(&self, conn: &Connection, touched: &[i64], added: &[store::StoredChunk], generation: i64, expunge: bool) {

@@ -231,7 +231,7 @@ pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> 
             Ok((removed, h.checkpoint_after_erasure()?))
         })
         .await?;
-    let retrain_scheduled = removed.orders + removed.events > 0;
+    let retrain_scheduled = removed.changes_training();
     if retrain_scheduled {
         changed(ctx, &lease).await?;
     }
