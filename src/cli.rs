@@ -158,6 +158,22 @@ pub enum TenantCmd {
     /// Rebuild a tenant's search index from its SQLite file (refused while a server runs: use
     /// `POST /admin/v1/tenants/{slug}/reindex` then).
     Reindex { slug: String },
+    /// Write a tenant's whole archive (tar + zstd: SQLite snapshot, JSON Lines of every table, usage,
+    /// audit log, key metadata, manifest with checksums). Safe while a server runs.
+    Export {
+        slug: String,
+        /// The archive to write (must not exist), e.g. acme.warren.tar.zst.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Recreate a tenant from an archive made by `tenant export` (on this or another node). Prints
+    /// the tenant and a new API key (keys are never exported).
+    Import {
+        archive: PathBuf,
+        /// Import under this slug instead of the archive's.
+        #[arg(long)]
+        slug: Option<String>,
+    },
     /// Delete a tenant and its data (refused while a server runs on this data dir).
     Delete {
         slug: String,
@@ -318,6 +334,38 @@ async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
             let t = ops.tenant(&slug).await.map_err(err)?;
             let ks = ops.list_keys(&slug).await.map_err(err)?;
             print(json!({"tenant": t, "keys": ks}));
+        }
+        Command::Tenant(TenantCmd::Export { slug, to }) => {
+            anyhow::ensure!(!to.exists(), "{} exists; choose a new path", to.display());
+            let export = ops.export_tenant(&operator, &slug).await.map_err(err)?;
+            let manifest = export.manifest().clone();
+            let partial = to.with_extension("partial");
+            let bar = indicatif::ProgressBar::new(manifest.bytes());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("exporting {slug}"));
+            let (p, b) = (partial.clone(), bar.clone());
+            let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let f = std::io::BufWriter::new(std::fs::File::create(&p)?);
+                let f = export.write_to(f, &mut |n| b.set_position(n)).map_err(err)?;
+                f.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?.sync_all()?;
+                Ok(())
+            })
+            .await?;
+            bar.finish_and_clear();
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+            std::fs::rename(&partial, &to)?;
+            let size = std::fs::metadata(&to)?.len();
+            print(json!({"exported": slug, "to": to, "archive_bytes": size, "manifest": manifest}));
+        }
+        Command::Tenant(TenantCmd::Import { archive, slug }) => {
+            let imported = ops.import_tenant(&operator, &archive, slug).await.map_err(err)?;
+            print(serde_json::to_value(&imported)?);
         }
         Command::Tenant(TenantCmd::Delete { slug, yes }) => {
             anyhow::ensure!(yes, "deleting {slug} removes all its data: pass --yes to confirm");

@@ -8,6 +8,7 @@
 mod architecture_tests;
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod backup;
 pub mod billing;

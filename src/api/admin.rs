@@ -35,6 +35,7 @@ use crate::state::AppState;
     rotate_key,
     audit_log,
     reindex,
+    export,
     backup_status,
     restore,
     tls_ask,
@@ -55,6 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/keys/{key_id}/rotate", post(rotate_key))
         .route("/tenants/{slug}/audit", get(audit_log))
         .route("/tenants/{slug}/reindex", post(reindex))
+        .route("/tenants/{slug}/export", get(export))
         .route("/tenants/{slug}/backup", get(backup_status))
         .route("/tenants/{slug}/restore", post(restore))
         .route("/tenants/{slug}/overrides", get(get_overrides).put(put_overrides))
@@ -159,6 +161,13 @@ async fn audit_log(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): Ap
 }
 
 /// Rebuilds the tenant's search index from SQLite, through its open handle.
+/// A tenant's whole archive (tar + zstd, format in the README's "Data rights"), streamed.
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/export", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "The archive (tar + zstd), streamed", content_type = "application/octet-stream", body = super::schemas::Archive)))]
+async fn export(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<axum::response::Response, Error> {
+    Ok(super::tenant::archive_response(ops(&state).export_tenant(&proof, &slug).await?))
+}
+
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/reindex", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "Reindexed", body = super::schemas::Reindexed)))]
 async fn reindex(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {

@@ -210,3 +210,8 @@ pub struct StripeAnswer {
     pub outcome: Option<serde_json::Value>,
     pub tenant_id: Option<String>,
 }
+
+/// A tenant archive (tar + zstd), as bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Archive(#[allow(dead_code)] Vec<u8>);

@@ -19,7 +19,7 @@ use crate::state::AppState;
 
 /// Tenant self-service in the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(me, usage, audit, signup, backup, restore))]
+#[openapi(paths(me, usage, audit, signup, backup, restore, export))]
 pub struct TenantApi;
 
 pub fn routes() -> Router<AppState> {
@@ -30,6 +30,31 @@ pub fn routes() -> Router<AppState> {
         .route("/signup", post(signup))
         .route("/backup", get(backup))
         .route("/restore", post(restore))
+        .route("/export", post(export))
+}
+
+/// The tenant's whole archive (tar + zstd, format in the README's "Data rights"): needs an
+/// admin-scoped key and `export` in the plan.
+#[utoipa::path(post, path = "/api/v1/export", tag = "tenant", operation_id = "export_own",
+    responses((status = 200, description = "The archive (tar + zstd), streamed", content_type = "application/octet-stream", body = super::schemas::Archive)))]
+async fn export(ctx: Authorized<op::Export>) -> Result<Response, Error> {
+    Ok(archive_response(crate::services::export::export_own(&ctx).await?))
+}
+
+/// A prepared export as a streamed attachment; its manifest's checksums ride in headers too.
+pub(crate) fn archive_response(export: crate::services::export::Export) -> Response {
+    let disposition = format!("attachment; filename=\"{}\"", export.filename);
+    let bytes = export.manifest().bytes().to_string();
+    let body = axum::body::Body::from_stream(export.stream());
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+            (axum::http::HeaderName::from_static("x-warren-export-bytes"), bytes),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The tenant's own replication state (admin-scoped key).

@@ -21,7 +21,7 @@ use crate::error::Error;
 
 pub use keys::{ApiKey, NewKey, Scope};
 pub use slug::Slug;
-pub use store::{AuditRecord, Change, ControlStore, Outcome, StripeEffect, StripeEvent};
+pub use store::{AuditRecord, Change, ControlStore, HistoryEvent, Outcome, StripeEffect, StripeEvent, TenantHistory, UsageRecord};
 pub use tenants::{Status, Tenant, Tier};
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;

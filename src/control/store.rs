@@ -57,6 +57,14 @@ pub enum Change {
         key_id: String,
         limit: Option<(u32, u32)>,
     },
+    /// A tenant recreated from an archive: its row, a first key, and its usage and audit history
+    /// (the tenant's storage exists already).
+    ImportTenant {
+        id: String,
+        new: NewTenant,
+        key: NewKey,
+        history: TenantHistory,
+    },
     /// A deleted tenant's replica is gone.
     ReplicaDeleted {
         tenant_id: String,
@@ -114,6 +122,31 @@ pub enum StripeEffect {
     PaymentFailed { suspend: bool },
 }
 
+/// One recorded usage event of a tenant.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UsageRecord {
+    pub kind: String,
+    pub count: i64,
+    pub tokens: i64,
+    pub at: String,
+}
+
+/// One audit event of a tenant, without ids (as an export carries it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEvent {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub detail: Value,
+}
+
+/// A tenant's usage and audit history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct TenantHistory {
+    pub usage: Vec<UsageRecord>,
+    pub audit: Vec<HistoryEvent>,
+}
+
 /// The audit record written with a change.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
@@ -136,6 +169,8 @@ pub trait ControlStore: Send + Sync {
     fn touch_keys(&self, used: Vec<(String, DateTime<Utc>)>) -> Fut<'_, ()>;
     fn audit_events(&self, tenant_id: Option<String>, limit: u32) -> Fut<'_, Vec<AuditEvent>>;
     fn overrides_json(&self, tenant_id: &str) -> Fut<'_, Option<String>>;
+    /// A tenant's whole usage and audit history, oldest first (for its export).
+    fn tenant_history(&self, tenant_id: &str) -> Fut<'_, TenantHistory>;
     fn due_replica_deletions(&self, now: DateTime<Utc>) -> Fut<'_, Vec<String>>;
     /// A tenant's settings for an integration, as JSON.
     fn integration(&self, tenant_id: &str, kind: &'static str) -> Fut<'_, Option<String>>;
@@ -201,6 +236,29 @@ impl ControlStore for ControlPlane {
         Box::pin(self.run(move |c| {
             use rusqlite::OptionalExtension;
             Ok(c.query_row("SELECT overrides FROM plan_overrides WHERE tenant_id = ?1", [&id], |r| r.get(0)).optional()?)
+        }))
+    }
+
+    fn tenant_history(&self, tenant_id: &str) -> Fut<'_, TenantHistory> {
+        let id = tenant_id.to_string();
+        Box::pin(self.run(move |c| {
+            let mut st = c.prepare("SELECT kind, count, tokens, at FROM usage_events WHERE tenant_id = ?1 ORDER BY at, id")?;
+            let usage = st
+                .query_map([&id], |r| Ok(UsageRecord { kind: r.get(0)?, count: r.get(1)?, tokens: r.get(2)?, at: r.get(3)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st = c.prepare("SELECT at, actor, action, detail FROM audit_events WHERE tenant_id = ?1 ORDER BY id")?;
+            let audit = st
+                .query_map([&id], |r| {
+                    let detail: Option<String> = r.get(3)?;
+                    Ok(HistoryEvent {
+                        at: r.get(0)?,
+                        actor: r.get(1)?,
+                        action: r.get(2)?,
+                        detail: detail.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Null),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(TenantHistory { usage, audit })
         }))
     }
 
@@ -376,6 +434,19 @@ fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> R
         Change::CreateTenant { id, new, key } => {
             let tenant = tenants::insert(tx, &id, &new, now)?;
             let (key, plaintext) = keys::create(tx, &tenant.id, &key, now)?;
+            Outcome::Created { tenant, key, plaintext: plaintext.into() }
+        }
+        Change::ImportTenant { id, new, key, history } => {
+            let tenant = tenants::insert(tx, &id, &new, now)?;
+            let (key, plaintext) = keys::create(tx, &tenant.id, &key, now)?;
+            let mut st = tx.prepare("INSERT INTO usage_events (tenant_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for u in &history.usage {
+                st.execute(rusqlite::params![id, u.kind, u.count, u.tokens, u.at])?;
+            }
+            let mut st = tx.prepare("INSERT INTO audit_events (at, actor, tenant_id, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for a in &history.audit {
+                st.execute(rusqlite::params![a.at, a.actor, id, a.action, a.detail.to_string()])?;
+            }
             Outcome::Created { tenant, key, plaintext: plaintext.into() }
         }
         Change::UpdateTenant { id, patch } => Outcome::Tenant(tenants::update(tx, &id, &patch, now)?),

@@ -87,6 +87,8 @@ pub struct Costs {
     pub assemble: u32,
     pub embeddings: u32,
     pub bulk_document: u32,
+    /// A tenant export (`POST /export`): it reads the whole tenant.
+    pub export: u32,
     /// One more cell per this many chunks (or embeddings inputs) embedded, rounded up, so a call's
     /// cost grows with the CPU it takes; 0 = no per-chunk cost.
     pub chunks_per_cell: u32,
@@ -104,7 +106,7 @@ impl Costs {
 
 impl Default for Costs {
     fn default() -> Self {
-        Costs { read: 1, write: 1, search: 1, assemble: 2, embeddings: 1, bulk_document: 1, chunks_per_cell: 16 }
+        Costs { read: 1, write: 1, search: 1, assemble: 2, embeddings: 1, bulk_document: 1, export: 10, chunks_per_cell: 16 }
     }
 }
 
@@ -189,7 +191,7 @@ impl Plans {
 
 /// Features of a tier under the default plans (cumulative: each tier has everything below it).
 pub fn features(tier: Tier) -> Vec<&'static str> {
-    let mut f = vec!["search", "context"];
+    let mut f = vec!["search", "context", "export"];
     if tier >= Tier::Starter {
         f.extend(["recommendations", "mcp"]);
     }

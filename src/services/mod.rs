@@ -22,6 +22,7 @@ pub mod audit;
 pub mod billing;
 pub mod context;
 pub mod documents;
+pub mod export;
 pub mod jobs;
 pub mod keys;
 pub mod offline;

@@ -65,6 +65,8 @@ operations! {
     AuditRead: Admin, read;
     /// `GET /backup`
     BackupStatus: Admin, read;
+    /// `POST /export` (the tenant's whole archive, on plans with `export`)
+    Export: Admin, export;
     /// `POST /restore` (point-in-time restore of the tenant's own data)
     Restore: Admin, write;
     /// `GET /documents`, MCP `list_documents`
@@ -134,6 +136,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 29);
+        assert_eq!(Op::ALL.len(), 30);
     }
 }

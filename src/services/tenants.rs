@@ -265,10 +265,14 @@ impl Operator {
 /// audited transaction). A directory without a row but without that event is left alone: it may be a
 /// tenant that the CLI is creating (storage first, row last). Runs at start-up, before serving.
 pub async fn sweep_deleted_storage(control: &crate::control::ControlPlane, data_dir: &std::path::Path) -> usize {
-    let trash = data_dir.join(".trash");
-    if trash.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&trash) {
-            tracing::warn!(error = %e, "emptying the trash of interrupted deletes failed");
+    // The trash of interrupted deletes, and the work files of interrupted exports and imports (they
+    // may hold personal data, so none outlives a restart).
+    for leftover in [".trash", super::export::EXPORTS_DIR, super::export::IMPORTS_DIR] {
+        let dir = data_dir.join(leftover);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(error = %e, dir = %dir.display(), "emptying the left-overs of interrupted work failed");
+            }
         }
     }
     let ids: Vec<String> = match std::fs::read_dir(data_dir) {

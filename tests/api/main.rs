@@ -6,6 +6,7 @@ mod caddy;
 mod context;
 mod crash;
 mod erasure;
+mod export;
 mod handles;
 mod helpers;
 mod isolation;

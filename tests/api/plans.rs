@@ -222,7 +222,7 @@ async fn features_outside_the_plan_are_403() {
     let v = expect_error(r, 403, "feature_not_in_plan").await;
     assert_eq!(v["error"]["feature"], "search");
     let me = json_of(send(app.api(Method::GET, "/tenant", &free.key)).await).await;
-    assert_eq!(me["features"], json!(["context", "audit_log"]));
+    assert_eq!(me["features"], json!(["context", "export", "audit_log"]));
     app.stop().await;
 }
 
