@@ -35,6 +35,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// End customers of a tenant (data-protection requests).
+    #[command(subcommand)]
+    Customer(CustomerCmd),
     /// Usage and billing exports.
     #[command(subcommand)]
     Usage(UsageCmd),
@@ -87,6 +90,20 @@ pub enum Command {
         server: Option<String>,
         #[arg(long)]
         key: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CustomerCmd {
+    /// Erase one end customer: their profile, every order and event that names them (the twin of
+    /// `DELETE /api/v1/customers/{id}?erase=true`; refused while a server runs on the data dir).
+    /// Prints the receipt.
+    Erase {
+        slug: String,
+        customer_id: String,
+        /// Confirm the erasure.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -366,6 +383,11 @@ async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
         Command::Tenant(TenantCmd::Import { archive, slug }) => {
             let imported = ops.import_tenant(&operator, &archive, slug).await.map_err(err)?;
             print(serde_json::to_value(&imported)?);
+        }
+        Command::Customer(CustomerCmd::Erase { slug, customer_id, yes }) => {
+            anyhow::ensure!(yes, "erasing {customer_id} from {slug} cannot be undone: pass --yes to confirm");
+            let receipt = ops.erase_customer_offline(&operator, &slug, customer_id).await.map_err(err)?;
+            print(serde_json::to_value(&receipt)?);
         }
         Command::Tenant(TenantCmd::Delete { slug, yes }) => {
             anyhow::ensure!(yes, "deleting {slug} removes all its data: pass --yes to confirm");

@@ -182,6 +182,16 @@ impl Operator {
             Refused::Io(e) => Error::internal(e.context("staging an import")),
         })?;
         let m = unpacked.manifest.clone();
+        let known = crate::tenant::migrations().len() as i64;
+        if m.schema_version > known {
+            return Err(Error::bad_request(
+                Code::InvalidArchive,
+                format!(
+                    "the archive's database has schema version {}, newer than this warren knows ({known}): upgrade warren first",
+                    m.schema_version
+                ),
+            ));
+        }
         let new = new_tenant(&m.tenant, slug)?;
         if self.control.tenant_by_slug(new.slug.as_str()).await?.is_some() {
             return Err(Error::conflict(Code::SlugTaken, format!("a tenant {:?} exists already: import with --slug NEW", new.slug.as_str())));

@@ -260,6 +260,52 @@ pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> 
     })
 }
 
+impl super::Operator {
+    /// `warren customer erase`: the same erasure as `DELETE /customers/{id}?erase=true`, with no server
+    /// running on the data dir (refused otherwise, naming the API call). The tenant's model is then
+    /// stale, and the server's next open of the tenant schedules its retraining.
+    pub async fn erase_customer_offline(&self, _proof: &crate::auth::AdminProof, slug: &str, id: String) -> Result<CustomerReceipt, Error> {
+        if crate::datadir::server_running(&self.config.data_dir) {
+            return Err(Error::conflict(
+                Code::ServerRunning,
+                format!(
+                    "a warren server is running on {}; erase through it with the tenant's key:\n  curl -X DELETE -H \"Authorization: Bearer $TENANT_KEY\" {}/api/v1/customers/{id}?erase=true",
+                    self.config.data_dir.display(),
+                    self.public_url()
+                ),
+            ));
+        }
+        let t = self.tenant(slug).await?;
+        let id = input::id_of(Some(&Value::String(id)), "id").map_err(Error::validation)?;
+        let dir = crate::tenant::tenant_dir(&self.config.data_dir, &t.id);
+        let cid = id.clone();
+        let (removed, busy) = tokio::task::spawn_blocking(move || -> Result<(store::Erased, bool), Error> {
+            let mut c = crate::tenant::open_offline_writer(&dir).map_err(Error::Internal)?;
+            let removed = store::erase_customer(&mut c, &cid)?;
+            let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            Ok((removed, busy != 0))
+        })
+        .await??;
+        let now = self.clock.now();
+        let backups_may_hold_until = self.config.backup_url.as_ref().map(|_| {
+            let b = &self.config.backup;
+            let secs = b.snapshot_interval_secs.saturating_add(b.retention_secs).min(i64::MAX as u64 / 1000) as i64;
+            (now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+        let detail = json!({"removed": removed, "backups_may_hold_until": backups_may_hold_until});
+        let (tid, actor) = (t.id.clone(), self.actor.as_string());
+        self.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&tid), "customer.erased", &detail)?)).await?;
+        Ok(CustomerReceipt {
+            customer_id: id,
+            mode: "erased",
+            retrain_scheduled: removed.changes_training(),
+            removed,
+            wal_checkpointed: Some(!busy),
+            backups_may_hold_until,
+        })
+    }
+}
+
 /// Retracts an order (WooCommerce `order.deleted`): it no longer counts as a purchase. Whether it changed.
 pub async fn retract_order(ctx: &TenantCtx, id: String) -> Result<bool, Error> {
     ctx.authorize(Op::OrdersInsert)?;

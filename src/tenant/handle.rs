@@ -45,6 +45,16 @@ pub fn create_storage(dir: &Path, tenant_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A writer connection to a closed tenant's database (no server running), with the tenant pragmas
+/// (`secure_delete` among them): for the CLI's offline changes.
+pub fn open_offline_writer(dir: &Path) -> anyhow::Result<Connection> {
+    let db = dir.join(DB_FILE);
+    anyhow::ensure!(db.exists(), "no tenant database at {}", db.display());
+    let conn = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.execute_batch(PRAGMAS)?;
+    Ok(conn)
+}
+
 pub struct TenantHandle {
     id: String,
     dir: PathBuf,

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
-pub use handle::{create_storage, migrations, Lease, TenantHandle, DB_FILE};
+pub use handle::{create_storage, migrations, open_offline_writer, Lease, TenantHandle, DB_FILE};
 
 use crate::error::{Code, Error};
 

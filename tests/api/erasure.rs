@@ -127,3 +127,63 @@ async fn erasing_a_customer_leaves_none_of_their_bytes_in_any_file() {
     let s = call(&app, Method::GET, "/recommendations/status", k, None).await;
     assert_eq!((s["data"]["customers"].as_u64(), s["data"]["orders"].as_u64()), (Some(0), Some(1)), "{s}");
 }
+
+fn cli_erase(data: &Path, slug: &str, id: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["customer", "erase", slug, id, "--yes"])
+        .env("WARREN_DATA_DIR", data)
+        .env("WARREN_ADMIN_TOKEN", ADMIN)
+        .env("WARREN_MODEL_DIR", data.join("no-model"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run warren customer erase")
+}
+
+/// The CLI twin: `warren customer erase` does the same erasure with the server stopped (and refuses,
+/// naming the API call, while one runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_erases_a_customer_like_the_api() {
+    let mut app = spawn_app().await;
+    let t = app.create_tenant("cli-shop", "starter").await;
+    let k = &t.key;
+    call(&app, Method::POST, "/products", k, Some(json!({"products": [{"id": "p1", "name": "Kettle"}]}))).await;
+    call(
+        &app,
+        Method::POST,
+        "/customers",
+        k,
+        Some(json!({"customers": [{"id": "c-alice", "name": "Alice Example", "email": EMAIL}, {"id": "c-bob"}]})),
+    )
+    .await;
+    let orders = json!({"orders": [
+        {"id": "o1", "customer_id": "c-alice", "created_at": 1_700_000_000, "lines": [{"product_id": "p1"}]},
+        {"id": "o2", "customer_id": "c-bob", "created_at": 1_700_000_100, "lines": [{"product_id": "p1"}]}]});
+    call(&app, Method::POST, "/orders", k, Some(orders)).await;
+    call(
+        &app,
+        Method::POST,
+        "/events",
+        k,
+        Some(json!({"events": [{"customer_id": "c-alice", "product_id": "p1", "type": "view", "at": 1_700_000_300}]})),
+    )
+    .await;
+    let data = app.dir.path().to_path_buf();
+    assert!(!files_holding(&data.join(&t.id), EMAIL.as_bytes()).is_empty(), "her email is on disk before the erasure");
+
+    let out = cli_erase(&data, "cli-shop", "c-alice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("server_running") && stderr.contains("/api/v1/customers/c-alice?erase=true"), "{stderr}");
+
+    app.shutdown.cancel();
+    app.task.take().expect("running").await.expect("join").expect("stopped cleanly");
+    let out = cli_erase(&data, "cli-shop", "c-alice");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let receipt: Value = serde_json::from_slice(&out.stdout).expect("receipt");
+    assert_eq!(receipt["mode"], "erased", "{receipt}");
+    assert_eq!(receipt["removed"], json!({"customers": 1, "orders": 1, "order_lines": 1, "events": 1, "unknown_product_refs": 0}), "{receipt}");
+    assert_eq!(receipt["wal_checkpointed"], true, "{receipt}");
+    let left = files_holding(&data.join(&t.id), EMAIL.as_bytes());
+    assert!(left.is_empty(), "her email is still on disk after the CLI erasure: {left:?}");
+    let left = files_holding(&data.join(&t.id), b"Alice Example");
+    assert!(left.is_empty(), "her name is still on disk: {left:?}");
+}
