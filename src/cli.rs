@@ -262,6 +262,7 @@ async fn restore(
     let ops = Operator::offline(config, Actor::Cli)?;
     let t = ops.tenant(&slug).await.map_err(err)?;
     let replica = root.replica(&ReplicaKey::tenant(&t.id).path());
+    ops.check_restore_point(&t.id, &replica, target).await.map_err(err)?;
     if let Some(out) = to {
         anyhow::ensure!(!out.exists(), "{} exists; choose a new path", out.display());
         let rep = restore::restore_to(&replica, target, &out).await?;

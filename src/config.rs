@@ -132,6 +132,9 @@ pub struct BackupSettings {
     pub delete_grace_secs: u64,
     /// How often the server looks for replicas of deleted tenants that are due for deletion.
     pub delete_sweep_secs: u64,
+    /// After an erasure a fresh snapshot is shipped; this long after it, every replica object older
+    /// than that snapshot (which may hold the erased data) is deleted.
+    pub erasure_grace_secs: u64,
     /// Databases synced at the same time.
     pub max_concurrent_syncs: usize,
     /// Timeout of one object-storage request.
@@ -159,6 +162,7 @@ impl Default for BackupSettings {
             l0_retention_secs: 300,
             delete_grace_secs: 7 * 86_400,
             delete_sweep_secs: 60,
+            erasure_grace_secs: 86_400,
             max_concurrent_syncs: 32,
             request_timeout_secs: 10,
             retry_min_ms: 500,

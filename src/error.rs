@@ -86,6 +86,7 @@ codes! {
     RestorePointUnavailable = ("restore_point_unavailable", 400, "No backup exists at or before the requested TXID or time."),
     RestoreFailed = ("restore_failed", 400, "A replica object is corrupt or truncated (named in the message); nothing was changed."),
     InvalidArchive = ("invalid_archive", 400, "An import's archive is truncated, damaged, or not a warren tenant archive (the message says what is wrong); nothing was imported."),
+    RestoreBeforeErasure = ("restore_before_erasure", 400, "The restore point is before an erasure (named in the message): restoring it would bring erased data back; choose a later point."),
     ServerRunning = ("server_running", 409, "CLI: a server holds this data dir; the message names the admin API call to use instead."),
     BackupsDisabled = ("backups_disabled", 409, "A restore was asked for but backup_url is not set."),
     BackupUnavailable = ("backup_unavailable", 503, "The replica could not be listed (object storage down); retry after Retry-After."),

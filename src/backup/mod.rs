@@ -123,6 +123,28 @@ pub struct Position {
     pub commit: u32,
     pub replicated_at_ms: i64,
     pub last_snapshot_ms: i64,
+    /// An erasure asked for a fresh snapshot that has not been shipped yet (set by the CLI's offline
+    /// erasure; a running server uses [`DbReplica::erasure`]).
+    #[serde(default)]
+    pub erasure_requested: bool,
+    /// The snapshot shipped after the latest erasure: objects older than it are deleted once
+    /// `backup.erasure_grace_secs` has passed since `at_ms`.
+    #[serde(default)]
+    pub erasure: Option<ErasureMark>,
+}
+
+/// The fresh snapshot of an erasure, persisted with the position until the older objects are gone.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ErasureMark {
+    pub at_ms: i64,
+    pub snapshot_txid: u64,
+}
+
+/// Records, with no server running, that an erasure needs a fresh snapshot at the next sync.
+pub fn request_erasure_snapshot(db: &Path) -> anyhow::Result<()> {
+    let mut p = read_position(db).unwrap_or_default();
+    p.erasure_requested = true;
+    write_position(db, &p)
 }
 
 fn position_path(db: &Path) -> PathBuf {

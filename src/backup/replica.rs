@@ -26,6 +26,9 @@ pub struct DbReplica {
     source: Weak<dyn Source>,
     /// An erasure asked for a checkpoint as soon as everything is shipped, whatever the WAL's size.
     checkpoint_soon: std::sync::atomic::AtomicBool,
+    /// An erasure asked for a fresh snapshot (and, after `erasure_grace_secs`, the deletion of every
+    /// older object).
+    erasure_soon: std::sync::atomic::AtomicBool,
 }
 
 struct ShipState {
@@ -59,6 +62,7 @@ impl DbReplica {
             ship: tokio::sync::Mutex::new(None),
             source,
             checkpoint_soon: std::sync::atomic::AtomicBool::new(false),
+            erasure_soon: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -68,6 +72,14 @@ impl DbReplica {
     /// long reader), it is tried again at each later sync.
     pub fn checkpoint_soon(&self) {
         self.checkpoint_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After an erasure (its transaction committed, so the database is queued): at the next sync, once
+    /// everything is shipped, a fresh snapshot holding the erased state; `erasure_grace_secs` later,
+    /// every object older than it is deleted. Also checkpoints promptly.
+    pub fn erasure(&self) {
+        self.erasure_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.checkpoint_soon();
     }
 
     pub fn key(&self) -> &ReplicaKey {
@@ -208,21 +220,34 @@ impl DbReplica {
             }
         }
         let now = store::now_ms();
-        if st.pos.txid > 0 && now - st.pos.last_snapshot_ms >= (cfg.snapshot_interval_secs as i64) * 1000 {
+        let erasure = self.erasure_soon.swap(false, std::sync::atomic::Ordering::SeqCst) || st.pos.erasure_requested;
+        let due = now - st.pos.last_snapshot_ms >= (cfg.snapshot_interval_secs as i64) * 1000;
+        if st.pos.txid > 0 && (due || erasure) {
             let (db, pos, src) = (self.db_path.clone(), st.pos.clone(), source.clone());
+            // Taken under the writer's lock with nothing unshipped: the image holds every commit so
+            // far, the erasing one included. With new commits it is `None`, and the next sync retries.
             let snap = tokio::task::spawn_blocking(move || snapshot_at(&db, &pos, &*src)).await??;
+            if snap.is_none() && erasure {
+                self.erasure_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if let Some((bytes, ts)) = snap {
                 let n = bytes.len() as u64;
                 self.replica.put(9, 1, st.pos.txid, bytes, ts).await.context("uploading a snapshot")?;
                 st.files.retain(|f| !(f.level == 9 && f.max == st.pos.txid));
                 st.files.push(FileInfo { level: 9, min: 1, max: st.pos.txid, size: n, created_ms: ts });
                 st.pos.last_snapshot_ms = ts;
+                if erasure {
+                    st.pos.erasure = Some(ErasureMark { at_ms: ts, snapshot_txid: st.pos.txid });
+                    st.pos.erasure_requested = false;
+                    tracing::info!(replica = %self.key, txid = st.pos.txid, "shipped the snapshot of an erasure");
+                }
                 metrics::counter!("warren_backup_puts_total").increment(1);
                 let (db, pos) = (self.db_path.clone(), st.pos.clone());
                 tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
             }
         }
         self.retention(st, cfg).await?;
+        self.purge_after_erasure(st, cfg).await?;
         // Checkpoint once the WAL is large and everything in it is shipped.
         let forced = self.checkpoint_soon.swap(false, std::sync::atomic::Ordering::SeqCst);
         let limit = if forced { 0 } else { cfg.checkpoint_pages };
@@ -328,6 +353,27 @@ impl DbReplica {
             crate::faults::point("retention.between_deletes");
         }
         st.files.retain(|f| !doomed.contains(f));
+        Ok(())
+    }
+
+    /// Once `erasure_grace_secs` has passed since an erasure's snapshot, deletes every object older
+    /// than it, at every level: those may hold the erased data. The chain then starts at that snapshot,
+    /// so no restore point before the erasure remains.
+    async fn purge_after_erasure(&self, st: &mut ShipState, cfg: &BackupSettings) -> anyhow::Result<()> {
+        let Some(mark) = st.pos.erasure else { return Ok(()) };
+        if store::now_ms() - mark.at_ms < (cfg.erasure_grace_secs as i64).saturating_mul(1000) {
+            return Ok(());
+        }
+        let doomed: Vec<FileInfo> = st.files.iter().filter(|f| f.max < mark.snapshot_txid).copied().collect();
+        for f in &doomed {
+            self.replica.delete(f).await.with_context(|| format!("deleting {} (erasure)", ltx::file_name(f.min, f.max)))?;
+            metrics::counter!("warren_backup_deletes_total").increment(1);
+        }
+        st.files.retain(|f| !doomed.contains(f));
+        st.pos.erasure = None;
+        let (db, pos) = (self.db_path.clone(), st.pos.clone());
+        tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
+        tracing::info!(replica = %self.key, deleted = doomed.len(), before_txid = mark.snapshot_txid, "deleted the replica objects older than an erasure");
         Ok(())
     }
 

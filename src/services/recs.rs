@@ -228,7 +228,7 @@ pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> 
                 return Ok((store::Erased { customers: n as u64, ..Default::default() }, None));
             }
             let removed = h.with_writer(|c| store::erase_customer(c, &cid))?;
-            Ok((removed, h.checkpoint_after_erasure()?))
+            Ok((removed, h.after_customer_erasure()?))
         })
         .await?;
     let retrain_scheduled = removed.changes_training();
@@ -240,8 +240,17 @@ pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> 
     let backups_may_hold_until = match (&state.backup, erase) {
         (Some(b), true) => {
             let s = b.settings();
-            let secs = s.snapshot_interval_secs.saturating_add(s.retention_secs).min(i64::MAX as u64 / 1000) as i64;
-            Some((now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            let grace = s.erasure_grace_secs.min(i64::MAX as u64 / 1000);
+            // When the grace has passed, the replica is synced (reopened if need be), which deletes
+            // every object older than the erasure's snapshot.
+            let (b, id) = (b.clone(), ctx.id().to_string());
+            let wait = std::time::Duration::from_secs(grace) + std::time::Duration::from_millis(s.sync_interval_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                b.catch_up_tenant(&id);
+            });
+            let until = grace as i64 + (s.sync_interval_ms / 1000) as i64 + 1;
+            Some((now + chrono::Duration::seconds(until)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         }
         _ => None,
     };
@@ -287,9 +296,23 @@ impl super::Operator {
         })
         .await??;
         let now = self.clock.now();
+        if self.config.backup_url.is_some() {
+            // The next server start ships a fresh snapshot (the marker queues the tenant); objects older
+            // than it are deleted at the first sync after `erasure_grace_secs`.
+            let (data, tid) = (self.config.data_dir.clone(), t.id.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let db = crate::tenant::tenant_dir(&data, &tid).join(crate::tenant::DB_FILE);
+                crate::backup::request_erasure_snapshot(&db)?;
+                std::fs::create_dir_all(data.join(crate::backup::PENDING_DIR))?;
+                std::fs::File::create(data.join(crate::backup::PENDING_DIR).join(&tid))?;
+                Ok(())
+            })
+            .await?
+            .map_err(Error::Internal)?;
+        }
         let backups_may_hold_until = self.config.backup_url.as_ref().map(|_| {
             let b = &self.config.backup;
-            let secs = b.snapshot_interval_secs.saturating_add(b.retention_secs).min(i64::MAX as u64 / 1000) as i64;
+            let secs = b.erasure_grace_secs.min(i64::MAX as u64 / 1000) as i64;
             (now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         });
         let detail = json!({"removed": removed, "backups_may_hold_until": backups_may_hold_until});

@@ -93,7 +93,8 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
     let replica = backup.root().replica(&ReplicaKey::tenant(cap.id()).path());
     // Check the replica before taking the tenant offline: a bad target is a 4xx and nothing changes.
     let files = replica.list().await.map_err(|e| Error::unavailable(Code::BackupUnavailable, format!("the replica cannot be listed: {e:#}"), 5))?;
-    crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request(Code::RestorePointUnavailable, format!("{e:#}")))?;
+    let chain = crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request(Code::RestorePointUnavailable, format!("{e:#}")))?;
+    refuse_across_erasure(&state.control, &tenant.id, &chain).await?;
     if !state.registry.try_block(&tenant.id, Block::Restoring) {
         return Err(Error::unavailable(Code::TenantRestoring, "this tenant is already being restored or deleted", 5));
     }
@@ -126,6 +127,39 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
         outcome
     });
     task.await?
+}
+
+/// 400 `restore_before_erasure` when the restore point (the newest file of `chain`) was captured
+/// before the tenant's latest erasure (`customer.erased` in its audit log): restoring it would bring
+/// erased data back. Every door runs this before it restores.
+pub async fn refuse_across_erasure(control: &crate::control::ControlPlane, tenant_id: &str, chain: &[crate::backup::FileInfo]) -> Result<(), Error> {
+    use crate::control::ControlStore;
+    let point_ms = chain.iter().map(|f| f.created_ms).max().unwrap_or(0);
+    let events = control.audit_events(Some(tenant_id.to_string()), 100_000).await?;
+    let Some(erased) = events.iter().find(|e| e.action == "customer.erased") else { return Ok(()) };
+    let Ok(at) = crate::clock::parse_ts(&erased.at) else { return Ok(()) };
+    if point_ms < at.timestamp_millis() {
+        let point = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(point_ms).map(crate::clock::ts).unwrap_or_default();
+        return Err(Error::bad_request(
+            Code::RestoreBeforeErasure,
+            format!(
+                "the restore point ({point}) is before the erasure of a customer at {} (audit event customer.erased): restoring it would bring erased data back; choose a point after it",
+                erased.at
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Operator {
+    /// For the CLI's restore: refuses a target before the tenant's latest erasure (see
+    /// [`refuse_across_erasure`]).
+    pub async fn check_restore_point(&self, tenant_id: &str, replica: &crate::backup::Replica, target: Target) -> Result<(), Error> {
+        let files =
+            replica.list().await.map_err(|e| Error::unavailable(Code::BackupUnavailable, format!("the replica cannot be listed: {e:#}"), 5))?;
+        let chain = crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request(Code::RestorePointUnavailable, format!("{e:#}")))?;
+        refuse_across_erasure(&self.control, tenant_id, &chain).await
+    }
 }
 
 /// Unblocks a tenant when dropped.

@@ -242,6 +242,16 @@ impl TenantHandle {
     /// a long read keeps it from completing, and the next checkpoint finishes it). With backups the
     /// shipper does it as soon as the erasing transaction has shipped (it must ship first, or the
     /// replica would miss it); `None`. Blocking.
+    /// After a customer erasure: as [`Self::checkpoint_after_erasure`], and with backups the replica
+    /// ships a fresh snapshot and, after `backup.erasure_grace_secs`, deletes every older object.
+    pub fn after_customer_erasure(&self) -> Result<Option<bool>, Error> {
+        if let Some(r) = &self.replica {
+            r.erasure();
+            return Ok(None);
+        }
+        self.checkpoint_after_erasure()
+    }
+
     pub fn checkpoint_after_erasure(&self) -> Result<Option<bool>, Error> {
         if let Some(r) = &self.replica {
             r.checkpoint_soon();

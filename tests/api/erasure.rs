@@ -187,3 +187,108 @@ async fn the_cli_erases_a_customer_like_the_api() {
     let left = files_holding(&data.join(&t.id), b"Alice Example");
     assert!(left.is_empty(), "her name is still on disk: {left:?}");
 }
+
+/// Occurrences of `needle` in every replica object under `root`: raw, and in the decoded LTX pages.
+fn replica_holding(root: &Path, needle: &[u8]) -> (usize, Vec<String>) {
+    let mut objects = 0;
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        // The replica's directories appear with its first object.
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&p) else { continue };
+            objects += 1;
+            let mut n = bytes.windows(needle.len()).filter(|w| *w == needle).count();
+            if p.extension().is_some_and(|x| x == "ltx") {
+                let d = warren::backup::ltx::decode(&bytes).expect("a replica object decodes");
+                n += d.pages.values().map(|page| page.windows(needle.len()).filter(|w| *w == needle).count()).sum::<usize>();
+            }
+            if n > 0 {
+                found.push(format!("{} ({n})", p.display()));
+            }
+        }
+    }
+    (objects, found)
+}
+
+/// Backups and erasure: after an erasure a fresh snapshot ships, a restore to before it is refused,
+/// and once `erasure_grace` has passed no replica object holds the erased bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_no_replica_object_holds_an_erased_customer() {
+    let replica = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    let app = spawn_with(|c| {
+        c.backup_url = Some(url.clone());
+        c.backup.sync_interval_ms = 100;
+        c.backup.erasure_grace_secs = 2;
+        c.recs.debounce_ms = 100;
+    })
+    .await;
+    let t = app.create_tenant("shop", "pro").await;
+    let k = &t.key;
+    call(&app, Method::POST, "/products", k, Some(json!({"products": [{"id": "p1", "name": "Kettle"}]}))).await;
+    call(
+        &app,
+        Method::POST,
+        "/customers",
+        k,
+        Some(json!({"customers": [{"id": "c-alice", "name": "Alice Example", "email": EMAIL}, {"id": "c-bob"}]})),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        "/orders",
+        k,
+        Some(json!({"orders": [{"id": "o1", "customer_id": "c-alice", "created_at": 1_700_000_000, "lines": [{"product_id": "p1"}]}]})),
+    )
+    .await;
+    let doc = json!({"path": "support/alice.md", "content": format!("Ticket from Alice Example <{EMAIL}>.")});
+    call(&app, Method::POST, "/documents", k, Some(doc)).await;
+    let tenant_replica = replica.path().join("tenants").join(&t.id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, found) = replica_holding(&tenant_replica, EMAIL.as_bytes());
+        if !found.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "her email never reached the replica (else this test proves nothing)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before_erasure = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    call(&app, Method::DELETE, "/documents?path_prefix=support/alice", k, None).await;
+    let r = call(&app, Method::DELETE, "/customers/c-alice?erase=true", k, None).await;
+    assert!(r["backups_may_hold_until"].is_string(), "{r}");
+
+    // A restore to before the erasure is refused, naming it, from the admin door.
+    let body = json!({"timestamp": before_erasure});
+    let r = send(app.admin(Method::POST, "/tenants/shop/restore").json(&body)).await;
+    let v = expect_error(r, 400, "restore_before_erasure").await;
+    assert!(v.to_string().contains("customer.erased"), "{v}");
+
+    // Within the grace (2 s) plus a sync, every object older than the erasure's snapshot is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (objects, found) = replica_holding(&tenant_replica, EMAIL.as_bytes());
+        let local = files_holding(&app.dir.path().join(&t.id), EMAIL.as_bytes());
+        if found.is_empty() && local.is_empty() && objects > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "30 s after the erasure: replica objects {found:?}, local files {local:?} ({objects} objects)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The replica still restores: its chain now starts at the erasure's snapshot.
+    let r = send(app.admin(Method::POST, "/tenants/shop/restore").json(&json!({}))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let s = call(&app, Method::GET, "/recommendations/status", k, None).await;
+    assert_eq!(s["data"]["customers"].as_u64(), Some(1), "{s}");
+    app.stop().await;
+}
