@@ -85,7 +85,7 @@ async fn credentials_and_hosts_are_checked() {
     // Key alone, either header.
     let v = json_of(send(app.api(Method::GET, "/tenant", &acme.key)).await).await;
     assert_eq!(v["slug"], "acme");
-    assert_eq!(v["features"], json!(["search", "context"]));
+    assert_eq!(v["features"], json!(["search", "context", "export"]));
     let r = send(app.req(Method::GET, "/api/v1/tenant").header("X-API-Key", &globex.key)).await;
     assert_eq!(json_of(r).await["slug"], "globex");
 

@@ -38,7 +38,10 @@ def main(base, key, admin, max_secs):
             "--max-examples", "25",
             "--max-time", str(secs),
             "--seed", "7",
-            "--workers", "2",
+            # One worker: hypothesis describes strategies through a process-wide AST cache that is not
+            # thread-safe, and two workers made it fail at random ("AST constructor recursion depth
+            # mismatch", a tool error and not a finding about the API).
+            "--workers", "1",
             "--request-timeout", "30",
             "--suppress-health-check", "all",
             "--continue-on-failure",
