@@ -327,8 +327,8 @@ impl Unpacked {
         self.dir.join(DB)
     }
 
-    /// The lines of a JSON Lines entry, parsed.
-    pub fn lines(&self, name: &str) -> anyhow::Result<Vec<Value>> {
+    /// The lines of a JSON Lines entry, each parsed as a `T`.
+    pub fn records<T: serde::de::DeserializeOwned>(&self, name: &str) -> anyhow::Result<Vec<T>> {
         let f = std::io::BufReader::new(std::fs::File::open(self.dir.join(name))?);
         f.lines().map(|l| Ok(serde_json::from_str(&l?)?)).collect()
     }
@@ -338,29 +338,12 @@ impl Unpacked {
 /// Nothing outside `staging` is touched, and `staging` is removed when anything is wrong.
 pub fn unpack(src: impl Read, staging: &Path) -> Result<Unpacked, Refused> {
     std::fs::create_dir_all(staging).map_err(|e| Refused::Io(e.into()))?;
-    let mut out = Unpacked { dir: staging.to_path_buf(), manifest: empty_manifest() };
-    out.manifest = unpack_into(src, staging)?;
-    Ok(out)
-}
-
-fn empty_manifest() -> Manifest {
-    Manifest {
-        format: String::new(),
-        version: 0,
-        warren_version: String::new(),
-        created_at: String::new(),
-        schema_version: 0,
-        tenant: Profile {
-            slug: String::new(),
-            name: String::new(),
-            email: String::new(),
-            tier: String::new(),
-            status: String::new(),
-            trial_ends_at: None,
-            custom_domain: None,
-            created_at: String::new(),
-        },
-        files: Vec::new(),
+    match unpack_into(src, staging) {
+        Ok(manifest) => Ok(Unpacked { dir: staging.to_path_buf(), manifest }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(staging);
+            Err(e)
+        }
     }
 }
 

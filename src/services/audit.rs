@@ -66,6 +66,15 @@ impl Operator {
         Ok(Operator { control, config: Arc::new(config.clone()), clock, live: None, actor })
     }
 
+    /// 409 `server_running` when a server holds the data dir, for the CLI's offline changes;
+    /// `message(data dir, server URL)` names the call to make through the server instead.
+    pub(crate) fn refuse_while_server_runs(&self, message: impl FnOnce(String, String) -> String) -> Result<(), Error> {
+        if crate::datadir::server_running(&self.config.data_dir) {
+            return Err(Error::conflict(crate::error::Code::ServerRunning, message(self.config.data_dir.display().to_string(), self.public_url())));
+        }
+        Ok(())
+    }
+
     pub fn control(&self) -> &ControlPlane {
         &self.control
     }

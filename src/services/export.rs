@@ -197,20 +197,8 @@ impl Operator {
             return Err(Error::conflict(Code::SlugTaken, format!("a tenant {:?} exists already: import with --slug NEW", new.slug.as_str())));
         }
         let bad_lines = |e: anyhow::Error| Error::bad_request(Code::InvalidArchive, format!("the archive's history is not valid: {e:#}"));
-        let usage: Vec<UsageRecord> = unpacked
-            .lines(archive::USAGE)
-            .map_err(bad_lines)?
-            .into_iter()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad_lines(e.into()))?;
-        let audit: Vec<HistoryEvent> = unpacked
-            .lines(archive::AUDIT)
-            .map_err(bad_lines)?
-            .into_iter()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad_lines(e.into()))?;
+        let usage: Vec<UsageRecord> = unpacked.records(archive::USAGE).map_err(bad_lines)?;
+        let audit: Vec<HistoryEvent> = unpacked.records(archive::AUDIT).map_err(bad_lines)?;
         let id = crate::control::tenants::new_id();
         let dir = tenant_dir(&self.config.data_dir, &id);
         let (d, tid) = (dir.clone(), id.clone());

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::audit::Operator;
 use crate::auth::AdminProof;
 use crate::docs::{self, DocLimits, DocumentInput, TokenCounter};
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::search::TenantSearch;
 
 /// One stored document as `warren export` writes it.
@@ -36,16 +36,9 @@ impl Operator {
 
     /// Opens a tenant's documents for `warren import` (refused while a server runs on the data dir).
     pub async fn open_offline_docs(&self, _operator: &AdminProof, slug: &str) -> Result<OfflineDocs, Error> {
-        if crate::datadir::server_running(&self.config.data_dir) {
-            return Err(Error::conflict(
-                Code::ServerRunning,
-                format!(
-                    "a warren server is running on {}: import through it with --server {} --key <tenant API key>",
-                    self.config.data_dir.display(),
-                    self.public_url()
-                ),
-            ));
-        }
+        self.refuse_while_server_runs(|dir, url| {
+            format!("a warren server is running on {dir}: import through it with --server {url} --key <tenant API key>")
+        })?;
         let t = self.tenant(slug).await?;
         let dir = crate::tenant::tenant_dir(&self.config.data_dir, &t.id);
         let conn = rusqlite::Connection::open_with_flags(self.tenant_db(&t.id), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;

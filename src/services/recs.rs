@@ -274,16 +274,9 @@ impl super::Operator {
     /// running on the data dir (refused otherwise, naming the API call). The tenant's model is then
     /// stale, and the server's next open of the tenant schedules its retraining.
     pub async fn erase_customer_offline(&self, _proof: &crate::auth::AdminProof, slug: &str, id: String) -> Result<CustomerReceipt, Error> {
-        if crate::datadir::server_running(&self.config.data_dir) {
-            return Err(Error::conflict(
-                Code::ServerRunning,
-                format!(
-                    "a warren server is running on {}; erase through it with the tenant's key:\n  curl -X DELETE -H \"Authorization: Bearer $TENANT_KEY\" {}/api/v1/customers/{id}?erase=true",
-                    self.config.data_dir.display(),
-                    self.public_url()
-                ),
-            ));
-        }
+        self.refuse_while_server_runs(|dir, url| {
+            format!("a warren server is running on {dir}; erase through it with the tenant's key:\n  curl -X DELETE -H \"Authorization: Bearer $TENANT_KEY\" {url}/api/v1/customers/{id}?erase=true")
+        })?;
         let t = self.tenant(slug).await?;
         let id = input::id_of(Some(&Value::String(id)), "id").map_err(Error::validation)?;
         let dir = crate::tenant::tenant_dir(&self.config.data_dir, &t.id);

@@ -163,15 +163,10 @@ impl Operator {
     /// Deletes a tenant and its data from every door (see the module docs for the order).
     pub async fn delete_tenant(&self, slug: &str) -> Result<(), Error> {
         let t = self.tenant(slug).await?;
-        if self.live.is_none() && crate::datadir::server_running(&self.config.data_dir) {
-            return Err(Error::conflict(
-                Code::ServerRunning,
-                format!(
-                    "a warren server is running on {}; delete through it:\n  curl -X DELETE -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" {}/admin/v1/tenants/{slug}",
-                    self.config.data_dir.display(),
-                    self.public_url()
-                ),
-            ));
+        if self.live.is_none() {
+            self.refuse_while_server_runs(|dir, url| {
+                format!("a warren server is running on {dir}; delete through it:\n  curl -X DELETE -H \"Authorization: Bearer $WARREN_ADMIN_TOKEN\" {url}/admin/v1/tenants/{slug}")
+            })?;
         }
         let replica_due =
             self.config.backup_url.as_ref().map(|_| self.clock.now() + chrono::Duration::seconds(self.config.backup.delete_grace_secs as i64));

@@ -190,28 +190,19 @@ async fn the_cli_erases_a_customer_like_the_api() {
 
 /// Occurrences of `needle` in every replica object under `root`: raw, and in the decoded LTX pages.
 fn replica_holding(root: &Path, needle: &[u8]) -> (usize, Vec<String>) {
+    // The replica's directories appear with its first object: `walk` skips what is not there yet.
     let mut objects = 0;
     let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        // The replica's directories appear with its first object.
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&p) else { continue };
-            objects += 1;
-            let mut n = bytes.windows(needle.len()).filter(|w| *w == needle).count();
-            if p.extension().is_some_and(|x| x == "ltx") {
-                let d = warren::backup::ltx::decode(&bytes).expect("a replica object decodes");
-                n += d.pages.values().map(|page| page.windows(needle.len()).filter(|w| *w == needle).count()).sum::<usize>();
-            }
-            if n > 0 {
-                found.push(format!("{} ({n})", p.display()));
-            }
+    for p in walk(root).into_iter().filter(|p| p.is_file()) {
+        let Ok(bytes) = std::fs::read(&p) else { continue };
+        objects += 1;
+        let mut n = bytes.windows(needle.len()).filter(|w| *w == needle).count();
+        if p.extension().is_some_and(|x| x == "ltx") {
+            let d = warren::backup::ltx::decode(&bytes).expect("a replica object decodes");
+            n += d.pages.values().map(|page| page.windows(needle.len()).filter(|w| *w == needle).count()).sum::<usize>();
+        }
+        if n > 0 {
+            found.push(format!("{} ({n})", p.display()));
         }
     }
     (objects, found)

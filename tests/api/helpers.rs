@@ -281,3 +281,20 @@ pub async fn job_finished(app: &TestApp, key: &str, location: &str, secs: u64) -
     }
     panic!("job {location} did not finish in {secs} s");
 }
+
+/// Every file and directory under `root` (directories that cannot be read, or do not exist yet, are skipped).
+pub fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
