@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::control::{keys, ApiKey, ControlPlane, ControlStore, Scope, Status, Tenant};
+use crate::control::{keys, ApiKey, ControlPlane, ControlStore, DashboardSession, Scope, Status, Tenant};
 use crate::error::{Code, Error};
 
 /// How the credentials of a request were presented.
@@ -46,6 +46,10 @@ pub enum Credential {
     /// A background worker resuming work the tenant's own credentials started (a document job).
     Worker {
         worker: &'static str,
+    },
+    /// A tenant-portal session cookie (opened with a dashboard link, an admin key or a JWT).
+    Session {
+        via: String,
     },
 }
 
@@ -220,6 +224,34 @@ impl Authenticator {
         Ok(Proven { tenant, scopes, credential, proof: RequestProof { _private: () } })
     }
 
+    /// Proves the tenant of a tenant-portal request by its session cookie: the session exists, has
+    /// not expired, belongs to a tenant, and the host names no other tenant. Answers the proof and
+    /// the session (its CSRF token).
+    pub async fn prove_session(&self, req: RequestIdentity<'_>, config: &Config, token: &str) -> Result<(Proven, DashboardSession), Error> {
+        let invalid = || Error::unauthenticated(Code::InvalidCredentials, "no such session, or it has expired");
+        let session = self.control.session(session_hash(token), self.clock.now()).await?.ok_or_else(invalid)?;
+        let tenant_id = session.tenant_id.clone().ok_or_else(invalid)?;
+        let tenant = self.tenant_by("id", &tenant_id).await?.ok_or_else(invalid)?;
+        let host_tenant = self.host_tenant(req.headers, req.uri_host, req.peer, config).await?;
+        if host_tenant.is_some_and(|h| h.id != tenant.id) {
+            return Err(Error::forbidden(Code::TenantMismatch, "this session belongs to another tenant than this host"));
+        }
+        ensure_active(&tenant)?;
+        let proven =
+            Proven { tenant, scopes: session.scopes.clone(), credential: Credential::Session { via: session.via.clone() }, proof: RequestProof { _private: () } };
+        Ok((proven, session))
+    }
+
+    /// Proves the operator by an operator-console session cookie (opened with the admin token).
+    pub async fn console_session(&self, token: &str) -> Result<(AdminProof, DashboardSession), Error> {
+        let invalid = || Error::unauthenticated(Code::InvalidCredentials, "no such session, or it has expired");
+        let session = self.control.session(session_hash(token), self.clock.now()).await?.ok_or_else(invalid)?;
+        if session.tenant_id.is_some() || session.via != "admin_token" {
+            return Err(invalid());
+        }
+        Ok((AdminProof { _private: () }, session))
+    }
+
     /// The tenant a request's host names (subdomain, custom domain, or `X-Tenant-Domain` from a
     /// trusted proxy), for doors that authenticate otherwise (webhooks).
     pub async fn tenant_of_host(&self, req: &RequestIdentity<'_>, config: &Config) -> Result<Option<Arc<Tenant>>, Error> {
@@ -370,6 +402,25 @@ impl Authenticator {
             tracing::warn!(error = %e, "could not record key last-used times");
         }
     }
+}
+
+/// A fresh random token (32 bytes, URL-safe base64): session cookies, dashboard links, CSRF tokens.
+pub fn new_token() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What the control plane stores of a session or link token: its SHA-256.
+pub fn session_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Compares two secrets (CSRF tokens) in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 fn lookup_cache<V: Clone + Send + Sync + 'static>() -> Cache<String, V> {

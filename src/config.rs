@@ -85,6 +85,29 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub mcp: McpConfig,
     pub recs: RecsConfig,
+    pub dashboard: DashboardConfig,
+}
+
+/// The tenant portal (`/dashboard`) and the operator console (`/admin`) (`[dashboard]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DashboardConfig {
+    /// Seconds a one-time dashboard link stays valid.
+    pub link_ttl_secs: u64,
+    /// Seconds a dashboard session lasts after login.
+    pub session_ttl_secs: u64,
+    /// The product name in page titles and the header (white-label deployments).
+    pub product_name: String,
+    /// The accent colour, `#rrggbb`.
+    pub accent_color: String,
+    /// A PNG or SVG logo file shown in the header; none shows the product name's initial.
+    pub logo_path: Option<PathBuf>,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig { link_ttl_secs: 900, session_ttl_secs: 8 * 3600, product_name: "warren".into(), accent_color: "#5b5bd6".into(), logo_path: None }
+    }
 }
 
 /// The MCP endpoint at `/mcp` (`WARREN_MCP__*`).
@@ -398,6 +421,7 @@ impl Default for Config {
             search: SearchSettings::default(),
             billing: BillingConfig::default(),
             retention: RetentionConfig::default(),
+            dashboard: DashboardConfig::default(),
             mcp: McpConfig::default(),
             recs: RecsConfig::default(),
         }
@@ -452,6 +476,17 @@ impl Config {
         anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(self.usage_flush_interval_ms >= 10, "usage_flush_interval_ms must be at least 10");
+        anyhow::ensure!(self.dashboard.link_ttl_secs >= 1, "dashboard.link_ttl_secs must be at least 1");
+        anyhow::ensure!(self.dashboard.session_ttl_secs >= 60, "dashboard.session_ttl_secs must be at least 60");
+        let accent = self.dashboard.accent_color.as_bytes();
+        anyhow::ensure!(
+            accent.len() == 7 && accent[0] == b'#' && accent[1..].iter().all(u8::is_ascii_hexdigit),
+            "dashboard.accent_color must be #rrggbb"
+        );
+        anyhow::ensure!(
+            !self.dashboard.product_name.trim().is_empty() && self.dashboard.product_name.chars().count() <= 60,
+            "dashboard.product_name must be 1-60 characters"
+        );
         anyhow::ensure!(self.retention.default_days >= 1, "retention.default_days must be at least 1");
         anyhow::ensure!(self.retention.sweep_secs >= 1, "retention.sweep_secs must be at least 1");
         anyhow::ensure!(self.retention.batch_rows >= 1, "retention.batch_rows must be at least 1");

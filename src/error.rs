@@ -64,6 +64,7 @@ codes! {
     TokenExpired = ("token_expired", 401, "The API key or JWT has expired."),
     TenantMismatch = ("tenant_mismatch", 403, "The credentials belong to another tenant than the host names."),
     InsufficientScope = ("insufficient_scope", 403, "The key lacks the scope this call needs."),
+    CsrfFailed = ("csrf_failed", 403, "A dashboard form was posted without its session's CSRF token."),
     TenantSuspended = ("tenant_suspended", 403, "The tenant is suspended."),
     TenantCancelled = ("tenant_cancelled", 403, "The tenant is cancelled."),
     SignupDisabled = ("signup_disabled", 403, "Open signup is switched off."),

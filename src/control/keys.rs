@@ -47,6 +47,19 @@ impl Scope {
     }
 }
 
+/// Scopes as stored: sorted, comma-separated.
+pub fn scopes_text(scopes: &[Scope]) -> String {
+    let mut s = scopes.to_vec();
+    s.sort();
+    s.dedup();
+    s.iter().map(Scope::as_str).collect::<Vec<_>>().join(",")
+}
+
+/// The inverse of [`scopes_text`] (unknown names are dropped).
+pub fn parse_scopes_text(s: &str) -> Vec<Scope> {
+    s.split(',').filter_map(Scope::parse).collect()
+}
+
 /// Whether `granted` covers `needed`: admin implies write, write implies read.
 pub fn allows(granted: &[Scope], needed: Scope) -> bool {
     granted.iter().any(|g| *g >= needed)
@@ -146,7 +159,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
         tenant_id: r.get(1)?,
         prefix: r.get(2)?,
         name: r.get(3)?,
-        scopes: scopes.split(',').filter_map(Scope::parse).collect(),
+        scopes: parse_scopes_text(&scopes),
         expires_at: opt_time(5)?,
         last_used_at: opt_time(6)?,
         revoked_at: opt_time(7)?,
@@ -172,10 +185,7 @@ fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), Error> {
 /// Creates a key; returns the record and the plaintext, which is never stored or shown again.
 pub fn create(conn: &Connection, tenant_id: &str, new: &NewKey, now: DateTime<Utc>) -> Result<(ApiKey, String), Error> {
     validate(new, now)?;
-    let mut scopes = new.scopes.clone();
-    scopes.sort();
-    scopes.dedup();
-    let scopes = scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(",");
+    let scopes = scopes_text(&new.scopes);
     for _ in 0..5 {
         let (prefix, key) = generate();
         let id = ulid::Ulid::new().to_string().to_ascii_lowercase();

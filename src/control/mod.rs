@@ -21,7 +21,7 @@ use crate::error::Error;
 
 pub use keys::{ApiKey, NewKey, Scope};
 pub use slug::Slug;
-pub use store::{AuditRecord, Change, ControlStore, HistoryEvent, Outcome, StripeEffect, StripeEvent, TenantHistory, UsageRecord};
+pub use store::{AuditRecord, Change, ControlStore, DashboardSession, HistoryEvent, Outcome, StripeEffect, StripeEvent, TenantHistory, UsageRecord};
 pub use tenants::{Status, Tenant, Tier};
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
@@ -121,6 +121,24 @@ CREATE TABLE pending_jobs (
     created_at TEXT NOT NULL,
     PRIMARY KEY (tenant_id, job_id)
 );
+"#,
+    r#"
+CREATE TABLE dashboard_links (
+    token_hash BLOB PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+);
+CREATE TABLE dashboard_sessions (
+    token_hash BLOB PRIMARY KEY,
+    tenant_id TEXT REFERENCES tenants(id) ON DELETE CASCADE,
+    scopes TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    via TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
 "#,
 ];
 

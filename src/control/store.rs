@@ -12,6 +12,7 @@ use super::keys::{self, ApiKey, NewKey};
 use super::tenants::{self, NewTenant, Tenant, TenantPatch};
 use super::{AuditEvent, ControlPlane};
 use crate::error::{Code, Error};
+use rusqlite::OptionalExtension as _;
 
 pub type Fut<'a, T> = BoxFuture<'a, Result<T, Error>>;
 
@@ -74,6 +75,12 @@ pub enum Change {
         tenant_id: String,
         kind: &'static str,
         config: String,
+    },
+    /// A one-time dashboard link for a tenant (only the token's hash is stored).
+    MintDashboardLink {
+        tenant_id: String,
+        token_hash: Vec<u8>,
+        expires_at: DateTime<Utc>,
     },
 }
 
@@ -191,9 +198,115 @@ pub trait ControlStore: Send + Sync {
     /// One retention batch for one owner, in one transaction: deletes at most `batch` usage events
     /// older than `usage_before` and at most `batch` audit events older than `audit_before`. Counts.
     fn prune_events(&self, owner: Option<String>, usage_before: DateTime<Utc>, audit_before: DateTime<Utc>, batch: u32) -> Fut<'_, (u64, u64)>;
+    /// Uses a dashboard link once: the tenant it was minted for, if it exists, is unused and has not
+    /// expired at `now`. Expired links are removed.
+    fn consume_dashboard_link(&self, token_hash: Vec<u8>, now: DateTime<Utc>) -> Fut<'_, Option<String>>;
+    /// Stores a dashboard session (only its token's hash); expired sessions are removed.
+    fn insert_session(&self, session: DashboardSession, now: DateTime<Utc>) -> Fut<'_, ()>;
+    /// The session with this token hash, if it has not expired at `now`.
+    fn session(&self, token_hash: Vec<u8>, now: DateTime<Utc>) -> Fut<'_, Option<DashboardSession>>;
+    /// Ends a session (logout).
+    fn delete_session(&self, token_hash: Vec<u8>) -> Fut<'_, ()>;
+    /// A tenant's usage events since `since`, summed per UTC day and kind: `(YYYY-MM-DD, kind, calls, tokens)`.
+    fn usage_by_day(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(String, String, u64, u64)>>;
+}
+
+/// A dashboard session: the tenant portal's (`tenant_id` set) or the operator console's (`None`).
+#[derive(Debug, Clone)]
+pub struct DashboardSession {
+    pub token_hash: Vec<u8>,
+    pub tenant_id: Option<String>,
+    pub scopes: Vec<keys::Scope>,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    /// How it was opened: `link`, `key`, `jwt` or `admin_token`.
+    pub via: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 impl ControlStore for ControlPlane {
+    fn consume_dashboard_link(&self, token_hash: Vec<u8>, now: DateTime<Utc>) -> Fut<'_, Option<String>> {
+        Box::pin(self.write(move |c| {
+            let now = super::ts(now);
+            let tx = c.transaction()?;
+            let tenant: Option<String> = tx
+                .query_row(
+                    "UPDATE dashboard_links SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 RETURNING tenant_id",
+                    rusqlite::params![token_hash, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.execute("DELETE FROM dashboard_links WHERE expires_at <= ?1", [&now])?;
+            tx.commit()?;
+            Ok(tenant)
+        }))
+    }
+
+    fn insert_session(&self, s: DashboardSession, now: DateTime<Utc>) -> Fut<'_, ()> {
+        Box::pin(self.write(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [super::ts(now)])?;
+            tx.execute(
+                "INSERT INTO dashboard_sessions (token_hash, tenant_id, scopes, csrf, via, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    s.token_hash,
+                    s.tenant_id,
+                    keys::scopes_text(&s.scopes),
+                    s.csrf,
+                    s.via,
+                    super::ts(s.created_at),
+                    super::ts(s.expires_at)
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        }))
+    }
+
+    fn session(&self, token_hash: Vec<u8>, now: DateTime<Utc>) -> Fut<'_, Option<DashboardSession>> {
+        Box::pin(self.run(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT tenant_id, scopes, csrf, via, created_at, expires_at FROM dashboard_sessions WHERE token_hash = ?1 AND expires_at > ?2",
+                    rusqlite::params![token_hash, super::ts(now)],
+                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)),
+                )
+                .optional()?;
+            let Some((tenant_id, scopes, csrf, via, created, expires)) = row else { return Ok(None) };
+            Ok(Some(DashboardSession {
+                token_hash,
+                tenant_id,
+                scopes: keys::parse_scopes_text(&scopes),
+                csrf,
+                via,
+                created_at: super::parse_ts(&created).map_err(Error::Internal)?,
+                expires_at: super::parse_ts(&expires).map_err(Error::Internal)?,
+            }))
+        }))
+    }
+
+    fn delete_session(&self, token_hash: Vec<u8>) -> Fut<'_, ()> {
+        Box::pin(self.write(move |c| {
+            c.execute("DELETE FROM dashboard_sessions WHERE token_hash = ?1", [token_hash])?;
+            Ok(())
+        }))
+    }
+
+    fn usage_by_day(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(String, String, u64, u64)>> {
+        let tenant_id = tenant_id.to_string();
+        Box::pin(self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT substr(at, 1, 10) AS day, kind, SUM(count), SUM(tokens) FROM usage_events
+                 WHERE tenant_id = ?1 AND at >= ?2 GROUP BY day, kind ORDER BY day, kind",
+            )?;
+            let rows = st
+                .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
     fn tenant_by_id(&self, id: &str) -> Fut<'_, Option<Tenant>> {
         let id = id.to_string();
         Box::pin(self.run(move |c| Ok(tenants::get_by_id(c, &id)?)))
@@ -508,6 +621,14 @@ fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> R
                 "INSERT INTO integrations (tenant_id, kind, config, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(tenant_id, kind) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
                 rusqlite::params![tenant_id, kind, config, super::ts(now)],
+            )?;
+            Outcome::Done(true)
+        }
+        Change::MintDashboardLink { tenant_id, token_hash, expires_at } => {
+            tx.execute("DELETE FROM dashboard_links WHERE expires_at <= ?1", [super::ts(now)])?;
+            tx.execute(
+                "INSERT INTO dashboard_links (token_hash, tenant_id, expires_at) VALUES (?1, ?2, ?3)",
+                rusqlite::params![token_hash, tenant_id, super::ts(expires_at)],
             )?;
             Outcome::Done(true)
         }

@@ -57,6 +57,16 @@ impl TenantCtx {
         Ok(TenantCtx { tenant: proven.tenant, scopes: proven.scopes, credential: proven.credential, state: state.clone(), entitlements, rate, cap })
     }
 
+    /// A tenant proven by a portal session cookie (`services::dashboard`): the session's scopes,
+    /// and the host must not name another tenant.
+    pub(crate) async fn from_session(state: &AppState, id: RequestIdentity<'_>, token: &str) -> Result<(TenantCtx, crate::control::DashboardSession), Error> {
+        let (proven, session) = state.auth.prove_session(id, &state.config, token).await?;
+        let entitlements = state.plans.entitlements(&proven.tenant);
+        let cap = state.registry.cap_for_request(&proven.proof, &proven.tenant.id);
+        let ctx = TenantCtx { tenant: proven.tenant, scopes: proven.scopes, credential: proven.credential, state: state.clone(), entitlements, rate: None, cap };
+        Ok((ctx, session))
+    }
+
     /// A tenant proven by a webhook delivery signed with its secret: it may write commerce data
     /// (each operation still checks its scope, cost and the plan's features).
     pub fn for_webhook(state: &AppState, tenant: Arc<Tenant>, proof: &crate::auth::WebhookProof, source: &'static str) -> TenantCtx {

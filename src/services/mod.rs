@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod billing;
 pub mod context;
+pub mod dashboard;
 pub mod documents;
 pub mod export;
 pub mod jobs;

@@ -116,6 +116,14 @@ operations! {
     /// `GET /recommendations`, `/products/{id}/related`, `/products/{id}/similar`, `/recommendations/trending`,
     /// `POST /recommendations/cart`, MCP `recommend`
     Recommend: Read, read;
+    /// The tenant portal's key list
+    KeysList: Admin, read;
+    /// The tenant portal: create a key
+    KeyCreate: Admin, write;
+    /// The tenant portal: revoke a key
+    KeyRevoke: Admin, write;
+    /// The tenant portal: rotate a key
+    KeyRotate: Admin, write;
     /// Opening an MCP session or stream (each tool call is charged as its own operation)
     McpSession: Read, read;
 }
@@ -136,6 +144,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 30);
+        assert_eq!(Op::ALL.len(), 34);
     }
 }

@@ -19,7 +19,7 @@ use crate::metering::Kind;
 use crate::recs::store::{self, ItemResult};
 use crate::recs::{self, input, Filter, Rec, Recs, Trainer};
 
-const FEATURE: &str = "recommendations";
+pub(crate) const FEATURE: &str = "recommendations";
 
 /// What a batch write answers: one result for a one-object body (`created` tells 201 from 200),
 /// the list form otherwise.

@@ -1,0 +1,274 @@
+//! The dashboards' services: one-time links, sessions (tenant portal and operator console), and the
+//! figures the pages show. Pages are a door (`crate::dashboard`): they call these and the other
+//! services and render; they hold no orchestration of their own.
+//!
+//! A session is a random token in an HttpOnly cookie; the control plane stores only its SHA-256,
+//! with the tenant (none for the console), the scopes, a CSRF token every form must echo, and the
+//! expiry (`dashboard.session_ttl_secs`). A link is a random token valid once, for
+//! `dashboard.link_ttl_secs`.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, HeaderValue};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::audit::Operator;
+use super::context::TenantCtx;
+use super::ops::Op;
+use crate::auth::{new_token, session_hash, AdminProof, RequestIdentity};
+use crate::control::{keys, Change, ControlStore, DashboardSession, NewKey, Scope};
+use crate::error::{Code, Error};
+use crate::state::AppState;
+
+/// A minted one-time link.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DashboardLink {
+    /// Open it in a browser to log into the tenant's portal (once).
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A session just opened: the cookie value (shown to the browser once) and the session.
+pub struct Opened {
+    pub token: String,
+    pub session: DashboardSession,
+}
+
+impl Operator {
+    /// Mints a one-time link into `slug`'s portal, valid `dashboard.link_ttl_secs`. Audited as
+    /// `dashboard.link_created`.
+    pub async fn dashboard_link(&self, slug: &str) -> Result<DashboardLink, Error> {
+        let t = self.tenant(slug).await?;
+        crate::auth::ensure_active(&t)?;
+        let token = new_token();
+        let expires_at = self.clock.now() + Duration::seconds(self.config.dashboard.link_ttl_secs as i64);
+        let change = Change::MintDashboardLink { tenant_id: t.id.clone(), token_hash: session_hash(&token), expires_at };
+        self.apply(Some(&t.id), "dashboard.link_created", json!({"expires_at": expires_at}), change).await?;
+        Ok(DashboardLink { url: format!("{}/dashboard/login?token={token}", self.tenant_url(&t.slug)), expires_at })
+    }
+}
+
+fn session_expiry(state: &AppState) -> (DateTime<Utc>, DateTime<Utc>) {
+    let now = state.plans.clock.now();
+    (now, now + Duration::seconds(state.config.dashboard.session_ttl_secs as i64))
+}
+
+async fn open(state: &AppState, tenant_id: Option<String>, scopes: Vec<Scope>, via: &str) -> Result<Opened, Error> {
+    let token = new_token();
+    let (now, expires_at) = session_expiry(state);
+    let session =
+        DashboardSession { token_hash: session_hash(&token), tenant_id, scopes, csrf: new_token(), via: via.to_string(), created_at: now, expires_at };
+    state.control.insert_session(session.clone(), now).await?;
+    Ok(Opened { token, session })
+}
+
+/// Logs into the portal of the tenant a one-time link was minted for. The link is used up even when
+/// the host names another tenant (then 403 `tenant_mismatch`); an unknown, used or expired link is
+/// 401 `invalid_credentials`.
+pub async fn login_with_link(state: &AppState, id: RequestIdentity<'_>, token: &str) -> Result<Opened, Error> {
+    let now = state.plans.clock.now();
+    let tenant_id = state
+        .control
+        .consume_dashboard_link(session_hash(token), now)
+        .await?
+        .ok_or_else(|| Error::unauthenticated(Code::InvalidCredentials, "this link is unknown, used or expired: ask for a new one"))?;
+    if let Some(host) = state.auth.tenant_of_host(&id, &state.config).await? {
+        if host.id != tenant_id {
+            return Err(Error::forbidden(Code::TenantMismatch, "this link belongs to another tenant than this host"));
+        }
+    }
+    let tenant = state.control.tenant_by_id(&tenant_id).await?.ok_or_else(|| Error::unauthenticated(Code::InvalidCredentials, "no such tenant"))?;
+    crate::auth::ensure_active(&tenant)?;
+    open(state, Some(tenant_id), vec![Scope::Admin], "link").await
+}
+
+/// Logs into the portal with an API key with the `admin` scope, or a JWT with it, proven exactly as
+/// a REST call with that credential on this host would be.
+pub async fn login_with_credential(state: &AppState, id: RequestIdentity<'_>, credential: &str) -> Result<Opened, Error> {
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(&format!("Bearer {}", credential.trim()))
+        .map_err(|_| Error::unauthenticated(Code::InvalidCredentials, "unrecognised credentials"))?;
+    headers.insert(axum::http::header::AUTHORIZATION, value);
+    for name in ["host", "x-tenant-domain", "x-forwarded-host"] {
+        if let Some(v) = id.headers.get(name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    let proven = state.auth.prove(RequestIdentity { headers: &headers, uri_host: id.uri_host, peer: id.peer }, &state.config).await?;
+    if !keys::allows(&proven.scopes, Scope::Admin) {
+        return Err(Error::forbidden(Code::InsufficientScope, "the dashboard needs a key with the admin scope"));
+    }
+    let via = match proven.credential {
+        crate::auth::Credential::Jwt { .. } => "jwt",
+        _ => "key",
+    };
+    open(state, Some(proven.tenant.id.clone()), proven.scopes.clone(), via).await
+}
+
+/// Logs into the operator console with the admin token.
+pub async fn console_login(state: &AppState, admin_token: &str) -> Result<Opened, Error> {
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(&format!("Bearer {}", admin_token.trim()))
+        .map_err(|_| Error::unauthenticated(Code::InvalidCredentials, "invalid admin token"))?;
+    headers.insert(axum::http::header::AUTHORIZATION, value);
+    crate::auth::verify_admin(&headers, &state.admin_token_hash)?;
+    open(state, None, vec![Scope::Admin], "admin_token").await
+}
+
+/// The tenant of a portal request, proven by its session cookie, and the session.
+pub async fn portal(state: &AppState, id: RequestIdentity<'_>, token: &str) -> Result<(TenantCtx, DashboardSession), Error> {
+    TenantCtx::from_session(state, id, token).await
+}
+
+/// The operator of a console request, proven by its session cookie.
+pub async fn console(state: &AppState, token: &str) -> Result<(Operator, AdminProof, DashboardSession), Error> {
+    let (proof, session) = state.auth.console_session(token).await?;
+    Ok((Operator::live(state, super::Actor::Admin), proof, session))
+}
+
+/// Ends a session (either kind).
+pub async fn logout(state: &AppState, token: &str) -> Result<(), Error> {
+    state.control.delete_session(session_hash(token)).await
+}
+
+/// Whether a form's CSRF token is the session's: 403 `csrf_failed` otherwise.
+pub fn check_csrf(session: &DashboardSession, presented: Option<&str>) -> Result<(), Error> {
+    match presented {
+        Some(p) if crate::auth::same_secret(p, &session.csrf) => Ok(()),
+        _ => Err(Error::forbidden(Code::CsrfFailed, "this form's CSRF token is missing or stale: reload the page")),
+    }
+}
+
+/// One UTC day of a tenant's usage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub api_calls: u64,
+    pub queries: u64,
+    pub tokens_embedded: u64,
+    pub tokens_returned: u64,
+    pub recommendations: u64,
+}
+
+/// The tenant's usage per UTC day for the last `days` days (today included), oldest first, with a
+/// row for every day (zero where nothing happened).
+pub async fn daily_usage(ctx: &TenantCtx, days: u32) -> Result<Vec<DayUsage>, Error> {
+    ctx.authorize(Op::UsageRead)?;
+    let state = ctx.state();
+    state.meter.flush().await;
+    let today = state.plans.clock.now().date_naive();
+    let first = today - Duration::days(days.saturating_sub(1) as i64);
+    let since = first.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_default();
+    let rows = state.control.usage_by_day(ctx.id(), since).await?;
+    let mut by_day: BTreeMap<String, DayUsage> = BTreeMap::new();
+    for i in 0..days {
+        let d = (first + Duration::days(i as i64)).format("%Y-%m-%d").to_string();
+        by_day.insert(d.clone(), DayUsage { day: d, ..Default::default() });
+    }
+    for (day, kind, calls, tokens) in rows {
+        let Some(u) = by_day.get_mut(&day) else { continue };
+        match crate::metering::Kind::parse(&kind) {
+            Some(crate::metering::Kind::ApiCall) => u.api_calls += calls,
+            Some(crate::metering::Kind::Search) => u.queries += calls,
+            Some(crate::metering::Kind::Assemble) => {
+                u.queries += calls;
+                u.tokens_returned += tokens
+            }
+            Some(crate::metering::Kind::Embedding) | Some(crate::metering::Kind::DocumentWrite) => u.tokens_embedded += tokens,
+            Some(crate::metering::Kind::Recommendation) => u.recommendations += calls,
+            _ => {}
+        }
+    }
+    Ok(by_day.into_values().collect())
+}
+
+/// One step of the onboarding checklist.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub done: bool,
+    /// Progress as `(done, total)` while it runs (a sync against the store's declared totals).
+    pub progress: Option<(u64, u64)>,
+    /// What it says while it runs (training: its ETA).
+    pub note: Option<String>,
+}
+
+/// The portal's onboarding checklist, from the tenant's own data: keys used, documents, usage of the
+/// month, the store's sync against the totals it declared (`PUT /integrations/woocommerce/totals`),
+/// and the recommendation model.
+pub async fn onboarding(ctx: &TenantCtx, month: &Value) -> Result<Vec<Step>, Error> {
+    ctx.authorize(Op::UsageRead)?;
+    let keys = ctx.state().control.list_keys(ctx.id()).await?;
+    let key_used = keys.iter().any(|k| k.last_used_at.is_some());
+    let u = &month["usage"];
+    let n = |k: &str| u[k].as_u64().unwrap_or(0);
+    let mut steps = vec![
+        Step { key: "first_key_used", label: "Use your first API key", done: key_used, progress: None, note: None },
+        Step { key: "first_document", label: "Add your first document", done: n("documents") > 0, progress: None, note: None },
+        Step { key: "first_search", label: "Run your first search", done: n("queries") > 0, progress: None, note: None },
+    ];
+    if ctx.entitlements().has(super::recs::FEATURE) {
+        let status = super::recs::status(ctx).await?;
+        let sync = &status["sync"];
+        for (kind, label) in [("products", "Sync products"), ("orders", "Sync orders")] {
+            let stored = sync[kind]["stored"].as_u64().unwrap_or(0);
+            let total = sync[kind]["total"].as_u64();
+            let done = match total {
+                Some(t) => stored >= t && stored > 0,
+                None => stored > 0,
+            };
+            let key = if kind == "products" { "products_synced" } else { "orders_synced" };
+            steps.push(Step { key, label, done, progress: total.map(|t| (stored.min(t), t)), note: None });
+        }
+        let training = status["training"].as_bool().unwrap_or(false);
+        let trained = status["trained_at"].is_string();
+        // The ETA is the last training's duration (the first training has none).
+        let note = training.then(|| match status["training_ms"].as_u64().map(|ms| ms.div_ceil(1000)) {
+            Some(s) if s >= 60 => format!("Training AI models… about {} min left", s.div_ceil(60)),
+            Some(s) => format!("Training AI models… about {s} s left"),
+            None => "Training AI models…".to_string(),
+        });
+        steps.push(Step { key: "model_trained", label: "Train the recommendation model", done: trained && !training, progress: None, note });
+        steps.push(Step {
+            key: "first_recommendation",
+            label: "Serve your first recommendation",
+            done: u["recommendation"]["calls"].as_u64().unwrap_or(0) > 0,
+            progress: None,
+            note: None,
+        });
+    }
+    Ok(steps)
+}
+
+/// The tenant's keys, for its portal (admin scope).
+pub async fn list_keys(ctx: &TenantCtx) -> Result<Vec<crate::control::ApiKey>, Error> {
+    ctx.authorize(Op::KeysList)?;
+    ctx.state().control.list_keys(ctx.id()).await
+}
+
+/// The tenant as the operator of its own keys, audited as the tenant.
+fn self_operator(ctx: &TenantCtx) -> Operator {
+    Operator::live(ctx.state(), super::Actor::Tenant(ctx.id().to_string()))
+}
+
+/// Creates a key of the tenant's own (admin scope); the plaintext is shown once.
+pub async fn create_key(ctx: &TenantCtx, new: NewKey) -> Result<super::keys::IssuedKey, Error> {
+    ctx.authorize(Op::KeyCreate)?;
+    self_operator(ctx).create_key(&ctx.tenant().slug, new).await
+}
+
+/// Revokes one of the tenant's own keys.
+pub async fn revoke_key(ctx: &TenantCtx, key_id: &str) -> Result<crate::control::ApiKey, Error> {
+    ctx.authorize(Op::KeyRevoke)?;
+    self_operator(ctx).revoke_key(&ctx.tenant().slug, key_id).await
+}
+
+/// Rotates one of the tenant's own keys.
+pub async fn rotate_key(ctx: &TenantCtx, key_id: &str) -> Result<super::keys::RotatedKey, Error> {
+    ctx.authorize(Op::KeyRotate)?;
+    self_operator(ctx).rotate_key(&ctx.tenant().slug, key_id).await
+}
