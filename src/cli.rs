@@ -172,6 +172,9 @@ pub enum TenantCmd {
     },
     /// Show one tenant and its keys.
     Show { slug: String },
+    /// Print a one-time link into a tenant's dashboard (valid `dashboard.link_ttl_secs`, 15 min by
+    /// default, and once). Safe while a server runs.
+    DashboardLink { slug: String },
     /// Rebuild a tenant's search index from its SQLite file (refused while a server runs: use
     /// `POST /admin/v1/tenants/{slug}/reindex` then).
     Reindex { slug: String },
@@ -394,6 +397,10 @@ async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
             anyhow::ensure!(yes, "deleting {slug} removes all its data: pass --yes to confirm");
             ops.delete_tenant(&slug).await.map_err(err)?;
             print(json!({"deleted": slug}));
+        }
+        Command::Tenant(TenantCmd::DashboardLink { slug }) => {
+            let link = ops.dashboard_link(&slug).await.map_err(err)?;
+            print(serde_json::to_value(&link)?);
         }
         Command::Tenant(TenantCmd::Reindex { slug }) => {
             if crate::datadir::server_running(&config.data_dir) {

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod cpu;
 pub mod datadir;
 pub mod docs;

@@ -35,6 +35,7 @@ use crate::state::AppState;
     rotate_key,
     audit_log,
     reindex,
+    dashboard_link,
     export,
     backup_status,
     restore,
@@ -56,6 +57,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/keys/{key_id}/rotate", post(rotate_key))
         .route("/tenants/{slug}/audit", get(audit_log))
         .route("/tenants/{slug}/reindex", post(reindex))
+        .route("/tenants/{slug}/dashboard-link", post(dashboard_link))
         .route("/tenants/{slug}/export", get(export))
         .route("/tenants/{slug}/backup", get(backup_status))
         .route("/tenants/{slug}/restore", post(restore))
@@ -173,6 +175,13 @@ async fn export(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPat
 async fn reindex(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<Value>, Error> {
     let (slug, n) = ops(&state).reindex(&proof, &slug).await?;
     Ok(Json(json!({"reindexed": slug, "chunks": n})))
+}
+
+/// A one-time link into the tenant's dashboard, valid `dashboard.link_ttl_secs` (15 minutes) and once.
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/dashboard-link", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "The link", body = crate::services::dashboard::DashboardLink)))]
+async fn dashboard_link(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<crate::services::dashboard::DashboardLink>, Error> {
+    Ok(Json(ops(&state).dashboard_link(&slug).await?))
 }
 
 /// Replication state of one tenant: replica URL, last replicated TXID and time, lag, last error.

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::routes(&state.config))
         .merge(openapi::routes())
         .merge(mcp::routes(&state))
+        .merge(crate::dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { error::method_not_allowed() })
         .with_state(state.clone());
@@ -91,15 +92,7 @@ async fn health() -> impl IntoResponse {
 /// Ready when the control plane answers and the data dir takes a write.
 #[utoipa::path(get, path = "/ready", tag = "operations", security(()), responses((status = 200, description = "Ready", body = schemas::Ready)))]
 async fn ready(State(state): State<AppState>) -> Response {
-    let control = state.control.clone();
-    let dir = state.config.data_dir.clone();
-    let checks = tokio::task::spawn_blocking(move || {
-        let probe = dir.join(".ready-probe");
-        let writable = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)).is_ok();
-        (control.ping(), writable)
-    })
-    .await
-    .unwrap_or((false, false));
+    let checks = crate::services::usage::readiness(&state).await;
     let ok = checks.0 && checks.1;
     let body = json!({"status": if ok {"ready"} else {"not_ready"}, "control_plane": checks.0, "data_dir_writable": checks.1});
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

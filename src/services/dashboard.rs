@@ -272,3 +272,101 @@ pub async fn rotate_key(ctx: &TenantCtx, key_id: &str) -> Result<super::keys::Ro
     ctx.authorize(Op::KeyRotate)?;
     self_operator(ctx).rotate_key(&ctx.tenant().slug, key_id).await
 }
+
+/// The operator console's overview figures.
+#[derive(Debug, Serialize)]
+pub struct ConsoleOverview {
+    pub period: String,
+    /// Plan prices plus overage this month, over every tenant (the usage export's `total_usd`).
+    pub mrr_usd: f64,
+    /// Per tier: tenants and their MRR.
+    pub by_tier: Vec<(String, u64, f64)>,
+    /// Tenants per status.
+    pub by_status: Vec<(String, u64)>,
+    /// Trials ending within 7 days: slug, name, end.
+    pub trials_ending: Vec<(String, String, DateTime<Utc>)>,
+    pub open_handles: u64,
+    pub handle_cap: u64,
+    pub embed_queue: usize,
+    /// Every tenant with its bill this month, for the tenants table.
+    pub tenants: Vec<ConsoleTenant>,
+}
+
+/// One row of the console's tenants table.
+#[derive(Debug, Serialize)]
+pub struct ConsoleTenant {
+    pub slug: String,
+    pub name: String,
+    pub tier: String,
+    pub status: String,
+    pub mrr_usd: f64,
+    /// Queries used against the plan's monthly queries, in percent (none when unlimited).
+    pub quota_percent: Option<f64>,
+    pub storage_bytes: Option<u64>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Operator {
+    /// The console's overview: MRR by tier (the usage report of this month), tenants by status,
+    /// trials ending, open handles against the cap and the embedding queue.
+    pub async fn console_overview(&self, _proof: &AdminProof) -> Result<ConsoleOverview, Error> {
+        let (period, rows) = self.usage_report(None).await?;
+        let mut tenants = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.list_tenants(None, cursor, 500).await?;
+            tenants.extend(page.tenants);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let now = self.clock.now();
+        let bills: std::collections::HashMap<&str, &crate::billing::UsageRow> = rows.iter().map(|r| (r.tenant_id.as_str(), r)).collect();
+        let mut by_tier: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for r in &rows {
+            let e = by_tier.entry(r.tier.as_str().to_string()).or_default();
+            e.0 += 1;
+            e.1 += r.total_usd;
+        }
+        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+        let mut trials_ending = Vec::new();
+        let mut table = Vec::with_capacity(tenants.len());
+        for t in &tenants {
+            *by_status.entry(t.status.as_str().to_string()).or_default() += 1;
+            if let Some(end) = t.trial_ends_at {
+                if t.status == crate::control::Status::Trial && end > now && end <= now + Duration::days(7) {
+                    trials_ending.push((t.slug.clone(), t.name.clone(), end));
+                }
+            }
+            let bill = bills.get(t.id.as_str());
+            table.push(ConsoleTenant {
+                slug: t.slug.clone(),
+                name: t.name.clone(),
+                tier: bill.map_or_else(|| t.tier.as_str().to_string(), |b| b.tier.as_str().to_string()),
+                status: t.status.as_str().to_string(),
+                mrr_usd: bill.map_or(0.0, |b| b.total_usd),
+                quota_percent: bill.and_then(|b| b.queries_limit.map(|l| if l == 0 { 100.0 } else { b.queries as f64 * 100.0 / l as f64 })),
+                storage_bytes: bill.and_then(|b| b.storage_bytes),
+                created_at: t.created_at,
+            });
+        }
+        trials_ending.sort_by_key(|t| t.2);
+        let mrr: f64 = rows.iter().map(|r| r.total_usd).sum();
+        let (open_handles, embed_queue) = match &self.live {
+            Some(s) => (s.registry.open_count(), s.embed.queue_len()),
+            None => (0, 0),
+        };
+        Ok(ConsoleOverview {
+            period,
+            mrr_usd: (mrr * 100.0).round() / 100.0,
+            by_tier: by_tier.into_iter().map(|(k, (n, v))| (k, n, (v * 100.0).round() / 100.0)).collect(),
+            by_status: by_status.into_iter().collect(),
+            trials_ending,
+            open_handles,
+            handle_cap: self.config.max_open_tenants,
+            embed_queue,
+            tenants: table,
+        })
+    }
+}

@@ -81,6 +81,19 @@ pub async fn audit(ctx: &TenantCtx) -> Result<Vec<crate::control::AuditEvent>, E
     ctx.state().control.audit_events(Some(ctx.id().to_string()), 200).await
 }
 
+/// Whether the control plane answers and the data dir takes a write (for `/ready`).
+pub async fn readiness(state: &crate::state::AppState) -> (bool, bool) {
+    let control = state.control.clone();
+    let dir = state.config.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let probe = dir.join(".ready-probe");
+        let writable = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)).is_ok();
+        (control.ping(), writable)
+    })
+    .await
+    .unwrap_or((false, false))
+}
+
 /// Brings the process gauges up to date before `/metrics` renders them.
 pub async fn refresh_gauges(state: &crate::state::AppState) {
     state.registry.maintain().await;

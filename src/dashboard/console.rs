@@ -1,0 +1,199 @@
+//! The operator console at `/admin`: login with the admin token, an overview (MRR by tier, tenants
+//! by status, trials ending, handles against the cap, the embedding queue) and the tenants table.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::html;
+use serde::Deserialize;
+
+use super::layout::{self, metric, page, pill, Area};
+use super::{cookie, error_page, over_https, set_cookie, Brand, Console, FormFields, CONSOLE_COOKIE, LOGIN_COOKIE};
+use crate::services::dashboard as svc;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(overview))
+        .route("/admin/login", get(login_page).post(login_post))
+        .route("/admin/logout", post(logout))
+        .route("/admin/tenants", get(tenants))
+}
+
+fn login_form(state: &AppState, headers: &HeaderMap, error: Option<String>, status: StatusCode) -> Response {
+    let brand = Brand::of(state);
+    let token = crate::auth::new_token();
+    let body = layout::bare(&brand, "Operator login", html! {
+        div.card.narrow {
+            h1 { "Operator console" }
+            @if let Some(e) = &error { p.alert role="alert" data-error="login" { (e) } }
+            form method="post" action="/admin/login" {
+                input type="hidden" name="csrf" value=(token);
+                label for="admin-token" { "Admin token" }
+                input #admin-token type="password" name="token" autocomplete="off" required;
+                button.primary type="submit" { "Log in" }
+            }
+        }
+    });
+    let cookie = set_cookie(LOGIN_COOKIE, &token, "/admin/login", 3600, over_https(headers, state));
+    (status, [(header::SET_COOKIE, cookie)], body).into_response()
+}
+
+async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    login_form(&state, &headers, None, StatusCode::OK)
+}
+
+async fn login_post(State(state): State<AppState>, headers: HeaderMap, form: FormFields) -> Response {
+    let brand = Brand::of(&state);
+    let expected = cookie(&headers, LOGIN_COOKIE);
+    if !matches!((expected, form.get("csrf")), (Some(a), Some(b)) if crate::auth::same_secret(a, b)) {
+        return error_page(&brand, crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"));
+    }
+    match svc::console_login(&state, form.get("token").unwrap_or_default()).await {
+        Ok(opened) => {
+            let secure = over_https(&headers, &state);
+            let mut resp = Redirect::to("/admin").into_response();
+            resp.headers_mut().append(header::SET_COOKIE, set_cookie(CONSOLE_COOKIE, &opened.token, "/admin", state.config.dashboard.session_ttl_secs, secure));
+            resp.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", "/admin/login", 0, secure));
+            resp
+        }
+        Err(e) => login_form(&state, &headers, Some(e.public_message()), StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::UNAUTHORIZED)),
+    }
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap, c: Console, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&c.session, form.get("csrf")) {
+        return error_page(&c.brand, e);
+    }
+    if let Some(token) = cookie(&headers, CONSOLE_COOKIE) {
+        if let Err(e) = svc::logout(&state, token).await {
+            return error_page(&c.brand, e);
+        }
+    }
+    let mut resp = Redirect::to("/admin/login").into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, set_cookie(CONSOLE_COOKIE, "", "/admin", 0, over_https(&headers, &state)));
+    resp
+}
+
+async fn overview(c: Console) -> Response {
+    let o = match c.operator.console_overview(&c.proof).await {
+        Ok(o) => o,
+        Err(e) => return error_page(&c.brand, e),
+    };
+    let body = html! {
+        section.cards {
+            div.card {
+                h2 { "MRR (" (o.period) ")" }
+                p.big { (metric("mrr_usd", o.mrr_usd, &layout::usd(o.mrr_usd))) }
+                p.hint { "Plan prices plus overage so far this month." }
+            }
+            div.card {
+                h2 { "Tenant handles" }
+                p.big { (metric("open_handles", o.open_handles, &o.open_handles.to_string())) " / " (metric("handle_cap", o.handle_cap, &o.handle_cap.to_string())) }
+                p.hint { "Open tenant databases against the cap." }
+            }
+            div.card {
+                h2 { "Embedding queue" }
+                p.big { (metric("embed_queue", o.embed_queue, &o.embed_queue.to_string())) }
+                p.hint { "Texts waiting for the model." }
+            }
+        }
+        section.cards {
+            div.card {
+                h2 { "MRR by tier" }
+                table {
+                    thead { tr { th scope="col" { "Tier" } th.num scope="col" { "Tenants" } th.num scope="col" { "MRR" } } }
+                    tbody {
+                        @for (tier, n, usd) in &o.by_tier {
+                            tr { th scope="row" { (tier) } td.num { (n) } td.num { (metric(&format!("mrr.{tier}"), usd, &layout::usd(*usd))) } }
+                        }
+                    }
+                }
+            }
+            div.card {
+                h2 { "Tenants by status" }
+                table {
+                    thead { tr { th scope="col" { "Status" } th.num scope="col" { "Tenants" } } }
+                    tbody {
+                        @for (status, n) in &o.by_status {
+                            tr { th scope="row" { (pill(status, status)) } td.num { (metric(&format!("status.{status}"), n, &n.to_string())) } }
+                        }
+                    }
+                }
+            }
+            div.card {
+                h2 { "Trials ending this week" }
+                @if o.trials_ending.is_empty() { p.hint { "None." } }
+                ul {
+                    @for (slug, name, end) in &o.trials_ending {
+                        li { (name) " (" (slug) ") — " (end.format("%Y-%m-%d")) }
+                    }
+                }
+            }
+        }
+    };
+    page(&c.brand, Area::Console, "/admin", "Operator", &c.session.csrf, "Overview", body).into_response()
+}
+
+#[derive(Deserialize)]
+struct TenantsQuery {
+    q: Option<String>,
+    sort: Option<String>,
+}
+
+async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
+    let o = match c.operator.console_overview(&c.proof).await {
+        Ok(o) => o,
+        Err(e) => return error_page(&c.brand, e),
+    };
+    let needle = q.q.clone().unwrap_or_default().to_lowercase();
+    let mut rows: Vec<&svc::ConsoleTenant> =
+        o.tenants.iter().filter(|t| needle.is_empty() || t.slug.contains(&needle) || t.name.to_lowercase().contains(&needle)).collect();
+    match q.sort.as_deref() {
+        Some("mrr") => rows.sort_by(|a, b| b.mrr_usd.total_cmp(&a.mrr_usd)),
+        Some("quota") => rows.sort_by(|a, b| b.quota_percent.unwrap_or(-1.0).total_cmp(&a.quota_percent.unwrap_or(-1.0))),
+        Some("storage") => rows.sort_by_key(|t| std::cmp::Reverse(t.storage_bytes.unwrap_or(0))),
+        Some("created") => rows.sort_by_key(|t| std::cmp::Reverse(t.created_at)),
+        _ => {}
+    }
+    let sort_link = |key: &str| format!("/admin/tenants?sort={key}&q={}", url::form_urlencoded::byte_serialize(needle.as_bytes()).collect::<String>());
+    let body = html! {
+        section.card {
+            form.search method="get" action="/admin/tenants" role="search" {
+                label for="tenant-q" { "Search tenants" }
+                input #tenant-q type="search" name="q" value=(q.q.clone().unwrap_or_default()) placeholder="slug or name";
+                button.secondary type="submit" { "Search" }
+            }
+            p.hint { (metric("tenant_count", rows.len(), &rows.len().to_string())) " tenants" }
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { a href=(sort_link("slug")) { "Tenant" } }
+                        th scope="col" { "Tier" }
+                        th scope="col" { "Status" }
+                        th.num scope="col" { a href=(sort_link("mrr")) { "MRR" } }
+                        th.num scope="col" { a href=(sort_link("quota")) { "% of quota" } }
+                        th.num scope="col" { a href=(sort_link("storage")) { "Storage" } }
+                        th scope="col" { a href=(sort_link("created")) { "Created" } }
+                    } }
+                    tbody {
+                        @for t in &rows {
+                            tr data-tenant=(t.slug) {
+                                th scope="row" { (t.name) br; small { (t.slug) } }
+                                td { (t.tier) }
+                                td { (pill(&t.status, &t.status)) }
+                                td.num { (layout::usd(t.mrr_usd)) }
+                                td.num { @match t.quota_percent { Some(p) => (format!("{p:.1} %")), None => "—" } }
+                                td.num { @match t.storage_bytes { Some(b) => (layout::bytes(b)), None => "—" } }
+                                td { (t.created_at.format("%Y-%m-%d")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(&c.brand, Area::Console, "/admin/tenants", "Operator", &c.session.csrf, "Tenants", body).into_response()
+}

@@ -1,0 +1,427 @@
+//! The tenant portal at `/dashboard`: login (one-time link, admin key or JWT), overview, usage,
+//! and API keys. Each handler calls the services and renders.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, NaiveDate, Utc};
+use maud::{html, Markup};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::layout::{self, csrf_field, metric, page, pill, usage_bar, Area, Unit};
+use super::{charts, cookie, error_page, over_https, set_cookie, Brand, Caller, FormFields, Portal, LOGIN_COOKIE, PORTAL_COOKIE};
+use crate::control::{NewKey, Scope};
+use crate::services::dashboard as svc;
+use crate::services::usage;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/dashboard/login", get(login_page).post(login_post))
+        .route("/dashboard/logout", post(logout))
+        .route("/dashboard", get(overview))
+        .route("/dashboard/onboarding.json", get(onboarding_json))
+        .route("/dashboard/usage", get(usage_page))
+        .route("/dashboard/usage.csv", get(usage_csv))
+        .route("/dashboard/keys", get(keys_page).post(create_key))
+        .route("/dashboard/keys/{id}/revoke", post(revoke_key))
+        .route("/dashboard/keys/{id}/rotate", post(rotate_key))
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+}
+
+/// The session cookie for a just-opened session.
+fn session_cookie(state: &AppState, headers: &HeaderMap, opened: &svc::Opened) -> axum::http::HeaderValue {
+    set_cookie(PORTAL_COOKIE, &opened.token, "/dashboard", state.config.dashboard.session_ttl_secs, over_https(headers, state))
+}
+
+/// `GET /dashboard/login`: the login form, or (with `?token=`) the use of a one-time link.
+async fn login_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let headers = &caller.headers;
+    let brand = Brand::of(&state);
+    if let Some(token) = q.token {
+        return match svc::login_with_link(&state, caller.identity(), &token).await {
+            Ok(opened) => {
+                // A page, not a redirect: a SameSite=Strict cookie set while following a link from
+                // another site is not sent on the redirect, but is on this same-site refresh.
+                let body = layout::bare(&brand, "Signed in", html! {
+                    meta http-equiv="refresh" content="0;url=/dashboard";
+                    div.card.narrow { h1 { "Signed in" } p { a href="/dashboard" { "Continue to the dashboard" } } }
+                });
+                ([(header::SET_COOKIE, session_cookie(&state, headers, &opened))], body).into_response()
+            }
+            Err(e) => login_form(&state, headers, Some(e.public_message()), StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::UNAUTHORIZED)),
+        };
+    }
+    login_form(&state, headers, None, StatusCode::OK)
+}
+
+/// The login form, with a fresh pre-login CSRF token (cookie and field must agree on the post).
+fn login_form(state: &AppState, headers: &HeaderMap, error: Option<String>, status: StatusCode) -> Response {
+    let brand = Brand::of(state);
+    let token = crate::auth::new_token();
+    let body = layout::bare(&brand, "Log in", html! {
+        div.card.narrow {
+            h1 { "Log in to your dashboard" }
+            @if let Some(e) = &error { p.alert role="alert" data-error="login" { (e) } }
+            form method="post" action="/dashboard/login" {
+                input type="hidden" name="csrf" value=(token);
+                label for="credential" { "API key with the admin scope, or a JWT" }
+                input #credential type="password" name="credential" autocomplete="off" required;
+                button.primary type="submit" { "Log in" }
+            }
+            p.hint { "Or open the one-time link your operator sent you." }
+        }
+    });
+    let cookie = set_cookie(LOGIN_COOKIE, &token, "/dashboard/login", 3600, over_https(headers, state));
+    (status, [(header::SET_COOKIE, cookie)], body).into_response()
+}
+
+/// `POST /dashboard/login`: an admin key or a JWT opens a session.
+async fn login_post(State(state): State<AppState>, caller: Caller, form: FormFields) -> Response {
+    let headers = &caller.headers;
+    let brand = Brand::of(&state);
+    let expected = cookie(headers, LOGIN_COOKIE);
+    let presented = form.get("csrf");
+    if !matches!((expected, presented), (Some(a), Some(b)) if crate::auth::same_secret(a, b)) {
+        return error_page(&brand, crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"));
+    }
+    let credential = form.get("credential").unwrap_or_default();
+    match svc::login_with_credential(&state, caller.identity(), credential).await {
+        Ok(opened) => {
+            let clear = set_cookie(LOGIN_COOKIE, "", "/dashboard/login", 0, over_https(headers, &state));
+            let mut resp = Redirect::to("/dashboard").into_response();
+            resp.headers_mut().append(header::SET_COOKIE, session_cookie(&state, headers, &opened));
+            resp.headers_mut().append(header::SET_COOKIE, clear);
+            resp
+        }
+        Err(e) => login_form(&state, headers, Some(e.public_message()), StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::UNAUTHORIZED)),
+    }
+}
+
+/// `POST /dashboard/logout`.
+async fn logout(State(state): State<AppState>, headers: HeaderMap, p: Portal, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&p.session, form.get("csrf")) {
+        return error_page(&p.brand, e);
+    }
+    if let Some(token) = cookie(&headers, PORTAL_COOKIE) {
+        if let Err(e) = svc::logout(&state, token).await {
+            return error_page(&p.brand, e);
+        }
+    }
+    let mut resp = Redirect::to("/dashboard/login").into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, set_cookie(PORTAL_COOKIE, "", "/dashboard", 0, over_https(&headers, &state)));
+    resp
+}
+
+fn who(p: &Portal) -> String {
+    format!("{} · {}", p.ctx.tenant().name, p.ctx.tenant().slug)
+}
+
+fn render(p: &Portal, current: &str, title: &str, body: Markup) -> Response {
+    page(&p.brand, Area::Portal, current, &who(p), &p.session.csrf, title, body).into_response()
+}
+
+/// The month's projection: `used` scaled from the elapsed part of the month to all of it.
+fn projection(used: u64, now: DateTime<Utc>) -> u64 {
+    let (_, start, end) = crate::clock::period_of(now);
+    let elapsed = (now - start).num_seconds().max(1) as f64;
+    let total = (end - start).num_seconds().max(1) as f64;
+    (used as f64 * total / elapsed).round() as u64
+}
+
+/// `GET /dashboard`: plan, usage against every limit, requests per day, onboarding.
+async fn overview(p: Portal) -> Response {
+    match overview_body(&p).await {
+        Ok(body) => render(&p, "/dashboard", "Overview", body),
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
+async fn overview_body(p: &Portal) -> Result<Markup, crate::error::Error> {
+    let ctx = &p.ctx;
+    let me = usage::me(ctx)?;
+    let month = usage::month(ctx).await?;
+    let days = svc::daily_usage(ctx, 30).await?;
+    let steps = svc::onboarding(ctx, &month).await?;
+    let now = ctx.state().plans.clock.now();
+    let u = &month["usage"];
+    let l = &month["limits"];
+    let n = |v: &Value| v.as_u64();
+    let trial_days = me["trial_ends_at"].as_str().and_then(|s| crate::clock::parse_ts(s).ok()).map(|t| (t - now).num_days().max(0));
+    let bars = [
+        ("queries", "Queries this month", n(&u["queries"]).unwrap_or(0), n(&l["queries"]), Unit::Count, true),
+        ("documents", "Documents", n(&u["documents"]).unwrap_or(0), n(&l["documents"]), Unit::Count, false),
+        ("storage_bytes", "Storage", n(&u["storage_bytes"]).unwrap_or(0), n(&l["storage_bytes"]), Unit::Bytes, false),
+        ("products", "Products", n(&u["products"]).unwrap_or(0), n(&l["products"]), Unit::Count, false),
+    ];
+    let near: Vec<&str> = bars.iter().filter(|b| b.3.is_some_and(|lim| lim == 0 || b.2 * 100 >= lim * 80)).map(|b| b.0).collect();
+    let ent = ctx.entitlements();
+    let next = crate::plans::TIERS.into_iter().find(|t| *t > ent.tier);
+    let points: Vec<(String, u64)> = days.iter().map(|d| (d.day.clone(), d.api_calls)).collect();
+    let running = steps.iter().any(|s| !s.done);
+    Ok(html! {
+        section.cards {
+            div.card {
+                h2 { "Plan" }
+                p.big { (metric("tier", ent.tier.as_str(), ent.tier.as_str())) }
+                p { "Status: " (pill(me["status"].as_str().unwrap_or(""), me["status"].as_str().unwrap_or(""))) }
+                @if let Some(d) = trial_days { p { (metric("trial_days_left", d, &d.to_string())) " days left in your trial" } }
+                p.hint { "Resets " (month["resets_at"].as_str().unwrap_or("").get(..10).unwrap_or("")) }
+            }
+            div.card {
+                h2 { "This month" }
+                p { "API calls: " (metric("usage.api_calls", n(&u["api_calls"]).unwrap_or(0), &layout::group(n(&u["api_calls"]).unwrap_or(0)))) }
+                p { "Tokens embedded: " (metric("usage.tokens_embedded", n(&u["tokens_embedded"]).unwrap_or(0), &layout::group(n(&u["tokens_embedded"]).unwrap_or(0)))) }
+                p { "Tokens returned: " (metric("usage.tokens_returned", n(&u["tokens_returned"]).unwrap_or(0), &layout::group(n(&u["tokens_returned"]).unwrap_or(0)))) }
+                p { "Overage so far: " (metric("overage.amount_usd", month["overage"]["amount_usd"].as_f64().unwrap_or(0.0), &layout::usd(month["overage"]["amount_usd"].as_f64().unwrap_or(0.0)))) }
+            }
+        }
+        @if !near.is_empty() {
+            div.upgrade role="status" data-metric="upgrade_prompt" data-value=(near.join(",")) {
+                strong { "You are close to your plan's limits" } " (" (near.join(", ")) "). "
+                @if let Some(t) = next {
+                    a.button href=(ent.upgrade_url(Some(t), near[0])) { "Upgrade to " (t.as_str()) }
+                }
+            }
+        }
+        section.card {
+            h2 { "Usage against your plan" }
+            @for b in &bars {
+                (usage_bar(b.0, b.1, b.2, b.3, b.4, if b.5 { Some(projection(b.2, now)) } else { None }))
+            }
+        }
+        section.card {
+            h2 { "Requests per day" }
+            (charts::bars("requests_per_day", "API requests per day, last 30 days (UTC)", "requests", &points))
+        }
+        section.card #onboarding data-poll=[running.then_some("/dashboard/onboarding.json")] {
+            h2 { "Getting started" }
+            (checklist(&steps))
+        }
+    })
+}
+
+fn checklist(steps: &[svc::Step]) -> Markup {
+    html! {
+        ol.checklist {
+            @for s in steps {
+                li data-step=(s.key) data-done=(s.done) {
+                    span.check aria-hidden="true" { @if s.done { "✓" } @else { "○" } }
+                    span.step-label { (s.label) }
+                    @if let Some((done, total)) = s.progress {
+                        span.step-progress {
+                            progress max=(total.max(1)) value=(done) aria-label=(s.label) {}
+                            " " (metric(&format!("onboarding.{}", s.key), done, &format!("{done} / {total}")))
+                        }
+                    }
+                    @if let Some(note) = &s.note { span.step-note { (note) } }
+                    @if s.done { span.visually-hidden { " (done)" } }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /dashboard/onboarding.json`: the checklist, for the live progress script.
+async fn onboarding_json(p: Portal) -> Response {
+    let steps = async {
+        let month = usage::month(&p.ctx).await?;
+        svc::onboarding(&p.ctx, &month).await
+    }
+    .await;
+    match steps {
+        Ok(steps) => axum::Json(serde_json::json!({ "steps": steps })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /dashboard/usage`: per day, the last 30 days.
+async fn usage_page(p: Portal) -> Response {
+    let days = match svc::daily_usage(&p.ctx, 30).await {
+        Ok(d) => d,
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let body = html! {
+        section.card {
+            div.card-head {
+                h2 { "Per day (UTC)" }
+                a.button href="/dashboard/usage.csv" download { "Download CSV" }
+            }
+            div.table-wrap {
+                table {
+                    thead { tr { th scope="col" { "Day" } th.num scope="col" { "API calls" } th.num scope="col" { "Queries" } th.num scope="col" { "Tokens embedded" } th.num scope="col" { "Tokens returned" } th.num scope="col" { "Recommendations" } } }
+                    tbody {
+                        @for d in days.iter().rev() {
+                            tr data-day=(d.day) {
+                                th scope="row" { (d.day) }
+                                td.num { (layout::group(d.api_calls)) }
+                                td.num { (layout::group(d.queries)) }
+                                td.num { (layout::group(d.tokens_embedded)) }
+                                td.num { (layout::group(d.tokens_returned)) }
+                                td.num { (layout::group(d.recommendations)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    render(&p, "/dashboard/usage", "Usage", body)
+}
+
+/// `GET /dashboard/usage.csv`.
+async fn usage_csv(p: Portal) -> Response {
+    let days = match svc::daily_usage(&p.ctx, 30).await {
+        Ok(d) => d,
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let mut csv = String::from("day,api_calls,queries,tokens_embedded,tokens_returned,recommendations\n");
+    for d in &days {
+        csv.push_str(&format!("{},{},{},{},{},{}\n", d.day, d.api_calls, d.queries, d.tokens_embedded, d.tokens_returned, d.recommendations));
+    }
+    let name = format!("attachment; filename=\"usage-{}.csv\"", p.ctx.tenant().slug);
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, name)], csv).into_response()
+}
+
+/// A key just issued (created or rotated), shown once.
+struct Issued {
+    name: String,
+    plaintext: String,
+}
+
+async fn keys_body(p: &Portal, issued: Option<Issued>, error: Option<String>) -> Result<Markup, crate::error::Error> {
+    let keys = svc::list_keys(&p.ctx).await?;
+    let now = p.ctx.state().plans.clock.now();
+    let csrf = &p.session.csrf;
+    Ok(html! {
+        @if let Some(i) = &issued {
+            div.card.issued role="status" {
+                h2 { "Your new key “" (i.name) "”" }
+                p { "Copy it now: it is shown only once." }
+                code.secret data-metric="new_key" data-value=(i.plaintext) { (i.plaintext) }
+            }
+        }
+        @if let Some(e) = &error { p.alert role="alert" data-error="keys" { (e) } }
+        section.card {
+            h2 { "Create a key" }
+            form.stack method="post" action="/dashboard/keys" {
+                (csrf_field(csrf))
+                label for="key-name" { "Name" }
+                input #key-name name="name" required maxlength="100" placeholder="e.g. production";
+                fieldset {
+                    legend { "Scopes" }
+                    @for s in [Scope::Read, Scope::Write, Scope::Admin] {
+                        label.inline { input type="checkbox" name="scope" value=(s.as_str()) checked[s != Scope::Admin]; " " (s.as_str()) }
+                    }
+                }
+                label for="key-expires" { "Expires (optional)" }
+                input #key-expires type="date" name="expires";
+                button.primary type="submit" { "Create key" }
+            }
+        }
+        section.card {
+            h2 { "Keys" }
+            div.table-wrap {
+                table {
+                    thead { tr { th scope="col" { "Name" } th scope="col" { "Key" } th scope="col" { "Scopes" } th scope="col" { "Created" } th scope="col" { "Last used" } th scope="col" { "Expires" } th scope="col" { "Status" } th scope="col" { span.visually-hidden { "Actions" } } } }
+                    tbody {
+                        @for k in &keys {
+                            @let live = k.is_live(now);
+                            tr data-key=(k.id) {
+                                th scope="row" { (k.name) }
+                                td { code { (k.prefix) "…" } }
+                                td { (k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) }
+                                td { (day(Some(k.created_at))) }
+                                td data-metric=(format!("key.{}.last_used", k.id)) data-value=(k.last_used_at.map(crate::clock::ts).unwrap_or_default()) { (day(k.last_used_at)) }
+                                td { (day(k.expires_at)) }
+                                td { @if live { (pill("active", "ok")) } @else if k.revoked_at.is_some() { (pill("revoked", "off")) } @else { (pill("expired", "off")) } }
+                                td.actions {
+                                    @if live && k.revoked_at.is_none() {
+                                        form method="post" action=(format!("/dashboard/keys/{}/rotate", k.id)) {
+                                            (csrf_field(csrf))
+                                            button.secondary type="submit" aria-label=(format!("Rotate {}", k.name)) { "Rotate" }
+                                        }
+                                        form method="post" action=(format!("/dashboard/keys/{}/revoke", k.id)) {
+                                            (csrf_field(csrf))
+                                            button.danger type="submit" aria-label=(format!("Revoke {}", k.name)) { "Revoke" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn day(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "—".to_string())
+}
+
+async fn keys_page(p: Portal) -> Response {
+    keys_answer(&p, None, None, StatusCode::OK).await
+}
+
+async fn keys_answer(p: &Portal, issued: Option<Issued>, error: Option<String>, status: StatusCode) -> Response {
+    match keys_body(p, issued, error).await {
+        Ok(body) => (status, render(p, "/dashboard/keys", "API keys", body)).into_response(),
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
+/// `POST /dashboard/keys`: name, scopes, optional expiry date.
+async fn create_key(p: Portal, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&p.session, form.get("csrf")) {
+        return error_page(&p.brand, e);
+    }
+    let scopes: Vec<Scope> = form.all("scope").into_iter().filter_map(Scope::parse).collect();
+    let expires_at = match form.get("expires").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(d) => match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+            Ok(d) => d.and_hms_opt(23, 59, 59).map(|t| t.and_utc()),
+            Err(_) => return keys_answer(&p, None, Some("the expiry must be a date (YYYY-MM-DD)".into()), StatusCode::BAD_REQUEST).await,
+        },
+    };
+    let new = NewKey { name: form.get("name").unwrap_or_default().to_string(), scopes, expires_at };
+    match svc::create_key(&p.ctx, new).await {
+        Ok(k) => keys_answer(&p, Some(Issued { name: k.key.name.clone(), plaintext: k.api_key.expose().to_string() }), None, StatusCode::OK).await,
+        Err(e) if e.code().status() < 500 => {
+            let status = StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::BAD_REQUEST);
+            keys_answer(&p, None, Some(e.public_message()), status).await
+        }
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
+async fn revoke_key(p: Portal, Path(id): Path<String>, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&p.session, form.get("csrf")) {
+        return error_page(&p.brand, e);
+    }
+    match svc::revoke_key(&p.ctx, &id).await {
+        Ok(_) => Redirect::to("/dashboard/keys").into_response(),
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
+async fn rotate_key(p: Portal, Path(id): Path<String>, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&p.session, form.get("csrf")) {
+        return error_page(&p.brand, e);
+    }
+    match svc::rotate_key(&p.ctx, &id).await {
+        Ok(k) => keys_answer(&p, Some(Issued { name: k.key.name.clone(), plaintext: k.api_key.expose().to_string() }), None, StatusCode::OK).await,
+        Err(e) => error_page(&p.brand, e),
+    }
+}
