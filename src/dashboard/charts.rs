@@ -9,7 +9,7 @@ pub fn bars(id: &str, title: &str, unit: &str, points: &[(String, u64)]) -> Mark
     const H: f64 = 220.0;
     const LEFT: f64 = 48.0;
     const BOTTOM: f64 = 28.0;
-    const TOP: f64 = 12.0;
+    const TOP: f64 = 26.0;
     let max = points.iter().map(|p| p.1).max().unwrap_or(0);
     let top = nice_max(max);
     let plot_h = H - BOTTOM - TOP;
@@ -30,7 +30,7 @@ pub fn bars(id: &str, title: &str, unit: &str, points: &[(String, u64)]) -> Mark
                     line.grid x1=(LEFT) x2=(W - 8.0) y1=(y) y2=(y) {}
                     text.tick x=(LEFT - 6.0) y=(y + 4.0) text-anchor="end" { (short(*t)) }
                 }
-                text.axis-unit x="4" y=(TOP + 4.0) { (unit) }
+                text.axis-unit x="4" y="12" { (unit) }
                 @for (i, (label, v)) in points.iter().enumerate() {
                     @let h = (*v as f64 / top as f64) * plot_h;
                     @let x = LEFT + i as f64 * slot + (slot - bar_w) / 2.0;

@@ -12,7 +12,7 @@ pub enum Area {
     Console,
 }
 
-const PORTAL_NAV: &[(&str, &str)] = &[("/dashboard", "Overview"), ("/dashboard/usage", "Usage"), ("/dashboard/keys", "API keys")];
+const PORTAL_NAV: &[(&str, &str)] = &[("/dashboard", "Overview"), ("/dashboard/usage", "Usage"), ("/dashboard/search", "Search"), ("/dashboard/keys", "API keys")];
 const CONSOLE_NAV: &[(&str, &str)] = &[("/admin", "Overview"), ("/admin/tenants", "Tenants")];
 
 fn head(brand: &Brand, title: &str) -> Markup {
@@ -21,6 +21,7 @@ fn head(brand: &Brand, title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · " (brand.name) }
+            link rel="icon" href="data:,";
             link rel="stylesheet" href="/dashboard/assets/app.css";
             link rel="stylesheet" href="/dashboard/assets/theme.css";
             script src="/dashboard/assets/app.js" defer {}

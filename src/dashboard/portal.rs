@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/onboarding.json", get(onboarding_json))
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage.csv", get(usage_csv))
+        .route("/dashboard/search", get(search_page))
         .route("/dashboard/keys", get(keys_page).post(create_key))
         .route("/dashboard/keys/{id}/revoke", post(revoke_key))
         .route("/dashboard/keys/{id}/rotate", post(rotate_key))
@@ -424,4 +425,86 @@ async fn rotate_key(p: Portal, Path(id): Path<String>, form: FormFields) -> Resp
         Ok(k) => keys_answer(&p, Some(Issued { name: k.key.name.clone(), plaintext: k.api_key.expose().to_string() }), None, StatusCode::OK).await,
         Err(e) => error_page(&p.brand, e),
     }
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: Option<String>,
+    mode: Option<String>,
+    budget: Option<usize>,
+}
+
+/// `GET /dashboard/search`: the search playground. A query runs the real search (charged and
+/// metered as any search) and a context preview within the token budget.
+async fn search_page(p: Portal, Query(q): Query<SearchQuery>) -> Response {
+    use crate::search::{AssembleRequest, SearchMode, SearchRequest};
+    let query = q.q.clone().unwrap_or_default();
+    let mode_name = q.mode.clone().unwrap_or_else(|| "hybrid".into());
+    let budget = q.budget.unwrap_or(500);
+    let mut error = None;
+    let mut found = None;
+    let mut context = None;
+    if !query.trim().is_empty() {
+        let mode = match mode_name.as_str() {
+            "keyword" => SearchMode::Keyword,
+            "semantic" => SearchMode::Semantic,
+            _ => SearchMode::Hybrid,
+        };
+        let run = async {
+            p.ctx.begin(crate::services::Op::Search)?;
+            let hits = crate::services::search::search(&p.ctx, SearchRequest::new(query.clone(), mode)).await?;
+            p.ctx.begin(crate::services::Op::Assemble)?;
+            let req = AssembleRequest { query: query.clone(), max_tokens: budget, max_documents: None, filter: None, include_metadata: None };
+            let ctx = crate::services::search::assemble(&p.ctx, req).await?;
+            Ok::<_, crate::error::Error>((hits, ctx))
+        };
+        match run.await {
+            Ok((h, c)) => {
+                found = Some(h);
+                context = Some(c);
+            }
+            Err(e @ crate::error::Error::Internal(_)) => return error_page(&p.brand, e),
+            Err(e) => error = Some(e.public_message()),
+        }
+    }
+    let body = html! {
+        section.card {
+            form.stack method="get" action="/dashboard/search" role="search" {
+                label for="q" { "Query" }
+                input #q type="search" name="q" value=(query) required maxlength="1024";
+                fieldset {
+                    legend { "Mode" }
+                    @for m in ["hybrid", "keyword", "semantic"] {
+                        label.inline { input type="radio" name="mode" value=(m) checked[m == mode_name]; " " (m) }
+                    }
+                }
+                label for="budget" { "Context budget (tokens)" }
+                input #budget type="number" name="budget" min="1" max="200000" value=(budget);
+                button.primary type="submit" { "Search" }
+            }
+        }
+        @if let Some(e) = &error { p.alert role="alert" data-error="search" { (e) } }
+        @if let Some(h) = &found {
+            section.card {
+                h2 { "Results " span.hint { "(" (metric("search.results", h.results.len(), &h.results.len().to_string())) ", " (format!("{:.1}", h.query_time_ms)) " ms)" } }
+                @if h.results.is_empty() { p.hint { "No matches." } }
+                ol.results {
+                    @for r in &h.results {
+                        li {
+                            div.result-head { strong.result-path { (r.path) } span.hint { " score " (format!("{:.3}", r.score)) } }
+                            p.result-text { (r.text.chars().take(300).collect::<String>()) }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(c) = &context {
+            section.card {
+                h2 { "Context preview" }
+                p { "Tokens used: " (metric("context.tokens", c.total_tokens, &c.total_tokens.to_string())) " / " (budget) " (" (c.token_counter) ")" }
+                pre.context { (c.context) }
+            }
+        }
+    };
+    render(&p, "/dashboard/search", "Search playground", body)
 }

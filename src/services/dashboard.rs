@@ -202,6 +202,8 @@ pub struct Step {
 /// and the recommendation model.
 pub async fn onboarding(ctx: &TenantCtx, month: &Value) -> Result<Vec<Step>, Error> {
     ctx.authorize(Op::UsageRead)?;
+    // Key use is written in batches: write the pending batch so "first key used" is current.
+    ctx.state().auth.flush_key_usage().await;
     let keys = ctx.state().control.list_keys(ctx.id()).await?;
     let key_used = keys.iter().any(|k| k.last_used_at.is_some());
     let u = &month["usage"];
@@ -215,7 +217,7 @@ pub async fn onboarding(ctx: &TenantCtx, month: &Value) -> Result<Vec<Step>, Err
         let status = super::recs::status(ctx).await?;
         let sync = &status["sync"];
         for (kind, label) in [("products", "Sync products"), ("orders", "Sync orders")] {
-            let stored = sync[kind]["stored"].as_u64().unwrap_or(0);
+            let stored = sync[kind]["synced"].as_u64().unwrap_or(0);
             let total = sync[kind]["total"].as_u64();
             let done = match total {
                 Some(t) => stored >= t && stored > 0,

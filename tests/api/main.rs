@@ -5,6 +5,7 @@ mod backup;
 mod caddy;
 mod context;
 mod crash;
+mod dashboard;
 mod erasure;
 mod export;
 mod handles;

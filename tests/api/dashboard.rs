@@ -1,0 +1,321 @@
+//! The dashboards: the tenant portal and the operator console, driven in Debian's Chromium through
+//! playwright-core (`tests/browser/dashboard.mjs`, installed by scripts/test.sh), plus the session
+//! and CSRF rules over plain HTTP. Screenshots of every page at 1280×800 and 390×844 go to
+//! `target/dashboard-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shots_dir() -> PathBuf {
+    root().join("target/dashboard-screenshots")
+}
+
+/// Runs one scenario of the browser driver and answers what it saw. Fails (never skips) when
+/// Chromium or the driver's packages are missing: scripts/test.sh installs both.
+async fn browser(scenario: &str, args: Value) -> Value {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: scripts/test.sh installs Debian's chromium");
+    let dir = root().join("tests/browser");
+    assert!(dir.join("node_modules/playwright-core").exists(), "tests/browser/node_modules is missing: scripts/test.sh runs npm ci there");
+    let out = tokio::process::Command::new("node")
+        .arg(dir.join("dashboard.mjs"))
+        .arg(scenario)
+        .arg(args.to_string())
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out).await.expect("the browser finished within 3 minutes").expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result from the browser: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_str(line).expect("browser result is JSON");
+    assert!(v.get("failure").is_none(), "the browser failed: {}\nstderr: {}", v["failure"], String::from_utf8_lossy(&out.stderr));
+    v
+}
+
+async fn tenant_with_name(app: &TestApp, slug: &str, name: &str, tier: &str) -> String {
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": slug, "name": name, "email": format!("owner@{slug}.test"), "tier": tier}))).await;
+    assert_eq!(r.status(), 201);
+    let r = send(app.admin(Method::POST, &format!("/tenants/{slug}/keys")).json(&json!({"name": "owner", "scopes": ["admin"]}))).await;
+    assert_eq!(r.status(), 201);
+    json_of(r).await["api_key"].as_str().expect("key").to_string()
+}
+
+async fn link(app: &TestApp, slug: &str) -> String {
+    let r = send(app.admin(Method::POST, &format!("/tenants/{slug}/dashboard-link"))).await;
+    assert_eq!(r.status(), 200);
+    let v = json_of(r).await;
+    let url = v["url"].as_str().expect("url").to_string();
+    assert!(url.starts_with(&format!("http://{slug}.localhost:{}/dashboard/login?token=", app.port)), "{url}");
+    url
+}
+
+fn metric(v: &Value, name: &str) -> String {
+    v[name].as_str().unwrap_or_else(|| panic!("no figure {name} in {v}")).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_portal_and_console_work_in_a_real_browser() {
+    let app = spawn_app().await;
+    let name = format!("Acme {XSS}");
+    let admin_key = tenant_with_name(&app, "acme", &name, "starter").await;
+    tenant_with_name(&app, "other", "Other", "pro").await;
+
+    // Some usage: a document whose path and text are attacker-controlled, and two searches.
+    let doc = json!({"path": format!("{XSS}.md"), "content": format!("# {XSS}\n\nThe dashboards render every string as text, never as markup.")});
+    assert_eq!(send(app.api(Method::POST, "/documents", &admin_key).json(&doc)).await.status(), 201);
+    for q in ["dashboards", "markup"] {
+        let r = send(app.api(Method::POST, "/search", &admin_key).json(&json!({"query": q, "mode": "keyword"}))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let usage = json_of(send(app.api(Method::GET, "/usage", &admin_key)).await).await;
+    let url = link(&app, "acme").await;
+    let _ = std::fs::remove_dir_all(shots_dir());
+
+    let seen = browser(
+        "tour",
+        json!({
+            "link": url,
+            "shots": shots_dir(),
+            "query": "markup",
+            "key_name": format!("ui {XSS}"),
+            "admin_key": admin_key,
+            "tenant_origin": format!("http://acme.localhost:{}", app.port),
+            "apex": app.addr,
+            "admin_token": ADMIN,
+        }),
+    )
+    .await;
+
+    // Logged in by the link; every figure of the overview equals GET /api/v1/usage.
+    assert_eq!(seen["after_link"], "/dashboard");
+    let o = &seen["overview"];
+    assert_eq!(metric(o, "tier"), usage["tier"].as_str().expect("tier"));
+    for k in ["queries", "documents", "storage_bytes", "products"] {
+        assert_eq!(metric(o, &format!("usage.{k}")), usage["usage"][k].to_string(), "usage.{k}: {o}");
+        let limit = match &usage["limits"][k] {
+            Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        assert_eq!(metric(o, &format!("limit.{k}")), limit, "limit.{k}");
+        if let Some(p) = usage["percent_used"][k].as_f64() {
+            let shown: f64 = metric(o, &format!("percent.{k}")).parse().expect("percent");
+            assert!((shown - p).abs() < 0.051, "percent.{k}: {shown} against {p}");
+        }
+    }
+    for k in ["api_calls", "tokens_embedded", "tokens_returned"] {
+        assert_eq!(metric(o, &format!("usage.{k}")), usage["usage"][k].to_string(), "usage.{k}");
+    }
+    assert_eq!(metric(o, "usage.queries"), "2");
+    // The chart's total is the requests of the last 30 days: this month's, as all happened today.
+    assert_eq!(metric(o, "requests_per_day"), usage["usage"]["api_calls"].to_string());
+    assert!(seen["onboarding_text"].as_str().expect("text").contains("Add your first document"));
+
+    // Attacker-controlled strings render as text: no dialog, no injected image.
+    assert!(seen["header_text"].as_str().expect("header").contains(&name), "{}", seen["header_text"]);
+    assert_eq!(seen["search_paths"], json!([format!("{XSS}.md")]), "{seen}");
+    assert_eq!(seen["injected_images"], 0);
+    assert_eq!(seen["dialogs"], json!([]));
+    assert_eq!(seen["errors"], json!([]), "console errors (CSP violations show here)");
+    assert_eq!(metric(&seen["search"], "search.results"), "1");
+
+    // A key made in the UI works over REST, and is the tenant's.
+    let new_key = seen["new_key"].as_str().expect("new key");
+    assert!(new_key.starts_with("wk_live_"));
+    let r = send(app.api(Method::GET, "/tenant", new_key)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["slug"], "acme");
+    let keys = json_of(send(app.admin(Method::GET, "/tenants/acme/keys")).await).await;
+    assert!(keys.to_string().contains(&format!("ui {XSS}").replace('<', "\\u003c").replace('>', "\\u003e")) || keys.to_string().contains(&format!("ui {XSS}")), "{keys}");
+
+    // Logout ends the session.
+    assert_eq!(seen["after_logout"], "/dashboard/login");
+    assert_eq!(seen["after_logout_visit"], "/dashboard/login");
+    // Login with the admin key.
+    assert_eq!(seen["key_login_start"], "/dashboard/login");
+    assert_eq!(metric(&seen["key_login"], "tier"), "starter");
+
+    // The operator's MRR is the usage export's total.
+    assert_eq!(seen["console_start"], "/admin/login");
+    let export = json_of(send(app.admin(Method::GET, "/usage")).await).await;
+    let mrr: f64 = metric(&seen["console"], "mrr_usd").parse().expect("mrr");
+    assert!((mrr - export["total_usd"].as_f64().expect("total")).abs() < 0.005, "{mrr} against {export}");
+    assert_eq!(mrr, 49.0 + 99.0, "starter + pro list prices");
+    assert_eq!(metric(&seen["console_tenants"], "tenant_count"), "2");
+    assert_eq!(seen["console_errors"], json!([]));
+
+    // No serious or critical accessibility violations.
+    for page in ["axe_overview", "axe_keys", "axe_console"] {
+        assert_eq!(seen[page], json!([]), "{page}");
+    }
+
+    // Every page was photographed at both sizes.
+    for page in ["portal-overview", "portal-usage", "portal-search", "portal-keys", "portal-login", "console-overview", "console-tenants"] {
+        for size in ["1280x800", "390x844"] {
+            let f = shots_dir().join(format!("{page}-{size}.png"));
+            let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 1000, "{} missing or empty", f.display());
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn onboarding_progress_advances_live_during_a_product_sync() {
+    let app = spawn_app().await;
+    let key = tenant_with_name(&app, "shop", "Shop", "starter").await;
+    let total = 60;
+    let r = send(app.api(Method::PUT, "/integrations/woocommerce/totals", &key).json(&json!({"products": total}))).await;
+    assert_eq!(r.status(), 200);
+    let url = link(&app, "shop").await;
+    let watcher = tokio::spawn(browser("watch", json!({"link": url, "total": total, "timeout_ms": 90000})));
+    // Let the page load before the sync starts, then sync in batches slower than the page polls.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for batch in 0..6 {
+        let products: Vec<Value> = (0..10).map(|i| json!({"id": format!("p{}", batch * 10 + i), "name": format!("Product {}", batch * 10 + i)})).collect();
+        let r = send(app.api(Method::POST, "/products", &key).json(&json!({"products": products}))).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    let seen = watcher.await.expect("join");
+    let values: Vec<u64> = seen["values"].as_array().expect("values").iter().map(|v| v.as_u64().expect("n")).collect();
+    assert_eq!(values.first(), Some(&0), "{values:?}");
+    assert_eq!(values.last(), Some(&(total as u64)), "{values:?}");
+    assert!(values.len() >= 4, "the page showed intermediate progress: {values:?}");
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "progress only advances: {values:?}");
+    assert_eq!(seen["done"], "true");
+    app.stop().await;
+}
+
+fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn sessions_links_and_csrf_hold() {
+    let (app, state) = spawn_state(None, |_| {}).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    tenant_with_name(&app, "alpha", "Alpha", "starter").await;
+    tenant_with_name(&app, "beta", "Beta", "starter").await;
+    let host = |slug: &str| format!("{slug}.localhost:{}", app.port);
+    let get = |path: &str, slug: &str, cookie: Option<&str>| {
+        let mut rb = client.get(format!("{}{path}", app.addr)).header("host", host(slug));
+        if let Some(c) = cookie {
+            rb = rb.header("cookie", c);
+        }
+        rb
+    };
+
+    // A link opens a session: HttpOnly, SameSite=Strict, with an expiry; the page is locked down.
+    let url = link(&app, "alpha").await;
+    let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
+    let r = send(get(&path, "alpha", None)).await;
+    assert_eq!(r.status(), 200);
+    let set = r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find(|v| v.starts_with("warren_portal=")).expect("cookie").to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/dashboard"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let csp = r.headers()["content-security-policy"].to_str().expect("csp").to_string();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    let session = cookie_of(&r, "warren_portal").expect("session");
+
+    // The link works once.
+    let r = send(get(&path, "alpha", None)).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.expect("body").contains("unknown, used or expired"));
+
+    // The CLI mints the same kind of link (on the same data dir, while the server runs).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["tenant", "dashboard-link", "alpha"])
+        .env("WARREN_DATA_DIR", app.dir.path())
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("cli json");
+    let cli_path = printed["url"].as_str().expect("url").split_once("/dashboard/login").map(|(_, rest)| format!("/dashboard/login{rest}")).expect("path");
+    assert!(printed["expires_at"].is_string());
+    let r = send(get(&cli_path, "alpha", None)).await;
+    assert_eq!(r.status(), 200);
+    assert!(cookie_of(&r, "warren_portal").is_some());
+
+    // The session shows the portal on its own host, and the login page on another tenant's.
+    let r = send(get("/dashboard", "alpha", Some(&session))).await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.expect("page");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("csrf field").to_string();
+    let r = send(get("/dashboard", "beta", Some(&session))).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/dashboard/login");
+    // Nor is it an operator session.
+    let r = send(client.get(format!("{}/admin", app.addr)).header("cookie", session.replace("warren_portal", "warren_console"))).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/admin/login");
+
+    // A form post without its token, or with another, is 403; with it, it works.
+    let post = |body: String| {
+        client
+            .post(format!("{}/dashboard/keys", app.addr))
+            .header("host", host("alpha"))
+            .header("cookie", &session)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let r = send(post("name=k1&scope=read".into())).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("body").contains("csrf_failed"));
+    let r = send(post("name=k1&scope=read&csrf=forged".into())).await;
+    assert_eq!(r.status(), 403);
+    let r = send(post(format!("name=k1&scope=read&csrf={csrf}"))).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("page").contains("shown only once"));
+    // The login form needs its pre-login token too.
+    let r = send(
+        client
+            .post(format!("{}/dashboard/login", app.addr))
+            .header("host", host("alpha"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("credential=wk_live_x"),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+
+    // A link of alpha's is refused on beta's host (and used up).
+    let other = link(&app, "alpha").await;
+    let other_path = other.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
+    let r = send(get(&other_path, "beta", None)).await;
+    assert_eq!(r.status(), 403);
+    assert!(cookie_of(&r, "warren_portal").is_none());
+
+    // An expired link is refused; an expired session shows the login page.
+    let late = link(&app, "alpha").await;
+    let late_path = late.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
+    state.plans.clock.advance(chrono::Duration::minutes(16));
+    let r = send(get(&late_path, "alpha", None)).await;
+    assert_eq!(r.status(), 401);
+    assert!(cookie_of(&r, "warren_portal").is_none());
+    state.plans.clock.advance(chrono::Duration::hours(8));
+    let r = send(get("/dashboard", "alpha", Some(&session))).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/dashboard/login");
+
+    // The audit log records each link minted.
+    let audit = json_of(send(app.admin(Method::GET, "/tenants/alpha/audit")).await).await;
+    assert_eq!(audit.to_string().matches("dashboard.link_created").count(), 4, "{audit}");
+    app.stop().await;
+}
