@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs warren's whole test suite on a fresh machine: installs what the tests need (Caddy, curl, the
-# embedding model, the Python peers), checks formatting and clippy (warnings are errors), then runs
+# embedding model, the Python peers, Chromium and the browser driver), checks formatting and clippy (warnings are errors), then runs
 # every unit and integration test. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +19,11 @@ apt_install() {
   fi
 }
 
-apt_install caddy curl ca-certificates sqlite3 nodejs
+apt_install caddy curl ca-certificates sqlite3 nodejs chromium
 echo "==> python test peers"
 scripts/test-venv.sh >/dev/null
+echo "==> browser test driver (playwright-core, axe-core)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 echo "==> embedding model"
 scripts/fetch-model.sh
 

@@ -237,8 +237,12 @@ impl Authenticator {
             return Err(Error::forbidden(Code::TenantMismatch, "this session belongs to another tenant than this host"));
         }
         ensure_active(&tenant)?;
-        let proven =
-            Proven { tenant, scopes: session.scopes.clone(), credential: Credential::Session { via: session.via.clone() }, proof: RequestProof { _private: () } };
+        let proven = Proven {
+            tenant,
+            scopes: session.scopes.clone(),
+            credential: Credential::Session { via: session.via.clone() },
+            proof: RequestProof { _private: () },
+        };
         Ok((proven, session))
     }
 

@@ -106,7 +106,13 @@ pub struct DashboardConfig {
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        DashboardConfig { link_ttl_secs: 900, session_ttl_secs: 8 * 3600, product_name: "warren".into(), accent_color: "#5b5bd6".into(), logo_path: None }
+        DashboardConfig {
+            link_ttl_secs: 900,
+            session_ttl_secs: 8 * 3600,
+            product_name: "warren".into(),
+            accent_color: "#5b5bd6".into(),
+            logo_path: None,
+        }
     }
 }
 

@@ -180,7 +180,11 @@ async fn reindex(AdminCtx(proof): AdminCtx, State(state): State<AppState>, ApiPa
 /// A one-time link into the tenant's dashboard, valid `dashboard.link_ttl_secs` (15 minutes) and once.
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/dashboard-link", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "The link", body = crate::services::dashboard::DashboardLink)))]
-async fn dashboard_link(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> Result<Json<crate::services::dashboard::DashboardLink>, Error> {
+async fn dashboard_link(
+    _: AdminCtx,
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+) -> Result<Json<crate::services::dashboard::DashboardLink>, Error> {
     Ok(Json(ops(&state).dashboard_link(&slug).await?))
 }
 

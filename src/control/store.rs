@@ -270,7 +270,16 @@ impl ControlStore for ControlPlane {
                 .query_row(
                     "SELECT tenant_id, scopes, csrf, via, created_at, expires_at FROM dashboard_sessions WHERE token_hash = ?1 AND expires_at > ?2",
                     rusqlite::params![token_hash, super::ts(now)],
-                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    },
                 )
                 .optional()?;
             let Some((tenant_id, scopes, csrf, via, created, expires)) = row else { return Ok(None) };
@@ -301,7 +310,9 @@ impl ControlStore for ControlPlane {
                  WHERE tenant_id = ?1 AND at >= ?2 GROUP BY day, kind ORDER BY day, kind",
             )?;
             let rows = st
-                .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64)))?
+                .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         }))

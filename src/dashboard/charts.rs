@@ -58,7 +58,7 @@ fn nice_max(max: u64) -> u64 {
     loop {
         for m in [1, 2, 5] {
             let c = base * m;
-            if c >= max && c % 4 == 0 || c >= max && c >= 20 {
+            if c >= max {
                 return c.div_ceil(4) * 4;
             }
         }
@@ -83,7 +83,7 @@ mod tests {
     fn the_axis_covers_the_largest_bar() {
         for m in [0, 1, 3, 5, 7, 19, 20, 99, 101, 999, 12345] {
             let t = nice_max(m);
-            assert!(t >= m && t >= 4 && t % 4 == 0, "{m} -> {t}");
+            assert!(t >= m && t >= 4 && t.is_multiple_of(4), "{m} -> {t}");
         }
     }
 

@@ -25,18 +25,22 @@ pub fn routes() -> Router<AppState> {
 fn login_form(state: &AppState, headers: &HeaderMap, error: Option<String>, status: StatusCode) -> Response {
     let brand = Brand::of(state);
     let token = crate::auth::new_token();
-    let body = layout::bare(&brand, "Operator login", html! {
-        div.card.narrow {
-            h1 { "Operator console" }
-            @if let Some(e) = &error { p.alert role="alert" data-error="login" { (e) } }
-            form method="post" action="/admin/login" {
-                input type="hidden" name="csrf" value=(token);
-                label for="admin-token" { "Admin token" }
-                input #admin-token type="password" name="token" autocomplete="off" required;
-                button.primary type="submit" { "Log in" }
+    let body = layout::bare(
+        &brand,
+        "Operator login",
+        html! {
+            div.card.narrow {
+                h1 { "Operator console" }
+                @if let Some(e) = &error { p.alert role="alert" data-error="login" { (e) } }
+                form method="post" action="/admin/login" {
+                    input type="hidden" name="csrf" value=(token);
+                    label for="admin-token" { "Admin token" }
+                    input #admin-token type="password" name="token" autocomplete="off" required;
+                    button.primary type="submit" { "Log in" }
+                }
             }
-        }
-    });
+        },
+    );
     let cookie = set_cookie(LOGIN_COOKIE, &token, "/admin/login", 3600, over_https(headers, state));
     (status, [(header::SET_COOKIE, cookie)], body).into_response()
 }
@@ -49,13 +53,17 @@ async fn login_post(State(state): State<AppState>, headers: HeaderMap, form: For
     let brand = Brand::of(&state);
     let expected = cookie(&headers, LOGIN_COOKIE);
     if !matches!((expected, form.get("csrf")), (Some(a), Some(b)) if crate::auth::same_secret(a, b)) {
-        return error_page(&brand, crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"));
+        return error_page(
+            &brand,
+            crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"),
+        );
     }
     match svc::console_login(&state, form.get("token").unwrap_or_default()).await {
         Ok(opened) => {
             let secure = over_https(&headers, &state);
             let mut resp = Redirect::to("/admin").into_response();
-            resp.headers_mut().append(header::SET_COOKIE, set_cookie(CONSOLE_COOKIE, &opened.token, "/admin", state.config.dashboard.session_ttl_secs, secure));
+            resp.headers_mut()
+                .append(header::SET_COOKIE, set_cookie(CONSOLE_COOKIE, &opened.token, "/admin", state.config.dashboard.session_ttl_secs, secure));
             resp.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", "/admin/login", 0, secure));
             resp
         }
@@ -158,7 +166,8 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
         Some("created") => rows.sort_by_key(|t| std::cmp::Reverse(t.created_at)),
         _ => {}
     }
-    let sort_link = |key: &str| format!("/admin/tenants?sort={key}&q={}", url::form_urlencoded::byte_serialize(needle.as_bytes()).collect::<String>());
+    let sort_link =
+        |key: &str| format!("/admin/tenants?sort={key}&q={}", url::form_urlencoded::byte_serialize(needle.as_bytes()).collect::<String>());
     let body = html! {
         section.card {
             form.search method="get" action="/admin/tenants" role="search" {

@@ -12,7 +12,15 @@ pub enum Area {
     Console,
 }
 
-const PORTAL_NAV: &[(&str, &str)] = &[("/dashboard", "Overview"), ("/dashboard/usage", "Usage"), ("/dashboard/search", "Search"), ("/dashboard/keys", "API keys")];
+const PORTAL_NAV: &[(&str, &str)] = &[
+    ("/dashboard", "Overview"),
+    ("/dashboard/usage", "Usage"),
+    ("/dashboard/search", "Search"),
+    ("/dashboard/keys", "API keys"),
+    ("/dashboard/billing", "Billing"),
+    ("/dashboard/backups", "Backups"),
+    ("/dashboard/audit", "Audit log"),
+];
 const CONSOLE_NAV: &[(&str, &str)] = &[("/admin", "Overview"), ("/admin/tenants", "Tenants")];
 
 fn head(brand: &Brand, title: &str) -> Markup {
@@ -152,7 +160,7 @@ pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

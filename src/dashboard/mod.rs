@@ -218,13 +218,17 @@ pub fn error_page(brand: &Brand, e: Error) -> Response {
     if let Error::Internal(cause) = &e {
         tracing::error!(error = ?cause, "internal error (dashboard)");
     }
-    let body = layout::bare(brand, "Something went wrong", maud::html! {
-        div.card.narrow {
-            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
-            p data-code=(e.code().as_str()) { (e.public_message()) }
-            p { a href="/dashboard" { "Back to the dashboard" } }
-        }
-    });
+    let body = layout::bare(
+        brand,
+        "Something went wrong",
+        maud::html! {
+            div.card.narrow {
+                h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                p data-code=(e.code().as_str()) { (e.public_message()) }
+                p { a href="/dashboard" { "Back to the dashboard" } }
+            }
+        },
+    );
     (status, body).into_response()
 }
 

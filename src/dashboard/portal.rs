@@ -27,6 +27,10 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage.csv", get(usage_csv))
         .route("/dashboard/search", get(search_page))
+        .route("/dashboard/billing", get(billing_page))
+        .route("/dashboard/billing/{period}", get(statement_csv))
+        .route("/dashboard/backups", get(backups_page).post(restore_post))
+        .route("/dashboard/audit", get(audit_page))
         .route("/dashboard/keys", get(keys_page).post(create_key))
         .route("/dashboard/keys/{id}/revoke", post(revoke_key))
         .route("/dashboard/keys/{id}/rotate", post(rotate_key))
@@ -43,11 +47,7 @@ fn session_cookie(state: &AppState, headers: &HeaderMap, opened: &svc::Opened) -
 }
 
 /// `GET /dashboard/login`: the login form, or (with `?token=`) the use of a one-time link.
-async fn login_page(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(q): Query<LoginQuery>,
-) -> Response {
+async fn login_page(State(state): State<AppState>, caller: Caller, Query(q): Query<LoginQuery>) -> Response {
     let headers = &caller.headers;
     let brand = Brand::of(&state);
     if let Some(token) = q.token {
@@ -55,13 +55,19 @@ async fn login_page(
             Ok(opened) => {
                 // A page, not a redirect: a SameSite=Strict cookie set while following a link from
                 // another site is not sent on the redirect, but is on this same-site refresh.
-                let body = layout::bare(&brand, "Signed in", html! {
-                    meta http-equiv="refresh" content="0;url=/dashboard";
-                    div.card.narrow { h1 { "Signed in" } p { a href="/dashboard" { "Continue to the dashboard" } } }
-                });
+                let body = layout::bare(
+                    &brand,
+                    "Signed in",
+                    html! {
+                        meta http-equiv="refresh" content="0;url=/dashboard";
+                        div.card.narrow { h1 { "Signed in" } p { a href="/dashboard" { "Continue to the dashboard" } } }
+                    },
+                );
                 ([(header::SET_COOKIE, session_cookie(&state, headers, &opened))], body).into_response()
             }
-            Err(e) => login_form(&state, headers, Some(e.public_message()), StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::UNAUTHORIZED)),
+            Err(e) => {
+                login_form(&state, headers, Some(e.public_message()), StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::UNAUTHORIZED))
+            }
         };
     }
     login_form(&state, headers, None, StatusCode::OK)
@@ -71,19 +77,23 @@ async fn login_page(
 fn login_form(state: &AppState, headers: &HeaderMap, error: Option<String>, status: StatusCode) -> Response {
     let brand = Brand::of(state);
     let token = crate::auth::new_token();
-    let body = layout::bare(&brand, "Log in", html! {
-        div.card.narrow {
-            h1 { "Log in to your dashboard" }
-            @if let Some(e) = &error { p.alert role="alert" data-error="login" { (e) } }
-            form method="post" action="/dashboard/login" {
-                input type="hidden" name="csrf" value=(token);
-                label for="credential" { "API key with the admin scope, or a JWT" }
-                input #credential type="password" name="credential" autocomplete="off" required;
-                button.primary type="submit" { "Log in" }
+    let body = layout::bare(
+        &brand,
+        "Log in",
+        html! {
+            div.card.narrow {
+                h1 { "Log in to your dashboard" }
+                @if let Some(e) = &error { p.alert role="alert" data-error="login" { (e) } }
+                form method="post" action="/dashboard/login" {
+                    input type="hidden" name="csrf" value=(token);
+                    label for="credential" { "API key with the admin scope, or a JWT" }
+                    input #credential type="password" name="credential" autocomplete="off" required;
+                    button.primary type="submit" { "Log in" }
+                }
+                p.hint { "Or open the one-time link your operator sent you." }
             }
-            p.hint { "Or open the one-time link your operator sent you." }
-        }
-    });
+        },
+    );
     let cookie = set_cookie(LOGIN_COOKIE, &token, "/dashboard/login", 3600, over_https(headers, state));
     (status, [(header::SET_COOKIE, cookie)], body).into_response()
 }
@@ -95,7 +105,10 @@ async fn login_post(State(state): State<AppState>, caller: Caller, form: FormFie
     let expected = cookie(headers, LOGIN_COOKIE);
     let presented = form.get("csrf");
     if !matches!((expected, presented), (Some(a), Some(b)) if crate::auth::same_secret(a, b)) {
-        return error_page(&brand, crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"));
+        return error_page(
+            &brand,
+            crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"),
+        );
     }
     let credential = form.get("credential").unwrap_or_default();
     match svc::login_with_credential(&state, caller.identity(), credential).await {
@@ -507,4 +520,219 @@ async fn search_page(p: Portal, Query(q): Query<SearchQuery>) -> Response {
         }
     };
     render(&p, "/dashboard/search", "Search playground", body)
+}
+
+/// `GET /dashboard/billing`: plan and price, overage so far, statements, the plan comparison.
+async fn billing_page(p: Portal) -> Response {
+    let data = async {
+        let month = usage::month(&p.ctx).await?;
+        let statements = svc::statements(&p.ctx, 12).await?;
+        let offers = svc::plan_offers(&p.ctx)?;
+        Ok::<_, crate::error::Error>((month, statements, offers))
+    };
+    let (month, statements, offers) = match data.await {
+        Ok(d) => d,
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let ent = p.ctx.entitlements();
+    let current = &statements[0];
+    let pct = month["percent_used"].as_object().cloned().unwrap_or_default();
+    let near: Vec<String> = pct.iter().filter(|(_, v)| v.as_f64().is_some_and(|x| x >= 80.0)).map(|(k, _)| k.clone()).collect();
+    let next = offers.iter().find(|o| o.upgrade_url.is_some());
+    let limit = |v: Option<u64>, unit: Unit| v.map_or_else(|| "unlimited".to_string(), |n| unit.show(n));
+    let body = html! {
+        @if !near.is_empty() {
+            div.upgrade role="status" data-metric="upgrade_prompt" data-value=(near.join(",")) {
+                strong { "You are close to your plan's limits" } " (" (near.join(", ")) "). "
+                @if let Some(o) = next { a.button href=(o.upgrade_url.clone().unwrap_or_default()) { "Upgrade to " (o.tier.as_str()) } }
+            }
+        }
+        section.cards {
+            div.card {
+                h2 { "Your plan" }
+                p.big { (metric("tier", ent.tier.as_str(), ent.tier.as_str())) }
+                p { (metric("price_usd", ent.plan.price_usd, &layout::usd(ent.plan.price_usd))) " per month" }
+            }
+            div.card {
+                h2 { "This month so far" }
+                p.big { (metric("bill.total_usd", current.bill.total_usd, &layout::usd(current.bill.total_usd))) }
+                p { "Overage: " (metric("bill.overage_usd", current.bill.overage_usd, &layout::usd(current.bill.overage_usd))) " for " (layout::group(current.bill.overage_queries)) " queries over the quota" }
+            }
+        }
+        section.card {
+            h2 { "Statements" }
+            div.table-wrap {
+                table {
+                    thead { tr { th scope="col" { "Month" } th.num scope="col" { "Queries" } th.num scope="col" { "Base" } th.num scope="col" { "Overage" } th.num scope="col" { "Total" } th scope="col" { span.visually-hidden { "Download" } } } }
+                    tbody {
+                        @for s in &statements {
+                            tr data-period=(s.period) {
+                                th scope="row" { (s.period) }
+                                td.num { (layout::group(s.queries)) }
+                                td.num { (layout::usd(s.bill.base_price_usd)) }
+                                td.num { (layout::usd(s.bill.overage_usd)) }
+                                td.num { (layout::usd(s.bill.total_usd)) }
+                                td { a href=(format!("/dashboard/billing/{}", s.period)) download { "CSV" span.visually-hidden { " for " (s.period) } } }
+                            }
+                        }
+                    }
+                }
+            }
+            p.hint { "Statements are priced with your current plan." }
+        }
+        section.card {
+            h2 { "Compare plans" }
+            div.table-wrap {
+                table.plans {
+                    thead { tr { th scope="col" { "Plan" } th.num scope="col" { "Price" } th.num scope="col" { "Queries / month" } th.num scope="col" { "Documents" } th.num scope="col" { "Storage" } th scope="col" { "Features" } th scope="col" { span.visually-hidden { "Upgrade" } } } }
+                    tbody {
+                        @for o in &offers {
+                            tr data-tier=(o.tier.as_str()) aria-current=[(o.tier == ent.tier).then_some("true")] {
+                                th scope="row" { (o.tier.as_str()) @if o.tier == ent.tier { " " (pill("current", "ok")) } }
+                                td.num { (layout::usd(o.plan.price_usd)) }
+                                td.num { (limit(o.plan.queries_per_month, Unit::Count)) }
+                                td.num { (limit(o.plan.documents, Unit::Count)) }
+                                td.num { (limit(o.plan.storage_bytes, Unit::Bytes)) }
+                                td { (o.plan.features.join(", ")) }
+                                td { @if let Some(u) = &o.upgrade_url { a.button.small href=(u) { "Upgrade" span.visually-hidden { " to " (o.tier.as_str()) } } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    render(&p, "/dashboard/billing", "Billing", body)
+}
+
+/// `GET /dashboard/billing/{period}`: one month's statement as CSV.
+async fn statement_csv(p: Portal, Path(period): Path<String>) -> Response {
+    let statements = match svc::statements(&p.ctx, 12).await {
+        Ok(s) => s,
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let Some(s) = statements.iter().find(|s| s.period == period) else {
+        return error_page(&p.brand, crate::error::Error::not_found(crate::error::Code::NotFound, "no statement for that month"));
+    };
+    let csv = format!(
+        "period,tier,api_calls,queries,tokens_embedded,tokens_returned,base_price_usd,overage_queries,overage_usd,total_usd\n{},{},{},{},{},{},{:.2},{},{:.2},{:.2}\n",
+        s.period,
+        p.ctx.entitlements().tier.as_str(),
+        s.api_calls,
+        s.queries,
+        s.tokens_embedded,
+        s.tokens_returned,
+        s.bill.base_price_usd,
+        s.bill.overage_queries,
+        s.bill.overage_usd,
+        s.bill.total_usd
+    );
+    let name = format!("attachment; filename=\"statement-{}-{}.csv\"", p.ctx.tenant().slug, s.period);
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, name)], csv).into_response()
+}
+
+async fn backups_body(p: &Portal, note: Option<Markup>) -> Result<Markup, crate::error::Error> {
+    let status = crate::services::restore::backup_status(&p.ctx)?;
+    let can_restore = p.ctx.entitlements().has("pitr_restore");
+    let b = &status["backup"];
+    let text = |v: &Value| match v {
+        Value::Null => "—".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Ok(html! {
+        @if let Some(n) = note { (n) }
+        section.card {
+            h2 { "Continuous backup" }
+            @if status["enabled"].as_bool() != Some(true) {
+                p data-metric="backup.enabled" data-value="false" { "Backups are not configured on this server." }
+            } @else {
+                dl.facts {
+                    dt { "Last backup" } dd data-metric="backup.last_replicated_at" data-value=(text(&b["last_replicated_at"])) { (text(&b["last_replicated_at"])) }
+                    dt { "Lag" } dd data-metric="backup.lag_secs" data-value=(text(&b["lag_secs"])) { (text(&b["lag_secs"])) " s" }
+                    dt { "Replicated TXID" } dd { (text(&b["last_txid"])) }
+                    dt { "Restore points" } dd { "Any time since the oldest snapshot the replica keeps (backup.retention_secs)" }
+                    dt { "Replica" } dd { (text(&b["replica_url"])) }
+                    dt { "Last error" } dd { (text(&b["last_error"])) }
+                }
+            }
+        }
+        section.card {
+            h2 { "Point-in-time restore" }
+            @if !can_restore {
+                p { "Point-in-time restore is part of the pro plan." }
+            } @else {
+                form.stack method="post" action="/dashboard/backups" {
+                    (csrf_field(&p.session.csrf))
+                    label for="restore-at" { "Restore to (RFC 3339 time; empty for the latest backup)" }
+                    input #restore-at name="timestamp" placeholder="2026-12-01T12:00:00Z";
+                    label.inline { input type="checkbox" name="confirm" value="yes" required; " I understand this replaces the current data with the backup's" }
+                    button.danger type="submit" { "Restore" }
+                }
+            }
+        }
+    })
+}
+
+/// `GET /dashboard/backups`: last backup, lag, restore points, and (on plans with `pitr_restore`) a
+/// restore that asks for confirmation.
+async fn backups_page(p: Portal) -> Response {
+    match backups_body(&p, None).await {
+        Ok(body) => render(&p, "/dashboard/backups", "Backups", body),
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
+async fn restore_post(p: Portal, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&p.session, form.get("csrf")) {
+        return error_page(&p.brand, e);
+    }
+    let note = if form.get("confirm") != Some("yes") {
+        html! { p.alert role="alert" { "Tick the confirmation to restore." } }
+    } else {
+        let req = crate::services::restore::RestoreRequest {
+            txid: None,
+            timestamp: form.get("timestamp").filter(|s| !s.trim().is_empty()).map(str::to_string),
+        };
+        match crate::services::restore::restore_own(&p.ctx, req).await {
+            Ok(v) => {
+                html! { div.card.issued role="status" { h2 { "Restored" } pre.context { (serde_json::to_string_pretty(&v["restored"]).unwrap_or_default()) } } }
+            }
+            Err(e @ crate::error::Error::Internal(_)) => return error_page(&p.brand, e),
+            Err(e) => html! { p.alert role="alert" data-error="restore" { (e.public_message()) } },
+        }
+    };
+    match backups_body(&p, Some(note)).await {
+        Ok(body) => render(&p, "/dashboard/backups", "Backups", body),
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
+/// `GET /dashboard/audit`: the tenant's audit log (plans with `audit_log`).
+async fn audit_page(p: Portal) -> Response {
+    let body = match usage::audit(&p.ctx).await {
+        Ok(events) => html! {
+            section.card {
+                div.table-wrap {
+                    table {
+                        thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Detail" } } }
+                        tbody {
+                            @for e in &events {
+                                tr { td { (e.at.get(..19).unwrap_or(&e.at).replace('T', " ")) } td { (e.actor) } td { code { (e.action) } } td.detail { (if e.detail.is_null() { String::new() } else { e.detail.to_string() }) } }
+                            }
+                        }
+                    }
+                }
+                p.hint { (metric("audit.events", events.len(), &events.len().to_string())) " events (newest first, at most 200)" }
+            }
+        },
+        Err(e) if e.code() == crate::error::Code::FeatureNotInPlan => html! {
+            div.upgrade role="status" {
+                strong { "The audit log is part of a higher plan." } " "
+                @if let Some(u) = e.details().and_then(|d| d.get("upgrade_url")).and_then(|v| v.as_str()) { a.button href=(u) { "Upgrade" } }
+            }
+        },
+        Err(e) => return error_page(&p.brand, e),
+    };
+    render(&p, "/dashboard/audit", "Audit log", body)
 }

@@ -59,11 +59,23 @@ impl TenantCtx {
 
     /// A tenant proven by a portal session cookie (`services::dashboard`): the session's scopes,
     /// and the host must not name another tenant.
-    pub(crate) async fn from_session(state: &AppState, id: RequestIdentity<'_>, token: &str) -> Result<(TenantCtx, crate::control::DashboardSession), Error> {
+    pub(crate) async fn from_session(
+        state: &AppState,
+        id: RequestIdentity<'_>,
+        token: &str,
+    ) -> Result<(TenantCtx, crate::control::DashboardSession), Error> {
         let (proven, session) = state.auth.prove_session(id, &state.config, token).await?;
         let entitlements = state.plans.entitlements(&proven.tenant);
         let cap = state.registry.cap_for_request(&proven.proof, &proven.tenant.id);
-        let ctx = TenantCtx { tenant: proven.tenant, scopes: proven.scopes, credential: proven.credential, state: state.clone(), entitlements, rate: None, cap };
+        let ctx = TenantCtx {
+            tenant: proven.tenant,
+            scopes: proven.scopes,
+            credential: proven.credential,
+            state: state.clone(),
+            entitlements,
+            rate: None,
+            cap,
+        };
         Ok((ctx, session))
     }
 

@@ -58,8 +58,15 @@ fn session_expiry(state: &AppState) -> (DateTime<Utc>, DateTime<Utc>) {
 async fn open(state: &AppState, tenant_id: Option<String>, scopes: Vec<Scope>, via: &str) -> Result<Opened, Error> {
     let token = new_token();
     let (now, expires_at) = session_expiry(state);
-    let session =
-        DashboardSession { token_hash: session_hash(&token), tenant_id, scopes, csrf: new_token(), via: via.to_string(), created_at: now, expires_at };
+    let session = DashboardSession {
+        token_hash: session_hash(&token),
+        tenant_id,
+        scopes,
+        csrf: new_token(),
+        via: via.to_string(),
+        created_at: now,
+        expires_at,
+    };
     state.control.insert_session(session.clone(), now).await?;
     Ok(Opened { token, session })
 }
@@ -371,4 +378,79 @@ impl Operator {
             tenants: table,
         })
     }
+}
+
+/// One month's statement of a tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Statement {
+    /// `YYYY-MM`.
+    pub period: String,
+    pub api_calls: u64,
+    pub queries: u64,
+    pub tokens_embedded: u64,
+    pub tokens_returned: u64,
+    pub bill: crate::billing::Bill,
+}
+
+/// The tenant's statements for the current month and up to `months - 1` before it (not before the
+/// tenant existed), newest first. Priced with the tenant's current plan.
+pub async fn statements(ctx: &TenantCtx, months: u32) -> Result<Vec<Statement>, Error> {
+    ctx.authorize(Op::UsageRead)?;
+    let state = ctx.state();
+    state.meter.flush().await;
+    let now = state.plans.clock.now();
+    let created = ctx.tenant().created_at;
+    let mut periods = Vec::new();
+    let (mut p, mut start, _) = crate::clock::period_of(now);
+    for _ in 0..months.max(1) {
+        let (_, s, e) = crate::clock::parse_period(&p).ok_or_else(|| Error::internal(anyhow::anyhow!("bad period {p}")))?;
+        periods.push((p.clone(), crate::clock::ts(s), crate::clock::ts(e)));
+        if start <= created {
+            break;
+        }
+        let prev = start - Duration::days(1);
+        (p, start, _) = crate::clock::period_of(prev);
+    }
+    let id = ctx.id().to_string();
+    let rows = state
+        .control
+        .run(move |c| {
+            periods.into_iter().map(|(p, from, to)| Ok((p, crate::metering::totals(c, &id, &from, &to)?))).collect::<Result<Vec<_>, Error>>()
+        })
+        .await?;
+    let ent = ctx.entitlements();
+    Ok(rows
+        .into_iter()
+        .map(|(period, rows)| {
+            let u = crate::metering::MonthUsage::from_rows(&rows);
+            Statement {
+                period,
+                api_calls: u.count(crate::metering::Kind::ApiCall),
+                queries: u.queries(),
+                tokens_embedded: u.tokens_embedded(),
+                tokens_returned: u.tokens_returned(),
+                bill: crate::billing::bill(ent, &u),
+            }
+        })
+        .collect())
+}
+
+/// One tier of the plan comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanOffer {
+    pub tier: crate::control::Tier,
+    pub plan: std::sync::Arc<crate::plans::Plan>,
+    /// Where the upgrade button goes (the plans file's `upgrade_url`), for tiers above the tenant's.
+    pub upgrade_url: Option<String>,
+}
+
+/// Every tier's plan, with an upgrade link for those above the tenant's tier.
+pub fn plan_offers(ctx: &TenantCtx) -> Result<Vec<PlanOffer>, Error> {
+    ctx.authorize(Op::UsageRead)?;
+    let plans = ctx.state().plans.plans();
+    let ent = ctx.entitlements();
+    Ok(crate::plans::TIERS
+        .into_iter()
+        .map(|tier| PlanOffer { tier, plan: plans.plan(tier).clone(), upgrade_url: (tier > ent.tier).then(|| ent.upgrade_url(Some(tier), "plan")) })
+        .collect())
 }

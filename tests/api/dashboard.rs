@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -37,14 +37,19 @@ async fn browser(scenario: &str, args: Value) -> Value {
         .output();
     let out = tokio::time::timeout(Duration::from_secs(180), out).await.expect("the browser finished within 3 minutes").expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result from the browser: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no result from the browser: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     let v: Value = serde_json::from_str(line).expect("browser result is JSON");
     assert!(v.get("failure").is_none(), "the browser failed: {}\nstderr: {}", v["failure"], String::from_utf8_lossy(&out.stderr));
     v
 }
 
 async fn tenant_with_name(app: &TestApp, slug: &str, name: &str, tier: &str) -> String {
-    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": slug, "name": name, "email": format!("owner@{slug}.test"), "tier": tier}))).await;
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": slug, "name": name, "email": format!("owner@{slug}.test"), "tier": tier})))
+        .await;
     assert_eq!(r.status(), 201);
     let r = send(app.admin(Method::POST, &format!("/tenants/{slug}/keys")).json(&json!({"name": "owner", "scopes": ["admin"]}))).await;
     assert_eq!(r.status(), 201);
@@ -136,7 +141,27 @@ async fn the_portal_and_console_work_in_a_real_browser() {
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["slug"], "acme");
     let keys = json_of(send(app.admin(Method::GET, "/tenants/acme/keys")).await).await;
-    assert!(keys.to_string().contains(&format!("ui {XSS}").replace('<', "\\u003c").replace('>', "\\u003e")) || keys.to_string().contains(&format!("ui {XSS}")), "{keys}");
+    assert!(
+        keys.to_string().contains(&format!("ui {XSS}").replace('<', "\\u003c").replace('>', "\\u003e"))
+            || keys.to_string().contains(&format!("ui {XSS}")),
+        "{keys}"
+    );
+
+    // Billing: the plan's price, this month's bill as the usage export has it, statements; the
+    // starter plan has no audit log, so that page offers the upgrade.
+    let row = json_of(send(app.admin(Method::GET, "/usage")).await).await["tenants"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["slug"] == "acme")
+        .cloned()
+        .expect("acme's row");
+    assert_eq!(metric(&seen["billing"], "price_usd"), "49");
+    let total: f64 = metric(&seen["billing"], "bill.total_usd").parse().expect("total");
+    assert_eq!(total, row["total_usd"].as_f64().expect("total_usd"));
+    assert_eq!(seen["statement_links"], 1, "a tenant of this month has one statement");
+    assert_eq!(metric(&seen["backups"], "backup.enabled"), "false");
+    assert!(seen["audit_text"].as_str().expect("audit").contains("part of a higher plan"), "{}", seen["audit_text"]);
 
     // Logout ends the session.
     assert_eq!(seen["after_logout"], "/dashboard/login");
@@ -155,12 +180,23 @@ async fn the_portal_and_console_work_in_a_real_browser() {
     assert_eq!(seen["console_errors"], json!([]));
 
     // No serious or critical accessibility violations.
-    for page in ["axe_overview", "axe_keys", "axe_console"] {
+    for page in ["axe_overview", "axe_keys", "axe_billing", "axe_console"] {
         assert_eq!(seen[page], json!([]), "{page}");
     }
 
     // Every page was photographed at both sizes.
-    for page in ["portal-overview", "portal-usage", "portal-search", "portal-keys", "portal-login", "console-overview", "console-tenants"] {
+    for page in [
+        "portal-overview",
+        "portal-usage",
+        "portal-search",
+        "portal-keys",
+        "portal-billing",
+        "portal-backups",
+        "portal-audit",
+        "portal-login",
+        "console-overview",
+        "console-tenants",
+    ] {
         for size in ["1280x800", "390x844"] {
             let f = shots_dir().join(format!("{page}-{size}.png"));
             let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
@@ -182,7 +218,8 @@ async fn onboarding_progress_advances_live_during_a_product_sync() {
     // Let the page load before the sync starts, then sync in batches slower than the page polls.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for batch in 0..6 {
-        let products: Vec<Value> = (0..10).map(|i| json!({"id": format!("p{}", batch * 10 + i), "name": format!("Product {}", batch * 10 + i)})).collect();
+        let products: Vec<Value> =
+            (0..10).map(|i| json!({"id": format!("p{}", batch * 10 + i), "name": format!("Product {}", batch * 10 + i)})).collect();
         let r = send(app.api(Method::POST, "/products", &key).json(&json!({"products": products}))).await;
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -226,7 +263,14 @@ async fn sessions_links_and_csrf_hold() {
     let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
     let r = send(get(&path, "alpha", None)).await;
     assert_eq!(r.status(), 200);
-    let set = r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find(|v| v.starts_with("warren_portal=")).expect("cookie").to_string();
+    let set = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("warren_portal="))
+        .expect("cookie")
+        .to_string();
     for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/dashboard"] {
         assert!(set.contains(attr), "{set}");
     }
@@ -248,7 +292,8 @@ async fn sessions_links_and_csrf_hold() {
         .expect("cli");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed: Value = serde_json::from_slice(&out.stdout).expect("cli json");
-    let cli_path = printed["url"].as_str().expect("url").split_once("/dashboard/login").map(|(_, rest)| format!("/dashboard/login{rest}")).expect("path");
+    let cli_path =
+        printed["url"].as_str().expect("url").split_once("/dashboard/login").map(|(_, rest)| format!("/dashboard/login{rest}")).expect("path");
     assert!(printed["expires_at"].is_string());
     let r = send(get(&cli_path, "alpha", None)).await;
     assert_eq!(r.status(), 200);

@@ -101,7 +101,20 @@ try {
     out.key_rows = await page.locator("tbody tr").count();
     await shoot(page, "portal-keys");
 
-    // 4. Log out; the old page's session is gone.
+    // 4. Billing, backups, audit log.
+    await page.goto(new URL("/dashboard/billing", page.url()).href);
+    out.billing = await metrics(page);
+    out.axe_billing = await axe(page);
+    out.statement_links = await page.locator('a[href^="/dashboard/billing/"]').count();
+    await shoot(page, "portal-billing");
+    await page.goto(new URL("/dashboard/backups", page.url()).href);
+    out.backups = await metrics(page);
+    await shoot(page, "portal-backups");
+    await page.goto(new URL("/dashboard/audit", page.url()).href);
+    out.audit_text = await page.locator("main").innerText();
+    await shoot(page, "portal-audit");
+
+    // 5. Log out; the old page's session is gone.
     await page.click('button:has-text("Log out")');
     await page.waitForURL("**/dashboard/login");
     out.after_logout = new URL(page.url()).pathname;
@@ -111,7 +124,7 @@ try {
     out.dialogs = seen.dialogs;
     out.errors = seen.errors;
 
-    // 5. A second browser logs in with the admin key.
+    // 6. A second browser logs in with the admin key.
     const b = await newPage();
     await b.page.goto(`${args.tenant_origin}/dashboard`);
     out.key_login_start = new URL(b.page.url()).pathname;
@@ -120,7 +133,7 @@ try {
     await b.page.waitForURL("**/dashboard");
     out.key_login = await metrics(b.page);
 
-    // 6. The operator console on the apex.
+    // 7. The operator console on the apex.
     const c = await newPage();
     await c.page.goto(`${args.apex}/admin`);
     out.console_start = new URL(c.page.url()).pathname;
