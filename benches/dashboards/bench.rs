@@ -26,7 +26,8 @@ async fn measure(client: &reqwest::Client, label: &str, n: usize, mk: impl Fn() 
     let mut ok = Vec::with_capacity(n);
     let mut other = std::collections::BTreeMap::<u16, usize>::new();
     for _ in 0..n.min(20) {
-        let _ = mk().send().await.and_then(|r| r.error_for_status()).map(|_| ()); // warm up
+        let _ = mk().send().await.and_then(|r| r.error_for_status()).map(|_| ());
+        // warm up
     }
     for _ in 0..n {
         let t = Instant::now();
@@ -115,7 +116,15 @@ async fn main() -> anyhow::Result<()> {
             let at = warren::clock::ts(now);
             for i in 0..tenants {
                 let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
-                t.execute(params![id, format!("t{i:05}"), format!("Tenant {i}"), format!("o{i}@t.test"), tiers[i % tiers.len()], statuses[i % statuses.len()], at])?;
+                t.execute(params![
+                    id,
+                    format!("t{i:05}"),
+                    format!("Tenant {i}"),
+                    format!("o{i}@t.test"),
+                    tiers[i % tiers.len()],
+                    statuses[i % statuses.len()],
+                    at
+                ])?;
                 st.execute(params![id, "search", (i % 500) as i64, 0, at])?;
                 st.execute(params![id, "api_call", (i % 700) as i64, 0, at])?;
             }
@@ -144,8 +153,12 @@ async fn main() -> anyhow::Result<()> {
     let console = cookie(&r, "warren_console");
 
     println!("== {n} sequential requests per endpoint; portal tenant: 90 days of usage ({} rows); operator: {} tenants", 90 * 24 * 6, tenants + 1);
-    measure(&client, "portal overview   GET /dashboard", n, || client.get(format!("{base}/dashboard")).header("host", &host).header("cookie", &portal)).await;
-    measure(&client, "peer: JSON usage  GET /api/v1/usage", n, || client.get(format!("{base}/api/v1/usage")).header("host", &host).bearer_auth(&key)).await;
+    measure(&client, "portal overview   GET /dashboard", n, || {
+        client.get(format!("{base}/dashboard")).header("host", &host).header("cookie", &portal)
+    })
+    .await;
+    measure(&client, "peer: JSON usage  GET /api/v1/usage", n, || client.get(format!("{base}/api/v1/usage")).header("host", &host).bearer_auth(&key))
+        .await;
     let m = n.min(200);
     measure(&client, "operator overview GET /admin", m, || client.get(format!("{base}/admin")).header("cookie", &console)).await;
     measure(&client, "peer: usage export GET /admin/v1/usage", m, || client.get(format!("{base}/admin/v1/usage")).bearer_auth(ADMIN)).await;

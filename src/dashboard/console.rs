@@ -20,6 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/login", get(login_page).post(login_post))
         .route("/admin/logout", post(logout))
         .route("/admin/tenants", get(tenants))
+        .route("/admin/tenants/{slug}", get(tenant_page).post(tenant_post))
 }
 
 fn login_form(state: &AppState, headers: &HeaderMap, error: Option<String>, status: StatusCode) -> Response {
@@ -190,7 +191,7 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
                     tbody {
                         @for t in &rows {
                             tr data-tenant=(t.slug) {
-                                th scope="row" { (t.name) br; small { (t.slug) } }
+                                th scope="row" { a href=(format!("/admin/tenants/{}", t.slug)) { (t.name) } br; small { (t.slug) } }
                                 td { (t.tier) }
                                 td { (pill(&t.status, &t.status)) }
                                 td.num { (layout::usd(t.mrr_usd)) }
@@ -205,4 +206,104 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
         }
     };
     page(&c.brand, Area::Console, "/admin/tenants", "Operator", &c.session.csrf, "Tenants", body).into_response()
+}
+
+async fn tenant_body(c: &Console, slug: &str, note: Option<maud::Markup>) -> Result<maud::Markup, crate::error::Error> {
+    use crate::control::{Status, Tier};
+    let t = c.operator.tenant(slug).await?;
+    let keys = c.operator.list_keys(slug).await?;
+    let csrf = &c.session.csrf;
+    Ok(html! {
+        @if let Some(n) = note { (n) }
+        section.cards {
+            div.card {
+                h2 { "Tenant" }
+                dl.facts {
+                    dt { "Name" } dd { (t.name) }
+                    dt { "Slug" } dd { (t.slug) }
+                    dt { "Email" } dd { (t.email) }
+                    dt { "Tier" } dd data-metric="tenant.tier" data-value=(t.tier.as_str()) { (t.tier.as_str()) }
+                    dt { "Status" } dd data-metric="tenant.status" data-value=(t.status.as_str()) { (pill(t.status.as_str(), t.status.as_str())) }
+                    dt { "Created" } dd { (t.created_at.format("%Y-%m-%d")) }
+                    dt { "Keys" } dd { (keys.len()) }
+                }
+            }
+            div.card {
+                h2 { "Change" }
+                form.stack method="post" action=(format!("/admin/tenants/{}", t.slug)) {
+                    (layout::csrf_field(csrf))
+                    input type="hidden" name="action" value="tier";
+                    label for="tier" { "Tier" }
+                    select #tier name="tier" {
+                        @for tier in [Tier::Free, Tier::Starter, Tier::Pro, Tier::Enterprise] {
+                            option value=(tier.as_str()) selected[tier == t.tier] { (tier.as_str()) }
+                        }
+                    }
+                    button.primary type="submit" { "Change tier" }
+                }
+                form method="post" action=(format!("/admin/tenants/{}", t.slug)) {
+                    (layout::csrf_field(csrf))
+                    @if t.status == Status::Suspended {
+                        input type="hidden" name="action" value="resume";
+                        button.secondary type="submit" { "Resume" }
+                    } @else {
+                        input type="hidden" name="action" value="suspend";
+                        button.danger type="submit" { "Suspend" }
+                    }
+                }
+                form method="post" action=(format!("/admin/tenants/{}", t.slug)) {
+                    (layout::csrf_field(csrf))
+                    input type="hidden" name="action" value="link";
+                    button.secondary type="submit" { "Mint a dashboard link" }
+                }
+            }
+        }
+    })
+}
+
+async fn tenant_page(c: Console, axum::extract::Path(slug): axum::extract::Path<String>) -> Response {
+    match tenant_body(&c, &slug, None).await {
+        Ok(body) => page(&c.brand, Area::Console, "/admin/tenants", "Operator", &c.session.csrf, "Tenant", body).into_response(),
+        Err(e) => error_page(&c.brand, e),
+    }
+}
+
+/// `POST /admin/tenants/{slug}`: `action` = `tier` (with `tier`), `suspend`, `resume` or `link`.
+async fn tenant_post(c: Console, axum::extract::Path(slug): axum::extract::Path<String>, form: FormFields) -> Response {
+    use crate::control::{Status, Tier};
+    if let Err(e) = svc::check_csrf(&c.session, form.get("csrf")) {
+        return error_page(&c.brand, e);
+    }
+    let done = match form.get("action") {
+        Some("tier") => match form.get("tier").and_then(Tier::parse) {
+            Some(tier) => {
+                let patch = crate::control::tenants::TenantPatch { tier: Some(tier), ..Default::default() };
+                c.operator.update_tenant(&slug, patch).await.map(|t| html! { p.alert.ok role="status" { "Tier changed to " (t.tier.as_str()) "." } })
+            }
+            None => Err(crate::error::Error::validation("tier must be free, starter, pro or enterprise")),
+        },
+        Some("suspend") => c.operator.set_status(&slug, Status::Suspended).await.map(|_| html! { p.alert.ok role="status" { "Suspended." } }),
+        Some("resume") => c.operator.set_status(&slug, Status::Active).await.map(|_| html! { p.alert.ok role="status" { "Resumed." } }),
+        Some("link") => c.operator.dashboard_link(&slug).await.map(|l| {
+            html! {
+                div.card.issued role="status" {
+                    h2 { "Dashboard link" }
+                    p { "Valid once, until " (l.expires_at.format("%Y-%m-%d %H:%M UTC")) "." }
+                    code.secret data-metric="dashboard_link" data-value=(l.url) { (l.url) }
+                }
+            }
+        }),
+        _ => Err(crate::error::Error::validation("unknown action")),
+    };
+    let (note, status) = match done {
+        Ok(n) => (n, StatusCode::OK),
+        Err(e @ crate::error::Error::Internal(_)) => return error_page(&c.brand, e),
+        Err(e) => {
+            (html! { p.alert role="alert" { (e.public_message()) } }, StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::BAD_REQUEST))
+        }
+    };
+    match tenant_body(&c, &slug, Some(note)).await {
+        Ok(body) => (status, page(&c.brand, Area::Console, "/admin/tenants", "Operator", &c.session.csrf, "Tenant", body)).into_response(),
+        Err(e) => error_page(&c.brand, e),
+    }
 }

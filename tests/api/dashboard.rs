@@ -178,6 +178,7 @@ async fn the_portal_and_console_work_in_a_real_browser() {
     assert_eq!(mrr, 49.0 + 99.0, "starter + pro list prices");
     assert_eq!(metric(&seen["console_tenants"], "tenant_count"), "2");
     assert_eq!(seen["console_errors"], json!([]));
+    assert_eq!(metric(&seen["console_tenant"], "tenant.tier"), "starter");
 
     // No serious or critical accessibility violations.
     for page in ["axe_overview", "axe_keys", "axe_billing", "axe_console"] {
@@ -196,6 +197,7 @@ async fn the_portal_and_console_work_in_a_real_browser() {
         "portal-login",
         "console-overview",
         "console-tenants",
+        "console-tenant",
     ] {
         for size in ["1280x800", "390x844"] {
             let f = shots_dir().join(format!("{page}-{size}.png"));
@@ -358,6 +360,38 @@ async fn sessions_links_and_csrf_hold() {
     let r = send(get("/dashboard", "alpha", Some(&session))).await;
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/dashboard/login");
+
+    // The console: the admin token opens a session; its forms change the tier and suspend, with
+    // the CSRF token, and not without it.
+    let r = send(client.get(format!("{}/admin/login", app.addr))).await;
+    let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
+    let pre_token = pre.split_once('=').expect("kv").1.to_string();
+    let form = |body: String, cookie: &str| {
+        client
+            .post(format!("{}/admin/login", app.addr))
+            .header("cookie", cookie.to_string())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let r = send(form(format!("csrf={pre_token}&token=wrong-token-0123456789"), &pre)).await;
+    assert_eq!(r.status(), 401);
+    let r = send(form(format!("csrf={pre_token}&token={ADMIN}"), &pre)).await;
+    assert_eq!(r.status(), 303);
+    let console = cookie_of(&r, "warren_console").expect("console session");
+    let page = send(client.get(format!("{}/admin/tenants/beta", app.addr)).header("cookie", &console)).await.text().await.expect("page");
+    let ccsrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("csrf").to_string();
+    let act = |body: String| {
+        client
+            .post(format!("{}/admin/tenants/beta", app.addr))
+            .header("cookie", &console)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    assert_eq!(send(act("action=tier&tier=pro".into())).await.status(), 403);
+    assert_eq!(send(act(format!("csrf={ccsrf}&action=tier&tier=pro"))).await.status(), 200);
+    assert_eq!(send(act(format!("csrf={ccsrf}&action=suspend"))).await.status(), 200);
+    let beta = json_of(send(app.admin(Method::GET, "/tenants/beta")).await).await;
+    assert_eq!((beta["tenant"]["tier"].as_str(), beta["tenant"]["status"].as_str()), (Some("pro"), Some("suspended")), "{beta}");
 
     // The audit log records each link minted.
     let audit = json_of(send(app.admin(Method::GET, "/tenants/alpha/audit")).await).await;

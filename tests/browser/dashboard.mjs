@@ -146,6 +146,10 @@ try {
     await c.page.goto(`${args.apex}/admin/tenants`);
     out.console_tenants = await metrics(c.page);
     await shoot(c.page, "console-tenants");
+    await c.page.click('a[href="/admin/tenants/acme"]');
+    await c.page.waitForURL("**/admin/tenants/acme");
+    out.console_tenant = await metrics(c.page);
+    await shoot(c.page, "console-tenant");
     out.console_errors = c.seen.errors;
   } else if (scenario === "watch") {
     const { page } = await newPage();
