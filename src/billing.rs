@@ -101,15 +101,24 @@ impl UsageRow {
 /// Every tenant's usage and bill for `period` (`YYYY-MM`), from control.db. Tiers and overrides are
 /// the tenants' current ones; flush the meter first for an up-to-the-second current month.
 pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -> Result<Vec<UsageRow>, Error> {
+    Ok(usage_report_with_tenants(c, store, period)?.1)
+}
+
+/// [`usage_report`] and the tenants it covers (in the same order), read once.
+pub fn usage_report_with_tenants(
+    c: &rusqlite::Connection,
+    store: &PlanStore,
+    period: &str,
+) -> Result<(Vec<crate::control::Tenant>, Vec<UsageRow>), Error> {
     use crate::metering::Kind;
     let (period, from, to) = parse_period(period).ok_or_else(|| Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"))?;
     let totals = crate::metering::totals_all(c, &crate::clock::ts(from), &crate::clock::ts(to))?;
     let tenants = crate::control::tenants::list(c, None, None, u32::MAX)?;
-    Ok(tenants
-        .into_iter()
+    let rows = tenants
+        .iter()
         .map(|t| {
             let u = totals.get(&t.id).copied().unwrap_or_default();
-            let ent = store.entitlements(&t);
+            let ent = store.entitlements(t);
             let b = bill(&ent, &u);
             let stored = store.stored_any(&t.id);
             UsageRow {
@@ -136,5 +145,6 @@ pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -
                 total_usd: b.total_usd,
             }
         })
-        .collect())
+        .collect();
+    Ok((tenants, rows))
 }

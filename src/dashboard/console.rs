@@ -146,6 +146,9 @@ async fn overview(c: Console) -> Response {
     page(&c.brand, Area::Console, "/admin", "Operator", &c.session.csrf, "Overview", body).into_response()
 }
 
+/// Rows of the tenants table rendered at most.
+const MAX_ROWS: usize = 500;
+
 #[derive(Deserialize)]
 struct TenantsQuery {
     q: Option<String>,
@@ -176,7 +179,10 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
                 input #tenant-q type="search" name="q" value=(q.q.clone().unwrap_or_default()) placeholder="slug or name";
                 button.secondary type="submit" { "Search" }
             }
-            p.hint { (metric("tenant_count", rows.len(), &rows.len().to_string())) " tenants" }
+            p.hint {
+                (metric("tenant_count", rows.len(), &rows.len().to_string())) " tenants"
+                @if rows.len() > MAX_ROWS { " (the first " (MAX_ROWS) " shown: search to narrow)" }
+            }
             div.table-wrap {
                 table {
                     thead { tr {
@@ -189,7 +195,7 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
                         th scope="col" { a href=(sort_link("created")) { "Created" } }
                     } }
                     tbody {
-                        @for t in &rows {
+                        @for t in rows.iter().take(MAX_ROWS) {
                             tr data-tenant=(t.slug) {
                                 th scope="row" { a href=(format!("/admin/tenants/{}", t.slug)) { (t.name) } br; small { (t.slug) } }
                                 td { (t.tier) }

@@ -319,19 +319,10 @@ impl Operator {
     /// The console's overview: MRR by tier (the usage report of this month), tenants by status,
     /// trials ending, open handles against the cap and the embedding queue.
     pub async fn console_overview(&self, _proof: &AdminProof) -> Result<ConsoleOverview, Error> {
-        let (period, rows) = self.usage_report(None).await?;
-        let mut tenants = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.list_tenants(None, cursor, 500).await?;
-            tenants.extend(page.tenants);
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        let (period, tenants, rows) = self.usage_report_with_tenants(None).await?;
         let now = self.clock.now();
-        let bills: std::collections::HashMap<&str, &crate::billing::UsageRow> = rows.iter().map(|r| (r.tenant_id.as_str(), r)).collect();
+        // The report's rows are in the order of its tenants.
+        let bills: Vec<&crate::billing::UsageRow> = rows.iter().collect();
         let mut by_tier: BTreeMap<String, (u64, f64)> = BTreeMap::new();
         for r in &rows {
             let e = by_tier.entry(r.tier.as_str().to_string()).or_default();
@@ -341,14 +332,14 @@ impl Operator {
         let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
         let mut trials_ending = Vec::new();
         let mut table = Vec::with_capacity(tenants.len());
-        for t in &tenants {
+        for (i, t) in tenants.iter().enumerate() {
             *by_status.entry(t.status.as_str().to_string()).or_default() += 1;
             if let Some(end) = t.trial_ends_at {
                 if t.status == crate::control::Status::Trial && end > now && end <= now + Duration::days(7) {
                     trials_ending.push((t.slug.clone(), t.name.clone(), end));
                 }
             }
-            let bill = bills.get(t.id.as_str());
+            let bill = bills.get(i).filter(|b| b.tenant_id == t.id);
             table.push(ConsoleTenant {
                 slug: t.slug.clone(),
                 name: t.name.clone(),

@@ -110,6 +110,15 @@ impl Operator {
 
     /// Every tenant's usage and bill for `period` (YYYY-MM; default the current month).
     pub async fn usage_report(&self, period: Option<String>) -> Result<(String, Vec<crate::billing::UsageRow>), Error> {
+        let (period, _, rows) = self.usage_report_with_tenants(period).await?;
+        Ok((period, rows))
+    }
+
+    /// [`usage_report`](Self::usage_report) and the tenants it covers, in one read.
+    pub async fn usage_report_with_tenants(
+        &self,
+        period: Option<String>,
+    ) -> Result<(String, Vec<crate::control::Tenant>, Vec<crate::billing::UsageRow>), Error> {
         let period = period.unwrap_or_else(|| crate::clock::period_of(self.clock.now()).0);
         if crate::clock::parse_period(&period).is_none() {
             return Err(Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"));
@@ -127,7 +136,7 @@ impl Operator {
             }
         };
         let p = period.clone();
-        let rows = self.control.run(move |c| crate::billing::usage_report(c, &store, &p)).await?;
-        Ok((period, rows))
+        let (tenants, rows) = self.control.run(move |c| crate::billing::usage_report_with_tenants(c, &store, &p)).await?;
+        Ok((period, tenants, rows))
     }
 }
