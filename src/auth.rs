@@ -105,6 +105,11 @@ impl AdminProof {
 /// Checks `Authorization: Bearer <admin token>` against the stored SHA-256 in constant time.
 pub fn verify_admin(headers: &HeaderMap, token_hash: &[u8]) -> Result<AdminProof, Error> {
     let token = bearer(headers)?.ok_or_else(|| Error::unauthenticated(Code::Unauthorized, "send Authorization: Bearer <admin token>"))?;
+    verify_admin_token(token, token_hash)
+}
+
+/// Checks a presented admin token (the console's login form) against the stored SHA-256 in constant time.
+pub fn verify_admin_token(token: &str, token_hash: &[u8]) -> Result<AdminProof, Error> {
     let presented = Sha256::digest(token.as_bytes());
     if bool::from(presented[..].ct_eq(token_hash)) {
         Ok(AdminProof { _private: () })

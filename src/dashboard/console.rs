@@ -52,12 +52,8 @@ async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Respon
 
 async fn login_post(State(state): State<AppState>, headers: HeaderMap, form: FormFields) -> Response {
     let brand = Brand::of(&state);
-    let expected = cookie(&headers, LOGIN_COOKIE);
-    if !matches!((expected, form.get("csrf")), (Some(a), Some(b)) if crate::auth::same_secret(a, b)) {
-        return error_page(
-            &brand,
-            crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"),
-        );
+    if let Err(e) = super::check_login_csrf(&headers, &form) {
+        return error_page(&brand, e);
     }
     match svc::console_login(&state, form.get("token").unwrap_or_default()).await {
         Ok(opened) => {

@@ -120,6 +120,14 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: boo
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// A login form's post carries the pre-login token its `warren_login` cookie holds: 403 `csrf_failed` otherwise.
+pub fn check_login_csrf(headers: &HeaderMap, form: &FormFields) -> Result<(), Error> {
+    match (cookie(headers, LOGIN_COOKIE), form.get("csrf")) {
+        (Some(a), Some(b)) if crate::auth::same_secret(a, b) => Ok(()),
+        _ => Err(Error::forbidden(Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page")),
+    }
+}
+
 /// The identity the authenticator reads off a request.
 fn identity(parts: &Parts) -> RequestIdentity<'_> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());

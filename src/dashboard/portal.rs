@@ -102,13 +102,8 @@ fn login_form(state: &AppState, headers: &HeaderMap, error: Option<String>, stat
 async fn login_post(State(state): State<AppState>, caller: Caller, form: FormFields) -> Response {
     let headers = &caller.headers;
     let brand = Brand::of(&state);
-    let expected = cookie(headers, LOGIN_COOKIE);
-    let presented = form.get("csrf");
-    if !matches!((expected, presented), (Some(a), Some(b)) if crate::auth::same_secret(a, b)) {
-        return error_page(
-            &brand,
-            crate::error::Error::forbidden(crate::error::Code::CsrfFailed, "the login form's CSRF token is missing or stale: reload the page"),
-        );
+    if let Err(e) = super::check_login_csrf(headers, &form) {
+        return error_page(&brand, e);
     }
     let credential = form.get("credential").unwrap_or_default();
     match svc::login_with_credential(&state, caller.identity(), credential).await {

@@ -116,11 +116,7 @@ pub async fn login_with_credential(state: &AppState, id: RequestIdentity<'_>, cr
 
 /// Logs into the operator console with the admin token.
 pub async fn console_login(state: &AppState, admin_token: &str) -> Result<Opened, Error> {
-    let mut headers = HeaderMap::new();
-    let value = HeaderValue::from_str(&format!("Bearer {}", admin_token.trim()))
-        .map_err(|_| Error::unauthenticated(Code::InvalidCredentials, "invalid admin token"))?;
-    headers.insert(axum::http::header::AUTHORIZATION, value);
-    crate::auth::verify_admin(&headers, &state.admin_token_hash)?;
+    crate::auth::verify_admin_token(admin_token.trim(), &state.admin_token_hash)?;
     open(state, None, vec![Scope::Admin], "admin_token").await
 }
 
