@@ -48,6 +48,7 @@ pub struct UsageRow {
     pub tokens_returned: u64,
     pub document_writes: u64,
     pub document_deletes: u64,
+    pub recommendations: u64,
     /// Last measured by this server (empty when the tenant was not measured since start).
     pub documents: Option<u64>,
     pub storage_bytes: Option<u64>,
@@ -58,7 +59,7 @@ pub struct UsageRow {
     pub total_usd: f64,
 }
 
-pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
+pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,recommendations,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -86,6 +87,7 @@ impl UsageRow {
             self.tokens_returned.to_string(),
             self.document_writes.to_string(),
             self.document_deletes.to_string(),
+            self.recommendations.to_string(),
             opt(self.documents),
             opt(self.storage_bytes),
             opt(self.queries_limit),
@@ -136,6 +138,7 @@ pub fn usage_report_with_tenants(
                 tokens_returned: u.tokens_returned(),
                 document_writes: u.count(Kind::DocumentWrite),
                 document_deletes: u.count(Kind::DocumentDelete),
+                recommendations: u.count(Kind::Recommendation),
                 documents: stored.map(|s| s.documents),
                 storage_bytes: stored.map(|s| s.storage_bytes),
                 queries_limit: ent.queries_limit(),

@@ -32,6 +32,7 @@ pub mod services;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
+pub mod traffic;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -114,7 +115,9 @@ impl App {
         let search_cpu = cpu::CpuQueue::new("search", config.search.cpu_workers, config.search.queue_capacity);
         let jobs = Arc::new(state::JobBoard::new(config.docs.job_workers));
         let disk = Arc::new(datadir::DiskGuard::new(&config.data_dir, config.min_free_disk_bytes));
+        let traffic = Arc::new(traffic::Traffic::new(clock.clone()));
         let state = AppState {
+            traffic,
             disk,
             jobs,
             shutdown: shutdown.clone(),

@@ -38,6 +38,8 @@ pub struct AppState {
     pub jobs: Arc<JobBoard>,
     /// Free space on the data dir, checked before anything adds data.
     pub disk: Arc<crate::datadir::DiskGuard>,
+    /// Requests, errors and latency of the last hour, per minute (the operator console's traffic).
+    pub traffic: Arc<crate::traffic::Traffic>,
 }
 
 /// Live state of background jobs (their rows in each tenant's SQLite are the record).

@@ -81,6 +81,9 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
         h.insert("ratelimit-remaining", info.remaining.into());
         h.insert("ratelimit-reset", info.reset_secs.into());
     }
+    if crate::traffic::counts(&route) {
+        state.traffic.record(response.status().as_u16(), started.elapsed());
+    }
     let status = response.status().as_u16().to_string();
     let tier = tier.0.get().copied().unwrap_or("none");
     let labels = [("route", route), ("method", method), ("status", status), ("tier", tier.to_string())];

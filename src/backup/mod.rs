@@ -200,6 +200,16 @@ struct Health {
     retry_at: Option<Instant>,
 }
 
+/// A replica behind its database (see [`BackupService::most_lagging`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lagging {
+    pub tenant_id: String,
+    pub lag_secs: f64,
+    /// Whether the database is open (else it waits, closed, for a catch-up).
+    pub open: bool,
+    pub consecutive_failures: u32,
+}
+
 /// The backup service: one per process.
 pub struct BackupService {
     root: ReplicaRoot,
@@ -416,6 +426,36 @@ impl BackupService {
             last_error: h.and_then(|h| h.last_error.clone()),
             consecutive_failures: h.map(|h| h.failures).unwrap_or(0),
         }
+    }
+
+    /// The `n` tenant replicas furthest behind: open databases with unshipped changes (lag since
+    /// the oldest of them) and closed ones waiting for a catch-up (lag since their first unshipped
+    /// change), with the consecutive failures of each, most lag first. Blocking (stats files).
+    pub fn most_lagging(&self, n: usize) -> Vec<Lagging> {
+        let mut out: Vec<Lagging> = Vec::new();
+        let active: Vec<Arc<DbReplica>> = self.active.lock().values().filter_map(Weak::upgrade).collect();
+        for r in active {
+            if let (Some(lag), Some(id)) = (r.lag(), r.key.tenant_id()) {
+                out.push(Lagging { tenant_id: id.to_string(), lag_secs: lag, open: true, consecutive_failures: 0 });
+            }
+        }
+        // A closed database waiting for its catch-up has been behind since its pending marker was
+        // written (at its first unshipped change). Blocking: a stat per waiting tenant.
+        let orphans: Vec<String> = self.orphans.lock().keys().filter(|id| !out.iter().any(|l| &l.tenant_id == *id)).cloned().collect();
+        let now = std::time::SystemTime::now();
+        for id in orphans {
+            let since = std::fs::metadata(self.marker(&ReplicaKey::tenant(&id))).and_then(|m| m.modified()).ok();
+            let lag = since.and_then(|t| now.duration_since(t).ok()).map_or(0.0, |d| d.as_secs_f64());
+            out.push(Lagging { tenant_id: id, lag_secs: lag, open: false, consecutive_failures: 0 });
+        }
+        let health = self.health.lock();
+        for l in &mut out {
+            l.consecutive_failures = health.get(&ReplicaKey::tenant(&l.tenant_id)).map_or(0, |h| h.failures);
+        }
+        drop(health);
+        out.sort_by(|a, b| b.lag_secs.total_cmp(&a.lag_secs).then_with(|| a.tenant_id.cmp(&b.tenant_id)));
+        out.truncate(n);
+        out
     }
 
     /// Ships everything still queued (shutdown), each within the close timeout.

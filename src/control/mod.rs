@@ -322,6 +322,47 @@ pub fn audit_at(
     Ok(())
 }
 
+/// Trials and churn within one period, from the audit log (see [`lifecycle`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lifecycle {
+    /// Trials that became paying: a Stripe subscription that activated a trial, or an operator
+    /// setting a trial's status to active.
+    pub trials_converted: u64,
+    /// Trials that ran out (moved to the free tier).
+    pub trials_expired: u64,
+    /// Tenants that left: deleted, cancelled, or whose Stripe subscription was deleted.
+    pub churned: u64,
+    /// Tenants that existed when the period began (still there, or deleted within it).
+    pub at_start: u64,
+}
+
+/// Counts trial conversions, expiries and churn in `[from, to)` (timestamps in the stored form),
+/// each tenant at most once per figure.
+pub fn lifecycle(conn: &Connection, from: &str, to: &str) -> rusqlite::Result<Lifecycle> {
+    let distinct = |filter: &str| -> rusqlite::Result<u64> {
+        let sql = format!("SELECT count(DISTINCT tenant_id) FROM audit_events WHERE at >= ?1 AND at < ?2 AND ({filter})");
+        conn.query_row(&sql, [from, to], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64)
+    };
+    let trials_converted = distinct(
+        "(action LIKE 'stripe.%' AND json_extract(detail, '$.converted_from_trial') = 1)
+         OR (action = 'tenant.updated' AND json_extract(detail, '$.from_status') = 'trial' AND json_extract(detail, '$.status') = 'active')",
+    )?;
+    let trials_expired = distinct("action = 'tenant.trial_expired'")?;
+    let churned = distinct(
+        "action = 'tenant.deleted' OR action = 'stripe.customer.subscription.deleted'
+         OR (action = 'tenant.updated' AND json_extract(detail, '$.status') = 'cancelled')",
+    )?;
+    let existing: i64 = conn.query_row("SELECT count(*) FROM tenants WHERE created_at < ?1", [from], |r| r.get(0))?;
+    // Deleted within the period, but there when it began (its creation was audited before `from`).
+    let deleted: i64 = conn.query_row(
+        "SELECT count(DISTINCT d.tenant_id) FROM audit_events d WHERE d.action = 'tenant.deleted' AND d.at >= ?1 AND d.at < ?2
+         AND EXISTS (SELECT 1 FROM audit_events c WHERE c.tenant_id = d.tenant_id AND c.action = 'tenant.created' AND c.at < ?1)",
+        [from, to],
+        |r| r.get(0),
+    )?;
+    Ok(Lifecycle { trials_converted, trials_expired, churned, at_start: (existing + deleted).max(0) as u64 })
+}
+
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub id: i64,

@@ -539,7 +539,11 @@ fn stripe_sql(c: &rusqlite::Connection, ev: &StripeEvent, at: DateTime<Utc>) -> 
             if t.status == super::Status::Trial && subscription_status == "active" {
                 c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = ?1", [&t.id])?;
             }
+            let converted = t.status == super::Status::Trial && subscription_status == "active";
             let mut detail = serde_json::json!({"from_tier": t.tier, "to_tier": tier});
+            if converted {
+                detail["converted_from_trial"] = Value::from(true);
+            }
             if !subscription_status.is_empty() || ev.kind != "customer.subscription.deleted" {
                 detail["subscription_status"] = Value::from(subscription_status.clone());
             }

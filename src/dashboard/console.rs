@@ -1,5 +1,6 @@
 //! The operator console at `/admin`: login with the admin token, an overview (MRR by tier, tenants
-//! by status, trials ending, handles against the cap, the embedding queue) and the tenants table.
+//! by status, trials ending, conversions and churn, handles against the cap, the embedding queue,
+//! the last hour's traffic, backup lag, a tier × feature heatmap) and the tenants table.
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -10,6 +11,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, metric, page, pill, Area};
+use super::charts;
 use super::{cookie, error_page, over_https, set_cookie, Brand, Console, FormFields, CONSOLE_COOKIE, LOGIN_COOKIE};
 use crate::services::dashboard as svc;
 use crate::state::AppState;
@@ -82,11 +84,45 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, c: Console, f
     resp
 }
 
+/// A latency figure, or a dash without traffic.
+fn latency(name: &str, ms: Option<f64>) -> maud::Markup {
+    match ms {
+        Some(v) => metric(name, v, &format!("≤ {v:.1} ms")),
+        None => metric(name, "", "—"),
+    }
+}
+
+/// The heat class (0–5) of a heatmap cell, relative to the busiest cell.
+fn heat(n: u64, hottest: u64) -> u64 {
+    if n == 0 || hottest == 0 {
+        0
+    } else {
+        1 + (n.saturating_mul(4) / hottest).min(4)
+    }
+}
+
 async fn overview(c: Console) -> Response {
     let o = match c.operator.console_overview(&c.proof).await {
         Ok(o) => o,
         Err(e) => return error_page(&c.brand, e),
     };
+    let t = &o.traffic;
+    let per_minute: Vec<(String, u64)> = t.minutes.iter().map(|m| (m.start.format("%H:%M").to_string(), m.requests)).collect();
+    let lc = &o.lifecycle;
+    let decided = lc.trials_converted + lc.trials_expired;
+    let conversion = if decided == 0 {
+        metric("lifecycle.conversion_percent", "", "—")
+    } else {
+        let p = lc.trials_converted as f64 * 100.0 / decided as f64;
+        metric("lifecycle.conversion_percent", format!("{p:.1}"), &format!("{p:.1} %"))
+    };
+    let churn = if lc.at_start == 0 {
+        metric("lifecycle.churn_percent", "", "—")
+    } else {
+        let p = lc.churned as f64 * 100.0 / lc.at_start as f64;
+        metric("lifecycle.churn_percent", format!("{p:.2}"), &format!("{p:.2} % of {}", lc.at_start))
+    };
+    let hottest = o.heatmap.iter().flat_map(|(_, c)| c.iter().copied()).max().unwrap_or(0);
     let body = html! {
         section.cards {
             div.card {
@@ -103,6 +139,77 @@ async fn overview(c: Console) -> Response {
                 h2 { "Embedding queue" }
                 p.big { (metric("embed_queue", o.embed_queue, &o.embed_queue.to_string())) }
                 p.hint { "Texts waiting for the model." }
+            }
+        }
+        section.card aria-labelledby="traffic-title" {
+            div.card-head {
+                h2 #traffic-title { "Traffic, last hour" }
+                p.hint { "API requests (REST, MCP, embeddings, admin API, webhooks) answered by this node; the dashboards and probes are not counted." }
+            }
+            dl.figures {
+                div { dt { "Requests per second" } dd { (metric("traffic.rps", format!("{:.3}", t.requests_per_sec), &format!("{:.2}", t.requests_per_sec))) } }
+                div { dt { "Requests" } dd { (metric("traffic.requests", t.requests, &layout::group(t.requests))) } }
+                div { dt { "Server errors (5xx)" } dd { (metric("traffic.server_errors", t.server_errors, &layout::group(t.server_errors))) " (" (metric("traffic.error_rate", format!("{:.3}", t.error_rate_percent), &format!("{:.2} %", t.error_rate_percent))) ")" } }
+                div { dt { "Client errors (4xx)" } dd { (metric("traffic.client_errors", t.client_errors, &layout::group(t.client_errors))) } }
+                div { dt { "Latency p50" } dd { (latency("traffic.p50_ms", t.p50_ms)) } }
+                div { dt { "Latency p99" } dd { (latency("traffic.p99_ms", t.p99_ms)) } }
+            }
+            (charts::bars("traffic-per-minute", "Requests per minute, last hour", "requests", &per_minute))
+        }
+        section.cards {
+            div.card {
+                h2 { "Trials and churn (" (o.period) ")" }
+                table {
+                    tbody {
+                        tr { th scope="row" { "Trials converted" } td.num { (metric("lifecycle.trials_converted", lc.trials_converted, &lc.trials_converted.to_string())) } }
+                        tr { th scope="row" { "Trials expired" } td.num { (metric("lifecycle.trials_expired", lc.trials_expired, &lc.trials_expired.to_string())) } }
+                        tr { th scope="row" { "Trial conversion" } td.num { (conversion) } }
+                        tr { th scope="row" { "Churned tenants" } td.num { (metric("lifecycle.churned", lc.churned, &lc.churned.to_string())) } }
+                        tr { th scope="row" { "Churn rate" } td.num { (churn) } }
+                    }
+                }
+                p.hint { "Churn: tenants deleted, cancelled or whose subscription ended this month, over the tenants there when it began." }
+            }
+            div.card {
+                h2 { "Backup lag" }
+                @if !o.backups_on {
+                    p.hint data-metric="backup_lag.off" { "Backups are off (no backup_url)." }
+                } @else if o.backup_lag.is_empty() {
+                    p.hint data-metric="backup_lag.none" { "Every replica is up to date." }
+                } @else {
+                    table {
+                        thead { tr { th scope="col" { "Tenant" } th.num scope="col" { "Lag" } th.num scope="col" { "Failures" } } }
+                        tbody {
+                            @for l in &o.backup_lag {
+                                tr {
+                                    th scope="row" { a href=(format!("/admin/tenants/{}", l.slug)) { (l.slug) } @if !l.open { " " (pill("waiting", "closed")) } }
+                                    td.num { (metric(&format!("backup_lag.{}", l.slug), l.lag_secs, &format!("{:.1} s", l.lag_secs))) }
+                                    td.num { (l.consecutive_failures) }
+                                }
+                            }
+                        }
+                    }
+                    p.hint { "The 10 tenants furthest behind their replica." }
+                }
+            }
+        }
+        section.card aria-labelledby="heatmap-title" {
+            h2 #heatmap-title { "Feature usage by tier (" (o.period) ")" }
+            div.table-wrap {
+                table.heatmap {
+                    caption.hint { "Calls this month; darker cells are busier, relative to the busiest cell." }
+                    thead { tr { th scope="col" { "Tier" } @for f in svc::FEATURES { th.num scope="col" { (f) } } } }
+                    tbody {
+                        @for (tier, cells) in &o.heatmap {
+                            tr {
+                                th scope="row" { (tier) }
+                                @for (f, n) in svc::FEATURES.iter().zip(cells.iter()) {
+                                    td.num class=(format!("heat-{}", heat(*n, hottest))) { (metric(&format!("heatmap.{tier}.{}", f.replace(' ', "_")), n, &layout::group(*n))) }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         section.cards {

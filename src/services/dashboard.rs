@@ -295,6 +295,31 @@ pub struct ConsoleOverview {
     pub embed_queue: usize,
     /// Every tenant with its bill this month, for the tenants table.
     pub tenants: Vec<ConsoleTenant>,
+    /// Requests, errors and latency over the last hour (this process).
+    pub traffic: crate::traffic::Summary,
+    /// Trial conversions, expiries and churn this month.
+    pub lifecycle: crate::control::Lifecycle,
+    /// Calls this month per tier and feature ([`FEATURES`] order), every tier listed.
+    pub heatmap: Vec<(String, [u64; FEATURES.len()])>,
+    /// The replicas furthest behind (empty when backups are off or nothing is behind).
+    pub backup_lag: Vec<LagRow>,
+    pub backups_on: bool,
+}
+
+/// The features of the console's heatmap, as the usage report counts them.
+pub const FEATURES: [&str; 6] = ["search", "assemble", "embeddings", "document writes", "document deletes", "recommendations"];
+
+fn feature_calls(r: &crate::billing::UsageRow) -> [u64; FEATURES.len()] {
+    [r.searches, r.assembles, r.embedding_calls, r.document_writes, r.document_deletes, r.recommendations]
+}
+
+/// One replica behind its database, for the console.
+#[derive(Debug, Serialize)]
+pub struct LagRow {
+    pub slug: String,
+    pub lag_secs: f64,
+    pub open: bool,
+    pub consecutive_failures: u32,
 }
 
 /// One row of the console's tenants table.
@@ -313,7 +338,8 @@ pub struct ConsoleTenant {
 
 impl Operator {
     /// The console's overview: MRR by tier (the usage report of this month), tenants by status,
-    /// trials ending, open handles against the cap and the embedding queue.
+    /// trials ending, conversions and churn this month, open handles against the cap, the embedding
+    /// queue, the last hour's traffic, the tier × feature heatmap and the replicas furthest behind.
     pub async fn console_overview(&self, _proof: &AdminProof) -> Result<ConsoleOverview, Error> {
         let (period, tenants, rows) = self.usage_report_with_tenants(None).await?;
         let now = self.clock.now();
@@ -349,6 +375,38 @@ impl Operator {
         }
         trials_ending.sort_by_key(|t| t.2);
         let mrr: f64 = rows.iter().map(|r| r.total_usd).sum();
+        let mut heatmap: Vec<(String, [u64; FEATURES.len()])> =
+            crate::plans::TIERS.into_iter().map(|t| (t.as_str().to_string(), [0; FEATURES.len()])).collect();
+        for r in &rows {
+            if let Some((_, cells)) = heatmap.iter_mut().find(|(t, _)| t == r.tier.as_str()) {
+                for (c, n) in cells.iter_mut().zip(feature_calls(r)) {
+                    *c += n;
+                }
+            }
+        }
+        let (_, from, to) = crate::clock::period_of(now);
+        let (from, to) = (crate::clock::ts(from), crate::clock::ts(to));
+        let lifecycle = self.control.run(move |c| Ok(crate::control::lifecycle(c, &from, &to)?)).await?;
+        let slugs: std::collections::HashMap<&str, &str> = tenants.iter().map(|t| (t.id.as_str(), t.slug.as_str())).collect();
+        let backup = self.live.as_ref().and_then(|s| s.backup.clone());
+        let backups_on = backup.is_some();
+        let lagging = match backup {
+            Some(b) => tokio::task::spawn_blocking(move || b.most_lagging(10)).await?,
+            None => Vec::new(),
+        };
+        let backup_lag = lagging
+            .into_iter()
+            .map(|l| LagRow {
+                slug: slugs.get(l.tenant_id.as_str()).map_or_else(|| l.tenant_id.clone(), |s| s.to_string()),
+                lag_secs: (l.lag_secs * 10.0).round() / 10.0,
+                open: l.open,
+                consecutive_failures: l.consecutive_failures,
+            })
+            .collect();
+        let traffic = match &self.live {
+            Some(s) => s.traffic.summary(),
+            None => crate::traffic::Traffic::new(self.clock.clone()).summary(),
+        };
         let (open_handles, embed_queue) = match &self.live {
             Some(s) => (s.registry.open_count(), s.embed.queue_len()),
             None => (0, 0),
@@ -363,6 +421,11 @@ impl Operator {
             handle_cap: self.config.max_open_tenants,
             embed_queue,
             tenants: table,
+            traffic,
+            lifecycle,
+            heatmap,
+            backup_lag,
+            backups_on,
         })
     }
 }

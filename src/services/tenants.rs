@@ -148,7 +148,7 @@ impl Operator {
     /// Changes tier, status (suspend, resume, cancel), domain or profile.
     pub async fn update_tenant(&self, slug: &str, patch: TenantPatch) -> Result<Tenant, Error> {
         let t = self.tenant(slug).await?;
-        let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain});
+        let detail = json!({"tier": patch.tier, "status": patch.status, "custom_domain": patch.custom_domain, "from_status": t.status});
         match self.apply(Some(&t.id), "tenant.updated", detail, Change::UpdateTenant { id: t.id.clone(), patch }).await? {
             Outcome::Tenant(t) => Ok(t),
             other => Err(unexpected(other)),

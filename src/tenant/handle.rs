@@ -59,7 +59,9 @@ pub struct TenantHandle {
     id: String,
     dir: PathBuf,
     writer: Mutex<Option<Connection>>,
-    readers: r2d2::Pool<SqliteConnectionManager>,
+    /// `None` once the handle is closing and drained: the readers are closed first, so a closing
+    /// handle (which may wait seconds for its last ship) holds only the writer's descriptors.
+    readers: Mutex<Option<r2d2::Pool<SqliteConnectionManager>>>,
     leases: AtomicUsize,
     closing: AtomicBool,
     /// Set when the database failed `quick_check` after opening (see [`super::QUARANTINE_FILE`]).
@@ -101,12 +103,17 @@ impl TenantHandle {
                 if replicated {
                     crate::backup::prepare_connection(c)?;
                 }
+                // SQLite opens a connection's `-wal` at its first read, not at open: read once now, so
+                // the reader holds its full set of descriptors from the start instead of gaining one
+                // the first time a request uses it.
+                c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
                 Ok(())
             });
         // Every reader opens with the handle (on the shared r2d2 threads, so the open itself does not
-        // wait): a handle then holds a fixed set of descriptors — per connection the database and
-        // its WAL, plus one shared `-shm` — so the process's descriptors follow the open-handle count
-        // (bounded by `max_open_tenants`) rather than creeping up as readers are first used.
+        // wait) and reads once: a handle then holds a fixed set of descriptors — per connection the
+        // database and its WAL, plus one shared `-shm` — so the process's descriptors follow the
+        // open-handle count (bounded by `max_open_tenants`) rather than creeping up as readers are
+        // first used.
         let readers = r2d2::Pool::builder()
             .max_size(read_pool_size)
             .min_idle(Some(read_pool_size))
@@ -119,7 +126,7 @@ impl TenantHandle {
             id: id.to_string(),
             dir,
             writer: Mutex::new(Some(writer)),
-            readers,
+            readers: Mutex::new(Some(readers)),
             leases: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             quarantined: AtomicBool::new(false),
@@ -209,6 +216,14 @@ impl TenantHandle {
         self.replica.as_ref()
     }
 
+    /// Closes the reader connections and drops the derived state (index writers, vector caches).
+    /// Blocking; called once drained, before the last ship, so a closing handle holds only its writer.
+    pub(crate) fn release_readers(&self) {
+        let readers = self.readers.lock().take();
+        drop(readers); // no lease is held, so every connection is idle and closes here
+        self.extensions.lock().clear();
+    }
+
     /// Checkpoints the WAL into the database and closes the writer. Blocking; called once drained.
     /// With backups on, the WAL is checkpointed only when everything in it was shipped (`checkpoint`);
     /// otherwise it stays for the catch-up after the next open.
@@ -277,7 +292,8 @@ impl TenantHandle {
 
     /// Runs `f` with a reader connection (blocking; call from `spawn_blocking`).
     pub fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let conn = self.readers.get().map_err(|e| Error::internal(anyhow::anyhow!("tenant reader pool: {e}")))?;
+        let pool = self.readers.lock().clone().ok_or_else(|| Error::unavailable(Code::TenantRestoring, "tenant is closing", 1))?;
+        let conn = pool.get().map_err(|e| Error::internal(anyhow::anyhow!("tenant reader pool: {e}")))?;
         f(&conn)
     }
 
@@ -344,5 +360,50 @@ impl crate::backup::Source for TenantHandle {
         let guard = self.writer.lock();
         let conn = guard.as_ref().ok_or_else(|| anyhow::anyhow!("the tenant is closed"))?;
         f(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Descriptors this process holds on `<dir>/<name>` (Linux).
+    fn open_fds(dir: &Path, name: &str) -> usize {
+        let target = dir.join(name);
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|p| *p == target).count())
+            .unwrap_or(0)
+    }
+
+    /// A handle holds its full, fixed set of descriptors from the start (each reader has read once,
+    /// so its `-wal` is open too), and a drained handle that released its readers holds only the
+    /// writer's: the soak's descriptor count then follows the number of handles and nothing else.
+    #[test]
+    fn readers_open_their_wal_at_once_and_are_released_before_the_close() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t1");
+        create_storage(&dir, "t1").unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let threads = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let h = TenantHandle::open("t1", dir.clone(), 2, threads, permit, None).unwrap();
+        // The readers are made on the pool's thread: wait (bounded) for both.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while open_fds(&dir, "tenant.db") < 3 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(open_fds(&dir, "tenant.db"), 3, "the writer and two readers");
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "every reader holds its WAL before any request read through it");
+        let n: i64 = h.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?)).unwrap();
+        assert!(n >= 1);
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "a read opens nothing new");
+
+        h.release_readers();
+        assert_eq!(open_fds(&dir, "tenant.db"), 1, "only the writer is left");
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 1);
+        let refused = h.with_reader(|_| Ok(())).unwrap_err();
+        assert_eq!(refused.code(), Code::TenantRestoring);
+        h.close_blocking(true);
+        assert_eq!(open_fds(&dir, "tenant.db"), 0);
     }
 }

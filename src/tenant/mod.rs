@@ -309,6 +309,12 @@ impl Inner {
         self.closers.spawn_on(
             async move {
                 handle.drain().await;
+                // The readers and derived state go first: shipping may take seconds against slow
+                // storage, and a closing handle should hold only what the ship and checkpoint need.
+                let h = handle.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || h.release_readers()).await {
+                    tracing::error!(tenant = %id, error = %e, "releasing readers failed");
+                }
                 // Ship the last changes before the files close; if storage is unreachable, keep the WAL
                 // and let the backup service reopen the tenant later.
                 let mut shipped = true;

@@ -624,6 +624,9 @@ async fn documents_larger_than_the_embedding_queue_are_embedded_in_slices() {
     let app = with_model(|c| {
         c.embed.queue_capacity = 8;
         c.embed.max_batch = 2;
+        // What is tested is the slicing, not the speed: a debug build on a busy machine may take
+        // longer than the default 30 s for this document.
+        c.request_timeout_secs = 120;
     })
     .await;
     let t = app.create_tenant("big-doc", "starter").await;

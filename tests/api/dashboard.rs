@@ -216,9 +216,17 @@ async fn onboarding_progress_advances_live_during_a_product_sync() {
     let r = send(app.api(Method::PUT, "/integrations/woocommerce/totals", &key).json(&json!({"products": total}))).await;
     assert_eq!(r.status(), 200);
     let url = link(&app, "shop").await;
-    let watcher = tokio::spawn(browser("watch", json!({"link": url, "total": total, "timeout_ms": 90000})));
-    // Let the page load before the sync starts, then sync in batches slower than the page polls.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ready = app.dir.path().join("page-ready");
+    let watcher =
+        tokio::spawn(browser("watch", json!({"link": url, "total": total, "timeout_ms": 90000, "ready": ready.display().to_string()})));
+    // The sync starts once the page shows its first figure (on a loaded machine that can take a
+    // while), then runs in batches slower than the page polls.
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < until, "the page did not load within 90 s");
+        assert!(!watcher.is_finished(), "the browser ended before the page loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for batch in 0..6 {
         let products: Vec<Value> =
             (0..10).map(|i| json!({"id": format!("p{}", batch * 10 + i), "name": format!("Product {}", batch * 10 + i)})).collect();
@@ -396,5 +404,111 @@ async fn sessions_links_and_csrf_hold() {
     // The audit log records each link minted.
     let audit = json_of(send(app.admin(Method::GET, "/tenants/alpha/audit")).await).await;
     assert_eq!(audit.to_string().matches("dashboard.link_created").count(), 4, "{audit}");
+    app.stop().await;
+}
+
+/// The `data-value` of every `data-metric` on a page.
+fn figures(page: &str) -> std::collections::HashMap<String, String> {
+    page.split("data-metric=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, after) = rest.split_once('"')?;
+            let value = after.strip_prefix(" data-value=\"")?.split('"').next()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_console_shows_traffic_trials_churn_feature_usage_and_backup_lag() {
+    let replica = tempfile::tempdir().expect("replica dir");
+    let url = format!("file://{}", replica.path().display());
+    // Backups to a directory, shipped only every 10 minutes: a write stays behind its replica.
+    let (app, state) = spawn_state(None, move |c| {
+        c.backup_url = Some(url);
+        c.backup.sync_interval_ms = 600_000;
+    })
+    .await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let alpha = tenant_with_name(&app, "alpha", "Alpha", "starter").await;
+    tenant_with_name(&app, "beta", "Beta", "pro").await;
+    tenant_with_name(&app, "delta", "Delta", "free").await;
+    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "gamma", "name": "Gamma", "email": "g@gamma.test", "tier": "starter", "status": "trial", "trial_days": 90})))
+        .await;
+    assert_eq!(r.status(), 201);
+
+    // A month later: one trial converts, one tenant is deleted and one cancelled.
+    state.plans.clock.advance(chrono::Duration::days(32));
+    let r = send(app.admin(Method::PATCH, "/tenants/gamma").json(&json!({"status": "active"}))).await;
+    assert_eq!(r.status(), 200);
+    let r = send(app.admin(Method::PATCH, "/tenants/beta").json(&json!({"status": "cancelled"}))).await;
+    assert_eq!(r.status(), 200);
+    let r = send(app.admin(Method::DELETE, "/tenants/delta")).await;
+    assert_eq!(r.status(), 204);
+
+    // The console.
+    let r = send(client.get(format!("{}/admin/login", app.addr))).await;
+    let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
+    let pre_token = pre.split_once('=').expect("kv").1.to_string();
+    let r = send(
+        client
+            .post(format!("{}/admin/login", app.addr))
+            .header("cookie", &pre)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={pre_token}&token={ADMIN}")),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let console = cookie_of(&r, "warren_console").expect("console session");
+    let overview = || async {
+        let r = send(client.get(format!("{}/admin", app.addr)).header("cookie", &console)).await;
+        assert_eq!(r.status(), 200);
+        figures(&r.text().await.expect("page"))
+    };
+
+    let before = overview().await;
+    assert_eq!(before["lifecycle.trials_converted"], "1");
+    assert_eq!(before["lifecycle.trials_expired"], "0");
+    assert_eq!(before["lifecycle.conversion_percent"], "100.0");
+    assert_eq!(before["lifecycle.churned"], "2", "beta cancelled, delta deleted");
+    assert_eq!(before["lifecycle.churn_percent"], "50.00", "2 of the 4 tenants there when the month began");
+
+    // Traffic: 5 answered calls, 3 refused ones, 2 searches; probes and console pages do not count.
+    for _ in 0..5 {
+        assert_eq!(send(app.api(Method::GET, "/tenant", &alpha)).await.status(), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(send(app.api(Method::GET, "/tenant", "wk_not_a_key")).await.status(), 401);
+    }
+    for q in ["first", "second"] {
+        let r = send(app.api(Method::POST, "/search", &alpha).json(&json!({"query": q, "mode": "keyword"}))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = send(app.api(Method::POST, "/documents", &alpha).json(&json!({"path": "a.md", "content": "Behind its replica."}))).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    for p in ["/health", "/metrics"] {
+        send(app.req(Method::GET, p)).await;
+    }
+    let after = overview().await;
+    let n = |m: &std::collections::HashMap<String, String>, k: &str| -> u64 { m[k].parse().unwrap_or_else(|_| panic!("{k}: {}", m[k])) };
+    assert_eq!(n(&after, "traffic.requests") - n(&before, "traffic.requests"), 5 + 3 + 2 + 1);
+    assert_eq!(n(&after, "traffic.client_errors") - n(&before, "traffic.client_errors"), 3);
+    assert_eq!(n(&after, "traffic.server_errors"), 0);
+    assert_eq!(after["traffic-per-minute"], after["traffic.requests"], "the chart's minutes add up to the hour");
+    let p50: f64 = after["traffic.p50_ms"].parse().expect("p50");
+    let p99: f64 = after["traffic.p99_ms"].parse().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "{p50} {p99}");
+    assert!(after["traffic.rps"].parse::<f64>().expect("rps") > 0.0);
+
+    // Feature usage this month, per tier: alpha's two searches and one write, under starter.
+    assert_eq!(after["heatmap.starter.search"], "2");
+    assert_eq!(after["heatmap.starter.document_writes"], "1");
+    assert_eq!(after["heatmap.pro.search"], "0");
+    assert_eq!(after["heatmap.enterprise.recommendations"], "0");
+
+    // alpha's write waits for the next ship: it is among the replicas furthest behind.
+    let lag: f64 = after.get("backup_lag.alpha").unwrap_or_else(|| panic!("alpha not listed: {after:?}")).parse().expect("lag");
+    assert!(lag >= 0.0);
+    assert!(!after.contains_key("backup_lag.off"));
     app.stop().await;
 }

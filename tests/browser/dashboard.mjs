@@ -8,7 +8,7 @@
 //                                            page's own script shows while the test syncs products
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
@@ -162,6 +162,8 @@ try {
     for (;;) {
       const v = Number(await page.getAttribute(sel, "data-value"));
       if (values[values.length - 1] !== v) values.push(v);
+      // Tell the test the page shows its first figure, so the sync starts only after it loaded.
+      if (values.length === 1 && args.ready) writeFileSync(args.ready, String(v));
       if (v >= args.total || Date.now() > deadline) break;
       await page.waitForTimeout(250);
     }
