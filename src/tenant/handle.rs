@@ -217,7 +217,8 @@ impl TenantHandle {
     }
 
     /// Closes the reader connections and drops the derived state (index writers, vector caches).
-    /// Blocking; called once drained, before the last ship, so a closing handle holds only its writer.
+    /// Blocking; called once drained, before the last ship, so a closing handle holds little more
+    /// than its writer (SQLite keeps the readers' database descriptors until the writer closes).
     pub(crate) fn release_readers(&self) {
         let readers = self.readers.lock().take();
         drop(readers); // no lease is held, so every connection is idle and closes here
@@ -377,7 +378,7 @@ mod tests {
 
     /// A handle holds its full, fixed set of descriptors from the start (each reader has read once,
     /// so its `-wal` is open too), and a drained handle that released its readers holds only the
-    /// writer's: the soak's descriptor count then follows the number of handles and nothing else.
+    /// writer's WAL: the soak's descriptor count then follows the number of handles and nothing else.
     #[test]
     fn readers_open_their_wal_at_once_and_are_released_before_the_close() {
         let tmp = tempfile::tempdir().unwrap();
@@ -399,8 +400,11 @@ mod tests {
         assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "a read opens nothing new");
 
         h.release_readers();
-        assert_eq!(open_fds(&dir, "tenant.db"), 1, "only the writer is left");
-        assert_eq!(open_fds(&dir, "tenant.db-wal"), 1);
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 1, "only the writer's WAL is left");
+        // SQLite defers closing a database descriptor while another connection of the process holds
+        // a lock on that file (closing it would drop the process's POSIX locks): the readers' `db`
+        // descriptors go with the writer.
+        assert!(open_fds(&dir, "tenant.db") <= 3);
         let refused = h.with_reader(|_| Ok(())).unwrap_err();
         assert_eq!(refused.code(), Code::TenantRestoring);
         h.close_blocking(true);
