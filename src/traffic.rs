@@ -152,11 +152,12 @@ impl Traffic {
             }
             let rank = ((q * total as f64).ceil() as u64).max(1);
             let mut seen = 0;
-            hist.iter().position(|n| {
-                seen += n;
-                seen >= rank
-            })
-            .map(|i| (bucket_ms(i) * 1000.0).round() / 1000.0)
+            hist.iter()
+                .position(|n| {
+                    seen += n;
+                    seen >= rank
+                })
+                .map(|i| (bucket_ms(i) * 1000.0).round() / 1000.0)
         };
         Summary {
             minutes,

@@ -10,8 +10,8 @@ use axum::Router;
 use maud::html;
 use serde::Deserialize;
 
-use super::layout::{self, metric, page, pill, Area};
 use super::charts;
+use super::layout::{self, metric, page, pill, Area};
 use super::{cookie, error_page, over_https, set_cookie, Brand, Console, FormFields, CONSOLE_COOKIE, LOGIN_COOKIE};
 use crate::services::dashboard as svc;
 use crate::state::AppState;

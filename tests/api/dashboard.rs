@@ -217,8 +217,7 @@ async fn onboarding_progress_advances_live_during_a_product_sync() {
     assert_eq!(r.status(), 200);
     let url = link(&app, "shop").await;
     let ready = app.dir.path().join("page-ready");
-    let watcher =
-        tokio::spawn(browser("watch", json!({"link": url, "total": total, "timeout_ms": 90000, "ready": ready.display().to_string()})));
+    let watcher = tokio::spawn(browser("watch", json!({"link": url, "total": total, "timeout_ms": 90000, "ready": ready.display().to_string()})));
     // The sync starts once the page shows its first figure (on a loaded machine that can take a
     // while), then runs in batches slower than the page polls.
     let until = std::time::Instant::now() + Duration::from_secs(90);
@@ -433,8 +432,11 @@ async fn the_console_shows_traffic_trials_churn_feature_usage_and_backup_lag() {
     let alpha = tenant_with_name(&app, "alpha", "Alpha", "starter").await;
     tenant_with_name(&app, "beta", "Beta", "pro").await;
     tenant_with_name(&app, "delta", "Delta", "free").await;
-    let r = send(app.admin(Method::POST, "/tenants").json(&json!({"slug": "gamma", "name": "Gamma", "email": "g@gamma.test", "tier": "starter", "status": "trial", "trial_days": 90})))
-        .await;
+    let r = send(
+        app.admin(Method::POST, "/tenants")
+            .json(&json!({"slug": "gamma", "name": "Gamma", "email": "g@gamma.test", "tier": "starter", "status": "trial", "trial_days": 90})),
+    )
+    .await;
     assert_eq!(r.status(), 201);
 
     // A month later: one trial converts, one tenant is deleted and one cancelled.
