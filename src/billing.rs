@@ -49,6 +49,14 @@ pub struct UsageRow {
     pub document_writes: u64,
     pub document_deletes: u64,
     pub recommendations: u64,
+    /// What the tenant cost this node this month (not billed): CPU seconds spent embedding its
+    /// texts, on its searches and assemblies, and on its recommendation trainings.
+    pub cpu_seconds_embed: f64,
+    pub cpu_seconds_search: f64,
+    pub cpu_seconds_train: f64,
+    /// Objects its backups put into object storage this month, and their bytes.
+    pub store_puts: u64,
+    pub store_put_bytes: u64,
     /// Last measured by this server (empty when the tenant was not measured since start).
     pub documents: Option<u64>,
     pub storage_bytes: Option<u64>,
@@ -59,7 +67,7 @@ pub struct UsageRow {
     pub total_usd: f64,
 }
 
-pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,recommendations,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
+pub const USAGE_CSV_HEADER: &str = "period,tenant_id,slug,tier,stripe_customer_id,api_calls,queries,searches,assembles,embedding_calls,tokens_embedded,tokens_returned,document_writes,document_deletes,recommendations,cpu_seconds_embed,cpu_seconds_search,cpu_seconds_train,store_puts,store_put_bytes,documents,storage_bytes,queries_limit,base_price_usd,overage_queries,overage_usd,total_usd";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -88,6 +96,11 @@ impl UsageRow {
             self.document_writes.to_string(),
             self.document_deletes.to_string(),
             self.recommendations.to_string(),
+            format!("{:.3}", self.cpu_seconds_embed),
+            format!("{:.3}", self.cpu_seconds_search),
+            format!("{:.3}", self.cpu_seconds_train),
+            self.store_puts.to_string(),
+            self.store_put_bytes.to_string(),
             opt(self.documents),
             opt(self.storage_bytes),
             opt(self.queries_limit),
@@ -139,6 +152,11 @@ pub fn usage_report_with_tenants(
                 document_writes: u.count(Kind::DocumentWrite),
                 document_deletes: u.count(Kind::DocumentDelete),
                 recommendations: u.count(Kind::Recommendation),
+                cpu_seconds_embed: u.cpu_seconds(Kind::CpuEmbed),
+                cpu_seconds_search: u.cpu_seconds(Kind::CpuSearch),
+                cpu_seconds_train: u.cpu_seconds(Kind::CpuTrain),
+                store_puts: u.count(Kind::StorePut),
+                store_put_bytes: u.tokens_of(Kind::StorePut),
                 documents: stored.map(|s| s.documents),
                 storage_bytes: stored.map(|s| s.storage_bytes),
                 queries_limit: ent.queries_limit(),

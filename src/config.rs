@@ -102,6 +102,12 @@ pub struct DashboardConfig {
     pub accent_color: String,
     /// A PNG or SVG logo file shown in the header; none shows the product name's initial.
     pub logo_path: Option<PathBuf>,
+    /// What one CPU-hour costs the operator, in US dollars (the console's estimated cost per tenant).
+    pub cost_cpu_hour_usd: f64,
+    /// What one GB (10⁹ bytes) of tenant storage costs per month, in US dollars.
+    pub cost_storage_gb_month_usd: f64,
+    /// What 1,000 object-store PUTs cost, in US dollars.
+    pub cost_put_per_1000_usd: f64,
 }
 
 impl Default for DashboardConfig {
@@ -112,6 +118,9 @@ impl Default for DashboardConfig {
             product_name: "warren".into(),
             accent_color: "#5b5bd6".into(),
             logo_path: None,
+            cost_cpu_hour_usd: 0.04,
+            cost_storage_gb_month_usd: 0.10,
+            cost_put_per_1000_usd: 0.005,
         }
     }
 }
@@ -493,6 +502,13 @@ impl Config {
             !self.dashboard.product_name.trim().is_empty() && self.dashboard.product_name.chars().count() <= 60,
             "dashboard.product_name must be 1-60 characters"
         );
+        for (name, v) in [
+            ("dashboard.cost_cpu_hour_usd", self.dashboard.cost_cpu_hour_usd),
+            ("dashboard.cost_storage_gb_month_usd", self.dashboard.cost_storage_gb_month_usd),
+            ("dashboard.cost_put_per_1000_usd", self.dashboard.cost_put_per_1000_usd),
+        ] {
+            anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} must be a price of 0 or more");
+        }
         anyhow::ensure!(self.retention.default_days >= 1, "retention.default_days must be at least 1");
         anyhow::ensure!(self.retention.sweep_secs >= 1, "retention.sweep_secs must be at least 1");
         anyhow::ensure!(self.retention.batch_rows >= 1, "retention.batch_rows must be at least 1");

@@ -168,6 +168,25 @@ impl CpuQueue {
     }
 }
 
+/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`): the difference around a
+/// piece of work is what that work cost on this thread, whatever else the machine ran meanwhile.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer to a local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// Runs `f` and returns its result with the CPU time it used on this thread, in microseconds.
+pub fn cpu_micros<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let start = thread_cpu_time();
+    let out = f();
+    (out, thread_cpu_time().saturating_sub(start).as_micros() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,3 +260,4 @@ mod tests {
         assert!(q.admit("c", 1).await.is_ok(), "the worker came back");
     }
 }
+

@@ -116,12 +116,19 @@ impl App {
         let jobs = Arc::new(state::JobBoard::new(config.docs.job_workers));
         let disk = Arc::new(datadir::DiskGuard::new(&config.data_dir, config.min_free_disk_bytes));
         let traffic = Arc::new(traffic::Traffic::new(clock.clone()));
+        let meter = metering::Meter::with(control.clone(), clock, config.billing.enforce);
+        // What each tenant costs this node: embedding CPU and object-store PUTs are measured where
+        // they happen and recorded with the tenant's usage (search and training CPU by the services).
+        embed.set_cost_sink(meter.sink());
+        if let Some(b) = &backup {
+            b.set_cost_sink(meter.sink());
+        }
         let state = AppState {
             traffic,
             disk,
             jobs,
             shutdown: shutdown.clone(),
-            meter: metering::Meter::with(control.clone(), clock, config.billing.enforce),
+            meter,
             plans: plan_store,
             config: Arc::new(config),
             control,

@@ -34,12 +34,36 @@ pub enum Kind {
     ApiCall,
     /// A recommendation request (personal, related, similar, trending, cart).
     Recommendation,
+    /// What serving the tenant cost this node (operator-facing, never billed or shown to the
+    /// tenant): CPU microseconds spent embedding its texts, in `count`.
+    CpuEmbed,
+    /// CPU microseconds of its searches and context assemblies (the SQLite and Tantivy part).
+    CpuSearch,
+    /// CPU microseconds of its recommendation trainings.
+    CpuTrain,
+    /// Objects its backups put into object storage: PUTs in `count`, bytes in `tokens`.
+    StorePut,
 }
 
-pub const KINDS: usize = 7;
+pub const KINDS: usize = 11;
 
 impl Kind {
-    pub const ALL: [Kind; KINDS] =
+    pub const ALL: [Kind; KINDS] = [
+        Kind::Search,
+        Kind::Assemble,
+        Kind::Embedding,
+        Kind::DocumentWrite,
+        Kind::DocumentDelete,
+        Kind::ApiCall,
+        Kind::Recommendation,
+        Kind::CpuEmbed,
+        Kind::CpuSearch,
+        Kind::CpuTrain,
+        Kind::StorePut,
+    ];
+    /// The kinds a tenant is metered and billed by (and sees in `GET /api/v1/usage`); the others are
+    /// the operator's cost figures.
+    pub const BILLED: [Kind; 7] =
         [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall, Kind::Recommendation];
 
     pub fn as_str(&self) -> &'static str {
@@ -51,6 +75,10 @@ impl Kind {
             Kind::DocumentDelete => "document_delete",
             Kind::ApiCall => "api_call",
             Kind::Recommendation => "recommendation",
+            Kind::CpuEmbed => "cpu_embed_us",
+            Kind::CpuSearch => "cpu_search_us",
+            Kind::CpuTrain => "cpu_train_us",
+            Kind::StorePut => "store_put",
         }
     }
 
@@ -67,6 +95,10 @@ impl Kind {
             Kind::DocumentDelete => 4,
             Kind::ApiCall => 5,
             Kind::Recommendation => 6,
+            Kind::CpuEmbed => 7,
+            Kind::CpuSearch => 8,
+            Kind::CpuTrain => 9,
+            Kind::StorePut => 10,
         }
     }
 }
@@ -94,6 +126,10 @@ impl MonthUsage {
         self.tokens_of(Kind::DocumentWrite) + self.tokens_of(Kind::Embedding)
     }
     /// Tokens returned by context assembly.
+    /// CPU seconds of a `Cpu*` kind (recorded in microseconds).
+    pub fn cpu_seconds(&self, k: Kind) -> f64 {
+        self.count(k) as f64 / 1e6
+    }
     pub fn tokens_returned(&self) -> u64 {
         self.tokens_of(Kind::Assemble)
     }
@@ -125,6 +161,9 @@ struct Month {
     delta: MonthUsage,
     seed: Option<MonthUsage>,
 }
+
+/// Where a component reports what a tenant cost: `(tenant id, kind, count, tokens)`.
+pub type Sink = Arc<dyn Fn(&str, Kind, u64, u64) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Meter {
@@ -161,6 +200,13 @@ impl Meter {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// A cost sink for components built before the meter or outside the services (the embedding
+    /// workers, the backup shipper): `(tenant id, kind, count, tokens)`, recorded as [`Self::record_n`].
+    pub fn sink(&self) -> Sink {
+        let meter = self.clone();
+        Arc::new(move |tenant: &str, kind: Kind, count: u64, tokens: u64| meter.record_n(tenant, kind, count, tokens))
     }
 
     /// Records one call of `kind` with `tokens` (embedded or returned).

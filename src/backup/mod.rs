@@ -225,6 +225,8 @@ pub struct BackupService {
     wake: tokio::sync::Notify,
     /// Sources that live as long as the service (the control plane).
     held: Mutex<Vec<Arc<dyn Source>>>,
+    /// Where each tenant's PUTs and their bytes are reported (set once by the server).
+    costs: std::sync::OnceLock<crate::metering::Sink>,
 }
 
 impl BackupService {
@@ -246,7 +248,13 @@ impl BackupService {
             health: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             held: Mutex::new(Vec::new()),
+            costs: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Reports every object put into a tenant's replica (1 PUT, its bytes). Set once.
+    pub fn set_cost_sink(&self, sink: crate::metering::Sink) {
+        let _ = self.costs.set(sink);
     }
 
     pub fn root(&self) -> &ReplicaRoot {

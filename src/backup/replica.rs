@@ -167,14 +167,14 @@ impl DbReplica {
         if let Batch::Ready { l0, l9, cursor, commit, ts } = batch {
             let bytes = l0.len() as u64;
             crate::faults::point("ship.before_put");
-            self.replica.put(0, next, next, l0, ts).await.with_context(|| format!("uploading level-0 TXID {next:016x}"))?;
+            self.put(0, next, next, l0, ts).await.with_context(|| format!("uploading level-0 TXID {next:016x}"))?;
             crate::faults::point("ship.after_put");
             st.files.push(FileInfo { level: 0, min: next, max: next, size: bytes, created_ms: ts });
             metrics::counter!("warren_backup_puts_total").increment(1);
             metrics::counter!("warren_backup_bytes_total").increment(bytes);
             if let Some(l9) = l9 {
                 let n = l9.len() as u64;
-                self.replica.put(9, 1, next, l9, ts).await.with_context(|| format!("uploading snapshot 1-{next:016x}"))?;
+                self.put(9, 1, next, l9, ts).await.with_context(|| format!("uploading snapshot 1-{next:016x}"))?;
                 st.files.push(FileInfo { level: 9, min: 1, max: next, size: n, created_ms: ts });
                 st.pos.last_snapshot_ms = ts;
                 metrics::counter!("warren_backup_puts_total").increment(1);
@@ -232,7 +232,7 @@ impl DbReplica {
             }
             if let Some((bytes, ts)) = snap {
                 let n = bytes.len() as u64;
-                self.replica.put(9, 1, st.pos.txid, bytes, ts).await.context("uploading a snapshot")?;
+                self.put(9, 1, st.pos.txid, bytes, ts).await.context("uploading a snapshot")?;
                 st.files.retain(|f| !(f.level == 9 && f.max == st.pos.txid));
                 st.files.push(FileInfo { level: 9, min: 1, max: st.pos.txid, size: n, created_ms: ts });
                 st.pos.last_snapshot_ms = ts;
@@ -307,7 +307,7 @@ impl DbReplica {
         })
         .await??;
         let n = bytes.len() as u64;
-        self.replica.put(level, min, max, bytes.into(), h.timestamp_ms).await.with_context(|| format!("uploading level-{level} compaction"))?;
+        self.put(level, min, max, bytes.into(), h.timestamp_ms).await.with_context(|| format!("uploading level-{level} compaction"))?;
         crate::faults::point("compact.after_put");
         st.files.push(FileInfo { level, min, max, size: n, created_ms: h.timestamp_ms });
         metrics::counter!("warren_backup_puts_total").increment(1);
@@ -389,6 +389,19 @@ impl DbReplica {
             svc.queue.lock().remove(&self.key);
         }
         matches!(tokio::time::timeout(timeout, self.sync()).await, Ok(Ok(())))
+    }
+
+    /// Puts one object into this database's replica, and reports the PUT and its bytes as the
+    /// tenant's object-store cost (the control plane's replica is nobody's).
+    async fn put(&self, level: u8, min: u64, max: u64, data: Bytes, created_ms: i64) -> anyhow::Result<()> {
+        let n = data.len() as u64;
+        self.replica.put(level, min, max, data, created_ms).await?;
+        if let (Some(id), Some(svc)) = (self.key.tenant_id(), self.svc.upgrade()) {
+            if let Some(sink) = svc.costs.get() {
+                sink(id, crate::metering::Kind::StorePut, 1, n);
+            }
+        }
+        Ok(())
     }
 
     /// The WAL was checkpointed (TRUNCATE) after everything was shipped: SQLite may restart it.

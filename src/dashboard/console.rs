@@ -123,6 +123,9 @@ async fn overview(c: Console) -> Response {
         metric("lifecycle.churn_percent", format!("{p:.2}"), &format!("{p:.2} % of {}", lc.at_start))
     };
     let hottest = o.heatmap.iter().flat_map(|(_, c)| c.iter().copied()).max().unwrap_or(0);
+    let mut costly: Vec<&svc::ConsoleTenant> = o.tenants.iter().filter(|t| t.cost.estimated_usd > 0.0 || t.cost.store_puts > 0).collect();
+    costly.sort_by(|a, b| b.cost.estimated_usd.total_cmp(&a.cost.estimated_usd).then_with(|| a.slug.cmp(&b.slug)));
+    costly.truncate(10);
     let body = html! {
         section.cards {
             div.card {
@@ -190,6 +193,35 @@ async fn overview(c: Console) -> Response {
                         }
                     }
                     p.hint { "The 10 tenants furthest behind their replica." }
+                }
+            }
+        }
+        section.card aria-labelledby="cost-title" {
+            div.card-head {
+                h2 #cost-title { "Cost per tenant (" (o.period) ")" }
+                p.hint { "The 10 most expensive tenants this month, at your unit prices (dashboard.cost_*): CPU measured around each tenant's work, storage priced for the month, object-store PUTs of its backups." }
+            }
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "Tenant" }
+                        th.num scope="col" { "CPU embed" } th.num scope="col" { "CPU search" } th.num scope="col" { "CPU train" }
+                        th.num scope="col" { "Storage" } th.num scope="col" { "PUTs" } th.num scope="col" { "PUT bytes" } th.num scope="col" { "Est. cost" }
+                    } }
+                    tbody {
+                        @for t in &costly {
+                            tr {
+                                th scope="row" { a href=(format!("/admin/tenants/{}", t.slug)) { (t.slug) } }
+                                td.num { (metric(&format!("cost.{}.cpu_seconds_embed", t.slug), t.cost.cpu_seconds_embed, &format!("{:.2} s", t.cost.cpu_seconds_embed))) }
+                                td.num { (metric(&format!("cost.{}.cpu_seconds_search", t.slug), t.cost.cpu_seconds_search, &format!("{:.2} s", t.cost.cpu_seconds_search))) }
+                                td.num { (metric(&format!("cost.{}.cpu_seconds_train", t.slug), t.cost.cpu_seconds_train, &format!("{:.2} s", t.cost.cpu_seconds_train))) }
+                                td.num { @match t.storage_bytes { Some(b) => (layout::bytes(b)), None => "—" } }
+                                td.num { (metric(&format!("cost.{}.store_puts", t.slug), t.cost.store_puts, &layout::group(t.cost.store_puts))) }
+                                td.num { (metric(&format!("cost.{}.store_put_bytes", t.slug), t.cost.store_put_bytes, &layout::bytes(t.cost.store_put_bytes))) }
+                                td.num { (metric(&format!("cost.{}.estimated_usd", t.slug), format!("{:.6}", t.cost.estimated_usd), &format!("${:.4}", t.cost.estimated_usd))) }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -271,6 +303,7 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
         Some("quota") => rows.sort_by(|a, b| b.quota_percent.unwrap_or(-1.0).total_cmp(&a.quota_percent.unwrap_or(-1.0))),
         Some("storage") => rows.sort_by_key(|t| std::cmp::Reverse(t.storage_bytes.unwrap_or(0))),
         Some("created") => rows.sort_by_key(|t| std::cmp::Reverse(t.created_at)),
+        Some("cost") => rows.sort_by(|a, b| b.cost.estimated_usd.total_cmp(&a.cost.estimated_usd)),
         _ => {}
     }
     let sort_link =
@@ -296,6 +329,7 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
                         th.num scope="col" { a href=(sort_link("quota")) { "% of quota" } }
                         th.num scope="col" { a href=(sort_link("storage")) { "Storage" } }
                         th scope="col" { a href=(sort_link("created")) { "Created" } }
+                        th.num scope="col" { a href=(sort_link("cost")) { "Est. cost" } }
                     } }
                     tbody {
                         @for t in rows.iter().take(MAX_ROWS) {
@@ -307,6 +341,7 @@ async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
                                 td.num { @match t.quota_percent { Some(p) => (format!("{p:.1} %")), None => "—" } }
                                 td.num { @match t.storage_bytes { Some(b) => (layout::bytes(b)), None => "—" } }
                                 td { (t.created_at.format("%Y-%m-%d")) }
+                                td.num { (format!("${:.4}", t.cost.estimated_usd)) }
                             }
                         }
                     }

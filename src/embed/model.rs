@@ -168,13 +168,18 @@ impl Embedder {
 
     /// Embeds already-tokenized inputs (each non-empty, at most `MAX_TOKENS`, ids in vocabulary).
     pub(crate) fn embed_ids(&self, ids: &[Vec<u32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.embed_ids_cpu(ids).map(|(v, _)| v)
+    }
+
+    /// [`Self::embed_ids`], with the CPU time it used over every thread it ran on, in microseconds.
+    pub(crate) fn embed_ids_cpu(&self, ids: &[Vec<u32>]) -> anyhow::Result<(Vec<Vec<f32>>, u64)> {
         let w = &self.weights;
         for s in ids {
             ensure!(!s.is_empty() && s.len() <= MAX_TOKENS.min(w.max_pos), "bad token count {}", s.len());
             ensure!(s.iter().all(|&i| (i as usize) < w.vocab), "token id outside the vocabulary");
         }
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         // Longest first: similar lengths end up in the same unit and big units start early.
         let mut order: Vec<usize> = (0..ids.len()).collect();
@@ -183,7 +188,9 @@ impl Embedder {
 
         let mut out = vec![Vec::new(); ids.len()];
         let next = AtomicUsize::new(0);
+        let cpu_us = std::sync::atomic::AtomicU64::new(0);
         let work = || -> anyhow::Result<Vec<(usize, Vec<f32>)>> {
+            let started = crate::cpu::thread_cpu_time();
             let mut scratch = Scratch::default();
             let mut done = Vec::new();
             loop {
@@ -193,6 +200,7 @@ impl Embedder {
                 let pooled = self.weights.forward(&seqs, &mut scratch);
                 done.extend(unit.iter().copied().zip(pooled));
             }
+            cpu_us.fetch_add(crate::cpu::thread_cpu_time().saturating_sub(started).as_micros() as u64, Ordering::Relaxed);
             Ok(done)
         };
         let helpers = self.threads.min(units.len()).saturating_sub(1);
@@ -210,7 +218,7 @@ impl Embedder {
             }
         }
         ensure!(out.iter().all(|v| v.len() == DIM), "internal error: missing embeddings");
-        Ok(out)
+        Ok((out, cpu_us.into_inner()))
     }
 }
 

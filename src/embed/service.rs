@@ -273,6 +273,8 @@ struct Shared {
     batches: AtomicU64,
     /// Recent throughput in texts per second (`f64` bits), for `retry_after_secs`.
     rate: AtomicU64,
+    /// Where each tenant's share of a batch's CPU time is reported (set once by the server).
+    costs: std::sync::OnceLock<crate::metering::Sink>,
 }
 
 impl Shared {
@@ -387,6 +389,7 @@ impl EmbedService {
             tokens: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             rate: AtomicU64::new(100f64.to_bits()),
+            costs: std::sync::OnceLock::new(),
         });
         let tokenizer = embedder.tokenizer_arc();
         for lane in [Lane::Interactive, Lane::Bulk] {
@@ -404,6 +407,15 @@ impl EmbedService {
         }
         tracing::info!(model_dir = %cfg.model_dir.display(), "embedding service started");
         EmbedService { inner: Some(Arc::new(Handle { shared, tokenizer })) }
+    }
+
+    /// Reports, per tenant, the CPU microseconds spent embedding its texts: each batch's CPU time over
+    /// every thread it ran on, shared among the batch's callers by their tokens. Anonymous callers
+    /// are not reported. Set once; later calls are ignored.
+    pub fn set_cost_sink(&self, sink: crate::metering::Sink) {
+        if let Some(h) = &self.inner {
+            let _ = h.shared.costs.set(sink);
+        }
     }
 
     /// A service without a model: every [`EmbedService::embed`] returns `Unavailable`.
@@ -595,16 +607,33 @@ fn run_batch(embedder: &Embedder, shared: &Shared, lane: Lane, jobs: Vec<Job>) {
     let texts: Vec<&str> = jobs.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
     let n = texts.len();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let ids = embedder.encode(&texts)?;
+        let (ids, encode_us) = crate::cpu::cpu_micros(|| embedder.encode(&texts));
+        let ids = ids?;
         let tokens: usize = ids.iter().map(Vec::len).sum();
-        embedder.embed_ids(&ids).map(|v| (v, tokens))
+        let (vectors, embed_us) = embedder.embed_ids_cpu(&ids)?;
+        // Each job's share of the batch's CPU time, by its tokens.
+        let mut shares = Vec::with_capacity(jobs.len());
+        let mut at = 0;
+        for job in &jobs {
+            let mine: usize = ids[at..at + job.texts.len()].iter().map(Vec::len).sum();
+            at += job.texts.len();
+            shares.push(((encode_us + embed_us) as u128 * mine as u128 / tokens.max(1) as u128) as u64);
+        }
+        anyhow::Ok((vectors, tokens, shares))
     }));
     let result = match result {
         Ok(r) => r.map_err(|e| format!("{e:#}")),
         Err(_) => Err("embedding panicked".to_owned()),
     };
     match result {
-        Ok((vectors, tokens)) => {
+        Ok((vectors, tokens, shares)) => {
+            if let Some(sink) = shared.costs.get() {
+                for (job, cpu_us) in jobs.iter().zip(shares) {
+                    if !job.key.is_empty() {
+                        sink(&job.key[..], crate::metering::Kind::CpuEmbed, cpu_us, 0);
+                    }
+                }
+            }
             shared.texts.fetch_add(n as u64, Ordering::Relaxed);
             shared.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
             shared.batches.fetch_add(1, Ordering::Relaxed);

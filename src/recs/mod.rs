@@ -47,6 +47,8 @@ pub struct Trainer {
     pub config: Arc<crate::config::Config>,
     pub embed: crate::embed::EmbedService,
     pub cap: TenantCap,
+    /// Where the training's CPU time is recorded (the tenant's `cpu_train_us` cost).
+    pub meter: crate::metering::Meter,
 }
 
 /// Why a product is recommended.
@@ -310,12 +312,13 @@ async fn train_once(t: &Trainer, r: &Arc<Recs>) -> Result<bool, Error> {
     let params = t.config.recs.params();
     let version = r.model().map_or(0, |m| m.info.version) + 1;
     let span = tracing::Span::current();
-    let model = tokio::task::spawn_blocking(move || {
+    let (model, cpu_us) = tokio::task::spawn_blocking(move || {
         let _g = span.enter();
-        build_model(&data, &params, version, data_version)
+        crate::cpu::cpu_micros(|| build_model(&data, &params, version, data_version))
     })
-    .await?
-    .map_err(Error::internal)?;
+    .await?;
+    t.meter.record_n(t.cap.id(), crate::metering::Kind::CpuTrain, cpu_us, 0);
+    let model = model.map_err(Error::internal)?;
     let bytes = model.to_bytes();
     let info = model.info.clone();
     let lease = t.cap.lease().await?;

@@ -334,6 +334,43 @@ pub struct ConsoleTenant {
     pub quota_percent: Option<f64>,
     pub storage_bytes: Option<u64>,
     pub created_at: DateTime<Utc>,
+    /// What the tenant cost this node this month (see [`Cost`]).
+    pub cost: Cost,
+}
+
+/// A tenant's cost this month: measured figures and their price at the operator's unit prices
+/// (`dashboard.cost_*`). CPU is thread CPU time measured around the work itself (embedding batches
+/// shared by tokens, searches and assemblies, trainings); storage is the tenant's last measured
+/// database and index size, priced for a whole month; PUTs are the objects its backups shipped.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cost {
+    pub cpu_seconds_embed: f64,
+    pub cpu_seconds_search: f64,
+    pub cpu_seconds_train: f64,
+    pub store_puts: u64,
+    pub store_put_bytes: u64,
+    pub estimated_usd: f64,
+}
+
+impl Cost {
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_seconds_embed + self.cpu_seconds_search + self.cpu_seconds_train
+    }
+
+    fn of(r: &crate::billing::UsageRow, prices: &crate::config::DashboardConfig) -> Cost {
+        let mut c = Cost {
+            cpu_seconds_embed: r.cpu_seconds_embed,
+            cpu_seconds_search: r.cpu_seconds_search,
+            cpu_seconds_train: r.cpu_seconds_train,
+            store_puts: r.store_puts,
+            store_put_bytes: r.store_put_bytes,
+            estimated_usd: 0.0,
+        };
+        c.estimated_usd = c.cpu_seconds() / 3600.0 * prices.cost_cpu_hour_usd
+            + r.storage_bytes.unwrap_or(0) as f64 / 1e9 * prices.cost_storage_gb_month_usd
+            + c.store_puts as f64 / 1000.0 * prices.cost_put_per_1000_usd;
+        c
+    }
 }
 
 impl Operator {
@@ -371,6 +408,7 @@ impl Operator {
                 quota_percent: bill.and_then(|b| b.queries_limit.map(|l| if l == 0 { 100.0 } else { b.queries as f64 * 100.0 / l as f64 })),
                 storage_bytes: bill.and_then(|b| b.storage_bytes),
                 created_at: t.created_at,
+                cost: bill.map(|b| Cost::of(b, &self.config.dashboard)).unwrap_or_default(),
             });
         }
         trials_ending.sort_by_key(|t| t.2);

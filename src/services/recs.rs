@@ -101,7 +101,7 @@ fn answer(mut results: Vec<ItemResult>, single: bool) -> Result<Answer, Error> {
 /// The training worker's view of this tenant.
 fn trainer(ctx: &TenantCtx) -> Trainer {
     let s = ctx.state();
-    Trainer { config: s.config.clone(), embed: s.embed.clone(), cap: ctx.cap().for_worker("recs-trainer") }
+    Trainer { config: s.config.clone(), embed: s.embed.clone(), cap: ctx.cap().for_worker("recs-trainer"), meter: s.meter.clone() }
 }
 
 async fn changed(ctx: &TenantCtx, lease: &crate::tenant::Lease) -> Result<(), Error> {

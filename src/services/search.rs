@@ -41,6 +41,13 @@ pub(crate) fn rebuild(h: &TenantHandle) -> Result<usize, Error> {
     Ok(h.with_reader(|c| Ok(search.rebuild(c)?))? as usize)
 }
 
+/// Runs a search step and returns its answer with the CPU microseconds it took on this thread (the
+/// tenant's `cpu_search_us` cost).
+fn measured<T>(f: impl FnOnce() -> Result<T, DocsError>) -> Result<(T, u64), Error> {
+    let (out, cpu_us) = crate::cpu::cpu_micros(f);
+    Ok((out?, cpu_us))
+}
+
 /// Embeds one query on the shared worker.
 async fn embed_query(ctx: &TenantCtx, query: &str) -> Result<Vec<f32>, Error> {
     let caller = ctx.embed_caller(crate::embed::Lane::Interactive);
@@ -59,8 +66,9 @@ pub async fn search(ctx: &TenantCtx, req: SearchRequest) -> Result<SearchRespons
     let search = search_state(&lease).await?;
     // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
     let _slot = ctx.state().search_cpu.admit(ctx.id(), ctx.entitlements().cpu_weight()).await?;
-    let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.search(c, &req, qvec.as_deref())?))).await?;
+    let (resp, cpu_us) = lease.blocking(move |h| h.with_reader(|c| measured(|| search.search(c, &req, qvec.as_deref())))).await?;
     ctx.state().meter.record(ctx.id(), Kind::Search, 0);
+    ctx.state().meter.record_n(ctx.id(), Kind::CpuSearch, cpu_us, 0);
     Ok(resp)
 }
 
@@ -76,8 +84,9 @@ pub async fn assemble(ctx: &TenantCtx, req: AssembleRequest) -> Result<AssembleR
     let search = search_state(&lease).await?;
     // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
     let _slot = ctx.state().search_cpu.admit(ctx.id(), ctx.entitlements().cpu_weight()).await?;
-    let resp = lease.blocking(move |h| h.with_reader(|c| Ok(search.assemble(c, &req, qvec.as_deref())?))).await?;
+    let (resp, cpu_us) = lease.blocking(move |h| h.with_reader(|c| measured(|| search.assemble(c, &req, qvec.as_deref())))).await?;
     ctx.state().meter.record(ctx.id(), Kind::Assemble, resp.total_tokens as u64);
+    ctx.state().meter.record_n(ctx.id(), Kind::CpuSearch, cpu_us, 0);
     Ok(resp)
 }
 

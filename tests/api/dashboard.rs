@@ -514,3 +514,114 @@ async fn the_console_shows_traffic_trials_churn_feature_usage_and_backup_lag() {
     assert!(!after.contains_key("backup_lag.off"));
     app.stop().await;
 }
+
+/// What each tenant costs is measured where the work happens (embedding, search, training CPU;
+/// backup PUTs), recorded with its usage, hidden from the tenant, exported to the operator and
+/// priced in the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn costs_are_measured_per_tenant_and_priced_in_the_console() {
+    let model = model_dir();
+    assert!(model.join("model.safetensors").exists(), "model missing in {}: run scripts/fetch-model.sh", model.display());
+    let replica = tempfile::tempdir().expect("replica dir");
+    let url = format!("file://{}", replica.path().display());
+    let (app, _state) = spawn_state(None, move |c| {
+        c.model_dir = model;
+        c.backup_url = Some(url);
+        c.backup.sync_interval_ms = 100;
+        c.recs.debounce_ms = 100;
+        c.recs.max_delay_secs = 2;
+    })
+    .await;
+    let alpha = tenant_with_name(&app, "alpha", "Alpha", "pro").await;
+    let beta = tenant_with_name(&app, "beta", "Beta", "pro").await;
+
+    // alpha works: documents (embedded), searches and an assembly, a catalog and a training.
+    for i in 0..3 {
+        let r = send(app.api(Method::POST, "/documents", &alpha).json(&json!({"path": format!("d{i}.md"), "content": format!("Glaciers and volcanoes, part {i}. The ice moves slowly downhill.")})))
+            .await;
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    for q in ["glaciers", "volcanoes", "ice"] {
+        let r = send(app.api(Method::POST, "/search", &alpha).json(&json!({"query": q, "mode": "hybrid"}))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = send(app.api(Method::POST, "/context/assemble", &alpha).json(&json!({"query": "how does ice move", "max_tokens": 200}))).await;
+    assert_eq!(r.status(), 200);
+    let products: Vec<Value> = (1..=6).map(|k| json!({"id": format!("p{k}"), "name": format!("Kitchen knife model {k}"), "categories": ["Kitchen"]})).collect();
+    assert!(send(app.api(Method::POST, "/products", &alpha).json(&json!({"products": products}))).await.status().is_success());
+    let orders: Vec<Value> = (0..12)
+        .flat_map(|u| {
+            (0..2).map(move |n| {
+                json!({"id": format!("o{u}-{n}"), "customer_id": format!("c{u}"), "created_at": 1_700_000_000 + u * 100 + n * 10,
+                    "lines": [{"product_id": format!("p{}", (u + n) % 6 + 1)}]})
+            })
+        })
+        .collect();
+    assert!(send(app.api(Method::POST, "/orders", &alpha).json(&json!({"orders": orders}))).await.status().is_success());
+    assert!(send(app.api(Method::POST, "/recommendations/train", &alpha)).await.status().is_success());
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = json_of(send(app.api(Method::GET, "/recommendations/status", &alpha)).await).await;
+        if s["model_version"].as_u64().unwrap_or(0) >= 1 && s["training"] == false && s["pending_changes"] == false {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no model in time: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // beta only reads.
+    assert_eq!(send(app.api(Method::GET, "/documents", &beta)).await.status(), 200);
+
+    // The operator's export, once alpha's backup has shipped.
+    let row = |v: &Value, slug: &str| v["tenants"].as_array().expect("tenants").iter().find(|r| r["slug"] == slug).cloned().expect("row");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let export = loop {
+        let v = json_of(send(app.admin(Method::GET, "/usage")).await).await;
+        if row(&v, "alpha")["store_puts"].as_u64().unwrap_or(0) >= 1 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < until, "alpha's backup never shipped: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let a = row(&export, "alpha");
+    let b = row(&export, "beta");
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+    for k in ["cpu_seconds_embed", "cpu_seconds_search", "cpu_seconds_train", "store_put_bytes"] {
+        assert!(f(&a, k) > 0.0, "alpha's {k}: {a}");
+    }
+    for k in ["cpu_seconds_embed", "cpu_seconds_search", "cpu_seconds_train"] {
+        assert_eq!(f(&b, k), 0.0, "beta did no such work: {b}");
+    }
+    assert!(f(&a, "cpu_seconds_embed") < 120.0 && f(&a, "cpu_seconds_search") < 30.0, "CPU seconds, not microseconds: {a}");
+
+    // The tenant is not shown its cost figures.
+    let mine = json_of(send(app.api(Method::GET, "/usage", &alpha)).await).await;
+    assert!(mine["usage"].get("cpu_embed_us").is_none() && mine["usage"].get("store_put").is_none(), "{mine}");
+    assert!(mine["usage"].get("search").is_some());
+
+    // The console prices them at the configured unit prices.
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let r = send(client.get(format!("{}/admin/login", app.addr))).await;
+    let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
+    let pre_token = pre.split_once('=').expect("kv").1.to_string();
+    let r = send(
+        client
+            .post(format!("{}/admin/login", app.addr))
+            .header("cookie", &pre)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={pre_token}&token={ADMIN}")),
+    )
+    .await;
+    let console = cookie_of(&r, "warren_console").expect("console session");
+    let page = send(client.get(format!("{}/admin", app.addr)).header("cookie", &console)).await.text().await.expect("page");
+    let seen = figures(&page);
+    let g = |k: &str| -> f64 { seen.get(k).unwrap_or_else(|| panic!("no {k} on the console")).parse().expect("number") };
+    for k in ["cpu_seconds_embed", "cpu_seconds_search", "cpu_seconds_train"] {
+        assert!((g(&format!("cost.alpha.{k}")) - f(&a, k)).abs() < 1e-9, "{k}: console against export");
+    }
+    let cpu = g("cost.alpha.cpu_seconds_embed") + g("cost.alpha.cpu_seconds_search") + g("cost.alpha.cpu_seconds_train");
+    let storage = a["storage_bytes"].as_f64().unwrap_or(0.0);
+    let want = cpu / 3600.0 * 0.04 + storage / 1e9 * 0.10 + g("cost.alpha.store_puts") / 1000.0 * 0.005;
+    assert!((g("cost.alpha.estimated_usd") - want).abs() < 1e-6, "estimated {} against {want}", g("cost.alpha.estimated_usd"));
+    assert!(!seen.contains_key("cost.beta.cpu_seconds_embed") || g("cost.alpha.estimated_usd") >= g("cost.beta.estimated_usd"));
+    app.stop().await;
+}
