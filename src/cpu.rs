@@ -260,4 +260,3 @@ mod tests {
         assert!(q.admit("c", 1).await.is_ok(), "the worker came back");
     }
 }
-

@@ -119,9 +119,11 @@ impl App {
         let meter = metering::Meter::with(control.clone(), clock, config.billing.enforce);
         // What each tenant costs this node: embedding CPU and object-store PUTs are measured where
         // they happen and recorded with the tenant's usage (search and training CPU by the services).
-        embed.set_cost_sink(meter.sink());
+        let m = meter.clone();
+        embed.set_cost_sink(Arc::new(move |tenant: &str, cpu_us: u64| m.record_n(tenant, metering::Kind::CpuEmbed, cpu_us, 0)));
         if let Some(b) = &backup {
-            b.set_cost_sink(meter.sink());
+            let m = meter.clone();
+            b.set_cost_sink(Arc::new(move |tenant: &str, bytes: u64| m.record_n(tenant, metering::Kind::StorePut, 1, bytes)));
         }
         let state = AppState {
             traffic,

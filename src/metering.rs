@@ -162,9 +162,6 @@ struct Month {
     seed: Option<MonthUsage>,
 }
 
-/// Where a component reports what a tenant cost: `(tenant id, kind, count, tokens)`.
-pub type Sink = Arc<dyn Fn(&str, Kind, u64, u64) + Send + Sync>;
-
 #[derive(Clone)]
 pub struct Meter {
     control: ControlPlane,
@@ -200,13 +197,6 @@ impl Meter {
 
     pub fn enabled(&self) -> bool {
         self.enabled
-    }
-
-    /// A cost sink for components built before the meter or outside the services (the embedding
-    /// workers, the backup shipper): `(tenant id, kind, count, tokens)`, recorded as [`Self::record_n`].
-    pub fn sink(&self) -> Sink {
-        let meter = self.clone();
-        Arc::new(move |tenant: &str, kind: Kind, count: u64, tokens: u64| meter.record_n(tenant, kind, count, tokens))
     }
 
     /// Records one call of `kind` with `tokens` (embedded or returned).

@@ -210,6 +210,9 @@ pub struct Lagging {
     pub consecutive_failures: u32,
 }
 
+/// Where a tenant's object-store PUTs are reported: `(tenant id, bytes put)`, one call per object.
+pub type PutSink = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
 /// The backup service: one per process.
 pub struct BackupService {
     root: ReplicaRoot,
@@ -226,7 +229,7 @@ pub struct BackupService {
     /// Sources that live as long as the service (the control plane).
     held: Mutex<Vec<Arc<dyn Source>>>,
     /// Where each tenant's PUTs and their bytes are reported (set once by the server).
-    costs: std::sync::OnceLock<crate::metering::Sink>,
+    costs: std::sync::OnceLock<PutSink>,
 }
 
 impl BackupService {
@@ -253,7 +256,7 @@ impl BackupService {
     }
 
     /// Reports every object put into a tenant's replica (1 PUT, its bytes). Set once.
-    pub fn set_cost_sink(&self, sink: crate::metering::Sink) {
+    pub fn set_cost_sink(&self, sink: PutSink) {
         let _ = self.costs.set(sink);
     }
 

@@ -398,7 +398,7 @@ impl DbReplica {
         self.replica.put(level, min, max, data, created_ms).await?;
         if let (Some(id), Some(svc)) = (self.key.tenant_id(), self.svc.upgrade()) {
             if let Some(sink) = svc.costs.get() {
-                sink(id, crate::metering::Kind::StorePut, 1, n);
+                sink(id, n);
             }
         }
         Ok(())

@@ -142,6 +142,9 @@ impl Caller {
 
 type Reply = Result<Vec<Vec<f32>>, EmbedError>;
 
+/// Where each caller's share of the embedding CPU time is reported: `(caller key, microseconds)`.
+pub type CpuSink = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
 struct Job {
     key: Arc<str>,
     texts: Vec<String>,
@@ -274,7 +277,7 @@ struct Shared {
     /// Recent throughput in texts per second (`f64` bits), for `retry_after_secs`.
     rate: AtomicU64,
     /// Where each tenant's share of a batch's CPU time is reported (set once by the server).
-    costs: std::sync::OnceLock<crate::metering::Sink>,
+    costs: std::sync::OnceLock<CpuSink>,
 }
 
 impl Shared {
@@ -412,7 +415,7 @@ impl EmbedService {
     /// Reports, per tenant, the CPU microseconds spent embedding its texts: each batch's CPU time over
     /// every thread it ran on, shared among the batch's callers by their tokens. Anonymous callers
     /// are not reported. Set once; later calls are ignored.
-    pub fn set_cost_sink(&self, sink: crate::metering::Sink) {
+    pub fn set_cost_sink(&self, sink: CpuSink) {
         if let Some(h) = &self.inner {
             let _ = h.shared.costs.set(sink);
         }
@@ -630,7 +633,7 @@ fn run_batch(embedder: &Embedder, shared: &Shared, lane: Lane, jobs: Vec<Job>) {
             if let Some(sink) = shared.costs.get() {
                 for (job, cpu_us) in jobs.iter().zip(shares) {
                     if !job.key.is_empty() {
-                        sink(&job.key[..], crate::metering::Kind::CpuEmbed, cpu_us, 0);
+                        sink(&job.key[..], cpu_us);
                     }
                 }
             }

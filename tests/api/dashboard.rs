@@ -537,8 +537,11 @@ async fn costs_are_measured_per_tenant_and_priced_in_the_console() {
 
     // alpha works: documents (embedded), searches and an assembly, a catalog and a training.
     for i in 0..3 {
-        let r = send(app.api(Method::POST, "/documents", &alpha).json(&json!({"path": format!("d{i}.md"), "content": format!("Glaciers and volcanoes, part {i}. The ice moves slowly downhill.")})))
-            .await;
+        let r = send(
+            app.api(Method::POST, "/documents", &alpha)
+                .json(&json!({"path": format!("d{i}.md"), "content": format!("Glaciers and volcanoes, part {i}. The ice moves slowly downhill.")})),
+        )
+        .await;
         assert!(r.status().is_success(), "{}", r.status());
     }
     for q in ["glaciers", "volcanoes", "ice"] {
@@ -547,7 +550,8 @@ async fn costs_are_measured_per_tenant_and_priced_in_the_console() {
     }
     let r = send(app.api(Method::POST, "/context/assemble", &alpha).json(&json!({"query": "how does ice move", "max_tokens": 200}))).await;
     assert_eq!(r.status(), 200);
-    let products: Vec<Value> = (1..=6).map(|k| json!({"id": format!("p{k}"), "name": format!("Kitchen knife model {k}"), "categories": ["Kitchen"]})).collect();
+    let products: Vec<Value> =
+        (1..=6).map(|k| json!({"id": format!("p{k}"), "name": format!("Kitchen knife model {k}"), "categories": ["Kitchen"]})).collect();
     assert!(send(app.api(Method::POST, "/products", &alpha).json(&json!({"products": products}))).await.status().is_success());
     let orders: Vec<Value> = (0..12)
         .flat_map(|u| {
