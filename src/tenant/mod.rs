@@ -141,18 +141,33 @@ impl TenantRegistry {
             self.wait_closed(tenant_id, deadline).await?;
             let inner = self.inner.clone();
             let id = tenant_id.to_string();
-            let handle = self.inner.cache.try_get_with(id.clone(), async move { inner.open(&id, deadline).await }).await.map_err(
-                |e: Arc<Error>| match &*e {
+            let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = opened.clone();
+            let handle = self
+                .inner
+                .cache
+                .try_get_with(id.clone(), async move {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    inner.open(&id, deadline).await
+                })
+                .await
+                .map_err(|e: Arc<Error>| match &*e {
                     Error::Internal(cause) => Error::internal(anyhow::anyhow!("opening tenant {tenant_id}: {cause:#}")),
                     coded => coded.duplicate(),
-                },
-            )?;
+                })?;
             if handle.is_quarantined() {
                 // The marker is written: drop the handle, so every later request is refused at open.
                 self.inner.cache.invalidate(tenant_id).await;
                 return Err(Error::damaged());
             }
             if let Some(lease) = handle.lease() {
+                if opened.load(std::sync::atomic::Ordering::Relaxed) {
+                    // moka evicts lazily, in its housekeeping: run it now (with this handle leased,
+                    // so even if the cache's admission policy turns it away this request still uses
+                    // it), so a handle starts closing as another opens and the open count stays at
+                    // the cap instead of overshooting it until the next maintenance tick.
+                    self.inner.cache.run_pending_tasks().await;
+                }
                 return Ok(lease);
             }
             // It began closing between lookup and lease: wait for that close, then open afresh.
