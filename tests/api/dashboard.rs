@@ -468,6 +468,11 @@ async fn the_console_shows_traffic_trials_churn_feature_usage_and_backup_lag() {
         figures(&r.text().await.expect("page"))
     };
 
+    // The console also serves on admin.<base domain>.
+    let r = send(client.get(format!("{}/admin", app.addr)).header("host", format!("admin.localhost:{}", app.port)).header("cookie", &console)).await;
+    assert_eq!(r.status(), 200);
+    assert!(figures(&r.text().await.expect("page")).contains_key("mrr_usd"));
+
     let before = overview().await;
     assert_eq!(before["lifecycle.trials_converted"], "1");
     assert_eq!(before["lifecycle.trials_expired"], "0");
@@ -627,5 +632,43 @@ async fn costs_are_measured_per_tenant_and_priced_in_the_console() {
     let want = cpu / 3600.0 * 0.04 + storage / 1e9 * 0.10 + g("cost.alpha.store_puts") / 1000.0 * 0.005;
     assert!((g("cost.alpha.estimated_usd") - want).abs() < 1e-6, "estimated {} against {want}", g("cost.alpha.estimated_usd"));
     assert!(!seen.contains_key("cost.beta.cpu_seconds_embed") || g("cost.alpha.estimated_usd") >= g("cost.beta.estimated_usd"));
+    app.stop().await;
+}
+
+/// The portal's overview and billing pages prompt an upgrade once a limit is at 80 % or more, and
+/// not before.
+#[tokio::test]
+async fn an_upgrade_prompt_appears_at_eighty_percent_of_a_limit() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let key = tenant_with_name(&app, "small", "Small", "starter").await;
+    let r = send(app.admin(Method::PUT, "/tenants/small/overrides").json(&json!({"queries_per_month": 10}))).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let url = link(&app, "small").await;
+    let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
+    let host = format!("small.localhost:{}", app.port);
+    let r = send(client.get(format!("{}{path}", app.addr)).header("host", &host)).await;
+    let session = cookie_of(&r, "warren_portal").expect("session");
+    let page = |p: &'static str| {
+        let (client, session, host, addr) = (client.clone(), session.clone(), host.clone(), app.addr.clone());
+        async move {
+            let r = send(client.get(format!("{addr}{p}")).header("host", host).header("cookie", session)).await;
+            assert_eq!(r.status(), 200);
+            figures(&r.text().await.expect("page"))
+        }
+    };
+    let search = || send(app.api(Method::POST, "/search", &key).json(&json!({"query": "x", "mode": "keyword"})));
+    for _ in 0..7 {
+        assert_eq!(search().await.status(), 200);
+    }
+    for p in ["/dashboard", "/dashboard/billing"] {
+        assert!(!page(p).await.contains_key("upgrade_prompt"), "{p} prompts at 70 %");
+    }
+    assert_eq!(search().await.status(), 200);
+    for p in ["/dashboard", "/dashboard/billing"] {
+        let seen = page(p).await;
+        let near = seen.get("upgrade_prompt").unwrap_or_else(|| panic!("{p} has no prompt at 80 %: {seen:?}"));
+        assert!(near.contains("queries"), "{p}: {near}");
+    }
     app.stop().await;
 }
