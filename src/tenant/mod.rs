@@ -358,3 +358,36 @@ impl Inner {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tenants opened one after another never leave more open (not closing) handles than the cap:
+    /// each cold open evicts at once instead of at the next housekeeping tick.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cold_opens_keep_the_open_handles_at_the_cap() {
+        const CAP: u64 = 4;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
+        for id in &ids {
+            create_storage(&tenant_dir(tmp.path(), id), id).expect("create");
+        }
+        let reg = TenantRegistry::new(RegistryConfig {
+            data_dir: tmp.path().to_path_buf(),
+            max_open: CAP,
+            idle: Duration::from_secs(3600),
+            read_pool_size: 1,
+            open_timeout: Duration::from_secs(10),
+        });
+        for id in &ids {
+            let lease = reg.cap_for_worker(WorkerProof::new("test"), id).lease().await.expect("lease");
+            drop(lease);
+            let closing = reg.inner.closing.lock().len();
+            let open = reg.live_count().saturating_sub(closing);
+            assert!(open as u64 <= CAP, "after opening {id}: {open} handles open (not closing) with a cap of {CAP}");
+        }
+        reg.close_all().await;
+        assert_eq!(reg.live_count(), 0);
+    }
+}
