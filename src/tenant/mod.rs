@@ -410,6 +410,10 @@ mod tests {
             }
         }
         reg.close_all().await;
-        assert_eq!(reg.live_count(), 0);
+        let until = Instant::now() + Duration::from_secs(5);
+        while open_handles(&dir) > 0 {
+            assert!(Instant::now() < until, "files still open after close_all: {}", open_handles(&dir));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
