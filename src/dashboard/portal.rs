@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/billing/{period}", get(statement_csv))
         .route("/dashboard/backups", get(backups_page).post(restore_post))
         .route("/dashboard/audit", get(audit_page))
+        .route("/dashboard/jobs", get(jobs_page))
         .route("/dashboard/keys", get(keys_page).post(create_key))
         .route("/dashboard/keys/{id}/revoke", post(revoke_key))
         .route("/dashboard/keys/{id}/rotate", post(rotate_key))
@@ -704,6 +705,49 @@ async fn restore_post(p: Portal, form: FormFields) -> Response {
 }
 
 /// `GET /dashboard/audit`: the tenant's audit log (plans with `audit_log`).
+/// Background jobs (large documents and bulk uploads): status and chunks embedded. While one is
+/// queued or running the page carries `data-live-jobs`, and app.js reloads it every two seconds.
+async fn jobs_page(p: Portal) -> Response {
+    let jobs = match crate::services::jobs::list(&p.ctx).await {
+        Ok(j) => j,
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let live = jobs.iter().any(|j| matches!(j.status.as_str(), "queued" | "running"));
+    let body = html! {
+        section.card data-live-jobs[live] {
+            p.hint { "Documents with more than " (p.ctx.state().config.docs.job_threshold_chunks) " chunks, and bulk uploads over it, are embedded in the background. "
+                @if live { "This page refreshes while a job runs." } }
+            @if jobs.is_empty() { p.hint data-metric="jobs.none" { "No jobs yet." } }
+            @else {
+                div.table-wrap {
+                    table {
+                        thead { tr { th scope="col" { "Job" } th scope="col" { "Kind" } th scope="col" { "Status" } th scope="col" { "Progress" } th.num scope="col" { "Documents" } th scope="col" { "Started" } th scope="col" { "Updated" } } }
+                        tbody {
+                            @for j in &jobs {
+                                tr data-job=(j.id) {
+                                    th scope="row" { code { (j.id) } }
+                                    td { (j.kind) }
+                                    td { (metric(&format!("job.{}.status", j.id), &j.status, "")) (pill(&j.status, &j.status)) }
+                                    td {
+                                        meter min="0" max=(j.chunks.max(1)) value=(j.chunks_embedded) aria-label=(format!("chunks embedded of job {}", j.id)) {}
+                                        " " (metric(&format!("job.{}.chunks_embedded", j.id), j.chunks_embedded, &layout::group(j.chunks_embedded)))
+                                        " / " (metric(&format!("job.{}.chunks", j.id), j.chunks, &layout::group(j.chunks))) " chunks"
+                                        @if let Some(m) = j.error.as_ref().and_then(|e| e.get("message")).and_then(|m| m.as_str()) { br; small.alert { (m) } }
+                                    }
+                                    td.num { (j.documents) }
+                                    td { (j.created_at.get(..19).unwrap_or(&j.created_at).replace('T', " ")) }
+                                    td { (j.updated_at.get(..19).unwrap_or(&j.updated_at).replace('T', " ")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    render(&p, "/dashboard/jobs", "Jobs", body)
+}
+
 async fn audit_page(p: Portal) -> Response {
     let body = match usage::audit(&p.ctx).await {
         Ok(events) => html! {

@@ -672,3 +672,65 @@ async fn an_upgrade_prompt_appears_at_eighty_percent_of_a_limit() {
     }
     app.stop().await;
 }
+
+/// A large document becomes a background job; the portal's Jobs page shows it with its progress
+/// (and marks itself live while it runs), and shows it done with every chunk embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_portal_shows_background_jobs_and_their_progress() {
+    let model = model_dir();
+    assert!(model.join("model.safetensors").exists(), "model missing in {}: run scripts/fetch-model.sh", model.display());
+    let (app, _state) = spawn_state(None, move |c| {
+        c.model_dir = model;
+        c.docs.job_threshold_chunks = 8;
+    })
+    .await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let key = tenant_with_name(&app, "jobs", "Jobs", "pro").await;
+    let url = link(&app, "jobs").await;
+    let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
+    let host = format!("jobs.localhost:{}", app.port);
+    let r = send(client.get(format!("{}{path}", app.addr)).header("host", &host)).await;
+    let session = cookie_of(&r, "warren_portal").expect("session");
+    let jobs_page = || {
+        let (client, session, host, addr) = (client.clone(), session.clone(), host.clone(), app.addr.clone());
+        async move {
+            let r = send(client.get(format!("{addr}/dashboard/jobs")).header("host", host).header("cookie", session)).await;
+            assert_eq!(r.status(), 200);
+            r.text().await.expect("page")
+        }
+    };
+    assert!(figures(&jobs_page().await).contains_key("jobs.none"));
+
+    let content: String = (0..48)
+        .map(|i| format!("Section {i} on tides: ") + &"the tides of part {i} are described here in some detail. ".repeat(25) + "\n\n")
+        .collect();
+    let r = send(app.api(Method::POST, "/documents", &key).json(&json!({"path": "big.md", "content": content}))).await;
+    assert_eq!(r.status(), 202);
+    let job = json_of(r).await;
+    let id = job["id"].as_str().expect("id").to_string();
+    let chunks = job["chunks"].as_u64().expect("chunks");
+
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen_live = false;
+    loop {
+        let page = jobs_page().await;
+        let f = figures(&page);
+        let status = f.get(&format!("job.{id}.status")).unwrap_or_else(|| panic!("job {id} not on the page")).clone();
+        assert_eq!(f[&format!("job.{id}.chunks")], chunks.to_string());
+        let embedded: u64 = f[&format!("job.{id}.chunks_embedded")].parse().expect("embedded");
+        assert!(embedded <= chunks);
+        if matches!(status.as_str(), "queued" | "running") {
+            assert!(page.contains("data-live-jobs"), "a running job makes the page live");
+            seen_live = true;
+        } else {
+            assert_eq!(status, "succeeded");
+            assert_eq!(embedded, chunks);
+            assert!(!page.contains("data-live-jobs"), "a finished page stops reloading");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "job {id} did not finish: {f:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen_live, "the page showed the job before it finished");
+    app.stop().await;
+}

@@ -1,5 +1,10 @@
 // warren dashboards: live onboarding progress. The page works without this script; with it, a
-// checklist that is still running refreshes its steps every two seconds until all are done.
+// checklist that is still running refreshes its steps every two seconds until all are done, and a
+// jobs page with a job still running reloads every two seconds.
+(function () {
+  "use strict";
+  if (document.querySelector("[data-live-jobs]")) setTimeout(function () { location.reload(); }, 2000);
+})();
 (function () {
   "use strict";
   var box = document.querySelector("[data-poll]");
