@@ -61,10 +61,9 @@ impl Kind {
         Kind::CpuTrain,
         Kind::StorePut,
     ];
-    /// The kinds a tenant is metered and billed by (and sees in `GET /api/v1/usage`); the others are
-    /// the operator's cost figures.
-    pub const BILLED: [Kind; 7] =
-        [Kind::Search, Kind::Assemble, Kind::Embedding, Kind::DocumentWrite, Kind::DocumentDelete, Kind::ApiCall, Kind::Recommendation];
+    /// The kinds a tenant is metered and billed by (and sees in `GET /api/v1/usage`): the first seven
+    /// of [`Kind::ALL`]; the others are the operator's cost figures.
+    pub const BILLED: &'static [Kind] = Kind::ALL.split_at(7).0;
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -125,11 +124,11 @@ impl MonthUsage {
     pub fn tokens_embedded(&self) -> u64 {
         self.tokens_of(Kind::DocumentWrite) + self.tokens_of(Kind::Embedding)
     }
-    /// Tokens returned by context assembly.
     /// CPU seconds of a `Cpu*` kind (recorded in microseconds).
     pub fn cpu_seconds(&self, k: Kind) -> f64 {
         self.count(k) as f64 / 1e6
     }
+    /// Tokens returned by context assembly.
     pub fn tokens_returned(&self) -> u64 {
         self.tokens_of(Kind::Assemble)
     }

@@ -536,10 +536,10 @@ fn stripe_sql(c: &rusqlite::Connection, ev: &StripeEvent, at: DateTime<Utc>) -> 
         StripeEffect::PaymentFailed { suspend: false } => ("payment_failed".to_string(), serde_json::json!({"suspended": false})),
         StripeEffect::SetTier { tier, subscription_status } => {
             c.execute("UPDATE tenants SET tier = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, tier.as_str(), now])?;
-            if t.status == super::Status::Trial && subscription_status == "active" {
+            let converted = t.status == super::Status::Trial && subscription_status == "active";
+            if converted {
                 c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = ?1", [&t.id])?;
             }
-            let converted = t.status == super::Status::Trial && subscription_status == "active";
             let mut detail = serde_json::json!({"from_tier": t.tier, "to_tier": tier});
             if converted {
                 detail["converted_from_trial"] = Value::from(true);

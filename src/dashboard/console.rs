@@ -291,13 +291,13 @@ struct TenantsQuery {
 }
 
 async fn tenants(c: Console, Query(q): Query<TenantsQuery>) -> Response {
-    let o = match c.operator.console_overview(&c.proof).await {
-        Ok(o) => o,
+    let all = match c.operator.console_tenants(&c.proof).await {
+        Ok(t) => t,
         Err(e) => return error_page(&c.brand, e),
     };
     let needle = q.q.clone().unwrap_or_default().to_lowercase();
     let mut rows: Vec<&svc::ConsoleTenant> =
-        o.tenants.iter().filter(|t| needle.is_empty() || t.slug.contains(&needle) || t.name.to_lowercase().contains(&needle)).collect();
+        all.iter().filter(|t| needle.is_empty() || t.slug.contains(&needle) || t.name.to_lowercase().contains(&needle)).collect();
     match q.sort.as_deref() {
         Some("mrr") => rows.sort_by(|a, b| b.mrr_usd.total_cmp(&a.mrr_usd)),
         Some("quota") => rows.sort_by(|a, b| b.quota_percent.unwrap_or(-1.0).total_cmp(&a.quota_percent.unwrap_or(-1.0))),

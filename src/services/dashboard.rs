@@ -374,14 +374,40 @@ impl Cost {
 }
 
 impl Operator {
+    /// The console's tenants table alone: every tenant with its bill and cost this month.
+    pub async fn console_tenants(&self, _proof: &AdminProof) -> Result<Vec<ConsoleTenant>, Error> {
+        let (_, tenants, rows) = self.usage_report_with_tenants(None).await?;
+        Ok(self.tenant_table(&tenants, &rows))
+    }
+
+    /// One row per tenant; `rows` is the usage report of `tenants`, in their order.
+    fn tenant_table(&self, tenants: &[crate::control::Tenant], rows: &[crate::billing::UsageRow]) -> Vec<ConsoleTenant> {
+        tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let bill = rows.get(i).filter(|b| b.tenant_id == t.id);
+                ConsoleTenant {
+                    slug: t.slug.clone(),
+                    name: t.name.clone(),
+                    tier: bill.map_or_else(|| t.tier.as_str().to_string(), |b| b.tier.as_str().to_string()),
+                    status: t.status.as_str().to_string(),
+                    mrr_usd: bill.map_or(0.0, |b| b.total_usd),
+                    quota_percent: bill.and_then(|b| b.queries_limit.map(|l| if l == 0 { 100.0 } else { b.queries as f64 * 100.0 / l as f64 })),
+                    storage_bytes: bill.and_then(|b| b.storage_bytes),
+                    created_at: t.created_at,
+                    cost: bill.map(|b| Cost::of(b, &self.config.dashboard)).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
     /// The console's overview: MRR by tier (the usage report of this month), tenants by status,
     /// trials ending, conversions and churn this month, open handles against the cap, the embedding
     /// queue, the last hour's traffic, the tier × feature heatmap and the replicas furthest behind.
     pub async fn console_overview(&self, _proof: &AdminProof) -> Result<ConsoleOverview, Error> {
         let (period, tenants, rows) = self.usage_report_with_tenants(None).await?;
         let now = self.clock.now();
-        // The report's rows are in the order of its tenants.
-        let bills: Vec<&crate::billing::UsageRow> = rows.iter().collect();
         let mut by_tier: BTreeMap<String, (u64, f64)> = BTreeMap::new();
         for r in &rows {
             let e = by_tier.entry(r.tier.as_str().to_string()).or_default();
@@ -390,27 +416,15 @@ impl Operator {
         }
         let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
         let mut trials_ending = Vec::new();
-        let mut table = Vec::with_capacity(tenants.len());
-        for (i, t) in tenants.iter().enumerate() {
+        for t in &tenants {
             *by_status.entry(t.status.as_str().to_string()).or_default() += 1;
             if let Some(end) = t.trial_ends_at {
                 if t.status == crate::control::Status::Trial && end > now && end <= now + Duration::days(7) {
                     trials_ending.push((t.slug.clone(), t.name.clone(), end));
                 }
             }
-            let bill = bills.get(i).filter(|b| b.tenant_id == t.id);
-            table.push(ConsoleTenant {
-                slug: t.slug.clone(),
-                name: t.name.clone(),
-                tier: bill.map_or_else(|| t.tier.as_str().to_string(), |b| b.tier.as_str().to_string()),
-                status: t.status.as_str().to_string(),
-                mrr_usd: bill.map_or(0.0, |b| b.total_usd),
-                quota_percent: bill.and_then(|b| b.queries_limit.map(|l| if l == 0 { 100.0 } else { b.queries as f64 * 100.0 / l as f64 })),
-                storage_bytes: bill.and_then(|b| b.storage_bytes),
-                created_at: t.created_at,
-                cost: bill.map(|b| Cost::of(b, &self.config.dashboard)).unwrap_or_default(),
-            });
         }
+        let table = self.tenant_table(&tenants, &rows);
         trials_ending.sort_by_key(|t| t.2);
         let mrr: f64 = rows.iter().map(|r| r.total_usd).sum();
         let mut heatmap: Vec<(String, [u64; FEATURES.len()])> =

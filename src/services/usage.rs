@@ -45,7 +45,7 @@ pub async fn month(ctx: &TenantCtx) -> Result<Value, Error> {
     let stored = ctx.stored().await?;
     let ent = ctx.entitlements();
     let mut usage = serde_json::Map::new();
-    for k in Kind::BILLED {
+    for &k in Kind::BILLED {
         usage.insert(k.as_str().into(), json!({"calls": month.count(k), "tokens": month.tokens_of(k)}));
     }
     usage.insert("api_calls".into(), json!(month.count(Kind::ApiCall)));

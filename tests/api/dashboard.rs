@@ -406,6 +406,33 @@ async fn sessions_links_and_csrf_hold() {
     app.stop().await;
 }
 
+/// Logs into the operator console with the admin token (through the login form and its pre-login
+/// CSRF cookie); returns the session cookie.
+async fn console_session(client: &reqwest::Client, app: &TestApp) -> String {
+    let r = send(client.get(format!("{}/admin/login", app.addr))).await;
+    let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
+    let pre_token = pre.split_once('=').expect("kv").1.to_string();
+    let r = send(
+        client
+            .post(format!("{}/admin/login", app.addr))
+            .header("cookie", &pre)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={pre_token}&token={ADMIN}")),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    cookie_of(&r, "warren_console").expect("console session")
+}
+
+/// Logs into `slug`'s portal with a one-time link; returns the tenant's host and the session cookie.
+async fn portal_session(client: &reqwest::Client, app: &TestApp, slug: &str) -> (String, String) {
+    let url = link(app, slug).await;
+    let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
+    let host = format!("{slug}.localhost:{}", app.port);
+    let r = send(client.get(format!("{}{path}", app.addr)).header("host", &host)).await;
+    (host, cookie_of(&r, "warren_portal").expect("portal session"))
+}
+
 /// The `data-value` of every `data-metric` on a page.
 fn figures(page: &str) -> std::collections::HashMap<String, String> {
     page.split("data-metric=\"")
@@ -449,19 +476,7 @@ async fn the_console_shows_traffic_trials_churn_feature_usage_and_backup_lag() {
     assert_eq!(r.status(), 204);
 
     // The console.
-    let r = send(client.get(format!("{}/admin/login", app.addr))).await;
-    let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
-    let pre_token = pre.split_once('=').expect("kv").1.to_string();
-    let r = send(
-        client
-            .post(format!("{}/admin/login", app.addr))
-            .header("cookie", &pre)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("csrf={pre_token}&token={ADMIN}")),
-    )
-    .await;
-    assert_eq!(r.status(), 303);
-    let console = cookie_of(&r, "warren_console").expect("console session");
+    let console = console_session(&client, &app).await;
     let overview = || async {
         let r = send(client.get(format!("{}/admin", app.addr)).header("cookie", &console)).await;
         assert_eq!(r.status(), 200);
@@ -609,18 +624,7 @@ async fn costs_are_measured_per_tenant_and_priced_in_the_console() {
 
     // The console prices them at the configured unit prices.
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let r = send(client.get(format!("{}/admin/login", app.addr))).await;
-    let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
-    let pre_token = pre.split_once('=').expect("kv").1.to_string();
-    let r = send(
-        client
-            .post(format!("{}/admin/login", app.addr))
-            .header("cookie", &pre)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("csrf={pre_token}&token={ADMIN}")),
-    )
-    .await;
-    let console = cookie_of(&r, "warren_console").expect("console session");
+    let console = console_session(&client, &app).await;
     let page = send(client.get(format!("{}/admin", app.addr)).header("cookie", &console)).await.text().await.expect("page");
     let seen = figures(&page);
     let g = |k: &str| -> f64 { seen.get(k).unwrap_or_else(|| panic!("no {k} on the console")).parse().expect("number") };
@@ -644,11 +648,7 @@ async fn an_upgrade_prompt_appears_at_eighty_percent_of_a_limit() {
     let key = tenant_with_name(&app, "small", "Small", "starter").await;
     let r = send(app.admin(Method::PUT, "/tenants/small/overrides").json(&json!({"queries_per_month": 10}))).await;
     assert!(r.status().is_success(), "{}", r.status());
-    let url = link(&app, "small").await;
-    let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
-    let host = format!("small.localhost:{}", app.port);
-    let r = send(client.get(format!("{}{path}", app.addr)).header("host", &host)).await;
-    let session = cookie_of(&r, "warren_portal").expect("session");
+    let (host, session) = portal_session(&client, &app, "small").await;
     let page = |p: &'static str| {
         let (client, session, host, addr) = (client.clone(), session.clone(), host.clone(), app.addr.clone());
         async move {
@@ -686,11 +686,7 @@ async fn the_portal_shows_background_jobs_and_their_progress() {
     .await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let key = tenant_with_name(&app, "jobs", "Jobs", "pro").await;
-    let url = link(&app, "jobs").await;
-    let path = url.split_once(&format!(":{}", app.port)).expect("port").1.to_string();
-    let host = format!("jobs.localhost:{}", app.port);
-    let r = send(client.get(format!("{}{path}", app.addr)).header("host", &host)).await;
-    let session = cookie_of(&r, "warren_portal").expect("session");
+    let (host, session) = portal_session(&client, &app, "jobs").await;
     let jobs_page = || {
         let (client, session, host, addr) = (client.clone(), session.clone(), host.clone(), app.addr.clone());
         async move {
