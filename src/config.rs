@@ -254,6 +254,9 @@ pub struct RecsConfig {
     pub max_limit: usize,
     /// Days a WooCommerce webhook delivery id is remembered, so a redelivery changes nothing.
     pub webhook_dedup_days: u32,
+    /// An order is attributed to a recommendation click (an event of type `rec_click`) by the same
+    /// customer, on a product of the order, at most this many days before it.
+    pub attribution_window_days: u32,
 }
 
 impl Default for RecsConfig {
@@ -277,6 +280,7 @@ impl Default for RecsConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_limit: 100,
             webhook_dedup_days: 30,
+            attribution_window_days: 7,
         }
     }
 }
@@ -491,6 +495,7 @@ impl Config {
         anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(self.usage_flush_interval_ms >= 10, "usage_flush_interval_ms must be at least 10");
+        anyhow::ensure!((1..=365).contains(&self.recs.attribution_window_days), "recs.attribution_window_days must be 1..=365");
         anyhow::ensure!(self.dashboard.link_ttl_secs >= 1, "dashboard.link_ttl_secs must be at least 1");
         anyhow::ensure!(self.dashboard.session_ttl_secs >= 60, "dashboard.session_ttl_secs must be at least 60");
         let accent = self.dashboard.accent_color.as_bytes();

@@ -1,7 +1,7 @@
 //! Usage events: cheap to record, durable within `usage_flush_interval_ms`, never counted twice.
 //!
 //! Handlers call [`Meter::record`], which only adds to an in-memory buffer (aggregated per tenant,
-//! kind and month) and to the tenant's in-memory monthly counters. A single process-wide task
+//! API key, kind and month) and to the tenant's in-memory monthly counters. A single process-wide task
 //! flushes the buffer every `usage_flush_interval_ms` (250 ms by default) into `usage_events` in
 //! control.db, one transaction per flush, so a `kill -9` loses at most the last interval of counts
 //! and a flush is either wholly applied or not at all.
@@ -161,6 +161,8 @@ struct Month {
     seed: Option<MonthUsage>,
 }
 
+type BufKey = (String, Option<String>, Kind, (i32, u32));
+
 #[derive(Clone)]
 pub struct Meter {
     control: ControlPlane,
@@ -168,7 +170,8 @@ pub struct Meter {
     enabled: bool,
     /// Events of this process with id <= boundary were in control.db before it started.
     boundary: i64,
-    buffer: Arc<Mutex<HashMap<(String, Kind, (i32, u32)), Pending>>>,
+    /// Pending counts by (tenant, API key, kind, month).
+    buffer: Arc<Mutex<HashMap<BufKey, Pending>>>,
     months: Arc<RwLock<HashMap<String, Arc<Mutex<Month>>>>>,
     /// One flush at a time, so the final flush at shutdown waits for one in progress.
     flushing: Arc<tokio::sync::Mutex<()>>,
@@ -216,6 +219,12 @@ impl Meter {
 
     /// Records `count` units at once (e.g. documents of a bulk write).
     pub fn record_n(&self, tenant_id: &str, kind: Kind, count: u64, tokens: u64) {
+        self.record_key(tenant_id, None, kind, count, tokens)
+    }
+
+    /// Records `count` units made with the API key `key_id` (None: a session, a webhook, a worker
+    /// without a key, or the node's own work), so usage can be reported per key.
+    pub fn record_key(&self, tenant_id: &str, key_id: Option<&str>, kind: Kind, count: u64, tokens: u64) {
         if !self.enabled || (count == 0 && tokens == 0) {
             return;
         }
@@ -230,7 +239,8 @@ impl Meter {
             m.delta.add(kind, count, tokens);
         }
         let mut buf = self.buffer.lock();
-        let e = buf.entry((tenant_id.to_string(), kind, ym)).or_insert_with(|| Pending { count: 0, tokens: 0, at: ts(now) });
+        let e =
+            buf.entry((tenant_id.to_string(), key_id.map(str::to_string), kind, ym)).or_insert_with(|| Pending { count: 0, tokens: 0, at: ts(now) });
         e.count += count;
         e.tokens += tokens;
     }
@@ -293,7 +303,7 @@ impl Meter {
     /// Writes the buffered counts in one transaction. On failure they go back to the buffer.
     pub async fn flush(&self) {
         let _one = self.flushing.lock().await;
-        let batch: Vec<((String, Kind, (i32, u32)), Pending)> = std::mem::take(&mut *self.buffer.lock()).into_iter().collect();
+        let batch: Vec<(BufKey, Pending)> = std::mem::take(&mut *self.buffer.lock()).into_iter().collect();
         if batch.is_empty() {
             return;
         }
@@ -303,9 +313,10 @@ impl Meter {
             .write(move |c| {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
-                    let mut stmt = tx.prepare_cached("INSERT INTO usage_events (tenant_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-                    for ((tenant, kind, _), p) in &batch {
-                        stmt.execute(params![tenant, kind.as_str(), p.count as i64, p.tokens as i64, p.at])?;
+                    let mut stmt =
+                        tx.prepare_cached("INSERT INTO usage_events (tenant_id, key_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+                    for ((tenant, key, kind, _), p) in &batch {
+                        stmt.execute(params![tenant, key, kind.as_str(), p.count as i64, p.tokens as i64, p.at])?;
                     }
                 }
                 crate::faults::point("usage.in_flush");

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::extract::Authorized;
@@ -36,6 +37,7 @@ use crate::state::AppState;
         events,
         recommend,
         status,
+        attribution,
         train,
         trending,
         cart
@@ -51,6 +53,7 @@ use crate::state::AppState;
         BatchAnswer,
         RecsResponse,
         recs::CustomerReceipt,
+        recs::Attribution,
         store::Erased
     ))
 )]
@@ -105,6 +108,7 @@ pub fn routes(config: &Config) -> Router<AppState> {
         .route("/events", post(events).layer(body))
         .route("/recommendations", get(recommend))
         .route("/recommendations/status", get(status))
+        .route("/recommendations/attribution", get(attribution))
         .route("/recommendations/train", post(train))
         .route("/recommendations/trending", get(trending))
         .route("/recommendations/cart", post(cart))
@@ -212,6 +216,20 @@ async fn events(ctx: Authorized<op::EventsInsert>, ApiJson(body): ApiJson<Value>
     responses((status = 200, description = "The model, training state, data counts and sync progress", body = super::schemas::RecsStatus)))]
 async fn status(ctx: Authorized<op::RecsStatus>) -> Result<Json<Value>, Error> {
     Ok(Json(recs::status(&ctx).await?))
+}
+
+/// `?days=` of [`attribution`].
+#[derive(Deserialize, utoipa::IntoParams)]
+struct AttributionQuery {
+    /// The period, in days up to today (1–365, default 30).
+    days: Option<u32>,
+}
+
+/// Clicks on recommendations (events of type `rec_click`) and the orders that followed them.
+#[utoipa::path(get, path = "/api/v1/recommendations/attribution", tag = "recommendations", params(AttributionQuery),
+    responses((status = 200, description = "Recommendations served, clicks, attributed orders and revenue", body = recs::Attribution)))]
+async fn attribution(ctx: Authorized<op::RecsAttribution>, ApiQuery(q): ApiQuery<AttributionQuery>) -> Result<Json<recs::Attribution>, Error> {
+    Ok(Json(recs::attribution(&ctx, q.days.unwrap_or(30)).await?))
 }
 
 /// Starts a training now (no debounce); poll the status until `training` is false.

@@ -140,6 +140,9 @@ CREATE TABLE dashboard_sessions (
 );
 CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
 "#,
+    r#"
+ALTER TABLE usage_events ADD COLUMN key_id TEXT;
+"#,
 ];
 
 pub use crate::clock::{parse_ts, ts};

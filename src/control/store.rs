@@ -209,6 +209,9 @@ pub trait ControlStore: Send + Sync {
     fn delete_session(&self, token_hash: Vec<u8>) -> Fut<'_, ()>;
     /// A tenant's usage events since `since`, summed per UTC day and kind: `(YYYY-MM-DD, kind, calls, tokens)`.
     fn usage_by_day(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(String, String, u64, u64)>>;
+    /// A tenant's usage events since `since`, summed per API key and kind: `(key id, kind, calls,
+    /// tokens)`; `None` for usage made without a key (portal sessions, webhooks).
+    fn usage_by_key(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(Option<String>, String, u64, u64)>>;
 }
 
 /// A dashboard session: the tenant portal's (`tenant_id` set) or the operator console's (`None`).
@@ -308,6 +311,22 @@ impl ControlStore for ControlPlane {
             let mut st = c.prepare(
                 "SELECT substr(at, 1, 10) AS day, kind, SUM(count), SUM(tokens) FROM usage_events
                  WHERE tenant_id = ?1 AND at >= ?2 GROUP BY day, kind ORDER BY day, kind",
+            )?;
+            let rows = st
+                .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn usage_by_key(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(Option<String>, String, u64, u64)>> {
+        let tenant_id = tenant_id.to_string();
+        Box::pin(self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT key_id, kind, SUM(count), SUM(tokens) FROM usage_events
+                 WHERE tenant_id = ?1 AND at >= ?2 GROUP BY key_id, kind ORDER BY key_id, kind",
             )?;
             let rows = st
                 .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| {

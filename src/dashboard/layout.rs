@@ -18,6 +18,7 @@ const PORTAL_NAV: &[(&str, &str)] = &[
     ("/dashboard/search", "Search"),
     ("/dashboard/keys", "API keys"),
     ("/dashboard/billing", "Billing"),
+    ("/dashboard/recommendations", "Recommendations"),
     ("/dashboard/jobs", "Jobs"),
     ("/dashboard/backups", "Backups"),
     ("/dashboard/audit", "Audit log"),

@@ -26,12 +26,14 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/onboarding.json", get(onboarding_json))
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage.csv", get(usage_csv))
+        .route("/dashboard/usage-keys.csv", get(usage_keys_csv))
         .route("/dashboard/search", get(search_page))
         .route("/dashboard/billing", get(billing_page))
         .route("/dashboard/billing/{period}", get(statement_csv))
         .route("/dashboard/backups", get(backups_page).post(restore_post))
         .route("/dashboard/audit", get(audit_page))
         .route("/dashboard/jobs", get(jobs_page))
+        .route("/dashboard/recommendations", get(recs_page).post(recs_train))
         .route("/dashboard/keys", get(keys_page).post(create_key))
         .route("/dashboard/keys/{id}/revoke", post(revoke_key))
         .route("/dashboard/keys/{id}/rotate", post(rotate_key))
@@ -178,7 +180,7 @@ async fn overview_body(p: &Portal) -> Result<Markup, crate::error::Error> {
     let near: Vec<&str> = bars.iter().filter(|b| b.3.is_some_and(|lim| lim == 0 || b.2 * 100 >= lim * 80)).map(|b| b.0).collect();
     let ent = ctx.entitlements();
     let next = crate::plans::TIERS.into_iter().find(|t| *t > ent.tier);
-    let points: Vec<(String, u64)> = days.iter().map(|d| (d.day.clone(), d.api_calls)).collect();
+    let points: Vec<(String, u64)> = days.iter().map(|d| (d.day.clone(), d.usage.api_calls)).collect();
     let running = steps.iter().any(|s| !s.done);
     Ok(html! {
         section.cards {
@@ -256,13 +258,48 @@ async fn onboarding_json(p: Portal) -> Response {
     }
 }
 
-/// `GET /dashboard/usage`: per day, the last 30 days.
+/// `GET /dashboard/usage`: per day and per API key, the last 30 days.
 async fn usage_page(p: Portal) -> Response {
-    let days = match svc::daily_usage(&p.ctx, 30).await {
+    let (days, keys) = match tokio::try_join!(svc::daily_usage(&p.ctx, 30), svc::key_usage(&p.ctx, 30)) {
         Ok(d) => d,
         Err(e) => return error_page(&p.brand, e),
     };
+    let head = html! {
+        th.num scope="col" { "API calls" } th.num scope="col" { "Queries" } th.num scope="col" { "Tokens embedded" } th.num scope="col" { "Tokens returned" } th.num scope="col" { "Recommendations" }
+    };
+    let cells = |u: &svc::Tally, id: &str| {
+        html! {
+            td.num data-metric=(format!("key.{id}.api_calls")) data-value=(u.api_calls) { (layout::group(u.api_calls)) }
+            td.num data-metric=(format!("key.{id}.queries")) data-value=(u.queries) { (layout::group(u.queries)) }
+            td.num data-metric=(format!("key.{id}.tokens_embedded")) data-value=(u.tokens_embedded) { (layout::group(u.tokens_embedded)) }
+            td.num data-metric=(format!("key.{id}.tokens_returned")) data-value=(u.tokens_returned) { (layout::group(u.tokens_returned)) }
+            td.num data-metric=(format!("key.{id}.recommendations")) data-value=(u.recommendations) { (layout::group(u.recommendations)) }
+        }
+    };
     let body = html! {
+        section.card {
+            div.card-head {
+                h2 { "Per API key, last 30 days" }
+                a.button href="/dashboard/usage-keys.csv" download { "Download CSV" }
+            }
+            div.table-wrap {
+                table {
+                    thead { tr { th scope="col" { "Key" } (head) } }
+                    tbody {
+                        @for k in &keys {
+                            tr {
+                                th scope="row" {
+                                    (k.name)
+                                    @if let Some(prefix) = &k.prefix { " " code { (prefix) } }
+                                    @if k.revoked { " " (pill("revoked", "off")) }
+                                }
+                                (cells(&k.usage, k.key_id.as_deref().unwrap_or("none")))
+                            }
+                        }
+                    }
+                }
+            }
+        }
         section.card {
             div.card-head {
                 h2 { "Per day (UTC)" }
@@ -270,16 +307,16 @@ async fn usage_page(p: Portal) -> Response {
             }
             div.table-wrap {
                 table {
-                    thead { tr { th scope="col" { "Day" } th.num scope="col" { "API calls" } th.num scope="col" { "Queries" } th.num scope="col" { "Tokens embedded" } th.num scope="col" { "Tokens returned" } th.num scope="col" { "Recommendations" } } }
+                    thead { tr { th scope="col" { "Day" } (head) } }
                     tbody {
                         @for d in days.iter().rev() {
                             tr data-day=(d.day) {
                                 th scope="row" { (d.day) }
-                                td.num { (layout::group(d.api_calls)) }
-                                td.num { (layout::group(d.queries)) }
-                                td.num { (layout::group(d.tokens_embedded)) }
-                                td.num { (layout::group(d.tokens_returned)) }
-                                td.num { (layout::group(d.recommendations)) }
+                                td.num { (layout::group(d.usage.api_calls)) }
+                                td.num { (layout::group(d.usage.queries)) }
+                                td.num { (layout::group(d.usage.tokens_embedded)) }
+                                td.num { (layout::group(d.usage.tokens_returned)) }
+                                td.num { (layout::group(d.usage.recommendations)) }
                             }
                         }
                     }
@@ -290,6 +327,11 @@ async fn usage_page(p: Portal) -> Response {
     render(&p, "/dashboard/usage", "Usage", body)
 }
 
+fn csv_response(p: &Portal, name: &str, csv: String) -> Response {
+    let name = format!("attachment; filename=\"{name}-{}.csv\"", p.ctx.tenant().slug);
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, name)], csv).into_response()
+}
+
 /// `GET /dashboard/usage.csv`.
 async fn usage_csv(p: Portal) -> Response {
     let days = match svc::daily_usage(&p.ctx, 30).await {
@@ -298,10 +340,43 @@ async fn usage_csv(p: Portal) -> Response {
     };
     let mut csv = String::from("day,api_calls,queries,tokens_embedded,tokens_returned,recommendations\n");
     for d in &days {
-        csv.push_str(&format!("{},{},{},{},{},{}\n", d.day, d.api_calls, d.queries, d.tokens_embedded, d.tokens_returned, d.recommendations));
+        let u = &d.usage;
+        csv.push_str(&format!("{},{},{},{},{},{}\n", d.day, u.api_calls, u.queries, u.tokens_embedded, u.tokens_returned, u.recommendations));
     }
-    let name = format!("attachment; filename=\"usage-{}.csv\"", p.ctx.tenant().slug);
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, name)], csv).into_response()
+    csv_response(&p, "usage", csv)
+}
+
+/// `GET /dashboard/usage-keys.csv`: per API key, the last 30 days. Names are the tenant's own
+/// text, so they are quoted and a leading formula character is defused.
+async fn usage_keys_csv(p: Portal) -> Response {
+    let keys = match svc::key_usage(&p.ctx, 30).await {
+        Ok(k) => k,
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let mut csv = String::from("key_id,prefix,name,revoked,api_calls,queries,tokens_embedded,tokens_returned,recommendations\n");
+    for k in &keys {
+        let u = &k.usage;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            k.key_id.as_deref().unwrap_or(""),
+            k.prefix.as_deref().unwrap_or(""),
+            csv_field(&k.name),
+            k.revoked,
+            u.api_calls,
+            u.queries,
+            u.tokens_embedded,
+            u.tokens_returned,
+            u.recommendations
+        ));
+    }
+    csv_response(&p, "usage-keys", csv)
+}
+
+/// One CSV field: quoted, quotes doubled, and a leading `= + - @` (a spreadsheet formula) prefixed
+/// with `'`.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// A key just issued (created or rotated), shown once.
@@ -705,6 +780,164 @@ async fn restore_post(p: Portal, form: FormFields) -> Response {
 }
 
 /// `GET /dashboard/audit`: the tenant's audit log (plans with `audit_log`).
+#[derive(Deserialize)]
+struct RecsPreview {
+    customer: Option<String>,
+    product: Option<String>,
+}
+
+/// A preview for a customer (personal) or a product (related), run and charged as the REST call.
+async fn recs_preview(p: &Portal, q: &RecsPreview) -> Option<Result<(String, Vec<crate::recs::Rec>), crate::error::Error>> {
+    use crate::services::recs::{self, RecQuery};
+    let customer = q.customer.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let product = q.product.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let label = match (customer, product) {
+        (Some(c), _) => format!("For customer {c}"),
+        (None, Some(id)) => format!("Related to product {id}"),
+        (None, None) => return None,
+    };
+    let (customer, product) = (customer.map(str::to_string), product.filter(|_| customer.is_none()).map(str::to_string));
+    let go = async {
+        p.ctx.begin(crate::services::Op::Recommend)?;
+        let q = RecQuery::new(customer, Some(10));
+        let r = match product {
+            Some(id) => recs::related_to(&p.ctx, id, q).await?,
+            None => recs::recommend_for(&p.ctx, q).await?,
+        };
+        Ok((label, r.results))
+    };
+    Some(go.await)
+}
+
+/// `GET /dashboard/recommendations`: the model's status and last training (with a button to train
+/// now), a preview for a customer or a product, and attribution (clicks and the orders that
+/// followed, `recs::attribution`). Plans without `recommendations` see an upgrade prompt.
+async fn recs_page(p: Portal, Query(q): Query<RecsPreview>) -> Response {
+    use crate::services::recs;
+    let data = async { Ok::<_, crate::error::Error>((recs::status(&p.ctx).await?, recs::attribution(&p.ctx, 30).await?)) }.await;
+    let (status, attr) = match data {
+        Ok(d) => d,
+        Err(e) if e.code() == crate::error::Code::FeatureNotInPlan => {
+            let body = html! {
+                div.upgrade role="status" data-metric="recs.upgrade" data-value="recommendations" {
+                    strong { "Recommendations are part of a higher plan." } " "
+                    @if let Some(u) = e.details().and_then(|d| d.get("upgrade_url")).and_then(|v| v.as_str()) { a.button href=(u) { "Upgrade" } }
+                }
+            };
+            return render(&p, "/dashboard/recommendations", "Recommendations", body);
+        }
+        Err(e) => return error_page(&p.brand, e),
+    };
+    let preview = recs_preview(&p, &q).await;
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let version = n(&status["model_version"]);
+    let training = status["training"].as_bool().unwrap_or(false);
+    let state = if training {
+        ("training", "trial")
+    } else if version > 0 {
+        ("trained", "ok")
+    } else {
+        ("not trained yet", "off")
+    };
+    let eval = &status["evaluation"];
+    let body = html! {
+        section.card {
+            div.card-head {
+                h2 { "Model" }
+                form method="post" action="/dashboard/recommendations" {
+                    (csrf_field(&p.session.csrf))
+                    button type="submit" { "Train now" }
+                }
+            }
+            dl.facts {
+                dt { "Status" } dd { span data-metric="recs.state" data-value=(state.0) { (pill(state.0, state.1)) } }
+                dt { "Version" } dd { (metric("recs.model_version", version, &version.to_string())) }
+                dt { "Last training" } dd { (status["trained_at"].as_str().map(|t| t.get(..19).unwrap_or(t).replace('T', " ") + " UTC").unwrap_or_else(|| "never".into())) }
+                @if let Some(ms) = status["training_ms"].as_u64() { dt { "Took" } dd { (format!("{:.1} s", ms as f64 / 1000.0)) } }
+                @if let Some(m) = status["method"].as_str() { dt { "Method" } dd { (m) } }
+                @if let Some(h) = eval["hr_at_10"].as_f64() { dt { "Hit rate @10" } dd { (metric("recs.hr_at_10", h, &format!("{:.3}", h))) " on " (n(&eval["users"])) " customers (leave-last-out)" } }
+                dt { "Data" } dd {
+                    (metric("recs.products", n(&status["data"]["products"]), &layout::group(n(&status["data"]["products"])))) " products · "
+                    (layout::group(n(&status["data"]["customers"]))) " customers · "
+                    (metric("recs.orders", n(&status["data"]["orders"]), &layout::group(n(&status["data"]["orders"])))) " orders · "
+                    (layout::group(n(&status["data"]["events"]))) " events"
+                }
+                @if let Some(e) = status["last_error"].as_str() { dt { "Last error" } dd.alert { (e) } }
+            }
+        }
+        section.card {
+            h2 { "Preview" }
+            form.stack method="get" action="/dashboard/recommendations" {
+                label for="rec-customer" { "Customer id" }
+                input #rec-customer type="text" name="customer" maxlength="256" value=(q.customer.clone().unwrap_or_default());
+                label for="rec-product" { "or product id" }
+                input #rec-product type="text" name="product" maxlength="256" value=(q.product.clone().unwrap_or_default());
+                button.primary type="submit" { "Preview" }
+            }
+            @match &preview {
+                Some(Ok((label, results))) => {
+                    h3 { (label) }
+                    @if results.is_empty() { p.hint data-metric="recs.preview" data-value="0" { "No recommendations." } }
+                    @else {
+                        div.table-wrap {
+                            table data-metric="recs.preview" data-value=(results.len()) {
+                                thead { tr { th scope="col" { "#" } th scope="col" { "Product" } th.num scope="col" { "Score" } th scope="col" { "Why" } } }
+                                tbody {
+                                    @for (i, r) in results.iter().enumerate() {
+                                        tr data-product=(r.product_id) {
+                                            td { (i + 1) }
+                                            td { code { (r.product_id) } }
+                                            td.num { (format!("{:.3}", r.score)) }
+                                            td { (serde_json::to_value(r.reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => { p.alert role="alert" data-error="recs" { (e.public_message()) } }
+                None => {}
+            }
+        }
+        section.card {
+            h2 { "Attribution, last 30 days" }
+            dl.facts {
+                dt { "Recommendations served" } dd { (metric("attribution.recommendations_served", attr.recommendations_served, &layout::group(attr.recommendations_served))) }
+                dt { "Clicks" } dd { (metric("attribution.clicks", attr.clicks, &layout::group(attr.clicks))) " by " (layout::group(attr.customers_clicked)) " customers" }
+                dt { "Click-through" } dd {
+                    @match attr.click_through_rate {
+                        Some(r) => (metric("attribution.click_through_rate", r, &format!("{:.1} %", r * 100.0))),
+                        None => "—",
+                    }
+                }
+                dt { "Orders that followed" } dd { (metric("attribution.orders", attr.attributed_orders, &layout::group(attr.attributed_orders))) }
+                dt { "Their revenue" } dd { (metric("attribution.revenue", attr.attributed_revenue, &format!("{:.2}", attr.attributed_revenue))) }
+            }
+            p.hint {
+                "Send a click on a recommended product as an event of type " code { "rec_click" } " with the customer's id. An order counts when the same customer clicked one of its products at most "
+                (attr.window_days) " days before it; its revenue is those lines' quantity × price."
+            }
+        }
+    };
+    render(&p, "/dashboard/recommendations", "Recommendations", body)
+}
+
+/// `POST /dashboard/recommendations`: train now.
+async fn recs_train(p: Portal, form: FormFields) -> Response {
+    if let Err(e) = svc::check_csrf(&p.session, form.get("csrf")) {
+        return error_page(&p.brand, e);
+    }
+    let run = async {
+        p.ctx.begin(crate::services::Op::RecsTrain)?;
+        crate::services::recs::train(&p.ctx).await
+    };
+    match run.await {
+        Ok(_) => Redirect::to("/dashboard/recommendations").into_response(),
+        Err(e) => error_page(&p.brand, e),
+    }
+}
+
 /// Background jobs (large documents and bulk uploads): status and chunks embedded. While one is
 /// queued or running the page carries `data-live-jobs`, and app.js reloads it every two seconds.
 async fn jobs_page(p: Portal) -> Response {

@@ -588,6 +588,27 @@ pub fn counts(c: &Connection) -> Result<Value, Error> {
     }))
 }
 
+/// Recommendation clicks since `since` (unix seconds) and the orders they were followed by: events
+/// of type `rec_click`, and purchases (`processing`, `completed`) made since `since` by a customer
+/// who clicked one of the order's products at most `window` seconds before. Answers (clicks,
+/// customers who clicked, attributed orders, revenue of the attributed lines).
+pub fn attribution(c: &Connection, since: i64, window: i64) -> Result<(u64, u64, u64, f64), Error> {
+    let (clicks, clickers): (i64, i64) =
+        c.query_row("SELECT COUNT(*), COUNT(DISTINCT customer_id) FROM events WHERE type = 'rec_click' AND at >= ?1", [since], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (orders, revenue): (i64, f64) = c.query_row(
+        "SELECT COUNT(DISTINCT o.id), COALESCE(SUM(l.quantity * COALESCE(l.price, 0)), 0)
+         FROM orders o JOIN order_lines l ON l.order_id = o.id
+         WHERE o.created_at >= ?1 AND o.status IN ('processing', 'completed')
+           AND EXISTS (SELECT 1 FROM events e WHERE e.customer_id = o.customer_id AND e.type = 'rec_click'
+                       AND e.product_id = l.product_id AND e.at <= o.created_at AND e.at >= o.created_at - ?2)",
+        params![since, window],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((clicks.max(0) as u64, clickers.max(0) as u64, orders.max(0) as u64, revenue))
+}
+
 /// The product ids named in order lines or events that are not (yet) products, most recent first.
 pub fn unknown_products(c: &Connection, limit: usize) -> Result<Vec<String>, Error> {
     let mut stmt = c.prepare_cached("SELECT product_id FROM unknown_products GROUP BY product_id ORDER BY MAX(at) DESC LIMIT ?1")?;

@@ -132,6 +132,19 @@ impl TenantCtx {
     pub fn scopes(&self) -> &[Scope] {
         &self.scopes
     }
+    /// The API key this request was made with, if it was made with one.
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::ApiKey { key_id } => Some(key_id),
+            _ => None,
+        }
+    }
+
+    /// Meters `count` units of `kind` (and `tokens`) to this tenant and its API key.
+    pub fn meter(&self, kind: crate::metering::Kind, count: u64, tokens: u64) {
+        self.state.meter.record_key(&self.tenant.id, self.key_id(), kind, count, tokens);
+    }
+
     /// The capability to this tenant's storage.
     pub fn cap(&self) -> &TenantCap {
         &self.cap
@@ -171,7 +184,7 @@ impl TenantCtx {
         }
         self.charge(op.cost(self.entitlements.costs()))?;
         if self.state.plans.enforce {
-            self.state.meter.record(&self.tenant.id, crate::metering::Kind::ApiCall, 0);
+            self.meter(crate::metering::Kind::ApiCall, 1, 0);
         }
         Ok(())
     }

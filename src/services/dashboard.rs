@@ -144,16 +144,47 @@ pub fn check_csrf(session: &DashboardSession, presented: Option<&str>) -> Result
     }
 }
 
-/// One UTC day of a tenant's usage.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct DayUsage {
-    /// `YYYY-MM-DD`.
-    pub day: String,
+/// Usage figures as the portal shows them (per day or per key).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Tally {
     pub api_calls: u64,
     pub queries: u64,
     pub tokens_embedded: u64,
     pub tokens_returned: u64,
     pub recommendations: u64,
+}
+
+impl Tally {
+    /// Adds one `(kind, calls, tokens)` row of usage events; the operator's cost kinds are ignored.
+    fn add(&mut self, kind: &str, calls: u64, tokens: u64) {
+        use crate::metering::Kind;
+        match Kind::parse(kind) {
+            Some(Kind::ApiCall) => self.api_calls += calls,
+            Some(Kind::Search) => self.queries += calls,
+            Some(Kind::Assemble) => {
+                self.queries += calls;
+                self.tokens_returned += tokens
+            }
+            Some(Kind::Embedding) | Some(Kind::DocumentWrite) => self.tokens_embedded += tokens,
+            Some(Kind::Recommendation) => self.recommendations += calls,
+            _ => {}
+        }
+    }
+}
+
+/// One UTC day of a tenant's usage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    #[serde(flatten)]
+    pub usage: Tally,
+}
+
+fn since_days(state: &AppState, days: u32) -> (chrono::NaiveDate, DateTime<Utc>) {
+    let today = state.plans.clock.now().date_naive();
+    let first = today - Duration::days(days.saturating_sub(1) as i64);
+    (first, first.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_default())
 }
 
 /// The tenant's usage per UTC day for the last `days` days (today included), oldest first, with a
@@ -162,9 +193,7 @@ pub async fn daily_usage(ctx: &TenantCtx, days: u32) -> Result<Vec<DayUsage>, Er
     ctx.authorize(Op::UsageRead)?;
     let state = ctx.state();
     state.meter.flush().await;
-    let today = state.plans.clock.now().date_naive();
-    let first = today - Duration::days(days.saturating_sub(1) as i64);
-    let since = first.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_default();
+    let (first, since) = since_days(state, days);
     let rows = state.control.usage_by_day(ctx.id(), since).await?;
     let mut by_day: BTreeMap<String, DayUsage> = BTreeMap::new();
     for i in 0..days {
@@ -172,20 +201,55 @@ pub async fn daily_usage(ctx: &TenantCtx, days: u32) -> Result<Vec<DayUsage>, Er
         by_day.insert(d.clone(), DayUsage { day: d, ..Default::default() });
     }
     for (day, kind, calls, tokens) in rows {
-        let Some(u) = by_day.get_mut(&day) else { continue };
-        match crate::metering::Kind::parse(&kind) {
-            Some(crate::metering::Kind::ApiCall) => u.api_calls += calls,
-            Some(crate::metering::Kind::Search) => u.queries += calls,
-            Some(crate::metering::Kind::Assemble) => {
-                u.queries += calls;
-                u.tokens_returned += tokens
-            }
-            Some(crate::metering::Kind::Embedding) | Some(crate::metering::Kind::DocumentWrite) => u.tokens_embedded += tokens,
-            Some(crate::metering::Kind::Recommendation) => u.recommendations += calls,
-            _ => {}
+        if let Some(u) = by_day.get_mut(&day) {
+            u.usage.add(&kind, calls, tokens);
         }
     }
     Ok(by_day.into_values().collect())
+}
+
+/// One API key's usage over a period (or, with no key, what portal sessions and webhooks did).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyUsage {
+    /// `None`: usage made without an API key.
+    pub key_id: Option<String>,
+    pub name: String,
+    pub prefix: Option<String>,
+    pub revoked: bool,
+    #[serde(flatten)]
+    pub usage: Tally,
+}
+
+/// The tenant's usage per API key over the last `days` days: every key it has (live ones first,
+/// then by name), then a row for usage without a key if there was any.
+pub async fn key_usage(ctx: &TenantCtx, days: u32) -> Result<Vec<KeyUsage>, Error> {
+    ctx.authorize(Op::UsageRead)?;
+    let state = ctx.state();
+    state.meter.flush().await;
+    let (_, since) = since_days(state, days);
+    let rows = state.control.usage_by_key(ctx.id(), since).await?;
+    let mut keys = state.control.list_keys(ctx.id()).await?;
+    keys.sort_by(|a, b| (a.revoked_at.is_some(), &a.name).cmp(&(b.revoked_at.is_some(), &b.name)));
+    let mut out: Vec<KeyUsage> = keys
+        .into_iter()
+        .map(|k| KeyUsage { key_id: Some(k.id), name: k.name, prefix: Some(k.prefix), revoked: k.revoked_at.is_some(), usage: Tally::default() })
+        .collect();
+    let mut keyless = Tally::default();
+    let mut any_keyless = false;
+    for (key, kind, calls, tokens) in rows {
+        match out.iter_mut().find(|k| k.key_id.is_some() && k.key_id == key) {
+            Some(k) => k.usage.add(&kind, calls, tokens),
+            // Usage made without a key, or by a key no longer listed.
+            None => {
+                keyless.add(&kind, calls, tokens);
+                any_keyless = true;
+            }
+        }
+    }
+    if any_keyless {
+        out.push(KeyUsage { key_id: None, name: "Without a key (portal, webhooks)".into(), prefix: None, revoked: false, usage: keyless });
+    }
+    Ok(out)
 }
 
 /// One step of the onboarding checklist.

@@ -109,7 +109,7 @@ pub(super) async fn write_as(ctx: &TenantCtx, input: DocumentInput, run: Run<'_>
     let lease = ctx.storage().await?;
     let search = search_state(&lease).await?;
     let result = lease.blocking(move |h| h.with_writer(|c| Ok(search.upsert(c, prepared, embeddings)?))).await?;
-    ctx.state().meter.record(ctx.id(), Kind::DocumentWrite, embedded_tokens as u64);
+    ctx.meter(Kind::DocumentWrite, 1, embedded_tokens as u64);
     ctx.wrote(result.created as u64, bytes);
     Ok(Written::Done(result))
 }
@@ -182,7 +182,7 @@ pub(super) async fn bulk_as(ctx: &TenantCtx, documents: Vec<serde_json::Value>, 
         for (p, r) in ok_pos.into_iter().zip(written) {
             results[p] = Some(BulkItemResult::from_result(p, r));
         }
-        ctx.state().meter.record_n(ctx.id(), Kind::DocumentWrite, ok as u64, tokens as u64);
+        ctx.meter(Kind::DocumentWrite, ok as u64, tokens as u64);
     }
     let results: Vec<BulkItemResult> = results.into_iter().flatten().collect();
     let failed = results.iter().filter(|r| r.error.is_some()).count();
@@ -226,7 +226,7 @@ pub async fn delete(ctx: &TenantCtx, id: String) -> Result<(), Error> {
             Ok(())
         })
         .await?;
-    ctx.state().meter.record(ctx.id(), Kind::DocumentDelete, 0);
+    ctx.meter(Kind::DocumentDelete, 1, 0);
     ctx.deleted();
     Ok(())
 }
@@ -247,7 +247,7 @@ pub async fn delete_prefix(ctx: &TenantCtx, prefix: Option<String>) -> Result<do
             Ok(r)
         })
         .await?;
-    ctx.state().meter.record_n(ctx.id(), Kind::DocumentDelete, r.deleted as u64, 0);
+    ctx.meter(Kind::DocumentDelete, r.deleted as u64, 0);
     ctx.deleted();
     Ok(r)
 }

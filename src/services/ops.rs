@@ -113,6 +113,8 @@ operations! {
     RecsTrain: Write, write;
     /// `GET /recommendations/status`
     RecsStatus: Read, read;
+    /// `GET /recommendations/attribution` (clicks on recommendations and the orders that followed)
+    RecsAttribution: Read, read;
     /// `GET /recommendations`, `/products/{id}/related`, `/products/{id}/similar`, `/recommendations/trending`,
     /// `POST /recommendations/cart`, MCP `recommend`
     Recommend: Read, read;
@@ -134,7 +136,7 @@ mod tests {
 
     #[test]
     fn reads_need_read_and_writes_need_write() {
-        for op in [Op::Search, Op::Assemble, Op::Embeddings, Op::Recommend, Op::DocumentList, Op::DocumentGet, Op::UsageRead] {
+        for op in [Op::Search, Op::Assemble, Op::Embeddings, Op::Recommend, Op::RecsAttribution, Op::DocumentList, Op::DocumentGet, Op::UsageRead] {
             assert_eq!(op.scope(), Scope::Read, "{op:?}");
         }
         for op in [Op::DocumentWrite, Op::DocumentBulk, Op::DocumentDelete, Op::ProductsUpsert, Op::OrdersInsert, Op::RecsTrain] {
@@ -144,6 +146,6 @@ mod tests {
         assert_eq!(Op::AuditRead.scope(), Scope::Admin);
         let costs = Costs::default();
         assert_eq!(Op::Assemble.cost(&costs), costs.assemble);
-        assert_eq!(Op::ALL.len(), 34);
+        assert_eq!(Op::ALL.len(), 35);
     }
 }

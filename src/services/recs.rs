@@ -9,11 +9,12 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::context::TenantCtx;
 use super::ops::Op;
+use crate::control::ControlStore;
 use crate::error::{Code, Error};
 use crate::metering::Kind;
 use crate::recs::store::{self, ItemResult};
@@ -446,6 +447,67 @@ pub async fn status(ctx: &TenantCtx) -> Result<Value, Error> {
     Ok(v)
 }
 
+/// What recommendations led to over the last `days` days.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Attribution {
+    pub days: u32,
+    /// The start of the period (UTC midnight, `days - 1` days ago).
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Recommendation requests served in the period (the `recommendation` usage events).
+    pub recommendations_served: u64,
+    /// Events of type `rec_click` in the period: a shopper clicked a recommended product.
+    pub clicks: u64,
+    /// Distinct customers among those clicks (clicks with only a `session_id` are not linked to orders).
+    pub customers_clicked: u64,
+    /// Clicks per recommendation request served (`null` when none was served).
+    pub click_through_rate: Option<f64>,
+    /// Purchases in the period with a line the same customer clicked as a recommendation at most
+    /// `window_days` before.
+    pub attributed_orders: u64,
+    /// The sum of those lines' `quantity × price` (lines without a price count 0), in the store's currency.
+    pub attributed_revenue: f64,
+    /// `recs.attribution_window_days`.
+    pub window_days: u32,
+}
+
+/// Recommendation clicks and the orders that followed them, over the last `days` days (1–365).
+pub async fn attribution(ctx: &TenantCtx, days: u32) -> Result<Attribution, Error> {
+    ctx.authorize(Op::RecsAttribution)?;
+    ctx.require_feature(FEATURE)?;
+    if !(1..=365).contains(&days) {
+        return Err(Error::validation("days must be 1..=365"));
+    }
+    let state = ctx.state();
+    let today = state.plans.clock.now().date_naive();
+    let since = (today - chrono::Duration::days(i64::from(days) - 1)).and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_default();
+    let window_days = state.config.recs.attribution_window_days;
+    let window = i64::from(window_days) * 86_400;
+    let lease = ctx.storage().await?;
+    let from = since.timestamp();
+    let (clicks, customers_clicked, attributed_orders, attributed_revenue) =
+        lease.blocking(move |h| h.with_reader(|c| store::attribution(c, from, window))).await?;
+    state.meter.flush().await;
+    let recommendations_served: u64 = state
+        .control
+        .usage_by_day(ctx.id(), since)
+        .await?
+        .into_iter()
+        .filter(|(_, kind, _, _)| kind == crate::metering::Kind::Recommendation.as_str())
+        .map(|(_, _, calls, _)| calls)
+        .sum();
+    Ok(Attribution {
+        days,
+        since,
+        recommendations_served,
+        clicks,
+        customers_clicked,
+        click_through_rate: (recommendations_served > 0).then(|| clicks as f64 / recommendations_served as f64),
+        attributed_orders,
+        attributed_revenue: (attributed_revenue * 100.0).round() / 100.0,
+        window_days,
+    })
+}
+
 /// Starts a training now (no debounce); poll the status until `training` is false.
 pub async fn train(ctx: &TenantCtx) -> Result<Value, Error> {
     ctx.authorize(Op::RecsTrain)?;
@@ -517,7 +579,7 @@ where
     let lease = ctx.storage().await?;
     let model = Recs::of(&trainer(ctx), &lease).await?.model();
     let results = lease.blocking(move |h| h.with_reader(|c| f(c, model.as_deref()))).await?;
-    ctx.state().meter.record(ctx.id(), Kind::Recommendation, 0);
+    ctx.meter(Kind::Recommendation, 1, 0);
     Ok(RecsResponse { results })
 }
 

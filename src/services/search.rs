@@ -67,8 +67,8 @@ pub async fn search(ctx: &TenantCtx, req: SearchRequest) -> Result<SearchRespons
     // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
     let _slot = ctx.state().search_cpu.admit(ctx.id(), ctx.entitlements().cpu_weight()).await?;
     let (resp, cpu_us) = lease.blocking(move |h| h.with_reader(|c| measured(|| search.search(c, &req, qvec.as_deref())))).await?;
-    ctx.state().meter.record(ctx.id(), Kind::Search, 0);
-    ctx.state().meter.record_n(ctx.id(), Kind::CpuSearch, cpu_us, 0);
+    ctx.meter(Kind::Search, 1, 0);
+    ctx.meter(Kind::CpuSearch, cpu_us, 0);
     Ok(resp)
 }
 
@@ -85,8 +85,8 @@ pub async fn assemble(ctx: &TenantCtx, req: AssembleRequest) -> Result<AssembleR
     // Admitted only for the query itself: opening a tenant or rebuilding its index never holds a slot.
     let _slot = ctx.state().search_cpu.admit(ctx.id(), ctx.entitlements().cpu_weight()).await?;
     let (resp, cpu_us) = lease.blocking(move |h| h.with_reader(|c| measured(|| search.assemble(c, &req, qvec.as_deref())))).await?;
-    ctx.state().meter.record(ctx.id(), Kind::Assemble, resp.total_tokens as u64);
-    ctx.state().meter.record_n(ctx.id(), Kind::CpuSearch, cpu_us, 0);
+    ctx.meter(Kind::Assemble, 1, resp.total_tokens as u64);
+    ctx.meter(Kind::CpuSearch, cpu_us, 0);
     Ok(resp)
 }
 
@@ -239,7 +239,7 @@ pub async fn embeddings(ctx: &TenantCtx, req: EmbeddingsRequest) -> Result<Embed
         tokio::task::spawn_blocking(move || counted.iter().map(|t| tokenizer.encode(t.as_str(), true).map(|e| e.len()).unwrap_or(0)).sum()).await?;
     let caller = ctx.embed_caller(crate::embed::Lane::for_write(inputs.len()));
     let vectors = embed.embed_for(&caller, inputs).await.map_err(embed_error)?;
-    ctx.state().meter.record(ctx.id(), Kind::Embedding, prompt_tokens as u64);
+    ctx.meter(Kind::Embedding, 1, prompt_tokens as u64);
     let data = vectors
         .into_iter()
         .enumerate()

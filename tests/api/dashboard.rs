@@ -181,7 +181,7 @@ async fn the_portal_and_console_work_in_a_real_browser() {
     assert_eq!(metric(&seen["console_tenant"], "tenant.tier"), "starter");
 
     // No serious or critical accessibility violations.
-    for page in ["axe_overview", "axe_keys", "axe_billing", "axe_console"] {
+    for page in ["axe_overview", "axe_keys", "axe_billing", "axe_recommendations", "axe_console"] {
         assert_eq!(seen[page], json!([]), "{page}");
     }
 
@@ -194,6 +194,8 @@ async fn the_portal_and_console_work_in_a_real_browser() {
         "portal-billing",
         "portal-backups",
         "portal-audit",
+        "portal-recommendations",
+        "portal-jobs",
         "portal-login",
         "console-overview",
         "console-tenants",
@@ -728,5 +730,212 @@ async fn the_portal_shows_background_jobs_and_their_progress() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(seen_live, "the page showed the job before it finished");
+    app.stop().await;
+}
+
+/// Usage is counted per API key: each key's calls and queries appear on its own row (and in the
+/// per-key CSV), and what the portal's own playground ran appears on the row without a key.
+#[tokio::test]
+async fn usage_is_shown_per_api_key() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    tenant_with_name(&app, "keyed", "Keyed", "pro").await;
+    let mut keys = Vec::new();
+    for name in ["agent", "=cmd|' /C calc'!A0"] {
+        let r = send(app.admin(Method::POST, "/tenants/keyed/keys").json(&json!({"name": name, "scopes": ["read"]}))).await;
+        assert_eq!(r.status(), 201);
+        let v = json_of(r).await;
+        keys.push((v["key"]["id"].as_str().expect("id").to_string(), v["api_key"].as_str().expect("key").to_string()));
+    }
+    let search = |key: &str| send(app.api(Method::POST, "/search", key).json(&json!({"query": "tides", "mode": "keyword"})));
+    for _ in 0..3 {
+        assert_eq!(search(&keys[0].1).await.status(), 200);
+    }
+    assert_eq!(search(&keys[1].1).await.status(), 200);
+    assert_eq!(send(app.api(Method::GET, "/documents", &keys[1].1)).await.status(), 200);
+
+    let (host, session) = portal_session(&client, &app, "keyed").await;
+    let get = |path: &str| client.get(format!("{}{path}", app.addr)).header("host", &host).header("cookie", &session);
+    // The playground's search and context preview: two queries made without a key.
+    assert_eq!(send(get("/dashboard/search?q=tides&mode=keyword&budget=100")).await.status(), 200);
+
+    let r = send(get("/dashboard/usage")).await;
+    assert_eq!(r.status(), 200);
+    let f = figures(&r.text().await.expect("page"));
+    let (a, b) = (&keys[0].0, &keys[1].0);
+    let fig = |id: &str, what: &str| f.get(&format!("key.{id}.{what}")).cloned().unwrap_or_else(|| panic!("no key.{id}.{what} in {f:?}"));
+    assert_eq!((fig(a, "api_calls"), fig(a, "queries")), ("3".into(), "3".into()));
+    assert_eq!((fig(b, "api_calls"), fig(b, "queries")), ("2".into(), "1".into()));
+    assert_eq!(fig("none", "queries"), "2");
+
+    let r = send(get("/dashboard/usage-keys.csv")).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-disposition"].to_str().expect("cd").contains("usage-keys-keyed.csv"));
+    let csv = r.text().await.expect("csv");
+    let row = |id: &str| csv.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("no row for {id}:\n{csv}")).to_string();
+    assert!(row(a).contains(",\"agent\",false,3,3,"), "{csv}");
+    // A key name that looks like a spreadsheet formula is quoted and defused.
+    assert!(row(b).contains(",\"'=cmd|' /C calc'!A0\",false,2,1,"), "{csv}");
+    app.stop().await;
+}
+
+/// Where JWTs are configured, a JWT with the admin scope opens a portal session (through the
+/// login form and its CSRF token); one without the admin scope, or of another tenant, does not.
+#[tokio::test]
+async fn a_jwt_logs_into_the_portal() {
+    const SECRET: &str = "a-test-secret-of-enough-length-0123";
+    let (app, _state) = spawn_state(None, |c| c.jwt.hs256_secret = Some(SECRET.into())).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    tenant_with_name(&app, "jwt-a", "A", "starter").await;
+    tenant_with_name(&app, "jwt-b", "B", "starter").await;
+    let jwt = |tenant: &str, scopes: &[&str]| {
+        let claims = json!({"tenant": tenant, "exp": chrono::Utc::now().timestamp() + 600, "scopes": scopes});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("jwt")
+    };
+    let host = format!("jwt-a.localhost:{}", app.port);
+    let login = |credential: String| {
+        let (client, host, addr) = (client.clone(), host.clone(), app.addr.clone());
+        async move {
+            let r = send(client.get(format!("{addr}/dashboard/login")).header("host", &host)).await;
+            let pre = cookie_of(&r, "warren_login").expect("pre-login cookie");
+            let token = pre.split_once('=').expect("kv").1.to_string();
+            send(
+                client
+                    .post(format!("{addr}/dashboard/login"))
+                    .header("host", &host)
+                    .header("cookie", &pre)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("csrf={token}&credential={credential}")),
+            )
+            .await
+        }
+    };
+    let r = login(jwt("jwt-a", &["read"])).await;
+    assert_eq!(r.status(), 403, "a JWT without the admin scope");
+    assert!(cookie_of(&r, "warren_portal").is_none());
+    let r = login(jwt("jwt-b", &["admin"])).await;
+    assert!(r.status().is_client_error(), "another tenant's JWT on this host: {}", r.status());
+    assert!(cookie_of(&r, "warren_portal").is_none());
+    let r = login(jwt("jwt-a", &["admin"])).await;
+    assert_eq!(r.status(), 303);
+    let session = cookie_of(&r, "warren_portal").filter(|c| c.len() > "warren_portal=".len()).expect("session");
+    let r = send(client.get(format!("{}/dashboard", app.addr)).header("host", &host).header("cookie", &session)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("page").contains("jwt-a"));
+    app.stop().await;
+}
+
+/// The Recommendations page: the model's status (equal to `GET /recommendations/status`), training
+/// from the page, a preview equal to the REST answer, and attribution equal to
+/// `GET /recommendations/attribution`: only a purchase of a product the same customer clicked as a
+/// recommendation within the window counts. A plan without recommendations gets an upgrade prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_recommendations_page_shows_the_model_a_preview_and_attribution() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let key = tenant_with_name(&app, "shop", "Shop", "pro").await;
+    let products: Vec<Value> =
+        (1..=6).map(|i| json!({"id": format!("p{i}"), "name": format!("Product {i}"), "price": 10.0 * i as f64, "categories": ["c"]})).collect();
+    assert_eq!(send(app.api(Method::POST, "/products", &key).json(&json!({"products": products}))).await.status(), 200);
+    let now = chrono::Utc::now().timestamp();
+    let day = 86_400;
+    let order = |id: &str, customer: &str, at: i64, lines: Value| json!({"id": id, "customer_id": customer, "created_at": at, "lines": lines});
+    let mut orders = Vec::new();
+    for c in 0..12 {
+        orders.push(order(
+            &format!("h{c}"),
+            &format!("c{c}"),
+            now - 20 * day,
+            json!([{"product_id": "p1"}, {"product_id": format!("p{}", 2 + c % 4)}]),
+        ));
+    }
+    // c1 clicked p2 a day before buying two of it (and p6, not clicked): attributed, revenue 2 × 20.
+    orders.push(order("a1", "c1", now - 3600, json!([{"product_id": "p2", "quantity": 2, "price": 20.0}, {"product_id": "p6", "price": 60.0}])));
+    // c2 bought p3 without a click; c3 clicked p4 ten days before buying it (outside 7 days).
+    orders.push(order("n1", "c2", now - 3600, json!([{"product_id": "p3", "price": 30.0}])));
+    orders.push(order("n2", "c3", now - 3600, json!([{"product_id": "p4", "price": 40.0}])));
+    assert_eq!(send(app.api(Method::POST, "/orders", &key).json(&json!({"orders": orders}))).await.status(), 200);
+    let events = json!({"events": [
+        {"customer_id": "c1", "product_id": "p2", "type": "rec_click", "at": now - day},
+        {"customer_id": "c3", "product_id": "p4", "type": "rec_click", "at": now - 10 * day - 3600},
+        {"session_id": "s9", "product_id": "p5", "type": "rec_click", "at": now - 7200},
+        {"customer_id": "c2", "product_id": "p3", "type": "view", "at": now - day},
+    ]});
+    assert_eq!(send(app.api(Method::POST, "/events", &key).json(&events)).await.status(), 200);
+    for _ in 0..4 {
+        assert_eq!(send(app.api(Method::GET, "/recommendations/trending", &key)).await.status(), 200);
+    }
+
+    let (host, session) = portal_session(&client, &app, "shop").await;
+    let get = |path: String| client.get(format!("{}{path}", app.addr)).header("host", &host).header("cookie", &session);
+    // Train from the page, with its CSRF token, and wait for the model.
+    let page = send(get("/dashboard/recommendations".into())).await.text().await.expect("page");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("csrf").to_string();
+    let r = send(
+        client
+            .post(format!("{}/dashboard/recommendations", app.addr))
+            .header("host", &host)
+            .header("cookie", &session)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s = json_of(send(app.api(Method::GET, "/recommendations/status", &key)).await).await;
+        if s["training"] == false && s["model_version"].as_u64().unwrap_or(0) > 0 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "no model: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let attr = json_of(send(app.api(Method::GET, "/recommendations/attribution", &key)).await).await;
+    assert_eq!(
+        (&attr["clicks"], &attr["customers_clicked"], &attr["attributed_orders"], &attr["attributed_revenue"], &attr["recommendations_served"]),
+        (&json!(3), &json!(2), &json!(1), &json!(40.0), &json!(4)),
+        "{attr}"
+    );
+    let r = send(get("/dashboard/recommendations".into())).await;
+    assert_eq!(r.status(), 200);
+    let f = figures(&r.text().await.expect("page"));
+    assert_eq!(f["recs.state"], "trained");
+    assert_eq!(f["recs.model_version"], status["model_version"].to_string());
+    assert_eq!(f["recs.products"], "6");
+    assert_eq!(f["recs.orders"], status["data"]["orders"].to_string());
+    for (metric, field) in [("clicks", "clicks"), ("orders", "attributed_orders"), ("recommendations_served", "recommendations_served")] {
+        assert_eq!(f[&format!("attribution.{metric}")], attr[field].to_string(), "{metric}");
+    }
+    assert_eq!(f["attribution.revenue"].parse::<f64>().expect("revenue"), 40.0);
+    assert_eq!(f["attribution.click_through_rate"].parse::<f64>().expect("ctr"), 0.75);
+
+    // The preview is the REST answer, in its order.
+    let rest = json_of(send(app.api(Method::GET, "/recommendations?customer_id=c5&limit=10", &key)).await).await;
+    let want: Vec<&str> = rest["results"].as_array().expect("results").iter().map(|r| r["product_id"].as_str().expect("id")).collect();
+    assert!(!want.is_empty(), "{rest}");
+    let page = send(get("/dashboard/recommendations?customer=c5".into())).await.text().await.expect("page");
+    let shown: Vec<&str> = page.split("data-product=\"").skip(1).filter_map(|s| s.split('"').next()).collect();
+    assert_eq!(shown, want);
+    assert_eq!(figures(&page)["recs.preview"], want.len().to_string());
+    let page = send(get("/dashboard/recommendations?product=p1".into())).await.text().await.expect("page");
+    assert!(page.contains("Related to product p1") && page.contains("data-product=\""), "related preview");
+    // Both previews were served (and metered) as recommendations.
+    let attr = json_of(send(app.api(Method::GET, "/recommendations/attribution", &key)).await).await;
+    assert_eq!(attr["recommendations_served"], 7, "{attr}");
+
+    // A bad period is a 400; a plan without recommendations sees an upgrade prompt.
+    let r = send(app.api(Method::GET, "/recommendations/attribution?days=0", &key)).await;
+    assert_eq!(r.status(), 400);
+    tenant_with_name(&app, "freebie", "Free", "free").await;
+    let (fhost, fsession) = portal_session(&client, &app, "freebie").await;
+    let r = send(client.get(format!("{}/dashboard/recommendations", app.addr)).header("host", &fhost).header("cookie", &fsession)).await;
+    assert_eq!(r.status(), 200);
+    assert!(figures(&r.text().await.expect("page")).contains_key("recs.upgrade"));
     app.stop().await;
 }

@@ -101,7 +101,7 @@ try {
     out.key_rows = await page.locator("tbody tr").count();
     await shoot(page, "portal-keys");
 
-    // 4. Billing, backups, audit log.
+    // 4. Billing, backups, audit log, recommendations, jobs.
     await page.goto(new URL("/dashboard/billing", page.url()).href);
     out.billing = await metrics(page);
     out.axe_billing = await axe(page);
@@ -113,6 +113,11 @@ try {
     await page.goto(new URL("/dashboard/audit", page.url()).href);
     out.audit_text = await page.locator("main").innerText();
     await shoot(page, "portal-audit");
+    await page.goto(new URL("/dashboard/recommendations", page.url()).href);
+    out.axe_recommendations = await axe(page);
+    await shoot(page, "portal-recommendations");
+    await page.goto(new URL("/dashboard/jobs", page.url()).href);
+    await shoot(page, "portal-jobs");
 
     // 5. Log out; the old page's session is gone.
     await page.click('button:has-text("Log out")');
