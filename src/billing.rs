@@ -116,18 +116,24 @@ impl UsageRow {
 /// Every tenant's usage and bill for `period` (`YYYY-MM`), from control.db. Tiers and overrides are
 /// the tenants' current ones; flush the meter first for an up-to-the-second current month.
 pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -> Result<Vec<UsageRow>, Error> {
-    Ok(usage_report_with_tenants(c, store, period)?.1)
+    Ok(usage_report_with_tenants(c, store, period, None)?.1)
 }
 
-/// [`usage_report`] and the tenants it covers (in the same order), read once.
+/// [`usage_report`] and the tenants it covers (in the same order), read once. `totals` are the
+/// period's usage by tenant when the caller has them (the meter keeps the current month's); without
+/// them they are summed from the period's usage events.
 pub fn usage_report_with_tenants(
     c: &rusqlite::Connection,
     store: &PlanStore,
     period: &str,
+    totals: Option<std::collections::HashMap<String, crate::metering::MonthUsage>>,
 ) -> Result<(Vec<crate::control::Tenant>, Vec<UsageRow>), Error> {
     use crate::metering::Kind;
     let (period, from, to) = parse_period(period).ok_or_else(|| Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"))?;
-    let totals = crate::metering::totals_all(c, &crate::clock::ts(from), &crate::clock::ts(to))?;
+    let totals = match totals {
+        Some(t) => t,
+        None => crate::metering::totals_all(c, &crate::clock::ts(from), &crate::clock::ts(to))?,
+    };
     let tenants = crate::control::tenants::list(c, None, None, u32::MAX)?;
     let rows = tenants
         .iter()

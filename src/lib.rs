@@ -229,6 +229,15 @@ impl App {
 /// key last-used flushes, usage flushes, retention sweeps. One timer each for the whole process; none per tenant.
 fn spawn_background(state: &AppState, shutdown: CancellationToken) -> CancellationToken {
     let stop = shutdown.child_token();
+    let s = state.clone();
+    tokio::spawn(async move {
+        // The month's totals of every tenant, read once now rather than on the first console view.
+        if s.meter.enabled() {
+            if let Err(e) = s.meter.month_all().await {
+                tracing::warn!(error = %e, "reading this month's usage totals");
+            }
+        }
+    });
     let (s, st) = (state.clone(), stop.clone());
     tokio::spawn(async move {
         // Usage counts on their own timer: `usage_flush_interval_ms` bounds what a `kill -9` loses.

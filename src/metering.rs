@@ -175,6 +175,16 @@ pub struct Meter {
     months: Arc<RwLock<HashMap<String, Arc<Mutex<Month>>>>>,
     /// One flush at a time, so the final flush at shutdown waits for one in progress.
     flushing: Arc<tokio::sync::Mutex<()>>,
+    /// Every tenant's totals of the current month, kept once seeded ([`Meter::month_all`]).
+    all: Arc<Mutex<Option<AllMonths>>>,
+}
+
+/// The current month's totals of every tenant: what control.db held when they were seeded, plus
+/// everything recorded since (including what was still unflushed at that moment).
+struct AllMonths {
+    ym: (i32, u32),
+    seed: Option<Arc<HashMap<String, MonthUsage>>>,
+    delta: HashMap<String, MonthUsage>,
 }
 
 impl Meter {
@@ -194,6 +204,7 @@ impl Meter {
             buffer: Arc::new(Mutex::new(HashMap::new())),
             months: Arc::new(RwLock::new(HashMap::new())),
             flushing: Arc::new(tokio::sync::Mutex::new(())),
+            all: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -243,6 +254,68 @@ impl Meter {
             buf.entry((tenant_id.to_string(), key_id.map(str::to_string), kind, ym)).or_insert_with(|| Pending { count: 0, tokens: 0, at: ts(now) });
         e.count += count;
         e.tokens += tokens;
+        // Under the buffer's lock, so a seeding of `all` sees each record either in the buffer or here.
+        if let Some(all) = self.all.lock().as_mut().filter(|a| a.ym == ym) {
+            all.delta.entry(tenant_id.to_string()).or_default().add(kind, count, tokens);
+        }
+    }
+
+    fn all_snapshot(&self, ym: (i32, u32)) -> Option<HashMap<String, MonthUsage>> {
+        let all = self.all.lock();
+        let a = all.as_ref().filter(|a| a.ym == ym)?;
+        let mut out = HashMap::clone(a.seed.as_ref()?);
+        for (t, d) in &a.delta {
+            let e = out.entry(t.clone()).or_default();
+            *e = sum(*e, *d);
+        }
+        Some(out)
+    }
+
+    /// Every tenant's usage in the current month, exact, without re-reading the month's events: the
+    /// first call (of a process or a month) reads control.db once, later calls add what was recorded
+    /// since in memory. Tenants without usage are absent.
+    pub async fn month_all(&self) -> Result<HashMap<String, MonthUsage>, Error> {
+        let now = self.clock.now();
+        let ym = (now.year(), now.month());
+        if let Some(v) = self.all_snapshot(ym) {
+            return Ok(v);
+        }
+        // No flush runs while seeding: what control.db holds and what the buffer holds stay apart.
+        let one = self.flushing.lock().await;
+        if let Some(v) = self.all_snapshot(ym) {
+            return Ok(v);
+        }
+        {
+            let buf = self.buffer.lock();
+            let mut delta: HashMap<String, MonthUsage> = HashMap::new();
+            for ((tenant, _, kind, m), p) in buf.iter() {
+                if *m == ym {
+                    delta.entry(tenant.clone()).or_default().add(*kind, p.count, p.tokens);
+                }
+            }
+            *self.all.lock() = Some(AllMonths { ym, seed: None, delta });
+        }
+        let (_, from, to) = crate::clock::period_of(now);
+        let (from, to) = (ts(from), ts(to));
+        match self.control.run(move |c| Ok(totals_all(c, &from, &to)?)).await {
+            Ok(seed) => {
+                if let Some(a) = self.all.lock().as_mut().filter(|a| a.ym == ym) {
+                    a.seed = Some(Arc::new(seed));
+                }
+            }
+            Err(e) => {
+                *self.all.lock() = None;
+                return Err(e);
+            }
+        }
+        drop(one);
+        self.all_snapshot(ym).ok_or_else(|| Error::internal(anyhow::anyhow!("the month changed while its totals were read")))
+    }
+
+    /// Forgets every tenant's month totals, so the next [`Meter::month_all`] reads control.db again
+    /// (after usage events were written other than through the meter: a tenant import).
+    pub fn reset_all(&self) {
+        *self.all.lock() = None;
     }
 
     /// This tenant's usage in the current month (seeding the counters from control.db once).
@@ -373,4 +446,53 @@ pub fn totals_all(conn: &rusqlite::Connection, from: &str, to: &str) -> rusqlite
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tenant's month as control.db sums it, after a flush.
+    async fn from_db(meter: &Meter) -> HashMap<String, MonthUsage> {
+        meter.flush().await;
+        let (_, from, to) = crate::clock::period_of(meter.now());
+        let (from, to) = (ts(from), ts(to));
+        meter.control.run(move |c| Ok(totals_all(c, &from, &to)?)).await.expect("totals")
+    }
+
+    /// The month's totals kept in memory equal what control.db sums, whatever was flushed, unflushed
+    /// or recorded while they were seeded, and after a reset; last month's usage does not count.
+    #[tokio::test]
+    async fn month_totals_in_memory_equal_the_events() {
+        let dir = tempfile::tempdir().expect("dir");
+        let control = ControlPlane::open(dir.path()).expect("control");
+        let clock = Clock::default();
+        // Events of a process that ran before this one.
+        let before = Meter::with(control.clone(), clock.clone(), true);
+        before.record_key("t1", Some("k1"), Kind::Search, 3, 0);
+        before.record_key("t2", None, Kind::Assemble, 1, 50);
+        before.flush().await;
+        let meter = Meter::with(control.clone(), clock.clone(), true);
+        meter.record_key("t1", Some("k2"), Kind::Search, 2, 0); // flushed before the seed
+        meter.flush().await;
+        meter.record_key("t3", None, Kind::Embedding, 1, 7); // in the buffer while seeding
+        let seeded = meter.month_all().await.expect("seed");
+        assert_eq!(seeded["t1"].count(Kind::Search), 5);
+        assert_eq!(seeded["t3"].tokens_of(Kind::Embedding), 7);
+        meter.record_key("t2", Some("k3"), Kind::Assemble, 1, 10); // after the seed
+        meter.record_key("t4", None, Kind::ApiCall, 4, 0);
+        let kept = meter.month_all().await.expect("kept");
+        assert_eq!(kept["t2"].tokens_returned(), 60);
+        assert_eq!(kept, from_db(&meter).await);
+        // Nothing is counted twice once the buffer is flushed, or after a reset.
+        assert_eq!(meter.month_all().await.expect("again"), from_db(&meter).await);
+        meter.reset_all();
+        assert_eq!(meter.month_all().await.expect("reset"), from_db(&meter).await);
+        // A new month starts from nothing.
+        let (_, _, next) = crate::clock::period_of(clock.now());
+        clock.advance(next - clock.now() + chrono::Duration::seconds(1));
+        assert!(meter.month_all().await.expect("next month").is_empty());
+        meter.record_key("t1", None, Kind::Search, 1, 0);
+        assert_eq!(meter.month_all().await.expect("next")["t1"].queries(), 1);
+    }
 }

@@ -220,8 +220,10 @@ async fn status(ctx: Authorized<op::RecsStatus>) -> Result<Json<Value>, Error> {
 
 /// `?days=` of [`attribution`].
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AttributionQuery {
     /// The period, in days up to today (1–365, default 30).
+    #[param(minimum = 1, maximum = 365)]
     days: Option<u32>,
 }
 

@@ -224,6 +224,10 @@ impl Operator {
                 return Err(e);
             }
         };
+        if let Some(s) = &self.live {
+            // Its usage history went into control.db directly: the month's totals are read again.
+            s.meter.reset_all();
+        }
         if let Some(b) = self.live.as_ref().and_then(|s| s.backup.as_ref()) {
             b.catch_up_tenant(&tenant.id);
         }

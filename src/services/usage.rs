@@ -123,9 +123,16 @@ impl Operator {
         if crate::clock::parse_period(&period).is_none() {
             return Err(Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"));
         }
+        let current = period == crate::clock::period_of(self.clock.now()).0;
+        let mut totals = None;
         let store = match &self.live {
             Some(s) => {
-                s.meter.flush().await;
+                if current && s.meter.enabled() {
+                    // The meter keeps this month's totals of every tenant: no re-aggregation.
+                    totals = Some(s.meter.month_all().await?);
+                } else {
+                    s.meter.flush().await;
+                }
                 s.plans.clone()
             }
             None => {
@@ -136,7 +143,7 @@ impl Operator {
             }
         };
         let p = period.clone();
-        let (tenants, rows) = self.control.run(move |c| crate::billing::usage_report_with_tenants(c, &store, &p)).await?;
+        let (tenants, rows) = self.control.run(move |c| crate::billing::usage_report_with_tenants(c, &store, &p, totals)).await?;
         Ok((period, tenants, rows))
     }
 }
