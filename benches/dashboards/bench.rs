@@ -75,23 +75,28 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::for_tests(dir.path());
     config.admin_token = Some(ADMIN.into());
     config.model_dir = dir.path().join("no-model");
-    let app = warren::App::build(config).await?;
+    // A first run creates control.db and the portal's tenant; the history is written while no
+    // server runs, and the measured server starts on it, as after a restart.
+    let app = warren::App::build(config.clone()).await?;
     let port = app.port();
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(60)).build()?;
 
-    // The portal's tenant, with 90 days of history.
+    // The portal's tenant, with 90 days of history; enterprise, so the measured requests never meet
+    // its rate limit.
     let r = client
         .post(format!("{base}/admin/v1/tenants"))
         .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"slug": "acme", "name": "Acme", "email": "a@acme.test", "tier": "starter"}))
+        .json(&serde_json::json!({"slug": "acme", "name": "Acme", "email": "a@acme.test", "tier": "enterprise"}))
         .send()
         .await?;
     let v: serde_json::Value = r.json().await?;
     let key = v["api_key"].as_str().expect("key").to_string();
     let acme = v["tenant"]["id"].as_str().expect("id").to_string();
+    stop.cancel();
+    server.await??;
     let now = chrono::Utc::now();
     {
         let mut c = rusqlite::Connection::open(dir.path().join("control.db"))?;
@@ -132,6 +137,12 @@ async fn main() -> anyhow::Result<()> {
         tx.commit()?;
     }
 
+
+    let app = warren::App::build(config).await?;
+    let port = app.port();
+    let stop = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    let base = format!("http://127.0.0.1:{port}");
     let r = client.post(format!("{base}/admin/v1/tenants/acme/dashboard-link")).bearer_auth(ADMIN).send().await?;
     let link: serde_json::Value = r.json().await?;
     let path = link["url"].as_str().expect("url").split_once(&format!(":{port}")).expect("port").1.to_string();
@@ -162,6 +173,18 @@ async fn main() -> anyhow::Result<()> {
     let m = n.min(200);
     measure(&client, "operator overview GET /admin", m, || client.get(format!("{base}/admin")).header("cookie", &console)).await;
     measure(&client, "peer: usage export GET /admin/v1/usage", m, || client.get(format!("{base}/admin/v1/usage")).bearer_auth(ADMIN)).await;
+    // The console saw the month the export prices: its MRR is the export's total.
+    let page = client.get(format!("{base}/admin")).header("cookie", &console).send().await?.text().await?;
+    let mrr: f64 = page
+        .split("data-metric=\"mrr_usd\" data-value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|v| v.parse().ok())
+        .expect("mrr_usd on the console");
+    let export: serde_json::Value = client.get(format!("{base}/admin/v1/usage")).bearer_auth(ADMIN).send().await?.json().await?;
+    let total = export["total_usd"].as_f64().expect("total_usd");
+    println!("== console MRR {mrr:.2} USD; export total {total:.2} USD");
+    assert!((mrr - total).abs() < 0.01, "the console's MRR differs from the export's total");
     stop.cancel();
     server.await??;
     Ok(())
