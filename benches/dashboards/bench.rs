@@ -137,7 +137,6 @@ async fn main() -> anyhow::Result<()> {
         tx.commit()?;
     }
 
-
     let app = warren::App::build(config).await?;
     let port = app.port();
     let stop = app.shutdown_token();

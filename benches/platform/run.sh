@@ -36,7 +36,7 @@ echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d
 for path in /api/v1/tenant "/api/v1/documents?limit=1"; do
   echo "== wrk GET $path over $TENANTS tenants, cap $CAP"
   WARREN_BENCH_KEYS=$KEYS WARREN_BENCH_PATH=$path wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" \
-    | grep -E "^2xx:|50%|99%"
+    | grep -E "^2xx:|^ +(50|99)%"
 done
 echo "== server RSS: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')  fds: $(ls /proc/$PID/fd | wc -l)"
 kill $PID; wait $PID 2>/dev/null || true

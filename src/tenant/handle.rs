@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
@@ -61,7 +60,7 @@ pub struct TenantHandle {
     writer: Mutex<Option<Connection>>,
     /// `None` once the handle is closing and drained: the readers are closed first, so a closing
     /// handle (which may wait seconds for its last ship) holds only the writer's descriptors.
-    readers: Mutex<Option<r2d2::Pool<SqliteConnectionManager>>>,
+    readers: Mutex<Option<Arc<super::readers::ReaderPool>>>,
     leases: AtomicUsize,
     closing: AtomicBool,
     /// Set when the database failed `quick_check` after opening (see [`super::QUARANTINE_FILE`]).
@@ -80,7 +79,6 @@ impl TenantHandle {
         id: &str,
         dir: PathBuf,
         read_pool_size: u32,
-        thread_pool: Arc<scheduled_thread_pool::ScheduledThreadPool>,
         permit: OwnedSemaphorePermit,
         backup: Option<&Arc<crate::backup::BackupService>>,
     ) -> anyhow::Result<Arc<TenantHandle>> {
@@ -88,6 +86,7 @@ impl TenantHandle {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let mut writer = Connection::open_with_flags(&path, flags).with_context(|| format!("opening {}", path.display()))?;
         writer.execute_batch(PRAGMAS)?;
+        crate::sqlite::persist_wal(&writer)?;
         let replicated = backup.is_some();
         if replicated {
             crate::backup::prepare_connection(&writer)?;
@@ -96,32 +95,8 @@ impl TenantHandle {
         let owner: Option<String> =
             rusqlite::OptionalExtension::optional(writer.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
         anyhow::ensure!(owner.as_deref() == Some(id), "{} belongs to tenant {:?}, not {id}", path.display(), owner);
-        let manager = SqliteConnectionManager::file(&path)
-            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
-            .with_init(move |c| {
-                c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")?;
-                if replicated {
-                    crate::backup::prepare_connection(c)?;
-                }
-                // SQLite opens a connection's `-wal` at its first read, not at open: read once now, so
-                // the reader holds its full set of descriptors from the start instead of gaining one
-                // the first time a request uses it.
-                c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
-                Ok(())
-            });
-        // Every reader opens with the handle (on the shared r2d2 threads, so the open itself does not
-        // wait) and reads once: a handle then holds a fixed set of descriptors — per connection the
-        // database and its WAL, plus one shared `-shm` — so the process's descriptors follow the
-        // open-handle count (bounded by `max_open_tenants`) rather than creeping up as readers are
-        // first used.
-        let readers = r2d2::Pool::builder()
-            .max_size(read_pool_size)
-            .min_idle(Some(read_pool_size))
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connection_timeout(Duration::from_secs(10))
-            .thread_pool(thread_pool)
-            .build_unchecked(manager);
+        // One reader opens now, on this thread; more open on demand (`readers`), up to the pool size.
+        let readers = Arc::new(super::readers::ReaderPool::open(path.clone(), replicated, read_pool_size as usize, Duration::from_secs(10))?);
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<TenantHandle>| TenantHandle {
             id: id.to_string(),
             dir,
@@ -220,8 +195,9 @@ impl TenantHandle {
     /// Blocking; called once drained, before the last ship, so a closing handle holds little more
     /// than its writer (SQLite keeps the readers' database descriptors until the writer closes).
     pub(crate) fn release_readers(&self) {
-        let readers = self.readers.lock().take();
-        drop(readers); // no lease is held, so every connection is idle and closes here
+        if let Some(readers) = self.readers.lock().take() {
+            readers.close(); // no lease is held, so every connection is idle and closes here
+        }
         self.extensions.lock().clear();
     }
 
@@ -232,7 +208,11 @@ impl TenantHandle {
         // Derived state (index writers, vector caches) is dropped here, on a blocking thread.
         self.extensions.lock().clear();
         if let Some(conn) = self.writer.lock().take() {
+            // Nothing was written since the last checkpoint (a tenant that was only read): nothing to
+            // checkpoint, and the WAL and `-shm` stay for the next open (`persist_wal`).
+            let wal_empty = std::fs::metadata(crate::backup::wal::wal_path(&self.dir.join(DB_FILE))).map(|m| m.len() == 0).unwrap_or(false);
             match (&self.replica, checkpoint) {
+                (None, _) if wal_empty => {}
                 (None, _) => {
                     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
                         tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed");
@@ -294,7 +274,7 @@ impl TenantHandle {
     /// Runs `f` with a reader connection (blocking; call from `spawn_blocking`).
     pub fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let pool = self.readers.lock().clone().ok_or_else(|| Error::unavailable(Code::TenantRestoring, "tenant is closing", 1))?;
-        let conn = pool.get().map_err(|e| Error::internal(anyhow::anyhow!("tenant reader pool: {e}")))?;
+        let conn = pool.get()?;
         f(&conn)
     }
 
@@ -376,28 +356,24 @@ mod tests {
             .unwrap_or(0)
     }
 
-    /// A handle holds its full, fixed set of descriptors from the start (each reader has read once,
-    /// so its `-wal` is open too), and a drained handle that released its readers holds only the
-    /// writer's WAL: the soak's descriptor count then follows the number of handles and nothing else.
+    /// A handle opens with its writer and one reader, which holds its `-wal` from the start (it has
+    /// read once); a second reader opens only when two requests read at once, and a drained handle
+    /// that released its readers holds only the writer's WAL.
     #[test]
     fn readers_open_their_wal_at_once_and_are_released_before_the_close() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("t1");
         create_storage(&dir, "t1").unwrap();
         let dir = dir.canonicalize().unwrap();
-        let threads = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        let h = TenantHandle::open("t1", dir.clone(), 2, threads, permit, None).unwrap();
-        // The readers are made on the pool's thread: wait (bounded) for both.
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while open_fds(&dir, "tenant.db") < 3 && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(open_fds(&dir, "tenant.db"), 3, "the writer and two readers");
-        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "every reader holds its WAL before any request read through it");
+        let h = TenantHandle::open("t1", dir.clone(), 2, permit, None).unwrap();
+        assert_eq!(open_fds(&dir, "tenant.db"), 2, "the writer and one reader");
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 2, "the reader holds its WAL before any request read through it");
         let n: i64 = h.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?)).unwrap();
         assert!(n >= 1);
-        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "a read opens nothing new");
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 2, "a read opens nothing new");
+        h.with_reader(|_| h.with_reader(|_| Ok(()))).unwrap();
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "two reads at once: a second reader");
 
         h.release_readers();
         assert_eq!(open_fds(&dir, "tenant.db-wal"), 1, "only the writer's WAL is left");

@@ -13,6 +13,7 @@
 
 mod cap;
 mod handle;
+mod readers;
 pub mod schema;
 
 pub use cap::{Origin, TenantCap, WorkerProof};
@@ -59,8 +60,6 @@ struct Inner {
     closing: Mutex<HashMap<String, watch::Receiver<bool>>>,
     blocked: Mutex<HashMap<String, Block>>,
     permits: Arc<Semaphore>,
-    /// One small thread pool shared by every reader pool (r2d2 would start 3 threads per pool).
-    r2d2_threads: Arc<scheduled_thread_pool::ScheduledThreadPool>,
     closers: TaskTracker,
     backup: Option<Arc<crate::backup::BackupService>>,
 }
@@ -120,7 +119,6 @@ impl TenantRegistry {
                 cache,
                 closing: Mutex::new(HashMap::new()),
                 blocked: Mutex::new(HashMap::new()),
-                r2d2_threads: Arc::new(scheduled_thread_pool::ScheduledThreadPool::builder().num_threads(2).thread_name_pattern("r2d2-{}").build()),
                 closers: TaskTracker::new(),
                 backup,
             }
@@ -297,8 +295,8 @@ impl Inner {
         if let Ok(why) = std::fs::read_to_string(dir.join(QUARANTINE_FILE)) {
             return Err(damaged(id, &format!("quarantined: {}", why.trim())));
         }
-        let (pool_size, threads, owned_id, backup) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string(), self.backup.clone());
-        let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, threads, permit, backup.as_ref()))
+        let (pool_size, owned_id, backup) = (self.cfg.read_pool_size, id.to_string(), self.backup.clone());
+        let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, permit, backup.as_ref()))
             .await?
             .map_err(|e| if is_corrupt(&e) { damaged(id, &format!("{e:#}")) } else { Error::Internal(e) })?;
         if let Some(r) = handle.replica() {
@@ -324,24 +322,41 @@ impl Inner {
         self.closers.spawn_on(
             async move {
                 handle.drain().await;
-                // The readers and derived state go first: shipping may take seconds against slow
-                // storage, and a closing handle should hold only what the ship and checkpoint need.
-                let h = handle.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || h.release_readers()).await {
-                    tracing::error!(tenant = %id, error = %e, "releasing readers failed");
-                }
-                // Ship the last changes before the files close; if storage is unreachable, keep the WAL
-                // and let the backup service reopen the tenant later.
-                let mut shipped = true;
-                if let (Some(r), Some(b)) = (handle.replica().cloned(), inner.backup.as_ref()) {
-                    shipped = r.ship_before_close(Duration::from_secs(b.settings().close_timeout_secs.max(1))).await;
-                    if !shipped {
-                        r.defer_after_close();
+                let blocking = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
+                    let id = id.clone();
+                    async move {
+                        if let Err(e) = tokio::task::spawn_blocking(f).await {
+                            tracing::error!(tenant = %id, error = %e, "{what} failed");
+                        }
                     }
-                }
+                };
                 let h = handle.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || h.close_blocking(shipped)).await {
-                    tracing::error!(tenant = %id, error = %e, "close task failed");
+                match handle.replica().cloned().zip(inner.backup.clone()) {
+                    // Nothing to ship: release the readers and close in one blocking task.
+                    None => {
+                        blocking(
+                            "closing",
+                            Box::new(move || {
+                                h.release_readers();
+                                h.close_blocking(true)
+                            }),
+                        )
+                        .await
+                    }
+                    Some((r, b)) => {
+                        // The readers and derived state go first: shipping may take seconds against
+                        // slow storage, and a closing handle should hold only what the ship and
+                        // checkpoint need.
+                        blocking("releasing readers", Box::new(move || h.release_readers())).await;
+                        // Ship the last changes before the files close; if storage is unreachable,
+                        // keep the WAL and let the backup service reopen the tenant later.
+                        let shipped = r.ship_before_close(Duration::from_secs(b.settings().close_timeout_secs.max(1))).await;
+                        if !shipped {
+                            r.defer_after_close();
+                        }
+                        let h = handle.clone();
+                        blocking("closing", Box::new(move || h.close_blocking(shipped))).await;
+                    }
                 }
                 drop(handle); // releases the SQLite files and the permit
                 {
