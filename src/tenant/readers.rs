@@ -104,7 +104,7 @@ impl ReaderPool {
     }
 }
 
-/// Read-only, `query_only`, and (with backups) without checkpoints of its own. It reads once at
+/// Read-only, `query_only`, never checkpointing on close, and (with backups) without checkpoints of its own. It reads once at
 /// open: SQLite opens a connection's `-wal` at its first read, so the reader holds its full set of
 /// descriptors from the start instead of gaining one the first time a request uses it.
 fn open_reader(path: &std::path::Path, replicated: bool) -> anyhow::Result<Connection> {
@@ -115,6 +115,9 @@ fn open_reader(path: &std::path::Path, replicated: bool) -> anyhow::Result<Conne
     if replicated {
         crate::backup::prepare_connection(&c)?;
     }
+    // A reader may be the last connection of a tenant that was only read: it must not try to
+    // checkpoint (it cannot write) when it closes.
+    c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
     Ok(c)
 }
