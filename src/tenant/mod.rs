@@ -288,6 +288,7 @@ impl Inner {
                 }
             }
         };
+        metrics::histogram!("warren_tenant_open_permit_wait_seconds").record(started.elapsed().as_secs_f64());
         let dir = tenant_dir(&self.cfg.data_dir, id);
         if !dir.join(DB_FILE).exists() {
             return Err(damaged(id, "its database file is missing"));
@@ -296,9 +297,16 @@ impl Inner {
             return Err(damaged(id, &format!("quarantined: {}", why.trim())));
         }
         let (pool_size, owned_id, backup) = (self.cfg.read_pool_size, id.to_string(), self.backup.clone());
-        let handle = tokio::task::spawn_blocking(move || TenantHandle::open(&owned_id, dir, pool_size, permit, backup.as_ref()))
-            .await?
-            .map_err(|e| if is_corrupt(&e) { damaged(id, &format!("{e:#}")) } else { Error::Internal(e) })?;
+        let queued = Instant::now();
+        let handle = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            let h = TenantHandle::open(&owned_id, dir, pool_size, permit, backup.as_ref());
+            metrics::histogram!("warren_tenant_open_work_seconds").record(began.elapsed().as_secs_f64());
+            metrics::histogram!("warren_tenant_open_queue_seconds").record((began - queued).as_secs_f64());
+            h
+        })
+        .await?
+        .map_err(|e| if is_corrupt(&e) { damaged(id, &format!("{e:#}")) } else { Error::Internal(e) })?;
         if let Some(r) = handle.replica() {
             // Never replicated (new tenant, backups just turned on) or changed since the last ship
             // (migrations at open, a crash): queue it.
