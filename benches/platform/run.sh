@@ -33,11 +33,17 @@ open(out, "w").write("\n".join(keys) + "\n")
 PY
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-for path in /api/v1/tenant "/api/v1/documents?limit=1"; do
-  echo "== wrk GET $path over $TENANTS tenants, cap $CAP"
-  WARREN_BENCH_KEYS=$KEYS WARREN_BENCH_PATH=$path wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" \
+# The warm path: the same storage-touching request over as many tenants as fit in the cap (every
+# handle stays open after its first request), in the same run as the cold one.
+WARM=$DATA/warm-keys.txt; head -n $(( CAP < TENANTS ? CAP * 3 / 4 : TENANTS )) "$KEYS" > "$WARM"
+for run in "/api/v1/tenant $KEYS all" "/api/v1/documents?limit=1 $WARM warm" "/api/v1/documents?limit=1 $KEYS all"; do
+  set -- $run
+  echo "== wrk GET $1 over $(wc -l < "$2") tenants ($3), cap $CAP"
+  WARREN_BENCH_KEYS=$2 WARREN_BENCH_PATH=$1 wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" \
     | grep -E "^2xx:|^ +(50|99)%"
 done
+echo "== tenant opens during the runs (from /metrics: count, and mean seconds of the whole open, its blocking work, and its wait for a blocking thread)"
+curl -s 127.0.0.1:$PORT/metrics | grep -E "^warren_tenant_open_(seconds|work_seconds|queue_seconds)_(sum|count)" || true
 echo "== server RSS: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')  fds: $(ls /proc/$PID/fd | wc -l)"
 kill $PID; wait $PID 2>/dev/null || true
 
