@@ -16,8 +16,29 @@ function init(args)
   statuses = {}
 end
 
+-- With $WARREN_BENCH_ZIPF = s, tenant i (1-based, in the file's order) is chosen with probability
+-- proportional to 1 / i^s (Zipf), as real tenants' traffic is skewed; without it, uniformly.
+local zipf = tonumber(os.getenv("WARREN_BENCH_ZIPF") or "")
+local cdf = nil
+if zipf then
+  cdf = {}
+  local total = 0
+  for i = 1, #keys do total = total + 1 / (i ^ zipf); cdf[i] = total end
+  for i = 1, #keys do cdf[i] = cdf[i] / total end
+end
+
+local function pick()
+  if not cdf then return math.random(#keys) end
+  local u, lo, hi = math.random(), 1, #cdf
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
 request = function()
-  local key = keys[math.random(#keys)]
+  local key = keys[pick()]
   return wrk.format("GET", target, { ["Authorization"] = "Bearer " .. key })
 end
 

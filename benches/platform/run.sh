@@ -3,6 +3,7 @@
 # with the handle cap at 256; then cold-open latency and RSS per open tenant (examples/tenant_open.rs).
 #
 #   benches/platform/run.sh [TENANTS=1000] [CAP=256] [DURATION=20s]
+#   ZIPF_TENANTS=10000 benches/platform/run.sh ...   also: the same request over 10,000 tenants, Zipf(1.0)
 set -euo pipefail
 cd "$(dirname "$0")/../.."; export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 TENANTS=${1:-1000}; CAP=${2:-256}; DURATION=${3:-20s}
@@ -42,6 +43,25 @@ for run in "/api/v1/tenant $KEYS all" "/api/v1/documents?limit=1 $WARM warm" "/a
   WARREN_BENCH_KEYS=$2 WARREN_BENCH_PATH=$1 wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" \
     | grep -E "^2xx:|^ +(50|99)%"
 done
+if [ -n "${ZIPF_TENANTS:-}" ]; then
+  # Closer to production: many mostly idle tenants, traffic skewed by Zipf(1.0).
+  python3 - "$PORT" "$ADMIN" "$ZIPF_TENANTS" "$DATA/zipf-keys.txt" "$KEYS" <<'PY'
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+port, admin, n, out, have = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], open(sys.argv[5]).read().split()
+def create(i):
+    body = json.dumps({"slug": f"zipf{i:05d}", "name": "z", "email": "z@z.co", "tier": "enterprise"}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/v1/tenants", body,
+        {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))["api_key"]
+with ThreadPoolExecutor(8) as ex:
+    keys = have + list(ex.map(create, range(max(0, n - len(have)))))
+open(out, "w").write("\n".join(keys[:n]) + "\n")
+PY
+  echo "== wrk GET /api/v1/documents?limit=1 over $ZIPF_TENANTS tenants, Zipf(1.0), cap $CAP"
+  WARREN_BENCH_ZIPF=1.0 WARREN_BENCH_KEYS=$DATA/zipf-keys.txt WARREN_BENCH_PATH="/api/v1/documents?limit=1" \
+    wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" | grep -E "^2xx:|^ +(50|99)%"
+fi
 echo "== tenant opens during the runs (from /metrics: count, and mean seconds of the whole open, its blocking work, and its wait for a blocking thread)"
 curl -s 127.0.0.1:$PORT/metrics | grep -E "^warren_tenant_open_(seconds|work_seconds|queue_seconds)_(sum|count)" || true
 echo "== server RSS: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')  fds: $(ls /proc/$PID/fd | wc -l)"

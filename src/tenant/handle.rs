@@ -416,6 +416,37 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// A tenant that is only read opens no writer, and closing keeps its (checkpointed, empty) WAL
+    /// and `-shm` for the next open instead of deleting them.
+    #[test]
+    fn a_tenant_only_read_opens_no_writer_and_keeps_its_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t1");
+        create_storage(&dir, "t1").unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let open = || TenantHandle::open("t1", dir.clone(), 2, Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap(), None).unwrap();
+        let wal = dir.join("tenant.db-wal");
+        let h = open();
+        h.with_writer(|c| Ok(c.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')", [])?)).unwrap();
+        assert!(wal.metadata().unwrap().len() > 0, "the write is in the WAL");
+        h.release_readers();
+        h.close_blocking(true);
+        drop(h);
+        assert_eq!(wal.metadata().map(|m| m.len()).ok(), Some(0), "checkpointed and kept, empty");
+        assert!(dir.join("tenant.db-shm").exists());
+
+        let h = open();
+        assert!(matches!(*h.writer.lock(), Writer::Unopened), "an up-to-date tenant opens without its writer");
+        let v: String = h.with_reader(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = 'k'", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(v, "v");
+        assert_eq!(open_fds(&dir, "tenant.db"), 1, "one reader, no writer");
+        h.release_readers();
+        h.close_blocking(true);
+        drop(h);
+        assert_eq!(open_fds(&dir, "tenant.db"), 0);
+        assert_eq!(wal.metadata().map(|m| m.len()).ok(), Some(0), "still there, still empty");
+    }
+
     /// A handle opens with one reader, which holds its `-wal` from the start (it has read once); a
     /// second reader opens only when two requests read at once, the writer only at the first write,
     /// and a drained handle that released its readers holds only the writer's files.

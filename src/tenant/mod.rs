@@ -386,13 +386,17 @@ impl Inner {
 mod tests {
     use super::*;
 
-    /// `-shm` descriptors this process holds under `dir`: one per tenant handle with its files open.
+    /// Tenants under `dir` whose database files this process holds open (any of `tenant.db`, its
+    /// WAL or `-shm`): one per handle with its files open. (A handle that has only been read holds
+    /// just its reader's database, and a new tenant has no WAL yet, so `-shm` alone would miss it.)
     fn open_handles(dir: &Path) -> usize {
         std::fs::read_dir("/proc/self/fd")
             .map(|d| {
                 d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter(|p| p.starts_with(dir) && p.file_name().is_some_and(|n| n == "tenant.db-shm"))
-                    .count()
+                    .filter(|p| p.starts_with(dir) && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tenant.db")))
+                    .filter_map(|p| p.parent().map(Path::to_path_buf))
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
             })
             .unwrap_or(0)
     }
@@ -419,8 +423,8 @@ mod tests {
         for id in &ids {
             let lease = reg.cap_for_worker(WorkerProof::new("test"), id).lease().await.expect("lease");
             drop(lease);
-            // A reader the shared r2d2 threads were still opening for an evicted handle may hold the
-            // files a moment longer: wait (bounded) for such stragglers, not for a timer.
+            // An evicted handle closes on a closer task, which may not have run yet: wait (bounded)
+            // for it, not for a timer.
             let until = Instant::now() + Duration::from_secs(5);
             loop {
                 let closing = reg.inner.closing.lock().len();
