@@ -182,7 +182,6 @@ impl ControlPlane {
     /// Like [`open`](Self::open); `replicated` turns automatic checkpoints off on every connection
     /// (the backup shipper checkpoints after shipping).
     pub fn open_with(data_dir: &Path, replicated: bool) -> anyhow::Result<ControlPlane> {
-        crate::sqlite::init();
         Self::open_inner(data_dir, replicated, None)
     }
 
