@@ -1,6 +1,6 @@
 //! Usage events: cheap to record, durable within `usage_flush_interval_ms`, never counted twice.
 //!
-//! Handlers call [`Meter::record`], which only adds to an in-memory buffer (aggregated per tenant,
+//! Services call [`Meter::record_key`] (through `TenantCtx::meter`), which only adds to an in-memory buffer (aggregated per tenant,
 //! API key, kind and month) and to the tenant's in-memory monthly counters. A single process-wide task
 //! flushes the buffer every `usage_flush_interval_ms` (250 ms by default) into `usage_events` in
 //! control.db, one transaction per flush, so a `kill -9` loses at most the last interval of counts
@@ -183,7 +183,7 @@ pub struct Meter {
 /// everything recorded since (including what was still unflushed at that moment).
 struct AllMonths {
     ym: (i32, u32),
-    seed: Option<Arc<HashMap<String, MonthUsage>>>,
+    seed: Option<HashMap<String, MonthUsage>>,
     delta: HashMap<String, MonthUsage>,
 }
 
@@ -210,11 +210,6 @@ impl Meter {
 
     pub fn enabled(&self) -> bool {
         self.enabled
-    }
-
-    /// Records one call of `kind` with `tokens` (embedded or returned).
-    pub fn record(&self, tenant_id: &str, kind: Kind, tokens: u64) {
-        self.record_n(tenant_id, kind, 1, tokens);
     }
 
     fn month_of(&self, tenant_id: &str) -> Arc<Mutex<Month>> {
@@ -263,7 +258,7 @@ impl Meter {
     fn all_snapshot(&self, ym: (i32, u32)) -> Option<HashMap<String, MonthUsage>> {
         let all = self.all.lock();
         let a = all.as_ref().filter(|a| a.ym == ym)?;
-        let mut out = HashMap::clone(a.seed.as_ref()?);
+        let mut out = a.seed.clone()?;
         for (t, d) in &a.delta {
             let e = out.entry(t.clone()).or_default();
             *e = sum(*e, *d);
@@ -300,7 +295,7 @@ impl Meter {
         match self.control.run(move |c| Ok(totals_all(c, &from, &to)?)).await {
             Ok(seed) => {
                 if let Some(a) = self.all.lock().as_mut().filter(|a| a.ym == ym) {
-                    a.seed = Some(Arc::new(seed));
+                    a.seed = Some(seed);
                 }
             }
             Err(e) => {

@@ -306,35 +306,23 @@ impl ControlStore for ControlPlane {
     }
 
     fn usage_by_day(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(String, String, u64, u64)>> {
-        let tenant_id = tenant_id.to_string();
-        Box::pin(self.run(move |c| {
-            let mut st = c.prepare(
-                "SELECT substr(at, 1, 10) AS day, kind, SUM(count), SUM(tokens) FROM usage_events
-                 WHERE tenant_id = ?1 AND at >= ?2 GROUP BY day, kind ORDER BY day, kind",
-            )?;
-            let rows = st
-                .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        }))
+        usage_sums(
+            self,
+            "SELECT substr(at, 1, 10) AS day, kind, SUM(count), SUM(tokens) FROM usage_events
+             WHERE tenant_id = ?1 AND at >= ?2 GROUP BY day, kind ORDER BY day, kind",
+            tenant_id,
+            since,
+        )
     }
 
     fn usage_by_key(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(Option<String>, String, u64, u64)>> {
-        let tenant_id = tenant_id.to_string();
-        Box::pin(self.run(move |c| {
-            let mut st = c.prepare(
-                "SELECT key_id, kind, SUM(count), SUM(tokens) FROM usage_events
-                 WHERE tenant_id = ?1 AND at >= ?2 GROUP BY key_id, kind ORDER BY key_id, kind",
-            )?;
-            let rows = st
-                .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        }))
+        usage_sums(
+            self,
+            "SELECT key_id, kind, SUM(count), SUM(tokens) FROM usage_events
+             WHERE tenant_id = ?1 AND at >= ?2 GROUP BY key_id, kind ORDER BY key_id, kind",
+            tenant_id,
+            since,
+        )
     }
 
     fn tenant_by_id(&self, id: &str) -> Fut<'_, Option<Tenant>> {
@@ -574,6 +562,26 @@ fn stripe_sql(c: &rusqlite::Connection, ev: &StripeEvent, at: DateTime<Utc>) -> 
     };
     super::audit_at(c, at, "stripe", Some(&t.id), &format!("stripe.{}", ev.kind), &detail)?;
     Ok((outcome, Some(t.id)))
+}
+
+/// A tenant's usage events since `since`, summed by `sql`'s first column and kind:
+/// `(group, kind, calls, tokens)`; `sql` binds the tenant as `?1` and `since` as `?2`.
+fn usage_sums<'a, G: rusqlite::types::FromSql + Send + 'static>(
+    cp: &'a ControlPlane,
+    sql: &'static str,
+    tenant_id: &str,
+    since: DateTime<Utc>,
+) -> Fut<'a, Vec<(G, String, u64, u64)>> {
+    let tenant_id = tenant_id.to_string();
+    Box::pin(cp.run(move |c| {
+        let mut st = c.prepare(sql)?;
+        let rows = st
+            .query_map(rusqlite::params![tenant_id, super::ts(since)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }))
 }
 
 fn apply_sql(tx: &rusqlite::Connection, change: Change, now: DateTime<Utc>) -> Result<Outcome, Error> {

@@ -267,13 +267,14 @@ async fn usage_page(p: Portal) -> Response {
     let head = html! {
         th.num scope="col" { "API calls" } th.num scope="col" { "Queries" } th.num scope="col" { "Tokens embedded" } th.num scope="col" { "Tokens returned" } th.num scope="col" { "Recommendations" }
     };
+    // One row's figures, each with its test hook `<id>.<figure>` (`key.<key id>` or `day.<date>`).
     let cells = |u: &svc::Tally, id: &str| {
         html! {
-            td.num data-metric=(format!("key.{id}.api_calls")) data-value=(u.api_calls) { (layout::group(u.api_calls)) }
-            td.num data-metric=(format!("key.{id}.queries")) data-value=(u.queries) { (layout::group(u.queries)) }
-            td.num data-metric=(format!("key.{id}.tokens_embedded")) data-value=(u.tokens_embedded) { (layout::group(u.tokens_embedded)) }
-            td.num data-metric=(format!("key.{id}.tokens_returned")) data-value=(u.tokens_returned) { (layout::group(u.tokens_returned)) }
-            td.num data-metric=(format!("key.{id}.recommendations")) data-value=(u.recommendations) { (layout::group(u.recommendations)) }
+            td.num data-metric=(format!("{id}.api_calls")) data-value=(u.api_calls) { (layout::group(u.api_calls)) }
+            td.num data-metric=(format!("{id}.queries")) data-value=(u.queries) { (layout::group(u.queries)) }
+            td.num data-metric=(format!("{id}.tokens_embedded")) data-value=(u.tokens_embedded) { (layout::group(u.tokens_embedded)) }
+            td.num data-metric=(format!("{id}.tokens_returned")) data-value=(u.tokens_returned) { (layout::group(u.tokens_returned)) }
+            td.num data-metric=(format!("{id}.recommendations")) data-value=(u.recommendations) { (layout::group(u.recommendations)) }
         }
     };
     let body = html! {
@@ -293,7 +294,7 @@ async fn usage_page(p: Portal) -> Response {
                                     @if let Some(prefix) = &k.prefix { " " code { (prefix) } }
                                     @if k.revoked { " " (pill("revoked", "off")) }
                                 }
-                                (cells(&k.usage, k.key_id.as_deref().unwrap_or("none")))
+                                (cells(&k.usage, &format!("key.{}", k.key_id.as_deref().unwrap_or("none"))))
                             }
                         }
                     }
@@ -312,11 +313,7 @@ async fn usage_page(p: Portal) -> Response {
                         @for d in days.iter().rev() {
                             tr data-day=(d.day) {
                                 th scope="row" { (d.day) }
-                                td.num { (layout::group(d.usage.api_calls)) }
-                                td.num { (layout::group(d.usage.queries)) }
-                                td.num { (layout::group(d.usage.tokens_embedded)) }
-                                td.num { (layout::group(d.usage.tokens_returned)) }
-                                td.num { (layout::group(d.usage.recommendations)) }
+                                (cells(&d.usage, &format!("day.{}", d.day)))
                             }
                         }
                     }
@@ -779,7 +776,6 @@ async fn restore_post(p: Portal, form: FormFields) -> Response {
     }
 }
 
-/// `GET /dashboard/audit`: the tenant's audit log (plans with `audit_log`).
 #[derive(Deserialize)]
 struct RecsPreview {
     customer: Option<String>,
@@ -981,6 +977,7 @@ async fn jobs_page(p: Portal) -> Response {
     render(&p, "/dashboard/jobs", "Jobs", body)
 }
 
+/// `GET /dashboard/audit`: the tenant's audit log (plans with `audit_log`).
 async fn audit_page(p: Portal) -> Response {
     let body = match usage::audit(&p.ctx).await {
         Ok(events) => html! {
