@@ -175,6 +175,9 @@ pub struct BackupSettings {
     pub erasure_grace_secs: u64,
     /// Databases synced at the same time.
     pub max_concurrent_syncs: usize,
+    /// Maintenance passes (compaction, retention) at the same time. They run apart from syncs, so a
+    /// compaction never holds a sync slot.
+    pub max_concurrent_maintenance: usize,
     /// Timeout of one object-storage request.
     pub request_timeout_secs: u64,
     /// Retry backoff after a failed sync: doubles from `retry_min_ms` up to `retry_max_ms`.
@@ -202,6 +205,7 @@ impl Default for BackupSettings {
             delete_sweep_secs: 60,
             erasure_grace_secs: 86_400,
             max_concurrent_syncs: 32,
+            max_concurrent_maintenance: 4,
             request_timeout_secs: 10,
             retry_min_ms: 500,
             retry_max_ms: 30_000,

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!  commit ──► mark_dirty (once per batch: flag + marker file) ──► queue ──(≤ sync_interval)──► sync
-//!  sync:  read new WAL frames ─► LTX level 0 ─► PUT ─► persist position ─► maybe compact / snapshot /
-//!         retention / checkpoint (TRUNCATE, only after everything is shipped)
+//!  sync:  read new WAL frames ─► LTX level 0 ─► PUT ─► persist position (the recovery point) ─► maybe
+//!         snapshot / checkpoint (TRUNCATE, only after everything is shipped)
+//!  then, in its own task and slot when due: compaction ─► retention ─► purge after an erasure
 //! ```
 //!
 //! * **Capture.** warren owns every connection, turns automatic checkpoints off on all of them and asks
@@ -225,6 +226,8 @@ pub struct BackupService {
     orphans: Mutex<HashMap<String, Instant>>,
     health: Mutex<HashMap<ReplicaKey, Health>>,
     syncs: Arc<Semaphore>,
+    /// Slots of maintenance passes (compaction, retention), apart from the sync slots.
+    maintenance: Arc<Semaphore>,
     wake: tokio::sync::Notify,
     /// Sources that live as long as the service (the control plane).
     held: Mutex<Vec<Arc<dyn Source>>>,
@@ -243,6 +246,7 @@ impl BackupService {
         Ok(Arc::new(BackupService {
             root,
             syncs: Arc::new(Semaphore::new(cfg.max_concurrent_syncs.max(1))),
+            maintenance: Arc::new(Semaphore::new(cfg.max_concurrent_maintenance.max(1))),
             cfg,
             data_dir: data_dir.to_path_buf(),
             queue: Mutex::new(HashMap::new()),

@@ -1,6 +1,8 @@
 //! One database's replication: [`DbReplica`] marks changes, ships them as LTX files (level 0, with a
-//! full image when the history is broken), compacts, applies retention and checkpoints after
-//! shipping. The process-wide loop in the parent module decides when each one syncs.
+//! full image when the history is broken) and checkpoints after shipping. Compaction, retention and
+//! the purge after an erasure run in a separate maintenance pass, off the sync path: a sync slot is
+//! held only for the ship itself, so a compaction never delays another commit's recovery point. The
+//! process-wide loop in the parent module decides when each one syncs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,6 +25,11 @@ pub struct DbReplica {
     dirty: Mutex<Option<Instant>>,
     /// Shipping state; loaded on the first sync in this process.
     ship: tokio::sync::Mutex<Option<ShipState>>,
+    /// The replica's objects, as listed at the first sync and kept up to date since. Shipping adds
+    /// level-0 files and snapshots; maintenance adds compactions and removes what it deletes.
+    files: Mutex<Vec<FileInfo>>,
+    /// The time of the last compaction of each level; held by the one maintenance pass running.
+    maint: Arc<tokio::sync::Mutex<Option<[Instant; 4]>>>,
     source: Weak<dyn Source>,
     /// An erasure asked for a checkpoint as soon as everything is shipped, whatever the WAL's size.
     checkpoint_soon: std::sync::atomic::AtomicBool,
@@ -33,10 +40,8 @@ pub struct DbReplica {
 
 struct ShipState {
     pos: Position,
-    files: Vec<FileInfo>,
     /// Force a full image at the next TXID (history broken or unknown).
     full: bool,
-    last_compaction: [Instant; 4],
 }
 
 enum Batch {
@@ -60,6 +65,8 @@ impl DbReplica {
             svc: Arc::downgrade(svc),
             dirty: Mutex::new(None),
             ship: tokio::sync::Mutex::new(None),
+            files: Mutex::new(Vec::new()),
+            maint: Arc::new(tokio::sync::Mutex::new(None)),
             source,
             checkpoint_soon: std::sync::atomic::AtomicBool::new(false),
             erasure_soon: std::sync::atomic::AtomicBool::new(false),
@@ -118,13 +125,10 @@ impl DbReplica {
             return Ok(()); // closed, and its close shipped everything
         }
         let since = self.dirty.lock().take();
-        let result = self.sync_inner(&svc).await;
+        let result = self.sync_inner(&svc, since).await;
         match &result {
             Ok(()) => {
                 svc.record_success(&self.key);
-                if let Some(t) = since {
-                    metrics::histogram!("warren_backup_rpo_seconds").record(t.elapsed().as_secs_f64());
-                }
                 let d = self.dirty.lock();
                 if d.is_none() {
                     let _ = std::fs::remove_file(svc.marker(&self.key));
@@ -151,7 +155,7 @@ impl DbReplica {
         result
     }
 
-    async fn sync_inner(self: &Arc<Self>, svc: &Arc<BackupService>) -> anyhow::Result<()> {
+    async fn sync_inner(self: &Arc<Self>, svc: &Arc<BackupService>, since: Option<Instant>) -> anyhow::Result<()> {
         let Some(source) = self.source.upgrade() else {
             anyhow::bail!("the database is closed");
         };
@@ -169,13 +173,13 @@ impl DbReplica {
             crate::faults::point("ship.before_put");
             self.put(0, next, next, l0, ts).await.with_context(|| format!("uploading level-0 TXID {next:016x}"))?;
             crate::faults::point("ship.after_put");
-            st.files.push(FileInfo { level: 0, min: next, max: next, size: bytes, created_ms: ts });
+            self.files.lock().push(FileInfo { level: 0, min: next, max: next, size: bytes, created_ms: ts });
             metrics::counter!("warren_backup_puts_total").increment(1);
             metrics::counter!("warren_backup_bytes_total").increment(bytes);
             if let Some(l9) = l9 {
                 let n = l9.len() as u64;
                 self.put(9, 1, next, l9, ts).await.with_context(|| format!("uploading snapshot 1-{next:016x}"))?;
-                st.files.push(FileInfo { level: 9, min: 1, max: next, size: n, created_ms: ts });
+                self.files.lock().push(FileInfo { level: 9, min: 1, max: next, size: n, created_ms: ts });
                 st.pos.last_snapshot_ms = ts;
                 metrics::counter!("warren_backup_puts_total").increment(1);
             }
@@ -187,7 +191,17 @@ impl DbReplica {
             let (db, pos) = (self.db_path.clone(), st.pos.clone());
             tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
         }
-        self.maintain(svc, st, &source).await
+        // The recovery point: every commit up to here is in object storage. What follows (a due
+        // snapshot, the checkpoint, maintenance) does not hold it back.
+        if let Some(t) = since {
+            metrics::histogram!("warren_backup_rpo_seconds").record(t.elapsed().as_secs_f64());
+        }
+        self.after_ship(svc, st, &source).await?;
+        let grace_ms = (svc.cfg.erasure_grace_secs as i64).saturating_mul(1000);
+        let purge_due = st.pos.erasure.is_some_and(|m| store::now_ms() - m.at_ms >= grace_ms);
+        drop(guard);
+        self.maintain_soon(svc, purge_due);
+        Ok(())
     }
 
     /// Loads the persisted position and reconciles it with the replica's newest TXID.
@@ -196,6 +210,7 @@ impl DbReplica {
         let mut pos = tokio::task::spawn_blocking(move || read_position(&db)).await?.unwrap_or_default();
         let files = self.replica.list().await.context("listing the replica")?;
         let newest = files.iter().map(|f| f.max).max().unwrap_or(0);
+        let mut files = files;
         // A replica that no longer restores (files lost or removed) gets a fresh full image too.
         let broken = !files.is_empty() && restore::plan(&files, restore::Target::Latest).is_err();
         let full = newest != pos.txid || pos.txid == 0 || broken;
@@ -205,20 +220,14 @@ impl DbReplica {
             }
             pos.txid = newest;
         }
-        let now = Instant::now();
-        Ok(ShipState { pos, files, full, last_compaction: [now; 4] })
+        *self.files.lock() = std::mem::take(&mut files);
+        Ok(ShipState { pos, full })
     }
 
-    /// Compaction, snapshots, retention and the checkpoint, each when due.
-    async fn maintain(&self, svc: &Arc<BackupService>, st: &mut ShipState, source: &Arc<dyn Source>) -> anyhow::Result<()> {
+    /// After a ship, under the ship lock: a snapshot when due (or asked for by an erasure) and the
+    /// checkpoint once the WAL is large and fully shipped. Both need the shipped position.
+    async fn after_ship(&self, svc: &Arc<BackupService>, st: &mut ShipState, source: &Arc<dyn Source>) -> anyhow::Result<()> {
         let cfg = &svc.cfg;
-        let intervals = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs];
-        for level in 1..=3u8 {
-            if st.last_compaction[level as usize].elapsed() >= Duration::from_secs(intervals[level as usize]) {
-                self.compact(st, level).await?;
-                st.last_compaction[level as usize] = Instant::now();
-            }
-        }
         let now = store::now_ms();
         let erasure = self.erasure_soon.swap(false, std::sync::atomic::Ordering::SeqCst) || st.pos.erasure_requested;
         let due = now - st.pos.last_snapshot_ms >= (cfg.snapshot_interval_secs as i64) * 1000;
@@ -233,8 +242,11 @@ impl DbReplica {
             if let Some((bytes, ts)) = snap {
                 let n = bytes.len() as u64;
                 self.put(9, 1, st.pos.txid, bytes, ts).await.context("uploading a snapshot")?;
-                st.files.retain(|f| !(f.level == 9 && f.max == st.pos.txid));
-                st.files.push(FileInfo { level: 9, min: 1, max: st.pos.txid, size: n, created_ms: ts });
+                {
+                    let mut files = self.files.lock();
+                    files.retain(|f| !(f.level == 9 && f.max == st.pos.txid));
+                    files.push(FileInfo { level: 9, min: 1, max: st.pos.txid, size: n, created_ms: ts });
+                }
                 st.pos.last_snapshot_ms = ts;
                 if erasure {
                     st.pos.erasure = Some(ErasureMark { at_ms: ts, snapshot_txid: st.pos.txid });
@@ -246,8 +258,6 @@ impl DbReplica {
                 tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
             }
         }
-        self.retention(st, cfg).await?;
-        self.purge_after_erasure(st, cfg).await?;
         // Checkpoint once the WAL is large and everything in it is shipped.
         let forced = self.checkpoint_soon.swap(false, std::sync::atomic::Ordering::SeqCst);
         let limit = if forced { 0 } else { cfg.checkpoint_pages };
@@ -265,14 +275,55 @@ impl DbReplica {
         Ok(())
     }
 
+    /// Starts a maintenance pass (compaction, retention, the purge after an erasure) in its own task
+    /// when one is due and none is running for this database. It takes a maintenance slot, not a sync
+    /// slot, and never the ship lock while it talks to storage, so shipping goes on beside it.
+    fn maintain_soon(self: &Arc<Self>, svc: &Arc<BackupService>, purge_due: bool) {
+        // A pass already running picks up the new files at its next step, or at the next sync.
+        let Ok(mut m) = self.maint.clone().try_lock_owned() else { return };
+        let now = Instant::now();
+        let last = *m.get_or_insert([now; 4]);
+        let cfg = &svc.cfg;
+        let intervals = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs];
+        let compaction_due = (1..=3).any(|l| last[l].elapsed() >= Duration::from_secs(intervals[l]));
+        if !compaction_due && !purge_due {
+            return;
+        }
+        let (me, slots) = (self.clone(), svc.maintenance.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else { return };
+            if let Err(e) = me.maintain(&mut m).await {
+                metrics::counter!("warren_backup_maintenance_errors_total").increment(1);
+                tracing::warn!(replica = %me.key, error = %format!("{e:#}"), "backup maintenance failed; it is retried after the next sync");
+            }
+        });
+    }
+
+    /// One maintenance pass: each due compaction, then retention, then the purge after an erasure.
+    async fn maintain(&self, last: &mut Option<[Instant; 4]>) -> anyhow::Result<()> {
+        let Some(svc) = self.svc.upgrade() else { return Ok(()) };
+        let cfg = &svc.cfg;
+        let intervals = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs];
+        let times = last.get_or_insert([Instant::now(); 4]);
+        for level in 1..=3u8 {
+            if times[level as usize].elapsed() >= Duration::from_secs(intervals[level as usize]) {
+                self.compact(level).await?;
+                times[level as usize] = Instant::now();
+            }
+        }
+        self.retention(cfg).await?;
+        self.purge_after_erasure(cfg).await
+    }
+
     /// Merges the files of `level - 1` newer than everything at `level` into one file at `level`.
-    async fn compact(&self, st: &mut ShipState, level: u8) -> anyhow::Result<()> {
-        let floor = st.files.iter().filter(|f| f.level == level).map(|f| f.max).max().unwrap_or(0);
-        let mut inputs: Vec<FileInfo> = st.files.iter().filter(|f| f.level == level - 1 && f.min > floor).copied().collect();
+    async fn compact(&self, level: u8) -> anyhow::Result<()> {
+        let files = self.files.lock().clone();
+        let floor = files.iter().filter(|f| f.level == level).map(|f| f.max).max().unwrap_or(0);
+        let mut inputs: Vec<FileInfo> = files.iter().filter(|f| f.level == level - 1 && f.min > floor).copied().collect();
         inputs.sort_by_key(|f| (f.min, f.max));
         // Only a contiguous run can be merged. It starts right after `floor`, or, when retention removed
         // the files there, at a file that the oldest snapshot reaches (so no gap is ever exposed).
-        let oldest_snap = st.files.iter().filter(|f| f.level == 9).map(|f| f.max).min().unwrap_or(0);
+        let oldest_snap = files.iter().filter(|f| f.level == 9).map(|f| f.max).min().unwrap_or(0);
         let mut run: Vec<FileInfo> = Vec::new();
         for f in inputs {
             let ok = match run.last() {
@@ -309,7 +360,7 @@ impl DbReplica {
         let n = bytes.len() as u64;
         self.put(level, min, max, bytes.into(), h.timestamp_ms).await.with_context(|| format!("uploading level-{level} compaction"))?;
         crate::faults::point("compact.after_put");
-        st.files.push(FileInfo { level, min, max, size: n, created_ms: h.timestamp_ms });
+        self.files.lock().push(FileInfo { level, min, max, size: n, created_ms: h.timestamp_ms });
         metrics::counter!("warren_backup_puts_total").increment(1);
         metrics::counter!("warren_backup_compactions_total", "level" => level.to_string()).increment(1);
         Ok(())
@@ -317,17 +368,18 @@ impl DbReplica {
 
     /// Deletes files no restore within the retention window needs, never breaking the chain from the
     /// oldest kept snapshot to the newest TXID.
-    async fn retention(&self, st: &mut ShipState, cfg: &BackupSettings) -> anyhow::Result<()> {
+    async fn retention(&self, cfg: &BackupSettings) -> anyhow::Result<()> {
         let now = store::now_ms();
+        let files = self.files.lock().clone();
         let mut doomed: Vec<FileInfo> = Vec::new();
-        let max_l1 = st.files.iter().filter(|f| f.level == 1).map(|f| f.max).max().unwrap_or(0);
-        let newest_l0 = st.files.iter().filter(|f| f.level == 0).map(|f| f.max).max().unwrap_or(0);
-        for f in st.files.iter().filter(|f| f.level == 0) {
+        let max_l1 = files.iter().filter(|f| f.level == 1).map(|f| f.max).max().unwrap_or(0);
+        let newest_l0 = files.iter().filter(|f| f.level == 0).map(|f| f.max).max().unwrap_or(0);
+        for f in files.iter().filter(|f| f.level == 0) {
             if f.max <= max_l1 && f.max != newest_l0 && now - f.created_ms >= (cfg.l0_retention_secs as i64) * 1000 {
                 doomed.push(*f);
             }
         }
-        let mut snaps: Vec<FileInfo> = st.files.iter().filter(|f| f.level == 9).copied().collect();
+        let mut snaps: Vec<FileInfo> = files.iter().filter(|f| f.level == 9).copied().collect();
         snaps.sort_by_key(|f| f.max);
         if let Some(newest) = snaps.last().copied() {
             let keep: Vec<FileInfo> =
@@ -338,10 +390,10 @@ impl DbReplica {
                 }
             }
             let oldest_kept = keep.iter().map(|f| f.max).min().unwrap_or(newest.max);
-            for f in st.files.iter().filter(|f| (1..=8).contains(&f.level) && f.max < oldest_kept) {
+            for f in files.iter().filter(|f| (1..=8).contains(&f.level) && f.max < oldest_kept) {
                 doomed.push(*f);
             }
-            for f in st.files.iter().filter(|f| f.level == 0 && f.max < oldest_kept && f.max != newest_l0) {
+            for f in files.iter().filter(|f| f.level == 0 && f.max < oldest_kept && f.max != newest_l0) {
                 if !doomed.contains(f) {
                     doomed.push(*f);
                 }
@@ -352,27 +404,35 @@ impl DbReplica {
             metrics::counter!("warren_backup_deletes_total").increment(1);
             crate::faults::point("retention.between_deletes");
         }
-        st.files.retain(|f| !doomed.contains(f));
+        self.files.lock().retain(|f| !doomed.contains(f));
         Ok(())
     }
 
     /// Once `erasure_grace_secs` has passed since an erasure's snapshot, deletes every object older
     /// than it, at every level: those may hold the erased data. The chain then starts at that snapshot,
     /// so no restore point before the erasure remains.
-    async fn purge_after_erasure(&self, st: &mut ShipState, cfg: &BackupSettings) -> anyhow::Result<()> {
-        let Some(mark) = st.pos.erasure else { return Ok(()) };
+    async fn purge_after_erasure(&self, cfg: &BackupSettings) -> anyhow::Result<()> {
+        // Only while the database is open: the position file belongs to the open handle's shipper.
+        if self.source.upgrade().is_none() {
+            return Ok(());
+        }
+        let Some(mark) = self.ship.lock().await.as_ref().and_then(|st| st.pos.erasure) else { return Ok(()) };
         if store::now_ms() - mark.at_ms < (cfg.erasure_grace_secs as i64).saturating_mul(1000) {
             return Ok(());
         }
-        let doomed: Vec<FileInfo> = st.files.iter().filter(|f| f.max < mark.snapshot_txid).copied().collect();
+        let doomed: Vec<FileInfo> = self.files.lock().iter().filter(|f| f.max < mark.snapshot_txid).copied().collect();
         for f in &doomed {
             self.replica.delete(f).await.with_context(|| format!("deleting {} (erasure)", ltx::file_name(f.min, f.max)))?;
             metrics::counter!("warren_backup_deletes_total").increment(1);
         }
-        st.files.retain(|f| !doomed.contains(f));
-        st.pos.erasure = None;
-        let (db, pos) = (self.db_path.clone(), st.pos.clone());
-        tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
+        self.files.lock().retain(|f| !doomed.contains(f));
+        let mut guard = self.ship.lock().await;
+        if let Some(st) = guard.as_mut().filter(|st| st.pos.erasure == Some(mark)) {
+            st.pos.erasure = None;
+            let (db, pos) = (self.db_path.clone(), st.pos.clone());
+            tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
+        }
+        drop(guard);
         tracing::info!(replica = %self.key, deleted = doomed.len(), before_txid = mark.snapshot_txid, "deleted the replica objects older than an erasure");
         Ok(())
     }

@@ -563,3 +563,55 @@ async fn s3_errors_slowness_and_timeouts_never_fail_a_write_and_the_replica_catc
     // Nothing acknowledged is missing from the restored copy: compat compared every table's rows.
     assert!(n >= 30, "only {n} writes were made");
 }
+
+/// Compaction runs beside shipping, not inside it: while every compaction hangs on its reads, new
+/// commits still reach the replica at once, and the replica restores with litestream afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_compaction_does_not_hold_back_shipping() {
+    use crate::s3proxy::{FaultProxy, Mode};
+    use std::sync::atomic::Ordering;
+    let moto = Moto::start().await;
+    let proxy = FaultProxy::start(moto.port).await;
+    let url = proxy.url("compacting");
+    let dir = tempfile::tempdir().unwrap();
+    let mut envs = backup_envs(&url);
+    envs.retain(|(k, _)| *k != "WARREN_BACKUP__REQUEST_TIMEOUT_SECS");
+    // A hung read lasts 60 s: far longer than any ship below may take.
+    envs.push(("WARREN_BACKUP__REQUEST_TIMEOUT_SECS", "60".into()));
+    envs.push(("WARREN_BACKUP__L1_INTERVAL_SECS", "1".into()));
+    let server = ServerProcess::start(dir.path(), &envs).await;
+    let created = server.create_tenant("compacting", "pro").await;
+    let (id, key) = (created["tenant"]["id"].as_str().unwrap().to_string(), created["api_key"].as_str().unwrap().to_string());
+    wait_replicated(&server.addr, "compacting").await;
+    proxy.set(Mode::HangGets);
+    let client = Client::new();
+    // Write until a compaction is stuck on a read.
+    let t0 = Instant::now();
+    let mut n = 0;
+    while proxy.state.injected.load(Ordering::SeqCst) == 0 {
+        add_doc(&client, &server.addr, &key, &format!("c/{n}.md"), &format!("before the hang {n}")).await;
+        n += 1;
+        assert!(t0.elapsed() < Duration::from_secs(30), "no compaction read was made");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Every later commit is shipped within a few sync intervals, though the compaction still hangs.
+    for i in 0..5 {
+        add_doc(&client, &server.addr, &key, &format!("after/{i}.md"), &format!("after the hang {i}")).await;
+        let before = backup_status(&server.addr, "compacting").await["backup"]["last_txid"].clone();
+        let t = Instant::now();
+        loop {
+            let b = backup_status(&server.addr, "compacting").await;
+            if b["backup"]["pending"] == false && b["backup"]["last_txid"] != before {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "commit {i} was not shipped while a compaction hung: {b}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(proxy.state.injected.load(Ordering::SeqCst) >= 1);
+    proxy.set(Mode::Pass);
+    wait_replicated(&server.addr, "compacting").await;
+    let mut server = server;
+    assert!(server.terminate().success());
+    compat(&moto.url(&format!("compacting/tenants/{id}")), "--source", &tenant_db(dir.path(), &id));
+}

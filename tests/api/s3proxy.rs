@@ -23,6 +23,8 @@ pub enum Mode {
     Hang,
     /// Read uploads (PUT) to the end and never answer them: a process killed now dies mid-upload.
     StallPuts,
+    /// Never answer a GET of an object (what compaction reads); forward everything else.
+    HangGets,
 }
 
 pub struct ProxyState {
@@ -102,6 +104,12 @@ async fn forward(State(s): State<Arc<ProxyState>>, req: Request) -> Response {
             return status(504, "stalled");
         }
         Mode::StallPuts => {}
+        Mode::HangGets if parts.method == http::Method::GET && parts.uri.path().ends_with(".ltx") => {
+            s.injected.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            return status(504, "hung");
+        }
+        Mode::HangGets => {}
     }
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut rb = s.client.request(parts.method.clone(), format!("{}{path}", s.upstream)).body(body);
