@@ -115,6 +115,12 @@ def hist_quantiles(text, name, qs, before_text=""):
     return out, int(total)
 
 
+def cpu_secs(pid):
+    """User + system CPU seconds a process has used so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_stats(pid):
     rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
     return rss // 1024, len(os.listdir(f"/proc/{pid}/fd"))
@@ -218,25 +224,31 @@ def scale():
 
 def throughput():
     """Write throughput with backups on and off, alternating in one run (off on on off off on), on a
-    write path that does not embed: the server runs without a model, so a document is stored and
-    indexed, not embedded. Tenants are on enterprise, whose limits this load does not reach."""
+    write path that neither embeds nor indexes: one product upsert per request, one transaction each.
+    The server runs without a model and with retraining pushed past the run, so only SQLite and the
+    backups work. Tenants are on enterprise, whose limits this load does not reach."""
     s3srv, s3port = start_s3()
-    results = {"on": [], "off": []}; other = {}
+    results = {"on": [], "off": []}; other = {}; cpu = {"on": [], "off": []}
     secs = int(os.environ.get("TP_SECS", "20"))
-    for rnd, mode in enumerate(["off", "on", "on", "off", "off", "on"]):
+    rounds = int(os.environ.get("TP_ROUNDS", "4"))   # runs per mode, in the order off on on off off on ...
+    order = [("off", "on") if k % 2 == 0 else ("on", "off") for k in range(rounds)]
+    order = [m for pair in order for m in pair]
+    for rnd, mode in enumerate(order):
         data = tempfile.mkdtemp(prefix="warren-bt-")
         url = f"s3://bucket/tp{rnd}{mode}?endpoint=http://127.0.0.1:{s3port}&region=us-east-1" if mode == "on" else None
-        p, port = start_warren(data, url)
+        p, port = start_warren(data, url, {"WARREN_RECS__DEBOUNCE_MS": "3600000", "WARREN_RECS__MAX_DELAY_SECS": "3600"})
         cl = Client(port)
         keys = []
         for i in range(8):
             st, v = cl.req("POST", "/admin/v1/tenants", {"slug": f"writer{i}", "name": "b", "email": "b@b.co", "tier": "enterprise"}); keys.append(v["api_key"])
         time.sleep(2)  # the new tenants' first snapshots ship before the clock starts
+        c0, s0 = cpu_secs(p.pid), cpu_secs(s3srv.pid)
         stop = time.time() + secs; n = [0]; lock = threading.Lock()
         def w(k):
             i = 0
             while time.time() < stop:
-                st, _ = cl.req("POST", "/api/v1/documents", {"path": f"d/{i}.md", "content": f"doc {i} " + "some words here " * 30}, token=k)
+                st, _ = cl.req("POST", "/api/v1/products", {"products": [{"id": f"p{i % 5000}", "name": f"Product {i} " + "fine words " * 10,
+                                                                            "categories": ["Kitchen"], "price": 9.5 + i % 7}]}, token=k)
                 with lock:
                     if st in (200, 201): n[0] += 1
                     else: other[st] = other.get(st, 0) + 1
@@ -245,11 +257,21 @@ def throughput():
         for t in th: t.start()
         for t in th: t.join()
         results[mode].append(round(n[0] / secs, 1))
+        # CPU per 1,000 acknowledged writes: warren's own, and the S3 server's (on the same cores here).
+        cpu[mode].append((round(1000 * (cpu_secs(p.pid) - c0) / max(n[0], 1), 3), round(1000 * (cpu_secs(s3srv.pid) - s0) / max(n[0], 1), 3)))
         p.terminate(); p.wait(); shutil.rmtree(data, ignore_errors=True)
     on, off = sum(results["on"]) / len(results["on"]), sum(results["off"]) / len(results["off"])
-    print(f"write throughput, 2xx only (8 enterprise tenants, 8 client threads, POST /documents without embeddings, {secs} s per run, "
-          f"order off on on off off on): off {results['off']} -> {off:.1f}/s, on {results['on']} -> {on:.1f}/s; overhead {100 * (off - on) / off:.1f} %; "
+    med = lambda v: sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1:len(v) // 2 + 1]) / 2
+    print(f"write throughput, 2xx only (8 enterprise tenants, 8 client threads, POST /products (1 product, 1 transaction), {secs} s per run, "
+          f"order {' '.join(order)}): off {results['off']} -> mean {off:.1f}/s, median {med(results['off']):.1f}/s; "
+          f"on {results['on']} -> mean {on:.1f}/s, median {med(results['on']):.1f}/s; "
+          f"overhead {100 * (off - on) / off:.1f} % by the means, {100 * (med(results['off']) - med(results['on'])) / med(results['off']):.1f} % by the medians; "
           f"other statuses: {other or 'none'}")
+    for mode in ("off", "on"):
+        w = [c[0] for c in cpu[mode]]; srv = [c[1] for c in cpu[mode]]
+        print(f"  CPU seconds per 1,000 writes, backups {mode}: warren {w} (median {med(w):.3f}), S3 server {srv} (median {med(srv):.3f})")
+    w_on, w_off = med([c[0] for c in cpu["on"]]), med([c[0] for c in cpu["off"]])
+    print(f"  warren's CPU per write with backups on vs off: {100 * (w_on - w_off) / w_off:+.1f} % (medians)")
     stop_s3(s3srv)
 
 
