@@ -132,6 +132,12 @@ pub struct Position {
     /// `backup.erasure_grace_secs` has passed since `at_ms`.
     #[serde(default)]
     pub erasure: Option<ErasureMark>,
+    /// The database was created here under a new id and has never been shipped, so its replica is
+    /// known to be empty: the first sync ships a full image without listing the replica (a LIST per
+    /// new tenant is what made creating thousands of tenants slow). Cleared by the first ship. A
+    /// restore or import removes the position, so those list as before.
+    #[serde(default)]
+    pub new_replica: bool,
 }
 
 /// The fresh snapshot of an erasure, persisted with the position until the older objects are gone.
@@ -139,6 +145,12 @@ pub struct Position {
 pub struct ErasureMark {
     pub at_ms: i64,
     pub snapshot_txid: u64,
+}
+
+/// Records that a database just created under a new id has an empty replica (see
+/// [`Position::new_replica`]).
+pub fn mark_new_replica(db: &Path) -> anyhow::Result<()> {
+    write_position(db, &Position { new_replica: true, ..Position::default() })
 }
 
 /// Records, with no server running, that an erasure needs a fresh snapshot at the next sync.

@@ -187,6 +187,7 @@ impl DbReplica {
             st.pos.cursor = cursor;
             st.pos.commit = commit;
             st.pos.replicated_at_ms = store::now_ms();
+            st.pos.new_replica = false;
             st.full = false;
             let (db, pos) = (self.db_path.clone(), st.pos.clone());
             tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
@@ -208,9 +209,14 @@ impl DbReplica {
     async fn load_state(&self) -> anyhow::Result<ShipState> {
         let db = self.db_path.clone();
         let mut pos = tokio::task::spawn_blocking(move || read_position(&db)).await?.unwrap_or_default();
-        let files = self.replica.list().await.context("listing the replica")?;
+        if pos.new_replica && pos.txid == 0 {
+            // Created under a new id and never shipped: nothing can be in the replica yet.
+            self.files.lock().clear();
+            return Ok(ShipState { pos, full: true });
+        }
+        pos.new_replica = false;
+        let mut files = self.replica.list().await.context("listing the replica")?;
         let newest = files.iter().map(|f| f.max).max().unwrap_or(0);
-        let mut files = files;
         // A replica that no longer restores (files lost or removed) gets a fresh full image too.
         let broken = !files.is_empty() && restore::plan(&files, restore::Target::Latest).is_err();
         let full = newest != pos.txid || pos.txid == 0 || broken;

@@ -87,7 +87,12 @@ impl Operator {
         // comes last, so no request can see a tenant without storage.
         let d = dir.clone();
         let sid = id.clone();
-        let made = tokio::task::spawn_blocking(move || create_storage(&d, &sid)).await?;
+        let made = tokio::task::spawn_blocking(move || {
+            create_storage(&d, &sid)?;
+            // A new id has no replica yet: its first sync ships a full image without listing storage.
+            crate::backup::mark_new_replica(&d.join(crate::tenant::DB_FILE))
+        })
+        .await?;
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(Error::internal(e.context("creating tenant storage")));

@@ -34,6 +34,8 @@ pub struct ProxyState {
     pub requests: AtomicU64,
     pub injected: AtomicU64,
     pub stalled_puts: AtomicU64,
+    /// LIST requests (ListObjectsV2) seen.
+    pub lists: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -51,6 +53,7 @@ impl FaultProxy {
             requests: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             stalled_puts: AtomicU64::new(0),
+            lists: AtomicU64::new(0),
         });
         let app = axum::Router::new().fallback(forward).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
@@ -81,6 +84,9 @@ async fn forward(State(s): State<Arc<ProxyState>>, req: Request) -> Response {
     let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let mode = *s.mode.lock();
     let (parts, body) = req.into_parts();
+    if parts.method == http::Method::GET && parts.uri.query().is_some_and(|q| q.contains("list-type")) {
+        s.lists.fetch_add(1, Ordering::SeqCst);
+    }
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return status(400, "could not read the request body");
     };
