@@ -178,6 +178,9 @@ pub struct BackupSettings {
     /// Maintenance passes (compaction, retention) at the same time. They run apart from syncs, so a
     /// compaction never holds a sync slot.
     pub max_concurrent_maintenance: usize,
+    /// Object lists of closed databases kept in memory, so that reopening one in the same process
+    /// needs no LIST request.
+    pub listing_cache_entries: u64,
     /// Timeout of one object-storage request.
     pub request_timeout_secs: u64,
     /// Retry backoff after a failed sync: doubles from `retry_min_ms` up to `retry_max_ms`.
@@ -206,6 +209,7 @@ impl Default for BackupSettings {
             erasure_grace_secs: 86_400,
             max_concurrent_syncs: 32,
             max_concurrent_maintenance: 4,
+            listing_cache_entries: 10_000,
             request_timeout_secs: 10,
             retry_min_ms: 500,
             retry_max_ms: 30_000,

@@ -201,6 +201,10 @@ fn throughput() {
     let threads: usize = std::env::var("WARREN_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let e = Embedder::load(&model_dir()).expect("load").with_threads(threads);
     let tokens: usize = sentences.iter().map(|s| e.tokens(s)).sum();
+    let cases = reference();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let min_cos =
+        e.embed(&texts).expect("embed the reference texts").iter().zip(&cases).map(|(g, c)| cosine(g, &c.embedding)).fold(f64::INFINITY, f64::min);
     e.embed(&sentences[..sentences.len().min(64)]).expect("warm-up");
 
     let runs: usize = std::env::var("WARREN_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -217,7 +221,7 @@ fn throughput() {
     e.embed(&sentences[..1]).expect("embed one");
     let one_ms = one.elapsed().as_secs_f64() * 1e3;
     println!(
-        "RESULT warren sentences={} tokens={tokens} threads={} seconds={best:.3} sentences_per_s={:.1} tokens_per_s={:.0} one_sentence_ms={one_ms:.1} cpu_seconds={best_cpu:.2} sentences_per_cpu_s={:.1}",
+        "RESULT warren sentences={} tokens={tokens} threads={} seconds={best:.3} sentences_per_s={:.1} tokens_per_s={:.0} one_sentence_ms={one_ms:.1} cpu_seconds={best_cpu:.2} sentences_per_cpu_s={:.1} min_cosine_vs_reference={min_cos:.6}",
         sentences.len(),
         e.threads(),
         sentences.len() as f64 / best,

@@ -56,7 +56,9 @@ def start_warren(data, backup_url=None, extra=None):
     if backup_url:
         env["WARREN_BACKUP_URL"] = backup_url
     env.update(extra or {})
-    p = subprocess.Popen([WARREN, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # BENCH_LOG=FILE appends the server's log (warnings and errors) to FILE.
+    log = open(os.environ["BENCH_LOG"], "a") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL
+    p = subprocess.Popen([WARREN, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     wait_http(f"http://127.0.0.1:{port}/health")
     return p, port
 

