@@ -358,8 +358,8 @@ fn prometheus() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .expect("static buckets")
                 .set_buckets_for_metric(
-                    Matcher::Full("warren_backup_rpo_seconds".into()),
-                    &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0],
+                    Matcher::Prefix("warren_backup_".into()),
+                    &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0],
                 )
                 .expect("static buckets");
             let recorder = builder.build_recorder();

@@ -109,7 +109,7 @@ def hist_quantiles(text, name, qs, before_text=""):
     now, then = parse(text), parse(before_text)
     buckets = [(le, c - then.get(le, 0.0)) for le, c in now.items()]
     buckets.sort(); total = buckets[-1][1] if buckets else 0
-    print("  rpo histogram (le: count):", ", ".join(f"{le}: {int(c)}" for le, c in buckets if c > 0))
+    print(f"  {name} histogram (le: count):", ", ".join(f"{le}: {int(c)}" for le, c in buckets if c > 0))
     out = []
     for q in qs:
         want = q * total
@@ -215,6 +215,11 @@ def scale():
     time.sleep(3)
     _, text = metric(port, "warren_backup_rpo_seconds_count")
     (p50, p99), n = hist_quantiles(text, "warren_backup_rpo_seconds", [0.5, 0.99], before_text)
+    # The parts of the RPO: waiting for a sync slot, and the ship itself (the rest is the wait for
+    # the next round, at most backup.sync_interval_ms).
+    (w50, w99), _ = hist_quantiles(text, "warren_backup_slot_wait_seconds", [0.5, 0.99], before_text)
+    (s50, s99), _ = hist_quantiles(text, "warren_backup_ship_seconds", [0.5, 0.99], before_text)
+    print(f"  parts: slot wait p50 <= {w50} s, p99 <= {w99} s; ship (slot -> level-0 object and position stored) p50 <= {s50} s, p99 <= {s99} s")
     puts, _ = metric(port, "warren_backup_puts_total")
     print(f"{WRITERS} writers x 60 s: {done[0]} acknowledged writes; RPO (first unshipped commit -> level-0 object) "
           f"p50 <= {p50} s, p99 <= {p99} s over {n} syncs (histogram bucket upper bounds); peak RSS {peak[0]} MiB, peak fds {peak[1]}")

@@ -364,7 +364,9 @@ impl BackupService {
         for r in due {
             let slots = self.syncs.clone();
             tokio::spawn(async move {
+                let queued = Instant::now();
                 let Ok(_permit) = slots.acquire_owned().await else { return };
+                metrics::histogram!("warren_backup_slot_wait_seconds").record(queued.elapsed().as_secs_f64());
                 let _ = r.sync().await;
             });
         }

@@ -159,6 +159,7 @@ impl DbReplica {
         let Some(source) = self.source.upgrade() else {
             anyhow::bail!("the database is closed");
         };
+        let started = Instant::now();
         let mut guard = self.ship.lock().await;
         if guard.is_none() {
             *guard = Some(self.load_state().await?);
@@ -196,6 +197,7 @@ impl DbReplica {
         // snapshot, the checkpoint, maintenance) does not hold it back.
         if let Some(t) = since {
             metrics::histogram!("warren_backup_rpo_seconds").record(t.elapsed().as_secs_f64());
+            metrics::histogram!("warren_backup_ship_seconds").record(started.elapsed().as_secs_f64());
         }
         self.after_ship(svc, st, &source).await?;
         let grace_ms = (svc.cfg.erasure_grace_secs as i64).saturating_mul(1000);
