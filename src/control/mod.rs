@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 pub use keys::{ApiKey, NewKey, Scope};
 pub use slug::Slug;
@@ -232,29 +232,34 @@ impl ControlPlane {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
-            let mut conn = pool.get().map_err(|e| Error::internal(anyhow::anyhow!("control.db pool: {e}")))?;
+            let mut conn = pool.get().map_err(pool_error)?;
             f(&mut conn)
         })
         .await?
     }
 
-    /// Like [`run`](Self::run), for closures that write: they run one at a time.
+    /// Like [`run`](Self::run), for closures that write: they run one at a time. The writer lock is
+    /// taken before the pooled connection, in the same order as the backup shipper takes them
+    /// ([`ControlSource`]): the other order let writers hold every connection while waiting for the
+    /// lock that the shipper held while waiting for a connection, until the pool's timeout.
     pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     {
-        let writer = self.writer.clone();
-        let replica = self.replica.clone();
-        self.run(move |c| {
+        let (pool, writer, replica) = (self.pool.clone(), self.writer.clone(), self.replica.clone());
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
             let _w = writer.lock();
-            let out = f(c);
+            let mut conn = pool.get().map_err(pool_error)?;
+            let out = f(&mut conn);
             if let Some(r) = replica {
                 r.mark_dirty();
             }
             out
         })
-        .await
+        .await?
     }
 
     pub fn replica(&self) -> Option<&std::sync::Arc<crate::backup::DbReplica>> {
@@ -273,7 +278,7 @@ impl ControlPlane {
 
     /// Runs `f` synchronously (CLI, start-up).
     pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let mut conn = self.pool.get().map_err(|e| Error::internal(anyhow::anyhow!("control.db pool: {e}")))?;
+        let mut conn = self.pool.get().map_err(pool_error)?;
         f(&mut conn)
     }
 
@@ -281,6 +286,14 @@ impl ControlPlane {
     pub fn ping(&self) -> bool {
         self.pool.get().ok().and_then(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).ok()).is_some()
     }
+}
+
+/// No control.db connection came free within the pool's timeout: the server is at capacity, so the
+/// caller gets 503 `overloaded` with a Retry-After, not a 500.
+fn pool_error(e: r2d2::Error) -> Error {
+    tracing::warn!(error = %e, "control.db pool exhausted");
+    metrics::counter!("warren_control_pool_timeouts_total").increment(1);
+    Error::unavailable(Code::Overloaded, "the server is busy; retry shortly", 1)
 }
 
 /// Applies the migrations not yet recorded in `user_version`, each in its own transaction.
@@ -443,4 +456,38 @@ pub fn due_replica_deletions(conn: &Connection, now: DateTime<Utc>) -> rusqlite:
 pub fn replica_deleted(conn: &Connection, tenant_id: &str) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM replica_deletions WHERE tenant_id = ?1", [tenant_id])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// The backup shipper takes the writer lock, then a connection. Writers must take them in the
+    /// same order: while the shipper holds the lock, more concurrent writes than the pool has
+    /// connections must not take every connection and leave the shipper waiting for the pool's
+    /// timeout (the old order did, and every request queued behind them answered 500).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_take_the_writer_lock_before_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::open(dir.path()).unwrap();
+        let source = ControlSource { pool: cp.pool.clone(), writer: cp.writer.clone() };
+        let held = source.writer.lock();
+        let writes: Vec<_> = (0..8)
+            .map(|i| {
+                let cp = cp.clone();
+                tokio::spawn(async move {
+                    cp.write(move |c| Ok(c.execute("INSERT INTO settings(key, value) VALUES (?1, 'x')", [format!("k{i}")])?)).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await; // the writers are queued now
+        let t = Instant::now();
+        let conn = tokio::task::spawn_blocking(move || source.pool.get_timeout(Duration::from_secs(3)).map(|_| ())).await.unwrap();
+        assert!(conn.is_ok(), "the lock holder found no free connection after {:?}", t.elapsed());
+        drop(held);
+        for w in writes {
+            assert_eq!(w.await.unwrap().unwrap(), 1);
+        }
+    }
 }
