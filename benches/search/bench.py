@@ -78,23 +78,29 @@ def level(port, key, n, queries):
     return lat, statuses
 
 
-with tempfile.TemporaryDirectory() as data:
+def start(data, extra=None):
     port = free_port()
     env = dict(os.environ, WARREN_DATA_DIR=data, WARREN_LISTEN=f"127.0.0.1:{port}", WARREN_ADMIN_TOKEN=ADMIN, WARREN_MODEL_DIR=MODEL, RUST_LOG="warn")
     env.pop("WARREN_BACKUP_URL", None)
+    env.update(extra or {})
     p = subprocess.Popen([WARREN, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1); break
+        except Exception:
+            time.sleep(0.1)
+    return p, port
+
+
+with tempfile.TemporaryDirectory() as data:
+    p, port = start(data)
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1); break
-            except Exception:
-                time.sleep(0.1)
         # enterprise: the load meets no rate limit or quota of the plan (only the search queue)
         _, t = req(port, "POST", "/admin/v1/tenants", {"slug": "corpus", "name": "c", "email": "c@c.co", "tier": "enterprise"})
         key = t["api_key"]
         t0 = time.time()
-        for start in range(0, DOCS, 500):
-            docs = [{"path": f"d{i:05}.md", "content": text(rng.randint(300, 900))} for i in range(start, min(DOCS, start + 500))]
+        for start_ in range(0, DOCS, 500):
+            docs = [{"path": f"d{i:05}.md", "content": text(rng.randint(300, 900))} for i in range(start_, min(DOCS, start_ + 500))]
             st, v = settle(port, key, *req(port, "POST", "/api/v1/documents/bulk", {"documents": docs}, key))
             assert st == 200 and v["failed"] == 0, (st, v)
         print(f"== ingested {DOCS} documents in {time.time() - t0:.0f} s")
@@ -108,5 +114,22 @@ with tempfile.TemporaryDirectory() as data:
             others = {k: v for k, v in statuses.items() if k != 200}
             print(f"concurrency {n:>2}: 200s {len(lat):>6} ({len(lat) / SECS:6.1f}/s)  p50 {pct(lat, 0.5):7.1f} ms  p99 {p99:7.1f} ms  "
                   f"p99 / p99@1 {p99 / base:5.2f}x  other statuses {others or 'none'}")
+    finally:
+        p.terminate(); p.wait()
+    # Beyond capacity: the same tenant on a server whose search queue holds only CAP_QUEUE searches.
+    # 32 clients then exceed it, and the excess must be refused at once with 503 `overloaded`,
+    # not queued without bound.
+    cap = int(os.environ.get("CAP_QUEUE", "8"))
+    p, port = start(data, {"WARREN_SEARCH__QUEUE_CAPACITY": str(cap)})
+    try:
+        level(port, key, 2, queries[:50])  # warm-up
+        lat, statuses = level(port, key, 32, queries)
+        others = {k: v for k, v in statuses.items() if k != 200}
+        print(f"concurrency 32, search.queue_capacity={cap}: 200s {len(lat):>6} ({len(lat) / SECS:6.1f}/s)  p50 {pct(lat, 0.5):7.1f} ms  "
+              f"p99 {pct(lat, 0.99):7.1f} ms  other statuses {others or 'none'}")
+        if not statuses.get(503):
+            sys.exit("beyond capacity no request was refused with 503")
+        if any(k >= 500 and k != 503 for k in statuses):
+            sys.exit(f"beyond capacity a request failed with another 5xx: {others}")
     finally:
         p.terminate(); p.wait()

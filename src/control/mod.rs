@@ -472,7 +472,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cp = ControlPlane::open(dir.path()).unwrap();
         let source = ControlSource { pool: cp.pool.clone(), writer: cp.writer.clone() };
-        let held = source.writer.lock();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        // The shipper's side, on its own thread: the lock first, then (once the writers queue) a connection.
+        let holder = std::thread::spawn(move || {
+            let _held = source.writer.lock();
+            locked_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            let t = Instant::now();
+            (source.pool.get_timeout(Duration::from_secs(3)).is_ok(), t.elapsed())
+        });
+        locked_rx.recv().unwrap();
         let writes: Vec<_> = (0..8)
             .map(|i| {
                 let cp = cp.clone();
@@ -482,10 +492,9 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await; // the writers are queued now
-        let t = Instant::now();
-        let conn = tokio::task::spawn_blocking(move || source.pool.get_timeout(Duration::from_secs(3)).map(|_| ())).await.unwrap();
-        assert!(conn.is_ok(), "the lock holder found no free connection after {:?}", t.elapsed());
-        drop(held);
+        go_tx.send(()).unwrap();
+        let (ok, waited) = tokio::task::spawn_blocking(move || holder.join().unwrap()).await.unwrap();
+        assert!(ok, "the lock holder found no free connection after {waited:?}");
         for w in writes {
             assert_eq!(w.await.unwrap().unwrap(), 1);
         }
