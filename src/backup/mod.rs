@@ -183,6 +183,8 @@ fn write_position(db: &Path, p: &Position) -> anyhow::Result<()> {
 pub fn needs_sync(db: &Path) -> bool {
     match read_position(db) {
         None => true,
+        // Never shipped (a new tenant's position says only that its replica is empty): ship it.
+        Some(p) if p.txid == 0 => true,
         Some(p) => !matches!(wal::read_frames(db, &p.cursor), Ok(wal::Read_::Nothing)),
     }
 }
@@ -247,8 +249,9 @@ pub struct BackupService {
     costs: std::sync::OnceLock<PutSink>,
     /// The object list of each replica whose database closed in this process, with the TXID it
     /// ended at: a reopen whose position still says that TXID needs no LIST (bounded by
-    /// `backup.listing_cache_entries`; a new process lists once per database, as a crash between a
-    /// PUT and its position can only have happened before it started).
+    /// `backup.listing_cache_entries`). A list is not kept when a level-0 PUT may have landed without
+    /// its position (a failed or cancelled ship), and an entry is taken out when used; a new process
+    /// lists once per database.
     listings: moka::sync::Cache<ReplicaKey, Arc<(u64, Vec<FileInfo>)>>,
 }
 

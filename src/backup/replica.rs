@@ -30,6 +30,16 @@ pub struct DbReplica {
     files: Mutex<Vec<FileInfo>>,
     /// The time of the last compaction of each level; held by the one maintenance pass running.
     maint: Arc<tokio::sync::Mutex<Option<[Instant; 4]>>>,
+    /// The maintenance pass in flight, aborted when the database closes: no pass outlives its handle
+    /// (a pass is crash-safe at every step, so aborting one is like a crash of it).
+    maint_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set by the close: no new maintenance pass starts, and none writes the position.
+    closing: std::sync::atomic::AtomicBool,
+    /// A maintenance pass failed: the next one lists the replica again before it works from its list.
+    relist: std::sync::atomic::AtomicBool,
+    /// A level-0 PUT has begun and its position is not stored yet. Such a replica's list is not
+    /// kept for a reopen: the PUT may have landed (or may still land) while the position says otherwise.
+    put_unsettled: std::sync::atomic::AtomicBool,
     source: Weak<dyn Source>,
     /// An erasure asked for a checkpoint as soon as everything is shipped, whatever the WAL's size.
     checkpoint_soon: std::sync::atomic::AtomicBool,
@@ -67,6 +77,10 @@ impl DbReplica {
             ship: tokio::sync::Mutex::new(None),
             files: Mutex::new(Vec::new()),
             maint: Arc::new(tokio::sync::Mutex::new(None)),
+            maint_task: Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            relist: std::sync::atomic::AtomicBool::new(false),
+            put_unsettled: std::sync::atomic::AtomicBool::new(false),
             source,
             checkpoint_soon: std::sync::atomic::AtomicBool::new(false),
             erasure_soon: std::sync::atomic::AtomicBool::new(false),
@@ -171,6 +185,7 @@ impl DbReplica {
         let batch = tokio::task::spawn_blocking(move || build_batch(&db, &pos, full, next, &*src)).await??;
         if let Batch::Ready { l0, l9, cursor, commit, ts } = batch {
             let bytes = l0.len() as u64;
+            self.put_unsettled.store(true, std::sync::atomic::Ordering::SeqCst);
             crate::faults::point("ship.before_put");
             self.put(0, next, next, l0, ts).await.with_context(|| format!("uploading level-0 TXID {next:016x}"))?;
             crate::faults::point("ship.after_put");
@@ -192,6 +207,7 @@ impl DbReplica {
             st.full = false;
             let (db, pos) = (self.db_path.clone(), st.pos.clone());
             tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
+            self.put_unsettled.store(false, std::sync::atomic::Ordering::SeqCst);
         }
         // The recovery point: every commit up to here is in object storage. What follows (a due
         // snapshot, the checkpoint, maintenance) does not hold it back.
@@ -218,7 +234,8 @@ impl DbReplica {
         }
         pos.new_replica = false;
         let svc = self.svc.upgrade();
-        if let Some(cached) = svc.as_ref().and_then(|s| s.listings.get(&self.key)).filter(|c| pos.txid > 0 && c.0 == pos.txid) {
+        // Taken out of the cache, so no other replica of this database can use the same entry.
+        if let Some(cached) = svc.as_ref().and_then(|s| s.listings.remove(&self.key)).filter(|c| pos.txid > 0 && c.0 == pos.txid) {
             // Closed in this process at the TXID its position records: the list is still exact.
             *self.files.lock() = cached.1.clone();
             return Ok(ShipState { pos, full: false });
@@ -293,6 +310,9 @@ impl DbReplica {
     /// when one is due and none is running for this database. It takes a maintenance slot, not a sync
     /// slot, and never the ship lock while it talks to storage, so shipping goes on beside it.
     fn maintain_soon(self: &Arc<Self>, svc: &Arc<BackupService>, purge_due: bool) {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         // A pass already running picks up the new files at its next step, or at the next sync.
         let Ok(mut m) = self.maint.clone().try_lock_owned() else { return };
         let now = Instant::now();
@@ -304,18 +324,28 @@ impl DbReplica {
             return;
         }
         let (me, slots) = (self.clone(), svc.maintenance.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else { return };
             if let Err(e) = me.maintain(&mut m).await {
+                me.relist.store(true, std::sync::atomic::Ordering::SeqCst);
                 metrics::counter!("warren_backup_maintenance_errors_total").increment(1);
                 tracing::warn!(replica = %me.key, error = %format!("{e:#}"), "backup maintenance failed; it is retried after the next sync");
             }
         });
+        *self.maint_task.lock() = Some(task.abort_handle());
     }
 
     /// One maintenance pass: each due compaction, then retention, then the purge after an erasure.
     async fn maintain(&self, last: &mut Option<[Instant; 4]>) -> anyhow::Result<()> {
         let Some(svc) = self.svc.upgrade() else { return Ok(()) };
+        if self.relist.load(std::sync::atomic::Ordering::SeqCst) {
+            // After a failure the list may be stale (an object gone, another added): list again, under
+            // the ship lock so that no ship adds a file meanwhile.
+            let _ship = self.ship.lock().await;
+            let files = self.replica.list().await.context("listing the replica")?;
+            *self.files.lock() = files;
+            self.relist.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         let cfg = &svc.cfg;
         let intervals = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs];
         let times = last.get_or_insert([Instant::now(); 4]);
@@ -441,7 +471,8 @@ impl DbReplica {
         }
         self.files.lock().retain(|f| !doomed.contains(f));
         let mut guard = self.ship.lock().await;
-        if let Some(st) = guard.as_mut().filter(|st| st.pos.erasure == Some(mark)) {
+        let open = !self.closing.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(st) = guard.as_mut().filter(|st| open && st.pos.erasure == Some(mark)) {
             st.pos.erasure = None;
             let (db, pos) = (self.db_path.clone(), st.pos.clone());
             tokio::task::spawn_blocking(move || write_position(&db, &pos)).await??;
@@ -453,6 +484,12 @@ impl DbReplica {
 
     /// Final ship before a handle closes. True when everything committed is in the replica.
     pub async fn ship_before_close(self: &Arc<Self>, timeout: Duration) -> bool {
+        // No maintenance pass outlives the handle: stop the one in flight and wait until it is gone.
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.maint_task.lock().take() {
+            t.abort();
+        }
+        drop(self.maint.lock().await);
         // Nothing written since open and no sync ever ran: nothing to ship, and no request to storage.
         // Otherwise sync, which waits for a sync in flight (the WAL must not be checkpointed under it).
         let pending = self.dirty.lock().is_some();
@@ -504,7 +541,8 @@ impl Drop for DbReplica {
     /// the list is final here; the TXID comes from the position the ship state last persisted.
     fn drop(&mut self) {
         let (Some(svc), Ok(guard)) = (self.svc.upgrade(), self.ship.try_lock()) else { return };
-        if let Some(st) = guard.as_ref().filter(|st| st.pos.txid > 0 && !st.full) {
+        let unsettled = self.put_unsettled.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(st) = guard.as_ref().filter(|st| st.pos.txid > 0 && !st.full && !unsettled) {
             svc.listings.insert(self.key.clone(), Arc::new((st.pos.txid, std::mem::take(&mut *self.files.lock()))));
         }
     }

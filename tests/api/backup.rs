@@ -659,3 +659,26 @@ async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
     assert!(server.terminate().success());
     compat(&moto.url(&format!("lists/tenants/{id}")), "--source", &tenant_db(dir.path(), id));
 }
+
+/// A tenant created while backups were off is shipped when backups are turned on and it is next
+/// opened, whether or not it is written to again (its position says only that it was never shipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_created_with_backups_off_is_shipped_once_they_are_on() {
+    let moto = Moto::start().await;
+    let url = moto.url("later");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let c = server.create_tenant("early", "pro").await;
+    let (id, key) = (c["tenant"]["id"].as_str().unwrap().to_string(), c["api_key"].as_str().unwrap().to_string());
+    add_doc(&Client::new(), &server.addr, &key, "a.md", "written before backups were on").await;
+    let mut server = server;
+    assert!(server.terminate().success());
+    let server = ServerProcess::start(dir.path(), &backup_envs(&url)).await;
+    // A read opens the tenant; nothing is written.
+    let r = Client::new().get(format!("{}/api/v1/documents", server.addr)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    wait_replicated(&server.addr, "early").await;
+    let mut server = server;
+    assert!(server.terminate().success());
+    compat(&moto.url(&format!("later/tenants/{id}")), "--source", &tenant_db(dir.path(), &id));
+}
