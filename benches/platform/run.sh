@@ -18,20 +18,25 @@ PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do curl -sf 127.0.0.1:$PORT/health >/dev/null && break; sleep 0.1; done
 
-python3 - "$PORT" "$ADMIN" "$TENANTS" "$KEYS" <<'PY'
+# create_tenants PREFIX N OUT [HAVE]: writes N API keys to OUT, the keys listed in HAVE first and then
+# new enterprise tenants PREFIX00000, PREFIX00001, ... (enterprise: the load meets no rate limit or
+# quota of the plan; issue 16: honest figures).
+create_tenants() {
+  python3 - "$PORT" "$ADMIN" "$1" "$2" "$3" "${4:-/dev/null}" <<'PY'
 import json, sys, urllib.request
 from concurrent.futures import ThreadPoolExecutor
-port, admin, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+port, admin, prefix, n, out, have = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], open(sys.argv[6]).read().split()
 def create(i):
-    # enterprise: no rate limit or quota of the plan is hit by the load (issue 16: honest figures)
-    body = json.dumps({"slug": f"bench{i:05d}", "name": "b", "email": "b@b.co", "tier": "enterprise"}).encode()
+    body = json.dumps({"slug": f"{prefix}{i:05d}", "name": "b", "email": "b@b.co", "tier": "enterprise"}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/v1/tenants", body,
         {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
     return json.load(urllib.request.urlopen(req))["api_key"]
 with ThreadPoolExecutor(8) as ex:
-    keys = list(ex.map(create, range(n)))
-open(out, "w").write("\n".join(keys) + "\n")
+    keys = have + list(ex.map(create, range(max(0, n - len(have)))))
+open(out, "w").write("\n".join(keys[:n]) + "\n")
 PY
+}
+create_tenants bench "$TENANTS" "$KEYS"
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 # The warm path: the same storage-touching request over as many tenants as fit in the cap (every
@@ -45,19 +50,7 @@ for run in "/api/v1/tenant $KEYS all" "/api/v1/documents?limit=1 $WARM warm" "/a
 done
 if [ -n "${ZIPF_TENANTS:-}" ]; then
   # Closer to production: many mostly idle tenants, traffic skewed by Zipf(1.0).
-  python3 - "$PORT" "$ADMIN" "$ZIPF_TENANTS" "$DATA/zipf-keys.txt" "$KEYS" <<'PY'
-import json, sys, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-port, admin, n, out, have = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], open(sys.argv[5]).read().split()
-def create(i):
-    body = json.dumps({"slug": f"zipf{i:05d}", "name": "z", "email": "z@z.co", "tier": "enterprise"}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/v1/tenants", body,
-        {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(req))["api_key"]
-with ThreadPoolExecutor(8) as ex:
-    keys = have + list(ex.map(create, range(max(0, n - len(have)))))
-open(out, "w").write("\n".join(keys[:n]) + "\n")
-PY
+  create_tenants zipf "$ZIPF_TENANTS" "$DATA/zipf-keys.txt" "$KEYS"
   echo "== wrk GET /api/v1/documents?limit=1 over $ZIPF_TENANTS tenants, Zipf(1.0), cap $CAP"
   WARREN_BENCH_ZIPF=1.0 WARREN_BENCH_KEYS=$DATA/zipf-keys.txt WARREN_BENCH_PATH="/api/v1/documents?limit=1" \
     wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" | grep -E "^2xx:|^ +(50|99)%"

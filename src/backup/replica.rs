@@ -216,8 +216,7 @@ impl DbReplica {
             metrics::histogram!("warren_backup_ship_seconds").record(started.elapsed().as_secs_f64());
         }
         self.after_ship(svc, st, &source).await?;
-        let grace_ms = (svc.cfg.erasure_grace_secs as i64).saturating_mul(1000);
-        let purge_due = st.pos.erasure.is_some_and(|m| store::now_ms() - m.at_ms >= grace_ms);
+        let purge_due = st.pos.erasure.is_some_and(|m| purge_due(&m, &svc.cfg));
         drop(guard);
         self.maintain_soon(svc, purge_due);
         Ok(())
@@ -315,12 +314,8 @@ impl DbReplica {
         }
         // A pass already running picks up the new files at its next step, or at the next sync.
         let Ok(mut m) = self.maint.clone().try_lock_owned() else { return };
-        let now = Instant::now();
-        let last = *m.get_or_insert([now; 4]);
-        let cfg = &svc.cfg;
-        let intervals = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs];
-        let compaction_due = (1..=3).any(|l| last[l].elapsed() >= Duration::from_secs(intervals[l]));
-        if !compaction_due && !purge_due {
+        let last = *m.get_or_insert([Instant::now(); 4]);
+        if !(1..=3).any(|level| compaction_due(&svc.cfg, &last, level)) && !purge_due {
             return;
         }
         let (me, slots) = (self.clone(), svc.maintenance.clone());
@@ -347,10 +342,9 @@ impl DbReplica {
             self.relist.store(false, std::sync::atomic::Ordering::SeqCst);
         }
         let cfg = &svc.cfg;
-        let intervals = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs];
         let times = last.get_or_insert([Instant::now(); 4]);
         for level in 1..=3u8 {
-            if times[level as usize].elapsed() >= Duration::from_secs(intervals[level as usize]) {
+            if compaction_due(cfg, times, level as usize) {
                 self.compact(level).await?;
                 times[level as usize] = Instant::now();
             }
@@ -461,7 +455,7 @@ impl DbReplica {
             return Ok(());
         }
         let Some(mark) = self.ship.lock().await.as_ref().and_then(|st| st.pos.erasure) else { return Ok(()) };
-        if store::now_ms() - mark.at_ms < (cfg.erasure_grace_secs as i64).saturating_mul(1000) {
+        if !purge_due(&mark, cfg) {
             return Ok(());
         }
         let doomed: Vec<FileInfo> = self.files.lock().iter().filter(|f| f.max < mark.snapshot_txid).copied().collect();
@@ -534,6 +528,17 @@ impl DbReplica {
             svc.orphans.lock().insert(id.to_string(), Instant::now() + Duration::from_millis(svc.cfg.retry_min_ms));
         }
     }
+}
+
+/// Whether compaction into `level` (1–3) is due, its last run having been at `last[level]`.
+fn compaction_due(cfg: &BackupSettings, last: &[Instant; 4], level: usize) -> bool {
+    let interval = [0, cfg.l1_interval_secs, cfg.l2_interval_secs, cfg.l3_interval_secs][level];
+    last[level].elapsed() >= Duration::from_secs(interval)
+}
+
+/// Whether `erasure_grace_secs` has passed since an erasure's snapshot, so older objects are deleted.
+fn purge_due(mark: &ErasureMark, cfg: &BackupSettings) -> bool {
+    store::now_ms() - mark.at_ms >= (cfg.erasure_grace_secs as i64).saturating_mul(1000)
 }
 
 impl Drop for DbReplica {

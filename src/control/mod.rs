@@ -228,10 +228,21 @@ impl ControlPlane {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     {
+        self.blocking(None, f).await
+    }
+
+    /// `f` on a blocking thread with a pooled connection, holding `writer` (if given) from before the
+    /// connection is taken until `f` returns.
+    async fn blocking<T, F>(&self, writer: Option<std::sync::Arc<parking_lot::FairMutex<()>>>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
         let pool = self.pool.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
+            let _w = writer.as_ref().map(|w| w.lock());
             let mut conn = pool.get().map_err(pool_error)?;
             f(&mut conn)
         })
@@ -247,19 +258,15 @@ impl ControlPlane {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     {
-        let (pool, writer, replica) = (self.pool.clone(), self.writer.clone(), self.replica.clone());
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _g = span.enter();
-            let _w = writer.lock();
-            let mut conn = pool.get().map_err(pool_error)?;
-            let out = f(&mut conn);
+        let replica = self.replica.clone();
+        self.blocking(Some(self.writer.clone()), move |c| {
+            let out = f(c);
             if let Some(r) = replica {
                 r.mark_dirty();
             }
             out
         })
-        .await?
+        .await
     }
 
     pub fn replica(&self) -> Option<&std::sync::Arc<crate::backup::DbReplica>> {

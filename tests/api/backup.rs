@@ -365,8 +365,7 @@ async fn crash_and_storage_outage_keep_the_chain_restorable() {
     let url = moto.url("faults");
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), &backup_envs(&url)).await;
-    let created = server.create_tenant("crashy", "pro").await;
-    let (id, key) = (created["tenant"]["id"].as_str().unwrap().to_string(), created["api_key"].as_str().unwrap().to_string());
+    let (id, key) = server.create_tenant_key("crashy", "pro").await;
     let client = Client::new();
     let sub = format!("tenants/{id}");
 
@@ -512,20 +511,26 @@ async fn idle_tenants_write_no_objects() {
     app.stop().await;
 }
 
+/// moto behind the fault-injecting proxy (passing everything through at first), and a backup URL for
+/// `prefix` through the proxy.
+async fn proxied(prefix: &str) -> (Moto, crate::s3proxy::FaultProxy, String) {
+    let moto = Moto::start().await;
+    let proxy = crate::s3proxy::FaultProxy::start(moto.port).await;
+    let url = proxy.url(prefix);
+    (moto, proxy, url)
+}
+
 /// Object storage that fails, is slow or hangs, through the fault-injecting proxy: every write keeps
 /// succeeding while it lasts, the failures are reported, and the replica catches up afterwards and
 /// restores with litestream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_errors_slowness_and_timeouts_never_fail_a_write_and_the_replica_catches_up() {
-    use crate::s3proxy::{FaultProxy, Mode};
+    use crate::s3proxy::Mode;
     use std::sync::atomic::Ordering;
-    let moto = Moto::start().await;
-    let proxy = FaultProxy::start(moto.port).await;
-    let url = proxy.url("proxied");
+    let (moto, proxy, url) = proxied("proxied").await;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &backup_envs(&url)).await;
-    let created = server.create_tenant("shaky", "pro").await;
-    let (id, key) = (created["tenant"]["id"].as_str().unwrap().to_string(), created["api_key"].as_str().unwrap().to_string());
+    let (id, key) = server.create_tenant_key("shaky", "pro").await;
     wait_replicated(&server.addr, "shaky").await;
     let client = Client::new();
     let mut n = 0;
@@ -568,11 +573,9 @@ async fn s3_errors_slowness_and_timeouts_never_fail_a_write_and_the_replica_catc
 /// commits still reach the replica at once, and the replica restores with litestream afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hanging_compaction_does_not_hold_back_shipping() {
-    use crate::s3proxy::{FaultProxy, Mode};
+    use crate::s3proxy::Mode;
     use std::sync::atomic::Ordering;
-    let moto = Moto::start().await;
-    let proxy = FaultProxy::start(moto.port).await;
-    let url = proxy.url("compacting");
+    let (moto, proxy, url) = proxied("compacting").await;
     let dir = tempfile::tempdir().unwrap();
     let mut envs = backup_envs(&url);
     envs.retain(|(k, _)| *k != "WARREN_BACKUP__REQUEST_TIMEOUT_SECS");
@@ -580,8 +583,7 @@ async fn a_hanging_compaction_does_not_hold_back_shipping() {
     envs.push(("WARREN_BACKUP__REQUEST_TIMEOUT_SECS", "60".into()));
     envs.push(("WARREN_BACKUP__L1_INTERVAL_SECS", "1".into()));
     let server = ServerProcess::start(dir.path(), &envs).await;
-    let created = server.create_tenant("compacting", "pro").await;
-    let (id, key) = (created["tenant"]["id"].as_str().unwrap().to_string(), created["api_key"].as_str().unwrap().to_string());
+    let (id, key) = server.create_tenant_key("compacting", "pro").await;
     wait_replicated(&server.addr, "compacting").await;
     proxy.set(Mode::HangGets);
     let client = Client::new();
@@ -621,11 +623,8 @@ async fn a_hanging_compaction_does_not_hold_back_shipping() {
 /// closed with; one reopened by a new process lists once. The replica restores with litestream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
-    use crate::s3proxy::FaultProxy;
     use std::sync::atomic::Ordering;
-    let moto = Moto::start().await;
-    let proxy = FaultProxy::start(moto.port).await;
-    let url = proxy.url("lists");
+    let (moto, proxy, url) = proxied("lists").await;
     let dir = tempfile::tempdir().unwrap();
     // One open tenant at a time: every switch closes the other tenant's handle.
     let mut envs = backup_envs(&url);
@@ -635,8 +634,7 @@ async fn new_tenants_ship_without_listing_and_reopened_ones_list_once() {
     let lists0 = proxy.state.lists.load(Ordering::SeqCst);
     let mut tenants = Vec::new();
     for i in 0..3 {
-        let c = server.create_tenant(&format!("fresh{i}"), "pro").await;
-        tenants.push((c["tenant"]["id"].as_str().unwrap().to_string(), c["api_key"].as_str().unwrap().to_string()));
+        tenants.push(server.create_tenant_key(&format!("fresh{i}"), "pro").await);
     }
     let client = Client::new();
     for round in 0..2 {
@@ -668,8 +666,7 @@ async fn a_tenant_created_with_backups_off_is_shipped_once_they_are_on() {
     let url = moto.url("later");
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]).await;
-    let c = server.create_tenant("early", "pro").await;
-    let (id, key) = (c["tenant"]["id"].as_str().unwrap().to_string(), c["api_key"].as_str().unwrap().to_string());
+    let (id, key) = server.create_tenant_key("early", "pro").await;
     add_doc(&Client::new(), &server.addr, &key, "a.md", "written before backups were on").await;
     let mut server = server;
     assert!(server.terminate().success());

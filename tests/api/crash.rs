@@ -128,8 +128,8 @@ async fn run_case(moto: &Moto, case: &Case, seed: u64, fig: &mut Figures) {
     let server = ServerProcess::start(dir.path(), &envs).await;
     let crash = server.create_tenant("crash", "pro").await;
     let doomed = server.create_tenant("doomed", "pro").await;
-    let (id, key) = (crash["tenant"]["id"].as_str().unwrap().to_string(), crash["api_key"].as_str().unwrap().to_string());
-    let (doomed_id, doomed_key) = (doomed["tenant"]["id"].as_str().unwrap().to_string(), doomed["api_key"].as_str().unwrap().to_string());
+    let (id, key) = id_and_key(&crash);
+    let (doomed_id, doomed_key) = id_and_key(&doomed);
     for i in 0..3 {
         let r = client
             .post(format!("{}/api/v1/documents", server.addr))

@@ -174,6 +174,11 @@ impl ServerProcess {
         r.json().await.expect("json")
     }
 
+    /// Creates a tenant through the admin API; returns its id and API key.
+    pub async fn create_tenant_key(&self, slug: &str, tier: &str) -> (String, String) {
+        id_and_key(&self.create_tenant(slug, tier).await)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -297,4 +302,9 @@ pub fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// The tenant id and API key of a tenant-creation answer.
+pub fn id_and_key(created: &Value) -> (String, String) {
+    (created["tenant"]["id"].as_str().expect("tenant id").to_string(), created["api_key"].as_str().expect("api key").to_string())
 }

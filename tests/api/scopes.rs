@@ -279,7 +279,7 @@ async fn cli_delete_schedules_replica_deletion_like_admin_delete() {
     let mut ids = Vec::new();
     for slug in ["del-admin", "del-cli"] {
         let created = server.create_tenant(slug, "pro").await;
-        let (id, key) = (created["tenant"]["id"].as_str().unwrap().to_string(), created["api_key"].as_str().unwrap().to_string());
+        let (id, key) = id_and_key(&created);
         let r = client
             .post(format!("{}/api/v1/documents", server.addr))
             .bearer_auth(&key)
