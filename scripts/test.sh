@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs warren's whole test suite on a fresh machine: installs what the tests need (Caddy, curl, the
+# Runs warren's whole test suite on a fresh machine: installs what the tests need (Caddy, PostgreSQL, curl, the
 # embedding model, the Python peers, Chromium and the browser driver), checks formatting and clippy (warnings are errors), then runs
 # every unit and integration test. `.ci/run` calls exactly this.
 set -euo pipefail
@@ -19,7 +19,7 @@ apt_install() {
   fi
 }
 
-apt_install caddy curl ca-certificates sqlite3 nodejs chromium
+apt_install caddy curl ca-certificates sqlite3 nodejs chromium postgresql
 echo "==> python test peers"
 scripts/test-venv.sh >/dev/null
 echo "==> browser test driver (playwright-core, axe-core)"

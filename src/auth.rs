@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::control::{keys, ApiKey, ControlPlane, ControlStore, DashboardSession, Scope, Status, Tenant};
+use crate::control::{keys, ApiKey, ControlPlane, DashboardSession, Scope, Status, Tenant};
 use crate::error::{Code, Error};
 
 /// How the credentials of a request were presented.

@@ -3,9 +3,7 @@
 
 use serde::Serialize;
 
-use crate::clock::parse_period;
 use crate::control::Tier;
-use crate::error::{Code, Error};
 use crate::plans::{Entitlements, PlanStore};
 
 /// What a tenant owes for a month: the plan's base price plus overage of soft query quotas.
@@ -113,29 +111,18 @@ impl UsageRow {
     }
 }
 
-/// Every tenant's usage and bill for `period` (`YYYY-MM`), from control.db. Tiers and overrides are
-/// the tenants' current ones; flush the meter first for an up-to-the-second current month.
-pub fn usage_report(c: &rusqlite::Connection, store: &PlanStore, period: &str) -> Result<Vec<UsageRow>, Error> {
-    Ok(usage_report_with_tenants(c, store, period, None)?.1)
-}
-
-/// [`usage_report`] and the tenants it covers (in the same order), read once. `totals` are the
-/// period's usage by tenant when the caller has them (the meter keeps the current month's); without
-/// them they are summed from the period's usage events.
+/// Every tenant's usage and bill for `period` (`YYYY-MM`): one row per tenant of `tenants` (in
+/// their order), from `totals`, the period's usage by tenant. Tiers and overrides are the tenants'
+/// current ones.
 pub fn usage_report_with_tenants(
-    c: &rusqlite::Connection,
+    tenants: Vec<crate::control::Tenant>,
     store: &PlanStore,
     period: &str,
-    totals: Option<std::collections::HashMap<String, crate::metering::MonthUsage>>,
-) -> Result<(Vec<crate::control::Tenant>, Vec<UsageRow>), Error> {
+    totals: &std::collections::HashMap<String, crate::metering::MonthUsage>,
+) -> Vec<UsageRow> {
     use crate::metering::Kind;
-    let (period, from, to) = parse_period(period).ok_or_else(|| Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"))?;
-    let totals = match totals {
-        Some(t) => t,
-        None => crate::metering::totals_all(c, &crate::clock::ts(from), &crate::clock::ts(to))?,
-    };
-    let tenants = crate::control::tenants::list(c, None, None, u32::MAX)?;
-    let rows = tenants
+    let period = period.to_string();
+    tenants
         .iter()
         .map(|t| {
             let u = totals.get(&t.id).copied().unwrap_or_default();
@@ -172,6 +159,5 @@ pub fn usage_report_with_tenants(
                 total_usd: b.total_usd,
             }
         })
-        .collect();
-    Ok((tenants, rows))
+        .collect()
 }

@@ -245,7 +245,7 @@ async fn restore(
         let r = restore::restore_to(&root.replica(&ReplicaKey::Control.path()), restore::Target::Latest, &data.join("control.db"))
             .await
             .map_err(|e| anyhow::anyhow!("restoring the control plane: {e:#}"))?;
-        let ops = Operator::offline(config, Actor::Cli)?;
+        let ops = Operator::offline(config, Actor::Cli).await?;
         let list = ops.list_tenants(None, None, u32::MAX - 1).await.map_err(err)?.tenants;
         let mut restored = Vec::new();
         let mut failed = Vec::new();
@@ -262,7 +262,7 @@ async fn restore(
     }
     let slug = slug.ok_or_else(|| anyhow::anyhow!("name a tenant, or pass --all"))?;
     let target = restore::Target::parse(txid.as_deref(), timestamp.as_deref())?;
-    let ops = Operator::offline(config, Actor::Cli)?;
+    let ops = Operator::offline(config, Actor::Cli).await?;
     let t = ops.tenant(&slug).await.map_err(err)?;
     let replica = root.replica(&ReplicaKey::tenant(&t.id).path());
     ops.check_restore_point(&t.id, &replica, target).await.map_err(err)?;
@@ -335,7 +335,7 @@ async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
     if let Command::Restore { slug, txid, timestamp, to, all } = cmd {
         return restore(config, slug, txid, timestamp, to, all).await;
     }
-    let ops = Operator::offline(config, Actor::Cli)?;
+    let ops = Operator::offline(config, Actor::Cli).await?;
     let operator = AdminProof::local_operator();
     match cmd {
         Command::Serve => unreachable!("serve is handled by main"),

@@ -86,6 +86,26 @@ pub struct Config {
     pub mcp: McpConfig,
     pub recs: RecsConfig,
     pub dashboard: DashboardConfig,
+    pub control: ControlConfig,
+}
+
+/// Where the control plane lives (`[control]`, `WARREN_CONTROL__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControlConfig {
+    /// A PostgreSQL URL (`postgres://user:password@host:port/db`, also `WARREN_CONTROL_URL`) that
+    /// several nodes share; unset, the control plane is the embedded `control.db` in the data dir.
+    pub url: Option<crate::secret::Secret>,
+    /// Connections to PostgreSQL held by this node.
+    pub pool_size: usize,
+    /// How long a request waits for a PostgreSQL connection (or for one to be made) before 503 `overloaded`.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { url: None, pool_size: 16, connect_timeout_ms: 5000 }
+    }
 }
 
 /// The tenant portal (`/dashboard`) and the operator console (`/admin`) (`[dashboard]`).
@@ -449,6 +469,7 @@ impl Default for Config {
             billing: BillingConfig::default(),
             retention: RetentionConfig::default(),
             dashboard: DashboardConfig::default(),
+            control: ControlConfig::default(),
             mcp: McpConfig::default(),
             recs: RecsConfig::default(),
         }
@@ -492,6 +513,8 @@ impl Config {
             }
         }
         fig = fig.merge(Env::prefixed("WARREN_").split("__"));
+        // The and the README's short name for the shared control plane's URL.
+        fig = fig.merge(Env::raw().only(&["WARREN_CONTROL_URL"]).map(|_| "control.url".into()));
         let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
@@ -503,6 +526,14 @@ impl Config {
         anyhow::ensure!(self.tenant_read_pool_size >= 1, "tenant_read_pool_size must be at least 1");
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(self.usage_flush_interval_ms >= 10, "usage_flush_interval_ms must be at least 10");
+        anyhow::ensure!(self.control.pool_size >= 1, "control.pool_size must be at least 1");
+        if let Some(url) = &self.control.url {
+            let u = url.expose();
+            anyhow::ensure!(
+                u.starts_with("postgres://") || u.starts_with("postgresql://"),
+                "control.url must be a postgres:// URL (unset for the embedded control.db)"
+            );
+        }
         anyhow::ensure!((1..=365).contains(&self.recs.attribution_window_days), "recs.attribution_window_days must be 1..=365");
         anyhow::ensure!(self.dashboard.link_ttl_secs >= 1, "dashboard.link_ttl_secs must be at least 1");
         anyhow::ensure!(self.dashboard.session_ttl_secs >= 60, "dashboard.session_ttl_secs must be at least 60");

@@ -73,16 +73,15 @@ impl App {
             Some(url) => Some(backup::BackupService::new(url, config.backup.clone(), &config.data_dir)?),
             None => None,
         };
-        let control = match &backup {
-            Some(svc) => ControlPlane::open_replicated(&config.data_dir, svc)?,
-            None => ControlPlane::open(&config.data_dir)?,
-        };
-        if let Some(r) = control.replica() {
-            if backup::needs_sync(control.path()) {
-                r.mark_dirty();
+        let control = ControlPlane::from_config(&config, backup.as_ref()).await?;
+        if let Some(s) = control.sqlite() {
+            if let Some(r) = s.replica() {
+                if backup::needs_sync(s.path()) {
+                    r.mark_dirty();
+                }
             }
         }
-        let admin_token_hash = admin_token_hash(&control, &config)?;
+        let admin_token_hash = admin_token_hash(&control, &config).await?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let bound = listener.local_addr()?;
         let port = bound.port();
@@ -110,13 +109,13 @@ impl App {
         let auth = Arc::new(auth::Authenticator::new(control.clone(), &config, clock.clone())?);
         let loaded = plans::Plans::load(config.plans.as_deref())?;
         let plan_store = Arc::new(plans::PlanStore::new(loaded, config.plans.clone(), config.billing.enforce, clock.clone()));
-        plan_store.refresh_overrides_sync(&control).map_err(|e| anyhow::anyhow!("loading plan overrides: {e}"))?;
+        plan_store.refresh_overrides(&control).await.map_err(|e| anyhow::anyhow!("loading plan overrides: {e}"))?;
         let shutdown = CancellationToken::new();
         let search_cpu = cpu::CpuQueue::new("search", config.search.cpu_workers, config.search.queue_capacity);
         let jobs = Arc::new(state::JobBoard::new(config.docs.job_workers));
         let disk = Arc::new(datadir::DiskGuard::new(&config.data_dir, config.min_free_disk_bytes));
         let traffic = Arc::new(traffic::Traffic::new(clock.clone()));
-        let meter = metering::Meter::with(control.clone(), clock, config.billing.enforce);
+        let meter = metering::Meter::with(control.clone(), clock, config.billing.enforce).await;
         // What each tenant costs this node: embedding CPU and object-store PUTs are measured where
         // they happen and recorded with the tenant's usage (search and training CPU by the services).
         let m = meter.clone();
@@ -231,8 +230,9 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
     let stop = shutdown.child_token();
     let s = state.clone();
     tokio::spawn(async move {
-        // The month's totals of every tenant, read once now rather than on the first console view.
-        if s.meter.enabled() {
+        // The month's totals of every tenant, read once now rather than on the first console view
+        // (a shared control plane is summed on every view instead).
+        if s.meter.enabled() && !s.control.shared() {
             if let Err(e) = s.meter.month_all().await {
                 tracing::warn!(error = %e, "reading this month's usage totals");
             }
@@ -269,7 +269,7 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
     let (s, st) = (state.clone(), stop.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut watcher = control::Watcher::open(s.control.path()).ok();
+        let mut watcher = control::Watcher::default();
         let mut n = 0u64;
         loop {
             tokio::select! {
@@ -279,8 +279,8 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             n += 1;
             s.registry.maintain().await;
             s.plans.prune();
-            if let Some(w) = watcher.as_mut() {
-                if w.changed().await {
+            {
+                if watcher.changed(&s.control).await {
                     if let Some(r) = s.control.replica().cloned() {
                         // Writes by other processes (the CLI) reach the replica too.
                         let _ = tokio::task::spawn_blocking(move || r.mark_dirty()).await;
@@ -373,11 +373,11 @@ fn prometheus() -> PrometheusHandle {
 }
 
 /// The SHA-256 of the admin token: from the config, or stored, or generated on first start.
-fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<Vec<u8>> {
+async fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<Vec<u8>> {
     if let Some(t) = &config.admin_token {
         return Ok(Sha256::digest(t.expose().as_bytes()).to_vec());
     }
-    let stored = control.run_sync(|c| Ok(control::get_setting(c, "admin_token_sha256")?)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stored = control.setting("admin_token_sha256").await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(h) = stored {
         return Ok(hex::decode(h)?);
     }
@@ -387,7 +387,7 @@ fn admin_token_hash(control: &ControlPlane, config: &Config) -> anyhow::Result<V
     let hash = Sha256::digest(token.as_bytes()).to_vec();
     let path = config.data_dir.join(ADMIN_TOKEN_FILE);
     datadir::write_private(&path, format!("{token}\n").as_bytes())?;
-    control.run_sync(|c| Ok(control::set_setting(c, "admin_token_sha256", &hex::encode(&hash))?)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    control.set_setting("admin_token_sha256", hex::encode(&hash)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!("warren: generated an admin token (shown once; also saved with mode 0600 in {}):\n\n    {token}\n", path.display());
     Ok(hash)
 }

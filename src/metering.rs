@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
 use parking_lot::{Mutex, RwLock};
-use rusqlite::params;
 
 use crate::clock::ts;
 use crate::clock::Clock;
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, UsageBatch, UsageRow};
 use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,8 +172,10 @@ pub struct Meter {
     /// Pending counts by (tenant, API key, kind, month).
     buffer: Arc<Mutex<HashMap<BufKey, Pending>>>,
     months: Arc<RwLock<HashMap<String, Arc<Mutex<Month>>>>>,
-    /// One flush at a time, so the final flush at shutdown waits for one in progress.
-    flushing: Arc<tokio::sync::Mutex<()>>,
+    /// One flush at a time, so the final flush at shutdown waits for one in progress. It holds the
+    /// batch whose flush failed: the next flush stores it again under the same id, so a flush that
+    /// was stored but whose answer was lost is not counted twice.
+    flushing: Arc<tokio::sync::Mutex<Option<UsageBatch>>>,
     /// Every tenant's totals of the current month, kept once seeded ([`Meter::month_all`]).
     all: Arc<Mutex<Option<AllMonths>>>,
 }
@@ -188,14 +189,9 @@ struct AllMonths {
 }
 
 impl Meter {
-    pub fn new(control: ControlPlane) -> Meter {
-        Meter::with(control, Clock::default(), true)
-    }
-
     /// A meter on `clock`; with `enabled = false` nothing is recorded (`billing.enforce = false`).
-    pub fn with(control: ControlPlane, clock: Clock, enabled: bool) -> Meter {
-        let boundary =
-            control.run_sync(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM usage_events", [], |r| r.get::<_, i64>(0))?)).unwrap_or(i64::MAX);
+    pub async fn with(control: ControlPlane, clock: Clock, enabled: bool) -> Meter {
+        let boundary = control.usage_mark().await.unwrap_or(i64::MAX);
         Meter {
             control,
             clock,
@@ -203,7 +199,7 @@ impl Meter {
             boundary,
             buffer: Arc::new(Mutex::new(HashMap::new())),
             months: Arc::new(RwLock::new(HashMap::new())),
-            flushing: Arc::new(tokio::sync::Mutex::new(())),
+            flushing: Arc::new(tokio::sync::Mutex::new(None)),
             all: Arc::new(Mutex::new(None)),
         }
     }
@@ -269,8 +265,16 @@ impl Meter {
     /// Every tenant's usage in the current month, exact, without re-reading the month's events: the
     /// first call (of a process or a month) reads control.db once, later calls add what was recorded
     /// since in memory. Tenants without usage are absent.
+    ///
+    /// With a control plane that other nodes share, other nodes' usage arrives there without passing
+    /// through this meter: then this flushes and sums the month's events on every call.
     pub async fn month_all(&self) -> Result<HashMap<String, MonthUsage>, Error> {
         let now = self.clock.now();
+        if self.control.shared() {
+            self.flush().await;
+            let (_, from, to) = crate::clock::period_of(now);
+            return Ok(totals_by_tenant(self.control.usage_totals(None, ts(from), ts(to), None).await?));
+        }
         let ym = (now.year(), now.month());
         if let Some(v) = self.all_snapshot(ym) {
             return Ok(v);
@@ -288,11 +292,19 @@ impl Meter {
                     delta.entry(tenant.clone()).or_default().add(*kind, p.count, p.tokens);
                 }
             }
+            // A batch that failed to flush is not stored (or its answer was lost: then it counts
+            // here and there until the retry, which stores nothing).
+            let month_start = ts(crate::clock::period_of(now).1);
+            for r in one.iter().flat_map(|b| b.rows.iter()).filter(|r| r.at >= month_start) {
+                if let Some(k) = Kind::parse(r.kind) {
+                    delta.entry(r.tenant_id.clone()).or_default().add(k, r.count.max(0) as u64, r.tokens.max(0) as u64);
+                }
+            }
             *self.all.lock() = Some(AllMonths { ym, seed: None, delta });
         }
         let (_, from, to) = crate::clock::period_of(now);
         let (from, to) = (ts(from), ts(to));
-        match self.control.run(move |c| Ok(totals_all(c, &from, &to)?)).await {
+        match self.control.usage_totals(None, from, to, None).await.map(totals_by_tenant) {
             Ok(seed) => {
                 if let Some(a) = self.all.lock().as_mut().filter(|a| a.ym == ym) {
                     a.seed = Some(seed);
@@ -328,18 +340,8 @@ impl Meter {
             }
         }
         let (_, from, to) = crate::clock::period_of(now);
-        let (id, boundary) = (tenant_id.to_string(), self.boundary);
-        let rows = self
-            .control
-            .run(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT kind, SUM(count), SUM(tokens) FROM usage_events
-                     WHERE tenant_id = ?1 AND at >= ?2 AND at < ?3 AND id <= ?4 GROUP BY kind",
-                )?;
-                let rows = stmt.query_map(params![id, ts(from), ts(to), boundary], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                Ok(rows.collect::<rusqlite::Result<Vec<(String, i64, i64)>>>()?)
-            })
-            .await?;
+        let rows = self.control.usage_totals(Some(tenant_id.to_string()), ts(from), ts(to), Some(self.boundary)).await?;
+        let rows: Vec<(String, i64, i64)> = rows.into_iter().map(|(_, kind, c, t)| (kind, c, t)).collect();
         let seed = MonthUsage::from_rows(&rows);
         let mut g = m.lock();
         if g.ym == ym {
@@ -368,43 +370,39 @@ impl Meter {
         self.clock.now()
     }
 
-    /// Writes the buffered counts in one transaction. On failure they go back to the buffer.
+    /// Writes the buffered counts in one transaction, as one batch with an id of its own. A batch
+    /// that fails is kept and stored first, under the same id, by the next flush; the control plane
+    /// stores a batch id once, so a retry never counts twice.
     pub async fn flush(&self) {
-        let _one = self.flushing.lock().await;
-        let batch: Vec<(BufKey, Pending)> = std::mem::take(&mut *self.buffer.lock()).into_iter().collect();
-        if batch.is_empty() {
+        let mut retry = self.flushing.lock().await;
+        if let Some(batch) = retry.clone() {
+            if let Err(e) = self.control.flush_usage(batch.clone()).await {
+                tracing::warn!(error = %e, rows = batch.rows.len(), "usage flush failed; will retry");
+                return;
+            }
+            crate::faults::point("usage.after_flush");
+            *retry = None;
+        }
+        let rows: Vec<UsageRow> = std::mem::take(&mut *self.buffer.lock())
+            .into_iter()
+            .map(|((tenant_id, key_id, kind, _), p)| UsageRow {
+                tenant_id,
+                key_id,
+                kind: kind.as_str(),
+                count: p.count as i64,
+                tokens: p.tokens as i64,
+                at: p.at,
+            })
+            .collect();
+        if rows.is_empty() {
             return;
         }
-        let keep = batch.clone();
-        let res = self
-            .control
-            .write(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                {
-                    let mut stmt =
-                        tx.prepare_cached("INSERT INTO usage_events (tenant_id, key_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-                    for ((tenant, key, kind, _), p) in &batch {
-                        stmt.execute(params![tenant, key, kind.as_str(), p.count as i64, p.tokens as i64, p.at])?;
-                    }
-                }
-                crate::faults::point("usage.in_flush");
-                tx.commit()?;
-                Ok(())
-            })
-            .await;
-        if res.is_ok() {
-            crate::faults::point("usage.after_flush");
-        }
-        if let Err(e) = res {
-            tracing::warn!(error = %e, rows = keep.len(), "usage flush failed; will retry");
-            let mut buf = self.buffer.lock();
-            for (k, p) in keep {
-                let e = buf.entry(k).or_insert_with(|| Pending { count: 0, tokens: 0, at: p.at.clone() });
-                e.count += p.count;
-                e.tokens += p.tokens;
-                if p.at < e.at {
-                    e.at = p.at;
-                }
+        let batch = UsageBatch { id: ulid::Ulid::new().to_string(), rows };
+        match self.control.flush_usage(batch.clone()).await {
+            Ok(()) => crate::faults::point("usage.after_flush"),
+            Err(e) => {
+                tracing::warn!(error = %e, rows = batch.rows.len(), "usage flush failed; will retry");
+                *retry = Some(batch);
             }
         }
     }
@@ -419,28 +417,17 @@ fn sum(a: MonthUsage, b: MonthUsage) -> MonthUsage {
     out
 }
 
-/// Totals of a tenant's events with `at` in `[from, to)`, by kind: (kind, count, tokens).
-pub fn totals(conn: &rusqlite::Connection, tenant_id: &str, from: &str, to: &str) -> rusqlite::Result<Vec<(String, i64, i64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT kind, SUM(count), SUM(tokens) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2 AND at < ?3 GROUP BY kind")?;
-    let rows = stmt.query_map(params![tenant_id, from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    rows.collect()
-}
-
-/// Totals of every tenant in `[from, to)`: tenant id → usage.
-pub fn totals_all(conn: &rusqlite::Connection, from: &str, to: &str) -> rusqlite::Result<HashMap<String, MonthUsage>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT tenant_id, kind, SUM(count), SUM(tokens) FROM usage_events WHERE at >= ?1 AND at < ?2 GROUP BY tenant_id, kind")?;
-    let rows =
-        stmt.query_map(params![from, to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+/// `(tenant, kind, calls, tokens)` rows ([`ControlStore::usage_totals`]) as usage by tenant.
+///
+/// [`ControlStore::usage_totals`]: crate::control::ControlStore::usage_totals
+pub fn totals_by_tenant(rows: Vec<(String, String, i64, i64)>) -> HashMap<String, MonthUsage> {
     let mut out: HashMap<String, MonthUsage> = HashMap::new();
-    for row in rows {
-        let (t, kind, c, tok) = row?;
+    for (t, kind, c, tok) in rows {
         if let Some(k) = Kind::parse(&kind) {
             out.entry(t).or_default().add(k, c.max(0) as u64, tok.max(0) as u64);
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -452,7 +439,7 @@ mod tests {
         meter.flush().await;
         let (_, from, to) = crate::clock::period_of(meter.now());
         let (from, to) = (ts(from), ts(to));
-        meter.control.run(move |c| Ok(totals_all(c, &from, &to)?)).await.expect("totals")
+        totals_by_tenant(meter.control.usage_totals(None, from, to, None).await.expect("totals"))
     }
 
     /// The month's totals kept in memory equal what control.db sums, whatever was flushed, unflushed
@@ -463,11 +450,11 @@ mod tests {
         let control = ControlPlane::open(dir.path()).expect("control");
         let clock = Clock::default();
         // Events of a process that ran before this one.
-        let before = Meter::with(control.clone(), clock.clone(), true);
+        let before = Meter::with(control.clone(), clock.clone(), true).await;
         before.record_key("t1", Some("k1"), Kind::Search, 3, 0);
         before.record_key("t2", None, Kind::Assemble, 1, 50);
         before.flush().await;
-        let meter = Meter::with(control.clone(), clock.clone(), true);
+        let meter = Meter::with(control.clone(), clock.clone(), true).await;
         meter.record_key("t1", Some("k2"), Kind::Search, 2, 0); // flushed before the seed
         meter.flush().await;
         meter.record_key("t3", None, Kind::Embedding, 1, 7); // in the buffer while seeding

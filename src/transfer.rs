@@ -159,7 +159,7 @@ impl Target {
             let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
             return Ok(Target::Http { client, base: base.trim_end_matches('/').to_string(), key });
         }
-        let ops = Operator::offline(config, Actor::Cli)?;
+        let ops = Operator::offline(config, Actor::Cli).await?;
         Ok(Target::Offline(ops.open_offline_docs(&AdminProof::local_operator(), slug).await.map_err(cli_error)?))
     }
 
@@ -356,7 +356,7 @@ pub fn export(config: &Config, slug: &str, server: Option<String>, key: Option<S
             }
         }
         // Offline: read-only, so safe while a server runs too (WAL readers do not block writers).
-        let ops = Operator::offline(config, Actor::Cli)?;
+        let ops = Operator::offline(config, Actor::Cli).await?;
         ops.export_offline(&AdminProof::local_operator(), slug, |d| {
             write_line(out, Line { path: d.path, content: d.content, title: d.title, metadata: d.metadata })
         })

@@ -134,7 +134,7 @@ pub fn verify(presented: &str, stored_hash: &[u8]) -> bool {
     hash_key(presented).ct_eq(stored_hash).into()
 }
 
-fn generate() -> (String, String) {
+pub(crate) fn generate() -> (String, String) {
     let mut rng = rand::rng();
     let mut id = [0u8; ID_LEN];
     rng.fill_bytes(&mut id);
@@ -146,7 +146,7 @@ fn generate() -> (String, String) {
     (prefix, key)
 }
 
-const COLS: &str = "id, tenant_id, prefix, name, scopes, expires_at, last_used_at, revoked_at, replaced_by, created_at, hash";
+pub(crate) const COLS: &str = "id, tenant_id, prefix, name, scopes, expires_at, last_used_at, revoked_at, replaced_by, created_at, hash";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let opt_time = |i: usize| -> rusqlite::Result<Option<DateTime<Utc>>> {
@@ -169,7 +169,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     })
 }
 
-fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), Error> {
+pub(crate) fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), Error> {
     if new.name.trim().is_empty() || new.name.chars().count() > 100 || new.name.chars().any(char::is_control) {
         return Err(Error::validation("key name must be 1-100 printable characters"));
     }

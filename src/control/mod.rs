@@ -1,10 +1,14 @@
-//! The control plane: tenants, API keys, settings and audit events in `<data dir>/control.db`.
+//! The control plane: tenants, API keys, settings, usage and audit events, behind one interface
+//! ([`ControlStore`]) with two implementations: [`SqliteControl`], `<data dir>/control.db` (the
+//! default), and [`pg::PgControl`], a PostgreSQL database that several nodes share (`control.url`).
 //!
-//! Every method here is synchronous and runs on a blocking thread (`ControlPlane::run`), never on the
-//! async runtime. The HTTP layer caches lookups (see `crate::auth`) and drops its caches when the file
-//! changes under it, so the CLI may write to the same data dir while the server runs.
+//! The embedded one runs every query on a blocking thread ([`SqliteControl::run`]), never on the
+//! async runtime. The HTTP layer caches lookups (see `crate::auth`) and drops its caches when the
+//! control plane's version moves ([`Watcher`]), so the CLI, or another node, may change it while the
+//! server runs.
 
 pub mod keys;
+pub mod pg;
 pub mod slug;
 pub mod store;
 pub mod tenants;
@@ -21,7 +25,10 @@ use crate::error::{Code, Error};
 
 pub use keys::{ApiKey, NewKey, Scope};
 pub use slug::Slug;
-pub use store::{AuditRecord, Change, ControlStore, DashboardSession, HistoryEvent, Outcome, StripeEffect, StripeEvent, TenantHistory, UsageRecord};
+pub use store::{
+    AuditRecord, Change, ControlStore, DashboardSession, HistoryEvent, Limits, Outcome, StripeEffect, StripeEvent, TenantHistory, UsageBatch,
+    UsageRecord, UsageRow,
+};
 pub use tenants::{Status, Tenant, Tier};
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
@@ -143,12 +150,105 @@ CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
     r#"
 ALTER TABLE usage_events ADD COLUMN key_id TEXT;
 "#,
+    r#"
+CREATE TABLE usage_batches (
+    id TEXT PRIMARY KEY,
+    at TEXT NOT NULL
+);
+"#,
 ];
 
 pub use crate::clock::{parse_ts, ts};
 
+/// The control plane: the embedded SQLite `control.db` (the default), or a PostgreSQL database that
+/// several nodes share (`control.url`). Everything goes through [`ControlStore`], which this
+/// dereferences to; only the embedded one has a file, a replica and the CLI's offline access.
 #[derive(Clone)]
 pub struct ControlPlane {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteControl),
+    Postgres(pg::PgControl),
+}
+
+impl std::ops::Deref for ControlPlane {
+    type Target = dyn ControlStore;
+    fn deref(&self) -> &(dyn ControlStore + 'static) {
+        match &self.backend {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => p,
+        }
+    }
+}
+
+impl From<SqliteControl> for ControlPlane {
+    fn from(s: SqliteControl) -> ControlPlane {
+        ControlPlane { backend: Backend::Sqlite(s) }
+    }
+}
+
+impl From<pg::PgControl> for ControlPlane {
+    fn from(p: pg::PgControl) -> ControlPlane {
+        ControlPlane { backend: Backend::Postgres(p) }
+    }
+}
+
+impl ControlPlane {
+    /// The embedded control plane in `<data_dir>/control.db`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<ControlPlane> {
+        Ok(SqliteControl::open(data_dir)?.into())
+    }
+
+    /// The control plane `config` names: PostgreSQL when `control.url` is set, otherwise
+    /// `control.db` in the data dir (shipped to `backup`, when given, or with automatic checkpoints
+    /// off when `replicated`).
+    pub async fn from_config(
+        config: &crate::config::Config,
+        backup: Option<&std::sync::Arc<crate::backup::BackupService>>,
+    ) -> anyhow::Result<ControlPlane> {
+        if let Some(url) = &config.control.url {
+            return Ok(pg::PgControl::connect(url.expose(), &config.control).await?.into());
+        }
+        Ok(match backup {
+            Some(b) => SqliteControl::open_replicated(&config.data_dir, b)?,
+            None => SqliteControl::open_with(&config.data_dir, config.backup_url.is_some())?,
+        }
+        .into())
+    }
+
+    /// The embedded control plane, if this is it.
+    pub fn sqlite(&self) -> Option<&SqliteControl> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether other nodes may change this control plane (PostgreSQL): then no process can keep
+    /// totals of it in memory.
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Continuous backup of control.db (PostgreSQL is backed up by its own means).
+    pub fn replica(&self) -> Option<&std::sync::Arc<crate::backup::DbReplica>> {
+        self.sqlite().and_then(|s| s.replica())
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteControl {
     pool: Pool,
     path: PathBuf,
     /// Serialises this process's writers. SQLite admits one writer at a time anyway, and its busy
@@ -157,6 +257,9 @@ pub struct ControlPlane {
     writer: std::sync::Arc<parking_lot::FairMutex<()>>,
     /// Continuous backup of control.db, when the server runs with backups on.
     replica: Option<std::sync::Arc<crate::backup::DbReplica>>,
+    /// A connection of its own that reads `data_version`, which moves on commits by any other
+    /// connection or process ([`ControlStore::version`]).
+    watch: std::sync::Arc<parking_lot::Mutex<Option<Connection>>>,
 }
 
 /// What the backup shipper locks to read control.db consistently: the pool and the writer lock.
@@ -173,24 +276,24 @@ impl crate::backup::Source for ControlSource {
     }
 }
 
-impl ControlPlane {
+impl SqliteControl {
     /// Opens (creating if needed) `<data_dir>/control.db` and runs its migrations.
-    pub fn open(data_dir: &Path) -> anyhow::Result<ControlPlane> {
+    pub fn open(data_dir: &Path) -> anyhow::Result<SqliteControl> {
         Self::open_with(data_dir, false)
     }
 
     /// Like [`open`](Self::open); `replicated` turns automatic checkpoints off on every connection
     /// (the backup shipper checkpoints after shipping).
-    pub fn open_with(data_dir: &Path, replicated: bool) -> anyhow::Result<ControlPlane> {
+    pub fn open_with(data_dir: &Path, replicated: bool) -> anyhow::Result<SqliteControl> {
         Self::open_inner(data_dir, replicated, None)
     }
 
     /// Opens control.db for a server that ships it to `backup` continuously.
-    pub fn open_replicated(data_dir: &Path, backup: &std::sync::Arc<crate::backup::BackupService>) -> anyhow::Result<ControlPlane> {
+    pub fn open_replicated(data_dir: &Path, backup: &std::sync::Arc<crate::backup::BackupService>) -> anyhow::Result<SqliteControl> {
         Self::open_inner(data_dir, true, Some(backup))
     }
 
-    fn open_inner(data_dir: &Path, replicated: bool, backup: Option<&std::sync::Arc<crate::backup::BackupService>>) -> anyhow::Result<ControlPlane> {
+    fn open_inner(data_dir: &Path, replicated: bool, backup: Option<&std::sync::Arc<crate::backup::BackupService>>) -> anyhow::Result<SqliteControl> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let path = data_dir.join("control.db");
         let manager = SqliteConnectionManager::file(&path).with_init(move |c| {
@@ -215,7 +318,7 @@ impl ControlPlane {
             svc.hold(source);
             r
         });
-        Ok(ControlPlane { pool, path, writer, replica })
+        Ok(SqliteControl { pool, path, writer, replica, watch: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -289,8 +392,7 @@ impl ControlPlane {
         f(&mut conn)
     }
 
-    /// Whether the control plane answers queries (for `/ready`).
-    pub fn ping(&self) -> bool {
+    fn ping_sync(&self) -> bool {
         self.pool.get().ok().and_then(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).ok()).is_some()
     }
 }
@@ -416,33 +518,19 @@ pub fn list_audit(conn: &Connection, tenant_id: Option<&str>, limit: u32) -> rus
     rows.collect()
 }
 
-/// Notices commits to control.db by any other connection or process (SQLite's `data_version`).
+/// Notices changes of the control plane by any process or node ([`ControlStore::version`]).
+#[derive(Default)]
 pub struct Watcher {
-    conn: std::sync::Arc<parking_lot::Mutex<Connection>>,
-    last: i64,
+    last: Option<i64>,
 }
 
 impl Watcher {
-    pub fn open(path: &Path) -> rusqlite::Result<Watcher> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let last = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        Ok(Watcher { conn: std::sync::Arc::new(parking_lot::Mutex::new(conn)), last })
-    }
-
-    /// True when control.db changed since the last call.
-    pub async fn changed(&mut self) -> bool {
-        let conn = self.conn.clone();
-        let now = tokio::task::spawn_blocking(move || conn.lock().query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        match now {
-            Some(v) if v != self.last => {
-                self.last = v;
-                true
-            }
-            _ => false,
-        }
+    /// True when the control plane changed since the last call (the first call only looks).
+    pub async fn changed(&mut self, control: &ControlPlane) -> bool {
+        let Ok(now) = control.version().await else { return false };
+        let changed = self.last.is_some_and(|l| l != now);
+        self.last = Some(now);
+        changed
     }
 }
 
@@ -477,7 +565,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_take_the_writer_lock_before_a_connection() {
         let dir = tempfile::tempdir().unwrap();
-        let cp = ControlPlane::open(dir.path()).unwrap();
+        let cp = SqliteControl::open(dir.path()).unwrap();
         let source = ControlSource { pool: cp.pool.clone(), writer: cp.writer.clone() };
         let (locked_tx, locked_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();

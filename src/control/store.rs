@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::keys::{self, ApiKey, NewKey};
 use super::tenants::{self, NewTenant, Tenant, TenantPatch};
-use super::{AuditEvent, ControlPlane};
+use super::{AuditEvent, Lifecycle, SqliteControl};
 use crate::error::{Code, Error};
 use rusqlite::OptionalExtension as _;
 
@@ -212,6 +212,64 @@ pub trait ControlStore: Send + Sync {
     /// A tenant's usage events since `since`, summed per API key and kind: `(key id, kind, calls,
     /// tokens)`; `None` for usage made without a key (portal sessions, webhooks).
     fn usage_by_key(&self, tenant_id: &str, since: DateTime<Utc>) -> Fut<'_, Vec<(Option<String>, String, u64, u64)>>;
+    /// Writes one audit event that goes with no change of the control plane (an export, a restore,
+    /// an erasure in a tenant's own database).
+    fn audit(&self, record: AuditRecord) -> Fut<'_, ()>;
+    /// Trials converted, trials expired and churn in `[from, to)` (stored timestamps), from the audit log.
+    fn lifecycle(&self, from: String, to: String) -> Fut<'_, Lifecycle>;
+    /// Ids of trials whose end is at or before `now`.
+    fn expired_trials(&self, now: DateTime<Utc>) -> Fut<'_, Vec<String>>;
+    /// Ends one trial if it is (still) over at `now`: tier free, status active, audited. Whether it did.
+    fn expire_trial(&self, tenant_id: &str, now: DateTime<Utc>) -> Fut<'_, bool>;
+    /// Every tenant's plan overrides (tenant id, JSON) and every key's own rate limit (key id, rate, burst).
+    fn limits(&self) -> Fut<'_, Limits>;
+    /// Usage summed per tenant and kind over events with `at` in `[from, to)`: `(tenant, kind, calls,
+    /// tokens)`; only `tenant`'s when given, and only events that were stored before [`usage_mark`]
+    /// answered `upto` when that is given.
+    ///
+    /// [`usage_mark`]: ControlStore::usage_mark
+    fn usage_totals(&self, tenant: Option<String>, from: String, to: String, upto: Option<i64>) -> Fut<'_, Vec<(String, String, i64, i64)>>;
+    /// A mark of the usage events stored so far (see [`usage_totals`](ControlStore::usage_totals)).
+    fn usage_mark(&self) -> Fut<'_, i64>;
+    /// Stores one flush of a node's usage counters, idempotently: a batch whose id is already stored
+    /// (a retry after an answer was lost) adds nothing.
+    fn flush_usage(&self, batch: UsageBatch) -> Fut<'_, ()>;
+    fn setting(&self, key: &'static str) -> Fut<'_, Option<String>>;
+    fn set_setting(&self, key: &'static str, value: String) -> Fut<'_, ()>;
+    /// A number that changes whenever tenants, keys, overrides or settings change, by this process or
+    /// any other (the caches of credentials and plans are dropped when it moves).
+    fn version(&self) -> Fut<'_, i64>;
+    /// Whether the control plane answers queries (for `/ready`).
+    fn ping(&self) -> Fut<'_, bool>;
+}
+
+/// Plan overrides and key rate limits, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// (tenant id, overrides JSON)
+    pub overrides: Vec<(String, String)>,
+    /// (key id, requests per second, burst)
+    pub key_limits: Vec<(String, i64, i64)>,
+}
+
+/// One flush of a node's usage counters. `id` is unique per flush (node and sequence), so storing
+/// the same batch twice counts it once.
+#[derive(Debug, Clone)]
+pub struct UsageBatch {
+    pub id: String,
+    pub rows: Vec<UsageRow>,
+}
+
+/// Buffered usage of one tenant, API key and kind.
+#[derive(Debug, Clone)]
+pub struct UsageRow {
+    pub tenant_id: String,
+    pub key_id: Option<String>,
+    pub kind: &'static str,
+    pub count: i64,
+    pub tokens: i64,
+    /// The first event's time (stored form).
+    pub at: String,
 }
 
 /// A dashboard session: the tenant portal's (`tenant_id` set) or the operator console's (`None`).
@@ -228,7 +286,7 @@ pub struct DashboardSession {
     pub expires_at: DateTime<Utc>,
 }
 
-impl ControlStore for ControlPlane {
+impl ControlStore for SqliteControl {
     fn consume_dashboard_link(&self, token_hash: Vec<u8>, now: DateTime<Utc>) -> Fut<'_, Option<String>> {
         Box::pin(self.write(move |c| {
             let now = super::ts(now);
@@ -490,6 +548,111 @@ impl ControlStore for ControlPlane {
         }))
     }
 
+    fn audit(&self, a: AuditRecord) -> Fut<'_, ()> {
+        Box::pin(self.write(move |c| Ok(super::audit_at(c, a.at, &a.actor, a.tenant_id.as_deref(), a.action, &a.detail)?)))
+    }
+
+    fn lifecycle(&self, from: String, to: String) -> Fut<'_, Lifecycle> {
+        Box::pin(self.run(move |c| Ok(super::lifecycle(c, &from, &to)?)))
+    }
+
+    fn expired_trials(&self, now: DateTime<Utc>) -> Fut<'_, Vec<String>> {
+        Box::pin(self.run(move |c| {
+            let mut st = c.prepare("SELECT id FROM tenants WHERE status = 'trial' AND trial_ends_at IS NOT NULL AND trial_ends_at <= ?1")?;
+            let rows = st.query_map([super::ts(now)], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn expire_trial(&self, tenant_id: &str, now: DateTime<Utc>) -> Fut<'_, bool> {
+        let id = tenant_id.to_string();
+        Box::pin(self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let Some(t) = tenants::get_by_id(&tx, &id)? else { return Ok(false) };
+            if !crate::plans::trial_expired(&t, now) {
+                return Ok(false);
+            }
+            tx.execute("UPDATE tenants SET tier = 'free', status = 'active', updated_at = ?2 WHERE id = ?1", rusqlite::params![id, super::ts(now)])?;
+            super::audit_at(&tx, now, "system", Some(&id), "tenant.trial_expired", &expiry_detail(&t))?;
+            tx.commit()?;
+            Ok(true)
+        }))
+    }
+
+    fn limits(&self) -> Fut<'_, Limits> {
+        Box::pin(self.run(|c| {
+            let mut st = c.prepare("SELECT tenant_id, overrides FROM plan_overrides")?;
+            let overrides = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st = c.prepare("SELECT key_id, rate_per_sec, burst FROM key_rate_limits")?;
+            let key_limits = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Limits { overrides, key_limits })
+        }))
+    }
+
+    fn usage_totals(&self, tenant: Option<String>, from: String, to: String, upto: Option<i64>) -> Fut<'_, Vec<(String, String, i64, i64)>> {
+        Box::pin(self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT tenant_id, kind, SUM(count), SUM(tokens) FROM usage_events
+                 WHERE (?1 IS NULL OR tenant_id = ?1) AND at >= ?2 AND at < ?3 AND (?4 IS NULL OR id <= ?4) GROUP BY tenant_id, kind",
+            )?;
+            let rows = st
+                .query_map(rusqlite::params![tenant, from, to, upto], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn usage_mark(&self) -> Fut<'_, i64> {
+        Box::pin(self.run(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM usage_events", [], |r| r.get(0))?)))
+    }
+
+    fn flush_usage(&self, batch: UsageBatch) -> Fut<'_, ()> {
+        Box::pin(self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let at = batch.rows.iter().map(|r| r.at.as_str()).min().unwrap_or("").to_string();
+            if tx.execute("INSERT OR IGNORE INTO usage_batches (id, at) VALUES (?1, ?2)", rusqlite::params![batch.id, at])? == 1 {
+                let mut st =
+                    tx.prepare_cached("INSERT INTO usage_events (tenant_id, key_id, kind, count, tokens, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+                for r in &batch.rows {
+                    st.execute(rusqlite::params![r.tenant_id, r.key_id, r.kind, r.count, r.tokens, r.at])?;
+                }
+            }
+            tx.execute("DELETE FROM usage_batches WHERE at < ?1", [super::ts(chrono::Utc::now() - chrono::Duration::days(USAGE_BATCH_DAYS))])?;
+            crate::faults::point("usage.in_flush");
+            tx.commit()?;
+            Ok(())
+        }))
+    }
+
+    fn setting(&self, key: &'static str) -> Fut<'_, Option<String>> {
+        Box::pin(self.run(move |c| Ok(super::get_setting(c, key)?)))
+    }
+
+    fn set_setting(&self, key: &'static str, value: String) -> Fut<'_, ()> {
+        Box::pin(self.write(move |c| Ok(super::set_setting(c, key, &value)?)))
+    }
+
+    fn version(&self) -> Fut<'_, i64> {
+        let watch = self.watch.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut w = watch.lock();
+                if w.is_none() {
+                    *w = Some(rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?);
+                }
+                let conn = w.as_ref().expect("opened above");
+                Ok(conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))?)
+            })
+            .await?
+        })
+    }
+
+    fn ping(&self) -> Fut<'_, bool> {
+        let this = self.clone();
+        Box::pin(async move { Ok(tokio::task::spawn_blocking(move || this.ping_sync()).await.unwrap_or(false)) })
+    }
+
     fn apply(&self, change: Change, audit: AuditRecord) -> Fut<'_, Outcome> {
         Box::pin(self.write(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -504,6 +667,14 @@ impl ControlStore for ControlPlane {
             Ok(out)
         }))
     }
+}
+
+/// How long a flushed usage batch's id is kept to refuse its retry: far longer than any retry.
+pub(crate) const USAGE_BATCH_DAYS: i64 = 2;
+
+/// The audit detail of a trial's expiry.
+pub(crate) fn expiry_detail(t: &Tenant) -> Value {
+    serde_json::json!({"from_tier": t.tier, "to_tier": "free", "trial_ends_at": t.trial_ends_at})
 }
 
 fn stripe_tenant(c: &rusqlite::Connection, ev: &StripeEvent) -> Result<Option<Tenant>, Error> {
@@ -567,7 +738,7 @@ fn stripe_sql(c: &rusqlite::Connection, ev: &StripeEvent, at: DateTime<Utc>) -> 
 /// A tenant's usage events since `since`, summed by `sql`'s first column and kind:
 /// `(group, kind, calls, tokens)`; `sql` binds the tenant as `?1` and `since` as `?2`.
 fn usage_sums<'a, G: rusqlite::types::FromSql + Send + 'static>(
-    cp: &'a ControlPlane,
+    cp: &'a SqliteControl,
     sql: &'static str,
     tenant_id: &str,
     since: DateTime<Utc>,

@@ -60,7 +60,7 @@ pub struct Tenant {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLS: &str = "id, slug, name, email, tier, status, trial_ends_at, custom_domain, stripe_customer_id, created_at, updated_at";
+pub(crate) const COLS: &str = "id, slug, name, email, tier, status, trial_ends_at, custom_domain, stripe_customer_id, created_at, updated_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
     let bad = |i: usize, what: &str| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.to_string().into());
@@ -200,7 +200,24 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) ->
 }
 
 pub fn update(conn: &Connection, id: &str, p: &TenantPatch, now: DateTime<Utc>) -> Result<Tenant, Error> {
-    let mut t = get_by_id(conn, id)?.ok_or_else(|| Error::not_found(Code::TenantNotFound, "no such tenant"))?;
+    let t = get_by_id(conn, id)?.ok_or_else(|| Error::not_found(Code::TenantNotFound, "no such tenant"))?;
+    let t = patched(t, p)?;
+    let res = conn.execute(
+        "UPDATE tenants SET tier=?2, status=?3, custom_domain=?4, name=?5, email=?6, trial_ends_at=?7, updated_at=?8 WHERE id=?1",
+        params![id, t.tier.as_str(), t.status.as_str(), t.custom_domain, t.name, t.email, t.trial_ends_at.map(ts), ts(now)],
+    );
+    match res {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            return Err(Error::conflict(Code::DomainTaken, "another tenant has this custom domain"))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    get_by_id(conn, id)?.ok_or_else(|| Error::not_found(Code::TenantNotFound, "no such tenant"))
+}
+
+/// `t` with the patch applied and validated (every control plane stores the result).
+pub(crate) fn patched(mut t: Tenant, p: &TenantPatch) -> Result<Tenant, Error> {
     if let Some(tier) = p.tier {
         t.tier = tier;
     }
@@ -220,18 +237,7 @@ pub fn update(conn: &Connection, id: &str, p: &TenantPatch, now: DateTime<Utc>) 
     if let Some(te) = p.trial_ends_at {
         t.trial_ends_at = te;
     }
-    let res = conn.execute(
-        "UPDATE tenants SET tier=?2, status=?3, custom_domain=?4, name=?5, email=?6, trial_ends_at=?7, updated_at=?8 WHERE id=?1",
-        params![id, t.tier.as_str(), t.status.as_str(), t.custom_domain, t.name, t.email, t.trial_ends_at.map(ts), ts(now)],
-    );
-    match res {
-        Ok(_) => {}
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(Error::conflict(Code::DomainTaken, "another tenant has this custom domain"))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    get_by_id(conn, id)?.ok_or_else(|| Error::not_found(Code::TenantNotFound, "no such tenant"))
+    Ok(t)
 }
 
 /// Removes the tenant row (its keys cascade). Returns false if it was not there.

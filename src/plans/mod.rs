@@ -392,19 +392,11 @@ impl PlanStore {
         Ok(())
     }
 
-    /// Reloads tenant overrides and key limits from control.db.
+    /// Reloads tenant overrides and key limits from the control plane.
     pub async fn refresh_overrides(&self, control: &ControlPlane) -> Result<(), Error> {
-        let (o, k) = control.run(|c| Ok((load_overrides(c)?, load_key_limits(c)?))).await?;
-        self.overrides.store(Arc::new(o));
-        self.key_limits.store(Arc::new(k));
-        Ok(())
-    }
-
-    /// Like [`refresh_overrides`](Self::refresh_overrides), synchronously (start-up).
-    pub fn refresh_overrides_sync(&self, control: &ControlPlane) -> Result<(), Error> {
-        let (o, k) = control.run_sync(|c| Ok((load_overrides(c)?, load_key_limits(c)?)))?;
-        self.overrides.store(Arc::new(o));
-        self.key_limits.store(Arc::new(k));
+        let limits = control.limits().await?;
+        self.overrides.store(Arc::new(parse_overrides(limits.overrides)));
+        self.key_limits.store(Arc::new(parse_key_limits(limits.key_limits)));
         Ok(())
     }
 
@@ -468,12 +460,9 @@ pub fn trial_expired(t: &Tenant, now: DateTime<Utc>) -> bool {
     t.status == crate::control::Status::Trial && t.trial_ends_at.is_some_and(|e| e <= now)
 }
 
-fn load_overrides(c: &rusqlite::Connection) -> rusqlite::Result<HashMap<String, Arc<Overrides>>> {
-    let mut stmt = c.prepare("SELECT tenant_id, overrides FROM plan_overrides")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+fn parse_overrides(rows: Vec<(String, String)>) -> HashMap<String, Arc<Overrides>> {
     let mut out = HashMap::new();
-    for row in rows {
-        let (id, text) = row?;
+    for (id, text) in rows {
         match serde_json::from_str::<Overrides>(&text) {
             Ok(o) => {
                 out.insert(id, Arc::new(o));
@@ -481,47 +470,11 @@ fn load_overrides(c: &rusqlite::Connection) -> rusqlite::Result<HashMap<String, 
             Err(e) => tracing::warn!(tenant = %id, error = %e, "ignoring unreadable plan overrides"),
         }
     }
-    Ok(out)
+    out
 }
 
-fn load_key_limits(c: &rusqlite::Connection) -> rusqlite::Result<HashMap<String, (u32, u32)>> {
-    let mut stmt = c.prepare("SELECT key_id, rate_per_sec, burst FROM key_rate_limits")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (id, rate, burst) = row?;
-        out.insert(id, (rate.clamp(1, u32::MAX as i64) as u32, burst.clamp(1, u32::MAX as i64) as u32));
-    }
-    Ok(out)
-}
-
-/// Writes a trial's expiry: tier free, status active, and an audit event. Nothing is deleted.
-pub fn expire_trial(c: &mut rusqlite::Connection, tenant_id: &str, now: DateTime<Utc>) -> Result<bool, Error> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let Some(t) = crate::control::tenants::get_by_id(&tx, tenant_id)? else { return Ok(false) };
-    if !trial_expired(&t, now) {
-        return Ok(false);
-    }
-    tx.execute(
-        "UPDATE tenants SET tier = 'free', status = 'active', updated_at = ?2 WHERE id = ?1",
-        rusqlite::params![tenant_id, crate::clock::ts(Utc::now())],
-    )?;
-    crate::control::audit(
-        &tx,
-        "system",
-        Some(tenant_id),
-        "tenant.trial_expired",
-        &json!({"from_tier": t.tier, "to_tier": "free", "trial_ends_at": t.trial_ends_at}),
-    )?;
-    tx.commit()?;
-    Ok(true)
-}
-
-/// Ids of trials past their end (for the periodic sweep).
-pub fn expired_trials(c: &rusqlite::Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = c.prepare("SELECT id FROM tenants WHERE status = 'trial' AND trial_ends_at IS NOT NULL AND trial_ends_at <= ?1")?;
-    let rows = stmt.query_map([crate::clock::ts(now)], |r| r.get(0))?;
-    rows.collect()
+fn parse_key_limits(rows: Vec<(String, i64, i64)>) -> HashMap<String, (u32, u32)> {
+    rows.into_iter().map(|(id, rate, burst)| (id, (rate.clamp(1, u32::MAX as i64) as u32, burst.clamp(1, u32::MAX as i64) as u32))).collect()
 }
 
 #[cfg(test)]

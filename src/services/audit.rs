@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::control::{AuditRecord, Change, ControlPlane, ControlStore, Outcome};
+use crate::control::{AuditRecord, Change, ControlPlane, Outcome};
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -59,10 +59,10 @@ impl Operator {
     }
 
     /// For the CLI: the control plane of `config.data_dir`, no server.
-    pub fn offline(config: &Config, actor: Actor) -> anyhow::Result<Operator> {
+    pub async fn offline(config: &Config, actor: Actor) -> anyhow::Result<Operator> {
         crate::datadir::restrict_umask();
         let clock = Clock::default();
-        let control = ControlPlane::open_with(&config.data_dir, config.backup_url.is_some())?;
+        let control = ControlPlane::from_config(config, None).await?;
         Ok(Operator { control, config: Arc::new(config.clone()), clock, live: None, actor })
     }
 

@@ -11,11 +11,11 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::control::{ControlStore, StripeEffect, StripeEvent, Tier};
+use crate::control::{StripeEffect, StripeEvent, Tier};
 use crate::error::{Code, Error};
 use crate::state::AppState;
 
-pub use crate::billing::{bill, usage_report, Bill, UsageRow, USAGE_CSV_HEADER};
+pub use crate::billing::{bill, Bill, UsageRow, USAGE_CSV_HEADER};
 
 /// Applies one Stripe webhook delivery: verifies the signature over the raw body, then applies the
 /// event and records its id in one transaction (a replay changes nothing).
@@ -46,8 +46,7 @@ pub(crate) fn expire_trial_in_background(state: &AppState, tenant_id: &str) {
     let (s, id) = (state.clone(), tenant_id.to_string());
     tokio::spawn(async move {
         let now = s.plans.clock.now();
-        let i = id.clone();
-        match s.control.write(move |c| crate::plans::expire_trial(c, &i, now)).await {
+        match s.control.expire_trial(&id, now).await {
             Ok(_) => s.auth.invalidate(),
             Err(e) => tracing::warn!(tenant = %id, error = %e, "recording trial expiry failed"),
         }
@@ -58,13 +57,13 @@ pub(crate) fn expire_trial_in_background(state: &AppState, tenant_id: &str) {
 /// Ends trials past `trial_ends_at` that no request has touched (tier free + audit event).
 pub async fn sweep_trials(s: &AppState) {
     let now = s.plans.clock.now();
-    let ids = match s.control.run(move |c| Ok(crate::plans::expired_trials(c, now)?)).await {
+    let ids = match s.control.expired_trials(now).await {
         Ok(ids) => ids,
         Err(e) => return tracing::warn!(error = %e, "trial sweep failed"),
     };
     let mut changed = false;
     for id in ids {
-        match s.control.write(move |c| crate::plans::expire_trial(c, &id, now)).await {
+        match s.control.expire_trial(&id, now).await {
             Ok(c) => changed |= c,
             Err(e) => tracing::warn!(error = %e, "ending a trial failed"),
         }

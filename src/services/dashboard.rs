@@ -18,7 +18,7 @@ use super::audit::Operator;
 use super::context::TenantCtx;
 use super::ops::Op;
 use crate::auth::{new_token, session_hash, AdminProof, RequestIdentity};
-use crate::control::{keys, Change, ControlStore, DashboardSession, NewKey, Scope};
+use crate::control::{keys, Change, DashboardSession, NewKey, Scope};
 use crate::error::{Code, Error};
 use crate::state::AppState;
 
@@ -502,7 +502,7 @@ impl Operator {
         }
         let (_, from, to) = crate::clock::period_of(now);
         let (from, to) = (crate::clock::ts(from), crate::clock::ts(to));
-        let lifecycle = self.control.run(move |c| Ok(crate::control::lifecycle(c, &from, &to)?)).await?;
+        let lifecycle = self.control.lifecycle(from, to).await?;
         let slugs: std::collections::HashMap<&str, &str> = tenants.iter().map(|t| (t.id.as_str(), t.slug.as_str())).collect();
         let backup = self.live.as_ref().and_then(|s| s.backup.clone());
         let backups_on = backup.is_some();
@@ -578,12 +578,11 @@ pub async fn statements(ctx: &TenantCtx, months: u32) -> Result<Vec<Statement>, 
         (p, start, _) = crate::clock::period_of(prev);
     }
     let id = ctx.id().to_string();
-    let rows = state
-        .control
-        .run(move |c| {
-            periods.into_iter().map(|(p, from, to)| Ok((p, crate::metering::totals(c, &id, &from, &to)?))).collect::<Result<Vec<_>, Error>>()
-        })
-        .await?;
+    let mut rows = Vec::with_capacity(periods.len());
+    for (p, from, to) in periods {
+        let totals = state.control.usage_totals(Some(id.clone()), from, to, None).await?;
+        rows.push((p, totals.into_iter().map(|(_, kind, c, t)| (kind, c, t)).collect::<Vec<_>>()));
+    }
     let ent = ctx.entitlements();
     Ok(rows
         .into_iter()

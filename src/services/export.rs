@@ -23,9 +23,7 @@ use super::tenants::unexpected;
 use super::{Actor, TenantCtx};
 use crate::archive::{self, Manifest, Prepared, Profile, Refused};
 use crate::auth::AdminProof;
-use crate::control::{
-    tenants::NewTenant, ApiKey, Change, ControlStore, HistoryEvent, NewKey, Outcome, Slug, Status, Tenant, TenantHistory, Tier, UsageRecord,
-};
+use crate::control::{tenants::NewTenant, ApiKey, Change, HistoryEvent, NewKey, Outcome, Slug, Status, Tenant, TenantHistory, Tier, UsageRecord};
 use crate::error::{Code, Error};
 use crate::tenant::{tenant_dir, DB_FILE};
 
@@ -166,7 +164,7 @@ impl Operator {
         let detail = json!({"slug": t.slug, "bytes": m.bytes(), "counts": m.counts()});
         let at = now;
         let (actor, id) = (self.actor.as_string(), t.id.clone());
-        self.control.write(move |c| Ok(crate::control::audit_at(c, at, &actor, Some(&id), "tenant.exported", &detail)?)).await?;
+        self.control.audit(crate::control::AuditRecord { at, actor, tenant_id: Some(id), action: "tenant.exported", detail }).await?;
         let filename = format!("{}-{}.warren.tar.zst", t.slug, now.format("%Y%m%dT%H%M%SZ"));
         Ok(Export { prepared, filename })
     }

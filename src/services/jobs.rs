@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use super::context::TenantCtx;
 use super::documents::{self, Run, Written};
 use super::ops::Op;
-use crate::control::ControlStore;
 use crate::docs::jobs::{self as store, Job};
 use crate::docs::DocumentInput;
 use crate::error::{Code, Error};

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::audit::Operator;
 use super::tenants::unexpected;
-use crate::control::{ApiKey, Change, ControlStore, NewKey, Outcome};
+use crate::control::{ApiKey, Change, NewKey, Outcome};
 use crate::error::Error;
 use crate::secret::Secret;
 

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use super::context::TenantCtx;
 use super::ops::Op;
-use crate::control::ControlStore;
 use crate::error::{Code, Error};
 use crate::metering::Kind;
 use crate::recs::store::{self, ItemResult};
@@ -258,7 +257,7 @@ pub async fn delete_customer_by_id(ctx: &TenantCtx, id: String, erase: bool) -> 
     if erase {
         let (tid, actor) = (ctx.id().to_string(), super::Actor::Tenant(ctx.id().to_string()).as_string());
         let detail = json!({"removed": removed, "backups_may_hold_until": backups_may_hold_until});
-        state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&tid), "customer.erased", &detail)?)).await?;
+        state.control.audit(crate::control::AuditRecord { at: now, actor, tenant_id: Some(tid), action: "customer.erased", detail }).await?;
     }
     Ok(CustomerReceipt {
         customer_id: id,
@@ -311,7 +310,7 @@ impl super::Operator {
         });
         let detail = json!({"removed": removed, "backups_may_hold_until": backups_may_hold_until});
         let (tid, actor) = (t.id.clone(), self.actor.as_string());
-        self.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&tid), "customer.erased", &detail)?)).await?;
+        self.control.audit(crate::control::AuditRecord { at: now, actor, tenant_id: Some(tid), action: "customer.erased", detail }).await?;
         Ok(CustomerReceipt {
             customer_id: id,
             mode: "erased",

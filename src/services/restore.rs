@@ -122,7 +122,8 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
             backup.catch_up_tenant(&tenant.id);
             let (id, detail) = (tenant.id.clone(), json!({"txid": report.txid}));
             let now = state.plans.clock.now();
-            let _ = state.control.write(move |c| Ok(crate::control::audit_at(c, now, &actor, Some(&id), "tenant.restored", &detail)?)).await;
+            let record = crate::control::AuditRecord { at: now, actor, tenant_id: Some(id), action: "tenant.restored", detail };
+            let _ = state.control.audit(record).await;
         }
         outcome
     });
@@ -133,7 +134,6 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
 /// before the tenant's latest erasure (`customer.erased` in its audit log): restoring it would bring
 /// erased data back. Every door runs this before it restores.
 pub async fn refuse_across_erasure(control: &crate::control::ControlPlane, tenant_id: &str, chain: &[crate::backup::FileInfo]) -> Result<(), Error> {
-    use crate::control::ControlStore;
     let point_ms = chain.iter().map(|f| f.created_ms).max().unwrap_or(0);
     let events = control.audit_events(Some(tenant_id.to_string()), 100_000).await?;
     let Some(erased) = events.iter().find(|e| e.action == "customer.erased") else { return Ok(()) };

@@ -10,7 +10,6 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::audit::Operator;
-use crate::control::ControlStore;
 use crate::error::Error;
 
 /// What one sweep deleted.

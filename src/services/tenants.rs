@@ -22,7 +22,7 @@ use super::audit::Operator;
 use crate::auth::AdminProof;
 use crate::backup::ReplicaKey;
 use crate::control::tenants::{self, NewTenant, TenantPatch};
-use crate::control::{ApiKey, Change, ControlStore, NewKey, Outcome, Slug, Status, Tenant, Tier};
+use crate::control::{ApiKey, Change, NewKey, Outcome, Slug, Status, Tenant, Tier};
 use crate::error::{Code, Error};
 use crate::tenant::{create_storage, tenant_dir, Block};
 

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 use super::audit::Operator;
 use super::context::TenantCtx;
 use super::ops::Op;
-use crate::control::ControlStore;
 use crate::error::{Code, Error};
 use crate::metering::Kind;
 
@@ -83,15 +82,13 @@ pub async fn audit(ctx: &TenantCtx) -> Result<Vec<crate::control::AuditEvent>, E
 
 /// Whether the control plane answers and the data dir takes a write (for `/ready`).
 pub async fn readiness(state: &crate::state::AppState) -> (bool, bool) {
-    let control = state.control.clone();
     let dir = state.config.data_dir.clone();
-    tokio::task::spawn_blocking(move || {
+    let writable = tokio::task::spawn_blocking(move || {
         let probe = dir.join(".ready-probe");
-        let writable = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)).is_ok();
-        (control.ping(), writable)
-    })
-    .await
-    .unwrap_or((false, false))
+        std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)).is_ok()
+    });
+    let control = state.control.ping().await.unwrap_or(false);
+    (control, writable.await.unwrap_or(false))
 }
 
 /// Brings the process gauges up to date before `/metrics` renders them.
@@ -142,8 +139,17 @@ impl Operator {
                 store
             }
         };
-        let p = period.clone();
-        let (tenants, rows) = self.control.run(move |c| crate::billing::usage_report_with_tenants(c, &store, &p, totals)).await?;
+        let totals = match totals {
+            Some(t) => t,
+            None => {
+                let (_, from, to) =
+                    crate::clock::parse_period(&period).ok_or_else(|| Error::bad_request(Code::InvalidQuery, "period must be YYYY-MM"))?;
+                let rows = self.control.usage_totals(None, crate::clock::ts(from), crate::clock::ts(to), None).await?;
+                crate::metering::totals_by_tenant(rows)
+            }
+        };
+        let (tenants, _) = self.control.list_tenants(None, None, u32::MAX).await?;
+        let rows = crate::billing::usage_report_with_tenants(tenants.clone(), &store, &period, &totals);
         Ok((period, tenants, rows))
     }
 }

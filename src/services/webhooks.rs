@@ -22,7 +22,7 @@ use super::context::TenantCtx;
 use super::ops::Op;
 use super::recs::{self, Answer};
 use crate::auth::RequestIdentity;
-use crate::control::{Change, ControlStore};
+use crate::control::Change;
 use crate::error::{Code, Error};
 use crate::recs::input;
 use crate::recs::store;

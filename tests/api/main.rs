@@ -3,7 +3,9 @@
 mod ai;
 mod backup;
 mod caddy;
+mod cluster;
 mod context;
+mod control_plane;
 mod crash;
 mod dashboard;
 mod erasure;
@@ -12,6 +14,7 @@ mod handles;
 mod helpers;
 mod isolation;
 mod jobs;
+mod pg;
 mod plans;
 mod platform;
 mod recs;

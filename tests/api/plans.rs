@@ -207,11 +207,11 @@ async fn features_outside_the_plan_are_403() {
     assert!(v["error"]["upgrade_url"].as_str().unwrap().contains("tenant=freebie&tier=pro&feature=audit_log"), "{v}");
 
     // The reusable gate (what the recommendations endpoints call): free lacks "recommendations".
-    let tenant = state.control.run_sync(|c| Ok(warren::control::tenants::get_by_slug(c, "freebie")?)).unwrap().unwrap();
+    let tenant = state.control.tenant_by_slug("freebie").await.unwrap().unwrap();
     let err = state.plans.entitlements(&tenant).require_feature("recommendations").unwrap_err();
     let v = expect_error(reqwest::Response::from(http_response(err)), 403, "feature_not_in_plan").await;
     assert_eq!(v["error"]["required_tier"], "starter");
-    let bigco = state.control.run_sync(|c| Ok(warren::control::tenants::get_by_slug(c, "bigco")?)).unwrap().unwrap();
+    let bigco = state.control.tenant_by_slug("bigco").await.unwrap().unwrap();
     assert!(state.plans.entitlements(&bigco).require_feature("recommendations").is_ok());
 
     // Overrides switch features per tenant, on the next request.

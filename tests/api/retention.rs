@@ -12,6 +12,8 @@ async fn count(state: &warren::state::AppState, table: &'static str, tenant: &st
     let id = tenant.to_string();
     state
         .control
+        .sqlite()
+        .expect("the embedded control plane")
         .run(move |c| Ok(c.query_row(&format!("SELECT COUNT(*) FROM {table} WHERE tenant_id = ?1"), [&id], |r| r.get::<_, i64>(0))?))
         .await
         .expect("count")
