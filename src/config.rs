@@ -87,6 +87,29 @@ pub struct Config {
     pub recs: RecsConfig,
     pub dashboard: DashboardConfig,
     pub control: ControlConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// This node's place in a cluster of nodes sharing a PostgreSQL control plane (`[cluster]`,
+/// `WARREN_CLUSTER__*`; `WARREN_NODE_ID` and `WARREN_NODE_URL` for short).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// The URL the other nodes reach this node at (`WARREN_NODE_URL`). Set, the node registers in
+    /// the control plane (which must then be PostgreSQL), heartbeats, and appears in `/admin/v1/cluster`.
+    pub node_url: Option<String>,
+    /// This node's name (`WARREN_NODE_ID`); default: the host and port of `node_url`.
+    pub node_id: Option<String>,
+    /// How often the node heartbeats and refreshes its view of the live nodes.
+    pub heartbeat_ms: u64,
+    /// A node whose last heartbeat is older than this is not live.
+    pub node_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { node_url: None, node_id: None, heartbeat_ms: 1000, node_timeout_ms: 5000 }
+    }
 }
 
 /// Where the control plane lives (`[control]`, `WARREN_CONTROL__*`).
@@ -470,6 +493,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             dashboard: DashboardConfig::default(),
             control: ControlConfig::default(),
+            cluster: ClusterConfig::default(),
             mcp: McpConfig::default(),
             recs: RecsConfig::default(),
         }
@@ -515,6 +539,8 @@ impl Config {
         fig = fig.merge(Env::prefixed("WARREN_").split("__"));
         // The and the README's short name for the shared control plane's URL.
         fig = fig.merge(Env::raw().only(&["WARREN_CONTROL_URL"]).map(|_| "control.url".into()));
+        fig = fig.merge(Env::raw().only(&["WARREN_NODE_URL"]).map(|_| "cluster.node_url".into()));
+        fig = fig.merge(Env::raw().only(&["WARREN_NODE_ID"]).map(|_| "cluster.node_id".into()));
         let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
@@ -527,6 +553,28 @@ impl Config {
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
         anyhow::ensure!(self.usage_flush_interval_ms >= 10, "usage_flush_interval_ms must be at least 10");
         anyhow::ensure!(self.control.pool_size >= 1, "control.pool_size must be at least 1");
+        if let Some(u) = &self.cluster.node_url {
+            anyhow::ensure!(
+                self.control.url.is_some(),
+                "cluster.node_url (WARREN_NODE_URL) needs a shared control plane: set control.url (WARREN_CONTROL_URL)"
+            );
+            let parsed = url::Url::parse(u).map_err(|e| anyhow::anyhow!("cluster.node_url {u:?} is not a URL: {e}"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
+                "cluster.node_url must be an http(s) URL with a host"
+            );
+        }
+        if let Some(id) = &self.cluster.node_id {
+            anyhow::ensure!(
+                !id.is_empty() && id.len() <= 100 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)),
+                "cluster.node_id must be 1-100 letters, digits, '-', '_', '.' or ':'"
+            );
+        }
+        anyhow::ensure!(self.cluster.heartbeat_ms >= 50, "cluster.heartbeat_ms must be at least 50");
+        anyhow::ensure!(
+            self.cluster.node_timeout_ms >= 2 * self.cluster.heartbeat_ms,
+            "cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms"
+        );
         if let Some(url) = &self.control.url {
             let u = url.expose();
             anyhow::ensure!(

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod billing;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod cpu;
@@ -82,6 +83,7 @@ impl App {
             }
         }
         let admin_token_hash = admin_token_hash(&control, &config).await?;
+        let cluster = cluster::Cluster::join(&config.cluster, &control).await?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let bound = listener.local_addr()?;
         let port = bound.port();
@@ -141,6 +143,7 @@ impl App {
             search_cpu,
             port,
             backup,
+            cluster,
         };
         Ok(App { listener, state, shutdown, _lock: lock })
     }
@@ -266,6 +269,22 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
             }
         }
     });
+    if let Some(c) = state.cluster.clone() {
+        let st = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(c.heartbeat_interval());
+            loop {
+                tokio::select! {
+                    _ = st.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = c.beat().await {
+                            tracing::warn!(error = %e, "cluster heartbeat failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
     let (s, st) = (state.clone(), stop.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -40,6 +40,8 @@ pub struct AppState {
     pub disk: Arc<crate::datadir::DiskGuard>,
     /// Requests, errors and latency of the last hour, per minute (the operator console's traffic).
     pub traffic: Arc<crate::traffic::Traffic>,
+    /// This node's membership of a cluster, when `cluster.node_url` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Live state of background jobs (their rows in each tenant's SQLite are the record).

@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let data = dir.path().join("data");
     let mut config = Config::for_tests(&data);
     config.model_dir = data.join("no-model");
-    let ops = Operator::offline(&config, Actor::Cli)?;
+    let ops = Operator::offline(&config, Actor::Cli).await?;
     let proof = AdminProof::local_operator();
     let created = ops
         .create_tenant(CreateTenant {

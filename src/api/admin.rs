@@ -44,7 +44,8 @@ use crate::state::AppState;
     put_overrides,
     put_key_limit,
     put_woocommerce,
-    usage_export
+    usage_export,
+    cluster
 ))]
 pub struct AdminApi;
 
@@ -65,10 +66,18 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{slug}/integrations/woocommerce", axum::routing::put(put_woocommerce))
         .route("/tenants/{slug}/keys/{key_id}/rate_limit", axum::routing::put(put_key_limit))
         .route("/usage", get(usage_export))
+        .route("/cluster", get(cluster))
 }
 
 fn ops(state: &AppState) -> Operator {
     Operator::live(state, Actor::Admin)
+}
+
+/// The cluster's nodes (liveness by the control plane's clock) and the tenants each is preferred for.
+#[utoipa::path(get, path = "/admin/v1/cluster", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "The nodes and their tenant counts", body = crate::services::cluster::ClusterView)))]
+async fn cluster(_: AdminCtx, State(state): State<AppState>) -> Result<Response, Error> {
+    Ok(Json(ops(&state).cluster().await?).into_response())
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])), request_body = CreateTenant,

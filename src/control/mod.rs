@@ -233,6 +233,14 @@ impl ControlPlane {
         matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// The PostgreSQL control plane, if this is it.
+    pub fn postgres(&self) -> Option<&pg::PgControl> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p),
+        }
+    }
+
     /// `sqlite` or `postgres`.
     pub fn kind(&self) -> &'static str {
         match &self.backend {

@@ -26,7 +26,8 @@ use super::{parse_ts, ts, AuditEvent, Lifecycle};
 use crate::error::{Code, Error};
 
 /// Versioned schema; `warren_migrations` records which have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE control_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version BIGINT NOT NULL);
 INSERT INTO control_version (one, version) VALUES (TRUE, 1);
@@ -126,7 +127,17 @@ CREATE TABLE dashboard_sessions (
     expires_at TEXT NOT NULL
 );
 CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
-"#];
+"#,
+    r#"
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    draining BOOLEAN NOT NULL DEFAULT FALSE
+);
+"#,
+];
 
 /// Any number, the same on every node: the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7761_7272_656e; // "warren"
@@ -534,6 +545,72 @@ impl PgControl {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<_, i64>(2)?.max(0) as u64, r.try_get::<_, i64>(3)?.max(0) as u64)))
             .collect()
+    }
+}
+
+/// A node of the cluster as the control plane sees it. Liveness is judged by PostgreSQL's clock
+/// alone, so the nodes' clocks need not agree.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeRow {
+    pub id: String,
+    pub url: String,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: i64,
+    pub live: bool,
+    pub draining: bool,
+    pub started_at: String,
+}
+
+impl PgControl {
+    /// Registers (or re-registers, after a restart) this node, live now.
+    pub async fn register_node(&self, id: &str, url: &str) -> Result<(), Error> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO nodes (id, url, started_at, heartbeat_at, draining) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), FALSE)
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, draining = FALSE",
+                &[&id, &url],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a heartbeat of `id` and answers every registered node; a node is live when its
+    /// last heartbeat is younger than `timeout_ms` by PostgreSQL's clock.
+    pub async fn heartbeat(&self, id: &str, timeout_ms: i64) -> Result<Vec<NodeRow>, Error> {
+        let c = self.client().await?;
+        c.execute("UPDATE nodes SET heartbeat_at = clock_timestamp() WHERE id = $1", &[&id]).await?;
+        let rows = c
+            .query(
+                "SELECT id, url, (EXTRACT(EPOCH FROM (clock_timestamp() - heartbeat_at)) * 1000)::BIGINT, draining,
+                        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM nodes ORDER BY id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let age: i64 = r.try_get(2)?;
+                Ok(NodeRow {
+                    id: r.try_get(0)?,
+                    url: r.try_get(1)?,
+                    heartbeat_age_ms: age,
+                    live: age < timeout_ms,
+                    draining: r.try_get(3)?,
+                    started_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a node as draining (or not): it stays live but is preferred for no tenant.
+    pub async fn set_draining(&self, id: &str, draining: bool) -> Result<bool, Error> {
+        Ok(self.client().await?.execute("UPDATE nodes SET draining = $2 WHERE id = $1", &[&id, &draining]).await? == 1)
+    }
+
+    /// Forgets a node that left for good.
+    pub async fn remove_node(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.client().await?.execute("DELETE FROM nodes WHERE id = $1", &[&id]).await? == 1)
     }
 }
 

@@ -16,10 +16,12 @@
 //! | WooCommerce webhooks (signed deliveries), integration settings | [`webhooks`] | the app state, or an [`Operator`] |
 //! | Stripe webhooks, trials | [`billing`] | the app state |
 //! | backup status and restore | [`restore`] | either, plus an admin proof |
+//! | the cluster's nodes and their tenants | [`cluster`] | an [`Operator`] |
 //! | documents with no server running (`warren import`/`export`) | [`offline`] | an [`Operator`] and an admin proof |
 
 pub mod audit;
 pub mod billing;
+pub mod cluster;
 pub mod context;
 pub mod dashboard;
 pub mod documents;

@@ -90,3 +90,70 @@ async fn nodes_share_a_postgres_control_plane_and_count_usage_exactly() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((calls(&v, "north"), calls(&v, "south")), (Some(n_a), Some(n_b)), "{v}");
 }
+
+async fn cluster_view(client: &Client, node: &ServerProcess) -> Value {
+    client.get(format!("{}/admin/v1/cluster", node.addr)).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls `node`'s cluster view until `ok` holds (heartbeats are real time), at most 15 s.
+async fn cluster_until(client: &Client, node: &ServerProcess, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = cluster_view(client, node).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn live(v: &Value) -> Vec<String> {
+    v["nodes"].as_array().unwrap().iter().filter(|n| n["live"] == true).map(|n| n["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn preferred(v: &Value, id: &str) -> u64 {
+    v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).map_or(0, |n| n["preferred_tenants"].as_u64().unwrap())
+}
+
+/// Nodes named by WARREN_NODE_ID and WARREN_NODE_URL register and heartbeat in PostgreSQL; the
+/// cluster view lists them with the tenants the rendezvous hash gives each, and a node killed with
+/// `kill -9` stops being live (by PostgreSQL's clock) and is given no tenant.
+#[tokio::test]
+async fn nodes_register_heartbeat_and_share_the_tenants() {
+    let pg = Postgres::start().await;
+    let url = pg.database("members").await;
+    let client = Client::new();
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let port = super::helpers::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            ("WARREN_CONTROL_URL", url.clone()),
+            ("WARREN_LISTEN", format!("127.0.0.1:{port}")),
+            ("WARREN_NODE_URL", format!("http://127.0.0.1:{port}")),
+            ("WARREN_NODE_ID", name.to_string()),
+            ("WARREN_CLUSTER__HEARTBEAT_MS", "200".to_string()),
+            ("WARREN_CLUSTER__NODE_TIMEOUT_MS", "1000".to_string()),
+        ];
+        nodes.push(ServerProcess::start(dir.path(), &env).await);
+        dirs.push(dir);
+    }
+    for i in 0..60 {
+        nodes[i % 3].create_tenant(&format!("shop{i:02}"), "free").await;
+    }
+    let v = cluster_until(&client, &nodes[1], "three live nodes", |v| live(v).len() == 3).await;
+    assert_eq!((v["node"].as_str(), v["control_plane"].as_str(), v["tenants"].as_u64()), (Some("n2"), Some("postgres"), Some(60)));
+    let counts: Vec<u64> = ["n1", "n2", "n3"].iter().map(|n| preferred(&v, n)).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 60, "{v}");
+    assert!(counts.iter().all(|&c| c >= 8), "every node is preferred for some tenants: {counts:?}");
+
+    // n3 dies: it stops being live and the others are preferred for all 60.
+    nodes[2].kill9();
+    let v = cluster_until(&client, &nodes[0], "n3 no longer live", |v| live(v) == ["n1", "n2"]).await;
+    assert_eq!(preferred(&v, "n3"), 0);
+    assert_eq!(preferred(&v, "n1") + preferred(&v, "n2"), 60, "{v}");
+    // n1 and n2 keep the tenants they had: only n3's moved.
+    assert!(preferred(&v, "n1") >= counts[0] && preferred(&v, "n2") >= counts[1], "{v}");
+}

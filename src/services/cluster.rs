@@ -1,0 +1,49 @@
+//! The cluster as the operator sees it: the nodes, their liveness, and the tenants each is preferred
+//! for (`GET /admin/v1/cluster`).
+
+use serde::Serialize;
+
+use super::Operator;
+use crate::control::pg::NodeRow;
+use crate::error::Error;
+
+/// One node and the tenants the rendezvous hash gives it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: NodeRow,
+    /// Tenants whose preferred node this is (live, non-draining nodes only).
+    pub preferred_tenants: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// `sqlite` (one node) or `postgres` (shared).
+    pub control_plane: &'static str,
+    /// This node's id; `null` when it is not part of a cluster.
+    pub node: Option<String>,
+    pub nodes: Vec<NodeView>,
+    pub tenants: u64,
+}
+
+impl Operator {
+    /// The nodes of the cluster and their tenant counts.
+    pub async fn cluster(&self) -> Result<ClusterView, Error> {
+        let cluster = self.live.as_ref().and_then(|s| s.cluster.clone());
+        let (tenants, total) = self.control.list_tenants(None, None, u32::MAX).await?;
+        let mut nodes: Vec<NodeView> = match &cluster {
+            Some(c) => c.nodes().iter().map(|n| NodeView { node: n.clone(), preferred_tenants: 0 }).collect(),
+            None => Vec::new(),
+        };
+        if let Some(c) = &cluster {
+            for t in &tenants {
+                if let Some(p) = c.preferred(&t.id) {
+                    if let Some(v) = nodes.iter_mut().find(|v| v.node.id == p.id) {
+                        v.preferred_tenants += 1;
+                    }
+                }
+            }
+        }
+        Ok(ClusterView { control_plane: self.control.kind(), node: cluster.map(|c| c.id().to_string()), nodes, tenants: total.max(0) as u64 })
+    }
+}
