@@ -281,7 +281,7 @@ async fn restore(
     let dir = crate::tenant::tenant_dir(data, &t.id);
     let staged = dir.join("tenant.db.restoring");
     let rep = restore::restore_to(&replica, target, &staged).await?;
-    crate::services::restore::install_restored(&dir, &staged, &t.id)?;
+    crate::tenant::install_restored(&dir, &staged, &t.id)?;
     // The next server start ships this state as a full image at the next TXID.
     std::fs::create_dir_all(data.join(crate::backup::PENDING_DIR))?;
     std::fs::File::create(data.join(crate::backup::PENDING_DIR).join(&t.id))?;

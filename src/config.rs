@@ -104,11 +104,27 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// A node whose last heartbeat is older than this is not live.
     pub node_timeout_ms: u64,
+    /// A tenant's lease lasts this long unless renewed (every heartbeat): after a node dies, its
+    /// tenants wait at most this long before another node takes them over.
+    pub lease_ms: u64,
+    /// How long a request forwarded to the tenant's owner may take before 503 `owner_unavailable`.
+    pub forward_timeout_ms: u64,
+    /// Tenants handed over per heartbeat to the node the rendezvous hash now prefers (after a node
+    /// joins, or while this one drains); 0 keeps every tenant where it is.
+    pub rebalance_per_beat: usize,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { node_url: None, node_id: None, heartbeat_ms: 1000, node_timeout_ms: 5000 }
+        ClusterConfig {
+            node_url: None,
+            node_id: None,
+            heartbeat_ms: 1000,
+            node_timeout_ms: 5000,
+            lease_ms: 5000,
+            forward_timeout_ms: 10_000,
+            rebalance_per_beat: 8,
+        }
     }
 }
 
@@ -571,6 +587,16 @@ impl Config {
             );
         }
         anyhow::ensure!(self.cluster.heartbeat_ms >= 50, "cluster.heartbeat_ms must be at least 50");
+        if self.cluster.node_url.is_some() {
+            anyhow::ensure!(
+                self.backup_url.is_some(),
+                "a cluster node (cluster.node_url) needs backups (backup_url): tenants move between nodes through their replicas"
+            );
+        }
+        anyhow::ensure!(
+            self.cluster.lease_ms >= 3 * self.cluster.heartbeat_ms,
+            "cluster.lease_ms must be at least three heartbeats (cluster.heartbeat_ms), so a live node always renews in time"
+        );
         anyhow::ensure!(
             self.cluster.node_timeout_ms >= 2 * self.cluster.heartbeat_ms,
             "cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms"

@@ -96,6 +96,8 @@ codes! {
     TenantRestoring = ("tenant_restoring", 503, "The tenant is being restored or closed; retry after Retry-After."),
     TenantDamaged = ("tenant_damaged", 503, "The tenant's database file is missing, is not a valid SQLite database, or failed `quick_check` (the tenant is then quarantined); nothing was changed, other tenants are unaffected, and the operator restores it from its backup (README: Backups)."),
     Overloaded = ("overloaded", 503, "The server is at a configured capacity limit; retry after Retry-After."),
+    OwnerUnavailable = ("owner_unavailable", 503, "Cluster: the node that owns this tenant did not answer, or the tenant is moving between nodes; retry after Retry-After."),
+    OwnerChanged = ("owner_changed", 503, "Cluster: this node lost the tenant to another node while the request ran, so the write is not acknowledged (it may not be kept); retry."),
     EmbeddingsUnavailable = ("embeddings_unavailable", 503, "The embedding model is not loaded on this server; keyword search still works."),
     OriginNotAllowed = ("origin_not_allowed", 403, "MCP: the Host is not served here or the browser Origin is not allowed (DNS rebinding guard)."),
     SessionNotFound = ("session_not_found", 404, "MCP: the session is unknown, closed or past its time limit; initialise a new one."),

@@ -83,7 +83,6 @@ impl App {
             }
         }
         let admin_token_hash = admin_token_hash(&control, &config).await?;
-        let cluster = cluster::Cluster::join(&config.cluster, &control).await?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let bound = listener.local_addr()?;
         let port = bound.port();
@@ -99,6 +98,7 @@ impl App {
             },
             backup.clone(),
         );
+        let cluster = cluster::Cluster::join(&config.cluster, &control, &registry, backup.as_ref()).await?;
         let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
             model_dir: config.model_dir.clone(),
             queue_capacity: config.embed.queue_capacity,
@@ -280,6 +280,7 @@ fn spawn_background(state: &AppState, shutdown: CancellationToken) -> Cancellati
                         if let Err(e) = c.beat().await {
                             tracing::warn!(error = %e, "cluster heartbeat failed");
                         }
+                        c.maintain().await;
                     }
                 }
             }

@@ -9,6 +9,7 @@ pub mod mcp;
 pub mod middleware;
 pub mod openapi;
 pub mod recs;
+pub mod route;
 pub mod schemas;
 pub mod tenant;
 pub mod webhooks;
@@ -75,7 +76,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { error::method_not_allowed() })
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), route::route));
     middleware::apply(router, state)
 }
 

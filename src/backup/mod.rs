@@ -226,6 +226,9 @@ pub struct Lagging {
 }
 
 /// Where a tenant's object-store PUTs are reported: `(tenant id, bytes put)`, one call per object.
+/// Whether this node may write a tenant's replica (see [`BackupService::set_fence`]).
+pub type Fence = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub type PutSink = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 /// The backup service: one per process.
@@ -247,6 +250,8 @@ pub struct BackupService {
     held: Mutex<Vec<Arc<dyn Source>>>,
     /// Where each tenant's PUTs and their bytes are reported (set once by the server).
     costs: std::sync::OnceLock<PutSink>,
+    /// In a cluster: whether this node may still write a tenant's replica (it holds the lease).
+    pub(crate) fence: std::sync::OnceLock<Fence>,
     /// The object list of each replica whose database closed in this process, with the TXID it
     /// ended at: a reopen whose position still says that TXID needs no LIST (bounded by
     /// `backup.listing_cache_entries`). A list is not kept when a level-0 PUT may have landed without
@@ -277,12 +282,18 @@ impl BackupService {
             wake: tokio::sync::Notify::new(),
             held: Mutex::new(Vec::new()),
             costs: std::sync::OnceLock::new(),
+            fence: std::sync::OnceLock::new(),
         }))
     }
 
     /// Reports every object put into a tenant's replica (1 PUT, its bytes). Set once.
     pub fn set_cost_sink(&self, sink: PutSink) {
         let _ = self.costs.set(sink);
+    }
+
+    /// In a cluster: a tenant's objects are put only while `fence` says this node holds its lease.
+    pub fn set_fence(&self, fence: Fence) {
+        let _ = self.fence.set(fence);
     }
 
     pub fn root(&self) -> &ReplicaRoot {

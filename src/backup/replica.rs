@@ -500,6 +500,11 @@ impl DbReplica {
     /// tenant's object-store cost (the control plane's replica is nobody's).
     async fn put(&self, level: u8, min: u64, max: u64, data: Bytes, created_ms: i64) -> anyhow::Result<()> {
         let n = data.len() as u64;
+        if let (Some(id), Some(svc)) = (self.key.tenant_id(), self.svc.upgrade()) {
+            if let Some(fence) = svc.fence.get() {
+                anyhow::ensure!(fence(id), "this node no longer holds the lease of tenant {id}: its replica is not written from here");
+            }
+        }
         self.replica.put(level, min, max, data, created_ms).await?;
         if let (Some(id), Some(svc)) = (self.key.tenant_id(), self.svc.upgrade()) {
             if let Some(sink) = svc.costs.get() {

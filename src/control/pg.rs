@@ -137,6 +137,15 @@ CREATE TABLE nodes (
     draining BOOLEAN NOT NULL DEFAULT FALSE
 );
 "#,
+    r#"
+CREATE TABLE leases (
+    tenant_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX leases_node ON leases(node_id);
+"#,
 ];
 
 /// Any number, the same on every node: the advisory lock that serialises migrations.
@@ -561,6 +570,26 @@ pub struct NodeRow {
     pub started_at: String,
 }
 
+/// A tenant's lease as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRow {
+    pub node: String,
+    /// The holder's URL (empty if the node is not registered).
+    pub url: String,
+    pub epoch: i64,
+    /// Not expired by PostgreSQL's clock.
+    pub valid: bool,
+}
+
+/// What [`PgControl::acquire_lease`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acquired {
+    /// The lease is this node's now; `previous` held it before (None: nobody ever did).
+    Got { epoch: i64, previous: Option<String> },
+    /// Another node holds it, valid.
+    HeldBy(LeaseRow),
+}
+
 impl PgControl {
     /// Registers (or re-registers, after a restart) this node, live now.
     pub async fn register_node(&self, id: &str, url: &str) -> Result<(), Error> {
@@ -606,6 +635,79 @@ impl PgControl {
     /// Marks a node as draining (or not): it stays live but is preferred for no tenant.
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<bool, Error> {
         Ok(self.client().await?.execute("UPDATE nodes SET draining = $2 WHERE id = $1", &[&id, &draining]).await? == 1)
+    }
+
+    /// Takes (or renews) the lease of `tenant` for `node` for `lease_ms`, by PostgreSQL's clock, when
+    /// it is free, expired or already `node`'s. The epoch (the fencing token) goes up whenever the
+    /// lease changes hands. Answers the lease as it stands afterwards.
+    pub async fn acquire_lease(&self, tenant: &str, node: &str, lease_ms: i64) -> Result<Acquired, Error> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "WITH prev AS (SELECT node_id FROM leases WHERE tenant_id = $1)
+                 INSERT INTO leases (tenant_id, node_id, epoch, expires_at)
+                 VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond')
+                 ON CONFLICT (tenant_id) DO UPDATE SET
+                     epoch = CASE WHEN leases.node_id = excluded.node_id THEN leases.epoch ELSE leases.epoch + 1 END,
+                     node_id = excluded.node_id,
+                     expires_at = excluded.expires_at
+                 WHERE leases.node_id = excluded.node_id OR leases.expires_at <= clock_timestamp()
+                 RETURNING epoch, (SELECT node_id FROM prev)",
+                &[&tenant, &node, &(lease_ms as f64)],
+            )
+            .await?;
+        if let Some(r) = row {
+            return Ok(Acquired::Got { epoch: r.try_get(0)?, previous: r.try_get(1)? });
+        }
+        match self.lease_of(tenant).await? {
+            Some(l) => Ok(Acquired::HeldBy(l)),
+            None => Err(Error::unavailable(Code::OwnerUnavailable, "the tenant is moving between nodes; retry shortly", 1)),
+        }
+    }
+
+    /// The lease of `tenant`, with its holder's URL and whether it is still valid.
+    pub async fn lease_of(&self, tenant: &str) -> Result<Option<LeaseRow>, Error> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT l.node_id, COALESCE(n.url, ''), l.epoch, l.expires_at > clock_timestamp() FROM leases l
+                 LEFT JOIN nodes n ON n.id = l.node_id WHERE l.tenant_id = $1",
+                &[&tenant],
+            )
+            .await?;
+        row.map(|r| Ok(LeaseRow { node: r.try_get(0)?, url: r.try_get(1)?, epoch: r.try_get(2)?, valid: r.try_get(3)? })).transpose()
+    }
+
+    /// Renews the still-valid leases of `node` among `tenants`; answers those renewed, with epochs.
+    pub async fn renew_leases(&self, node: &str, tenants: &[String], lease_ms: i64) -> Result<Vec<(String, i64)>, Error> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "UPDATE leases SET expires_at = clock_timestamp() + $3 * interval '1 millisecond'
+                 WHERE node_id = $1 AND tenant_id = ANY($2) AND expires_at > clock_timestamp() RETURNING tenant_id, epoch",
+                &[&node, &tenants, &(lease_ms as f64)],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Gives up a lease at once (the holder shipped and closed the tenant): another node may take it.
+    pub async fn release_lease(&self, tenant: &str, node: &str, epoch: i64) -> Result<bool, Error> {
+        let n = self
+            .client()
+            .await?
+            .execute("UPDATE leases SET expires_at = '-infinity' WHERE tenant_id = $1 AND node_id = $2 AND epoch = $3", &[&tenant, &node, &epoch])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Valid leases per node.
+    pub async fn lease_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+        let rows =
+            self.client().await?.query("SELECT node_id, count(*) FROM leases WHERE expires_at > clock_timestamp() GROUP BY node_id", &[]).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     /// Forgets a node that left for good.
@@ -1003,7 +1105,7 @@ impl ControlStore for PgControl {
             Box::pin(async move {
                 let row = tx.query_opt(&format!("SELECT {} FROM tenants WHERE id = $1 FOR UPDATE", tenants::COLS), &[&id]).await?;
                 let Some(t) = row.as_ref().map(tenant_from).transpose()? else { return Ok(false) };
-                if !crate::plans::trial_expired(&t, now) {
+                if !tenants::trial_expired(&t, now) {
                     return Ok(false);
                 }
                 tx.execute("UPDATE tenants SET tier = 'free', status = 'active', updated_at = $2 WHERE id = $1", &[&id, &ts(now)]).await?;

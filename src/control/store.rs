@@ -569,7 +569,7 @@ impl ControlStore for SqliteControl {
         Box::pin(self.write(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let Some(t) = tenants::get_by_id(&tx, &id)? else { return Ok(false) };
-            if !crate::plans::trial_expired(&t, now) {
+            if !tenants::trial_expired(&t, now) {
                 return Ok(false);
             }
             tx.execute("UPDATE tenants SET tier = 'free', status = 'active', updated_at = ?2 WHERE id = ?1", rusqlite::params![id, super::ts(now)])?;

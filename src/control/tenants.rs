@@ -126,6 +126,11 @@ pub fn validate_domain(d: &str) -> Result<String, Error> {
     Ok(d)
 }
 
+/// Whether `t` is a trial whose end has come at `now`.
+pub fn trial_expired(t: &Tenant, now: DateTime<Utc>) -> bool {
+    t.status == Status::Trial && t.trial_ends_at.is_some_and(|e| e <= now)
+}
+
 /// A fresh tenant id: a lowercase ULID (names the tenant's directory).
 pub fn new_id() -> String {
     ulid::Ulid::new().to_string().to_ascii_lowercase()

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use chrono::{DateTime, Utc};
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use parking_lot::Mutex;
@@ -456,9 +455,7 @@ impl PlanStore {
     }
 }
 
-pub fn trial_expired(t: &Tenant, now: DateTime<Utc>) -> bool {
-    t.status == crate::control::Status::Trial && t.trial_ends_at.is_some_and(|e| e <= now)
-}
+pub use crate::control::tenants::trial_expired;
 
 fn parse_overrides(rows: Vec<(String, String)>) -> HashMap<String, Arc<Overrides>> {
     let mut out = HashMap::new();

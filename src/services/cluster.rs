@@ -14,6 +14,8 @@ pub struct NodeView {
     pub node: NodeRow,
     /// Tenants whose preferred node this is (live, non-draining nodes only).
     pub preferred_tenants: u64,
+    /// Tenants whose valid lease this node holds: those it serves.
+    pub owned_tenants: u64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -32,7 +34,13 @@ impl Operator {
         let cluster = self.live.as_ref().and_then(|s| s.cluster.clone());
         let (tenants, total) = self.control.list_tenants(None, None, u32::MAX).await?;
         let mut nodes: Vec<NodeView> = match &cluster {
-            Some(c) => c.nodes().iter().map(|n| NodeView { node: n.clone(), preferred_tenants: 0 }).collect(),
+            Some(c) => {
+                let owned = c.lease_counts().await?;
+                c.nodes()
+                    .iter()
+                    .map(|n| NodeView { node: n.clone(), preferred_tenants: 0, owned_tenants: owned.get(&n.id).copied().unwrap_or(0) })
+                    .collect()
+            }
             None => Vec::new(),
         };
         if let Some(c) = &cluster {

@@ -1,8 +1,6 @@
 //! Backups from the tenant's side: replication status and point-in-time restore in place, for the
 //! operator (admin API, CLI) and for a tenant's own admin-scoped key on plans with `pitr_restore`.
 
-use std::path::Path;
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -109,7 +107,7 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
         let outcome = match crate::backup::restore::restore_to(&replica, target, &staged).await {
             Ok(report) => {
                 let (dir2, id) = (dir.clone(), tenant.id.clone());
-                match tokio::task::spawn_blocking(move || install_restored(&dir2, &staged, &id)).await {
+                match tokio::task::spawn_blocking(move || crate::tenant::install_restored(&dir2, &staged, &id)).await {
                     Ok(Ok(())) => Ok(report),
                     Ok(Err(e)) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
                     Err(e) => Err(Error::internal(anyhow::anyhow!("installing the restored file: {e}"))),
@@ -169,41 +167,4 @@ impl Drop for Unblock {
     fn drop(&mut self) {
         self.0.unblock(&self.1);
     }
-}
-
-/// Puts a restored database (`staged`, in the tenant's directory) in place of the tenant's file: checks
-/// that it belongs to the tenant, drops the old WAL and shared memory, renames it atomically, forgets the
-/// shipped position (the next TXID is a full image) and removes the derived index (rebuilt on open).
-/// The tenant must be closed (blocked, or no server running).
-pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::Result<()> {
-    let db = dir.join(crate::tenant::DB_FILE);
-    {
-        let c = rusqlite::Connection::open(staged)?;
-        let owner: Option<String> =
-            rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
-        anyhow::ensure!(owner.as_deref() == Some(tenant_id), "the replica belongs to tenant {owner:?}, not {tenant_id}");
-    }
-    // A kill -9 anywhere below leaves the old state or the restored one, never a mix: the old WAL is
-    // folded into the old file before it is removed (so removing it loses nothing), and the shipped
-    // position is forgotten before the swap (a full image of either state is always right).
-    if db.exists() {
-        let folded = rusqlite::Connection::open(&db)
-            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)))
-            .map_err(anyhow::Error::from)
-            .and_then(|busy| if busy == 0 { Ok(()) } else { Err(anyhow::anyhow!("the checkpoint was blocked")) });
-        if let Err(e) = folded {
-            // A damaged file may not checkpoint; it is being replaced, so go on.
-            tracing::warn!(tenant = %tenant_id, error = %format!("{e:#}"), "could not fold the old WAL before the restore swap");
-        }
-    }
-    for ext in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
-        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-    }
-    crate::backup::reset_position(&db);
-    crate::faults::point("restore.swap");
-    std::fs::rename(staged, &db)?;
-    let _ = std::fs::remove_file(dir.join(crate::tenant::QUARANTINE_FILE));
-    let _ = std::fs::remove_dir_all(dir.join("index"));
-    Ok(())
 }

@@ -83,6 +83,11 @@ impl Operator {
         let new = into_new(req, now)?;
         let id = tenants::new_id();
         let dir = tenant_dir(&self.config.data_dir, &id);
+        let cluster = self.live.as_ref().and_then(|s| s.cluster.clone());
+        if let Some(c) = &cluster {
+            // In a cluster the creating node owns the new tenant from its first moment.
+            c.adopt_new(&id).await?;
+        }
         // Storage first, outside the control-plane write lock; the row that makes the tenant reachable
         // comes last, so no request can see a tenant without storage.
         let d = dir.clone();
@@ -107,6 +112,9 @@ impl Operator {
                 return Err(e);
             }
         };
+        if let Some(c) = &cluster {
+            c.record_epoch(&tenant.id);
+        }
         if let Some(b) = self.live.as_ref().and_then(|s| s.backup.as_ref()) {
             // Every tenant has a replica from its first moment: the service opens it and ships a snapshot.
             b.catch_up_tenant(&tenant.id);

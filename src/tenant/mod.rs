@@ -63,7 +63,13 @@ struct Inner {
     r2d2_threads: Arc<scheduled_thread_pool::ScheduledThreadPool>,
     closers: TaskTracker,
     backup: Option<Arc<crate::backup::BackupService>>,
+    /// In a cluster: whether this node holds a tenant's lease. Storage of tenants it does not hold
+    /// cannot be opened here.
+    owner: std::sync::OnceLock<OwnerCheck>,
 }
+
+/// Whether this node may open a tenant's storage (see [`TenantRegistry::set_owner_check`]).
+pub type OwnerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The directory of a tenant: derived from its id alone, never from user input.
 pub fn tenant_dir(data_dir: &Path, tenant_id: &str) -> PathBuf {
@@ -123,9 +129,15 @@ impl TenantRegistry {
                 r2d2_threads: Arc::new(scheduled_thread_pool::ScheduledThreadPool::builder().num_threads(2).thread_name_pattern("r2d2-{}").build()),
                 closers: TaskTracker::new(),
                 backup,
+                owner: std::sync::OnceLock::new(),
             }
         });
         TenantRegistry { inner }
+    }
+
+    /// In a cluster: only tenants for which `check` holds can be opened (set once, at start).
+    pub fn set_owner_check(&self, check: OwnerCheck) {
+        let _ = self.inner.owner.set(check);
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -135,6 +147,11 @@ impl TenantRegistry {
     /// Leases the open handle of `tenant_id`, opening it (once, for all concurrent callers) if needed.
     /// Private: the only door is [`TenantCap::lease`], and a capability needs a proof.
     async fn acquire(&self, tenant_id: &str) -> Result<Lease, Error> {
+        if let Some(owns) = self.inner.owner.get() {
+            if !owns(tenant_id) {
+                return Err(Error::unavailable(Code::OwnerUnavailable, "this tenant is served by another node of the cluster; retry shortly", 1));
+            }
+        }
         let deadline = Instant::now() + self.inner.cfg.open_timeout;
         loop {
             self.check_blocked(tenant_id)?;
@@ -365,6 +382,43 @@ impl Inner {
             rt,
         );
     }
+}
+
+/// Puts a restored database (`staged`, in the tenant's directory) in place of the tenant's file: checks
+/// that it belongs to the tenant, drops the old WAL and shared memory, renames it atomically, forgets the
+/// shipped position (the next TXID is a full image) and removes the derived index (rebuilt on open).
+/// The tenant must be closed (blocked, or no server running).
+pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::Result<()> {
+    let db = dir.join(DB_FILE);
+    {
+        let c = rusqlite::Connection::open(staged)?;
+        let owner: Option<String> =
+            rusqlite::OptionalExtension::optional(c.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+        anyhow::ensure!(owner.as_deref() == Some(tenant_id), "the replica belongs to tenant {owner:?}, not {tenant_id}");
+    }
+    // A kill -9 anywhere below leaves the old state or the restored one, never a mix: the old WAL is
+    // folded into the old file before it is removed (so removing it loses nothing), and the shipped
+    // position is forgotten before the swap (a full image of either state is always right).
+    if db.exists() {
+        let folded = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)))
+            .map_err(anyhow::Error::from)
+            .and_then(|busy| if busy == 0 { Ok(()) } else { Err(anyhow::anyhow!("the checkpoint was blocked")) });
+        if let Err(e) = folded {
+            // A damaged file may not checkpoint; it is being replaced, so go on.
+            tracing::warn!(tenant = %tenant_id, error = %format!("{e:#}"), "could not fold the old WAL before the restore swap");
+        }
+    }
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", staged.display()));
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    crate::backup::reset_position(&db);
+    crate::faults::point("restore.swap");
+    std::fs::rename(staged, &db)?;
+    let _ = std::fs::remove_file(dir.join(QUARANTINE_FILE));
+    let _ = std::fs::remove_dir_all(dir.join("index"));
+    Ok(())
 }
 
 #[cfg(test)]
