@@ -28,7 +28,7 @@ async fn tenant_of(state: &AppState, path: &str, headers: &HeaderMap, host: Opti
     crate::auth::verify_admin(headers, &state.admin_token_hash).ok()?;
     match state.auth.tenant_by_slug(slug).await {
         Ok(Some(t)) => Some(t.id.clone()),
-        _ => state.control.tenant_by_id(slug).await.ok().flatten().map(|t| t.id),
+        _ => state.auth.tenant_by_id(slug).await.ok().flatten().map(|t| t.id.clone()),
     }
 }
 

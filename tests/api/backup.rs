@@ -361,6 +361,7 @@ async fn file_replica_point_in_time_restore_corruption_and_disaster_recovery() {
 /// for 30 s during writes: requests keep succeeding, the lag grows and recovers, the chain restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_and_storage_outage_keep_the_chain_restorable() {
+    let _heavy = crate::helpers::HEAVY.lock().await;
     let moto = Moto::start().await;
     let url = moto.url("faults");
     let dir = tempfile::tempdir().unwrap();

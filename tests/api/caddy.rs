@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-struct Caddy(Child);
+pub(crate) struct Caddy(Child);
 
 impl Drop for Caddy {
     fn drop(&mut self) {
@@ -20,7 +20,7 @@ impl Drop for Caddy {
 }
 
 /// `curl` over HTTPS to Caddy, resolving `host` to loopback. Returns (status, body) or None if TLS failed.
-fn curl(host: &str, port: u16, path: &str, key: &str) -> Option<(u16, Value)> {
+pub(crate) fn curl(host: &str, port: u16, path: &str, key: &str) -> Option<(u16, Value)> {
     let out = Command::new("curl")
         .args(["-sk", "--max-time", "20", "-w", "\n%{http_code}", "--resolve", &format!("{host}:{port}:127.0.0.1")])
         .arg(format!("https://{host}:{port}{path}"))
@@ -35,38 +35,43 @@ fn curl(host: &str, port: u16, path: &str, key: &str) -> Option<(u16, Value)> {
     Some((code.trim().parse().expect("status"), serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
+/// Runs the real Caddy with the repository's `caddyfile` (a path under the repository) and `envs`,
+/// its state in `home`; answers it and its HTTPS port once it listens.
+pub(crate) async fn start(caddyfile: &str, envs: &[(&str, String)], home: &std::path::Path) -> (Caddy, u16) {
+    let (http_port, https_port) = (free_port(), free_port());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(caddyfile);
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("CADDY_HTTP_PORT", http_port.to_string())
+        .env("CADDY_HTTPS_PORT", https_port.to_string())
+        .env("CADDY_ADMIN", "off")
+        .env("XDG_DATA_HOME", home)
+        .env("XDG_CONFIG_HOME", home)
+        .env("HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let caddy = Caddy(cmd.spawn().expect("caddy must be installed (scripts/test.sh installs it)"));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", https_port)).is_ok() {
+            return (caddy, https_port);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("caddy did not listen on {https_port}");
+}
+
 #[tokio::test]
 async fn caddy_routes_subdomains_to_tenants() {
     let app = spawn_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     let acme = app.create_tenant("acme", "free").await;
     let globex = app.create_tenant("globex", "free").await;
-    let (http_port, https_port) = (free_port(), free_port());
     let home = tempfile::tempdir().unwrap();
-    let caddyfile = concat!(env!("CARGO_MANIFEST_DIR"), "/Caddyfile");
-    let child = Command::new("caddy")
-        .args(["run", "--adapter", "caddyfile", "--config", caddyfile])
-        .env("WARREN_BASE_DOMAIN", "localhost")
-        .env("WARREN_UPSTREAM", format!("127.0.0.1:{}", app.port))
-        .env("CADDY_HTTP_PORT", http_port.to_string())
-        .env("CADDY_HTTPS_PORT", https_port.to_string())
-        .env("CADDY_ADMIN", "off")
-        .env("XDG_DATA_HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path())
-        .env("HOME", home.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("caddy must be installed (scripts/test.sh installs it)");
-    let _caddy = Caddy(child);
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", https_port)).is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "caddy did not listen on {https_port}");
+    let (_caddy, https_port) =
+        start("Caddyfile", &[("WARREN_BASE_DOMAIN", "localhost".into()), ("WARREN_UPSTREAM", format!("127.0.0.1:{}", app.port))], home.path()).await;
 
     let (acme_key, globex_key) = (acme.key.clone(), globex.key.clone());
     let results = tokio::task::spawn_blocking(move || {

@@ -22,6 +22,7 @@ async fn slugs(client: &Client, node: &ServerProcess) -> Vec<String> {
 
 #[tokio::test]
 async fn nodes_share_a_postgres_control_plane_and_count_usage_exactly() {
+    let _heavy = super::helpers::HEAVY.lock().await;
     let pg = Postgres::start().await;
     let url = pg.database("cluster").await;
     let env = [("WARREN_CONTROL_URL", url.clone()), ("WARREN_USAGE_FLUSH_INTERVAL_MS", "100".to_string())];
@@ -121,6 +122,7 @@ fn preferred(v: &Value, id: &str) -> u64 {
 /// `kill -9` stops being live (by PostgreSQL's clock) and is given no tenant.
 #[tokio::test]
 async fn nodes_register_heartbeat_and_share_the_tenants() {
+    let _heavy = super::helpers::HEAVY.lock().await;
     let pg = Postgres::start().await;
     let url = pg.database("members").await;
     let moto = super::backup::Moto::start().await;
@@ -179,6 +181,7 @@ async fn start_node(name: &str, pg_url: &str, backup_url: &str) -> Node {
         ("WARREN_CLUSTER__NODE_TIMEOUT_MS", "1000".to_string()),
         ("WARREN_CLUSTER__LEASE_MS", "1500".to_string()),
         ("WARREN_CLUSTER__REBALANCE_PER_BEAT", "4".to_string()),
+        ("WARREN_TRUSTED_PROXIES", "127.0.0.1/32".to_string()),
     ]
     .into_iter()
     .chain(super::backup::backup_envs(backup_url))
@@ -236,6 +239,7 @@ async fn paths_of(client: &Client, addr: &str, key: &str) -> (Vec<String>, Strin
 /// fourth node takes over about a quarter of the tenants.
 #[tokio::test]
 async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
+    let _heavy = super::helpers::HEAVY.lock().await;
     let pg = Postgres::start().await;
     let url = pg.database("failover").await;
     let moto = super::backup::Moto::start().await;
@@ -375,4 +379,52 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
     let share = preferred(&v, "n4") as f64 / all.len() as f64;
     eprintln!("n4 is preferred for {share:.3} of the tenants");
     assert!((share - 0.25).abs() <= 0.1, "share {share}: {v}");
+}
+
+/// The real Caddy with deploy/cluster/Caddyfile in front of three nodes: every tenant's subdomain
+/// answers through it, and answers again soon after the node it was pinned to is killed.
+#[tokio::test]
+async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
+    let _heavy = super::helpers::HEAVY.lock().await;
+    let pg = Postgres::start().await;
+    let url = pg.database("behind_caddy").await;
+    let moto = super::backup::Moto::start().await;
+    let backup_url = moto.url("caddy");
+    let mut nodes = Vec::new();
+    for name in ["c1", "c2", "c3"] {
+        nodes.push(start_node(name, &url, &backup_url).await);
+    }
+    let first = nodes[0].proc.as_ref().unwrap();
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        keys.push((format!("shop{i}"), first.create_tenant_key(&format!("shop{i}"), "pro").await.1));
+    }
+    let upstreams: Vec<String> = nodes.iter().map(|n| n.addr().trim_start_matches("http://").to_string()).collect();
+    let home = tempfile::tempdir().unwrap();
+    let envs = [("WARREN_BASE_DOMAIN", "localhost".to_string()), ("WARREN_NODES", upstreams.join(" ")), ("WARREN_ASK", upstreams[0].clone())];
+    let (_caddy, port) = super::caddy::start("deploy/cluster/Caddyfile", &envs, home.path()).await;
+    let through_caddy = |keys: Vec<(String, String)>| async move {
+        tokio::task::spawn_blocking(move || {
+            for (slug, key) in &keys {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    match super::caddy::curl(&format!("{slug}.localhost"), port, "/api/v1/tenant", key) {
+                        Some((200, v)) => {
+                            assert_eq!(v["slug"].as_str(), Some(slug.as_str()));
+                            break;
+                        }
+                        other => assert!(Instant::now() < deadline, "{slug} through Caddy: {other:?}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })
+        .await
+        .unwrap()
+    };
+    through_caddy(keys.clone()).await;
+    // A node dies: Caddy's health checks and retries send its tenants elsewhere, and the cluster
+    // takes them over.
+    nodes[1].proc.as_mut().unwrap().kill9();
+    through_caddy(keys).await;
 }

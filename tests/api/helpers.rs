@@ -11,6 +11,10 @@ use warren::config::Config;
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
+/// Taken by the tests that start several servers and peers at once (the cluster tests, the crash
+/// test), so that no two of them load the machine together.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct TestApp {
     pub addr: String,
     pub port: u16,
