@@ -41,6 +41,9 @@ pub enum Command {
     /// Usage and billing exports.
     #[command(subcommand)]
     Usage(UsageCmd),
+    /// The nodes of a cluster (a PostgreSQL control plane, `control.url`).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Restore from the backups at `backup_url`: one tenant (in place, or to a file with --to), or the
     /// whole node (--all, into an empty data dir). In-place restores are refused while a server runs
     /// on the data dir: use `POST /admin/v1/tenants/{slug}/restore` then.
@@ -91,6 +94,18 @@ pub enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Every registered node: liveness (by PostgreSQL's clock), draining, tenants held.
+    List,
+    /// Moves a node's tenants away gracefully: it is preferred for no tenant any more, so it ships,
+    /// closes and releases its tenants (`cluster.rebalance_per_beat` per heartbeat) and their new
+    /// owners restore them on their next request. The node keeps running (stop it once it holds none).
+    Drain { node_id: String },
+    /// Makes a drained node eligible for tenants again.
+    Undrain { node_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -425,6 +440,11 @@ async fn run_async(cmd: Command, config: &Config) -> anyhow::Result<()> {
         Command::Key(KeyCmd::Revoke { slug, key_id }) => {
             let key = ops.revoke_key(&slug, &key_id).await.map_err(err)?;
             print(json!({"key": key}));
+        }
+        Command::Node(NodeCmd::List) => print(json!({"nodes": ops.nodes().await.map_err(err)?})),
+        Command::Node(NodeCmd::Drain { node_id }) => print(json!({"node": node_id, "draining": ops.drain_node(&node_id, true).await.map_err(err)?})),
+        Command::Node(NodeCmd::Undrain { node_id }) => {
+            print(json!({"node": node_id, "draining": !ops.drain_node(&node_id, false).await.map_err(err)?}))
         }
         Command::Usage(UsageCmd::Export { period, format }) => {
             anyhow::ensure!(crate::clock::parse_period(&period).is_some(), "--period must be YYYY-MM");

@@ -460,39 +460,21 @@ async fn stripe_apply<C: GenericClient>(c: &C, ev: &StripeEvent, at: DateTime<Ut
     }
     let Some(t) = stripe_tenant(c, ev).await? else { return Ok(("no_tenant".into(), None)) };
     let now = ts(at);
-    if let Some(customer) = ev.customer.as_deref() {
-        if t.stripe_customer_id.as_deref() != Some(customer) {
-            c.execute("UPDATE tenants SET stripe_customer_id = $2, updated_at = $3 WHERE id = $1", &[&t.id, &customer, &now]).await?;
-        }
+    let p = super::store::stripe_plan(&t, ev);
+    if let Some(customer) = &p.customer {
+        c.execute("UPDATE tenants SET stripe_customer_id = $2, updated_at = $3 WHERE id = $1", &[&t.id, customer, &now]).await?;
     }
-    let (outcome, detail) = match &ev.effect {
-        StripeEffect::Ignore => return Ok(("ignored".into(), None)),
-        StripeEffect::PaymentFailed { suspend: true } => {
-            c.execute("UPDATE tenants SET status = 'suspended', updated_at = $2 WHERE id = $1", &[&t.id, &now]).await?;
-            ("suspended".to_string(), serde_json::json!({"suspended": true}))
-        }
-        StripeEffect::PaymentFailed { suspend: false } => ("payment_failed".to_string(), serde_json::json!({"suspended": false})),
-        StripeEffect::SetTier { tier, subscription_status } => {
-            c.execute("UPDATE tenants SET tier = $2, updated_at = $3 WHERE id = $1", &[&t.id, &tier.as_str(), &now]).await?;
-            let converted = t.status == Status::Trial && subscription_status == "active";
-            if converted {
-                c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = $1", &[&t.id]).await?;
-            }
-            let mut detail = serde_json::json!({"from_tier": t.tier, "to_tier": tier});
-            if converted {
-                detail["converted_from_trial"] = Value::from(true);
-            }
-            if !subscription_status.is_empty() || ev.kind != "customer.subscription.deleted" {
-                detail["subscription_status"] = Value::from(subscription_status.clone());
-            }
-            (format!("tier:{tier}"), detail)
-        }
-        StripeEffect::UnknownPrice { subscription_status } => {
-            ("unknown_price".to_string(), serde_json::json!({"subscription_status": subscription_status}))
-        }
-    };
-    audit_in(c, at, "stripe", Some(&t.id), &format!("stripe.{}", ev.kind), &detail).await?;
-    Ok((outcome, Some(t.id)))
+    if p.suspend {
+        c.execute("UPDATE tenants SET status = 'suspended', updated_at = $2 WHERE id = $1", &[&t.id, &now]).await?;
+    }
+    if let Some(tier) = p.tier {
+        c.execute("UPDATE tenants SET tier = $2, updated_at = $3 WHERE id = $1", &[&t.id, &tier.as_str(), &now]).await?;
+    }
+    if p.convert {
+        c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = $1", &[&t.id]).await?;
+    }
+    audit_in(c, at, "stripe", Some(&t.id), &format!("stripe.{}", ev.kind), &p.detail).await?;
+    Ok((p.outcome, Some(t.id)))
 }
 
 impl PgControl {
@@ -607,9 +589,15 @@ impl PgControl {
     /// Records a heartbeat of `id` and answers every registered node; a node is live when its
     /// last heartbeat is younger than `timeout_ms` by PostgreSQL's clock.
     pub async fn heartbeat(&self, id: &str, timeout_ms: i64) -> Result<Vec<NodeRow>, Error> {
-        let c = self.client().await?;
-        c.execute("UPDATE nodes SET heartbeat_at = clock_timestamp() WHERE id = $1", &[&id]).await?;
-        let rows = c
+        self.client().await?.execute("UPDATE nodes SET heartbeat_at = clock_timestamp() WHERE id = $1", &[&id]).await?;
+        self.nodes(timeout_ms).await
+    }
+
+    /// Every registered node, without heartbeating (for the CLI).
+    pub async fn nodes(&self, timeout_ms: i64) -> Result<Vec<NodeRow>, Error> {
+        let rows = self
+            .client()
+            .await?
             .query(
                 "SELECT id, url, (EXTRACT(EPOCH FROM (clock_timestamp() - heartbeat_at)) * 1000)::BIGINT, draining,
                         to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')

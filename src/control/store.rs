@@ -700,39 +700,65 @@ fn stripe_sql(c: &rusqlite::Connection, ev: &StripeEvent, at: DateTime<Utc>) -> 
     }
     let Some(t) = stripe_tenant(c, ev)? else { return Ok(("no_tenant".into(), None)) };
     let now = super::ts(at);
-    if let Some(customer) = ev.customer.as_deref() {
-        if t.stripe_customer_id.as_deref() != Some(customer) {
-            c.execute("UPDATE tenants SET stripe_customer_id = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, customer, now])?;
-        }
+    let p = stripe_plan(&t, ev);
+    if let Some(customer) = &p.customer {
+        c.execute("UPDATE tenants SET stripe_customer_id = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, customer, now])?;
     }
-    let (outcome, detail) = match &ev.effect {
-        StripeEffect::Ignore => unreachable!("handled above"),
-        StripeEffect::PaymentFailed { suspend: true } => {
-            c.execute("UPDATE tenants SET status = 'suspended', updated_at = ?2 WHERE id = ?1", rusqlite::params![t.id, now])?;
-            ("suspended".to_string(), serde_json::json!({"suspended": true}))
+    if p.suspend {
+        c.execute("UPDATE tenants SET status = 'suspended', updated_at = ?2 WHERE id = ?1", rusqlite::params![t.id, now])?;
+    }
+    if let Some(tier) = p.tier {
+        c.execute("UPDATE tenants SET tier = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, tier.as_str(), now])?;
+    }
+    if p.convert {
+        c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = ?1", [&t.id])?;
+    }
+    super::audit_at(c, at, "stripe", Some(&t.id), &format!("stripe.{}", ev.kind), &p.detail)?;
+    Ok((p.outcome, Some(t.id)))
+}
+
+/// What a Stripe event does to its tenant as it stands: the columns to change, and what the audit
+/// event and the answer say. Both control planes apply it inside their transaction.
+pub(crate) struct StripePlan {
+    /// A new Stripe customer id for the tenant.
+    pub customer: Option<String>,
+    pub suspend: bool,
+    pub tier: Option<super::Tier>,
+    /// A trial that became a paying subscription: status active, no trial end.
+    pub convert: bool,
+    pub outcome: String,
+    pub detail: Value,
+}
+
+pub(crate) fn stripe_plan(t: &Tenant, ev: &StripeEvent) -> StripePlan {
+    let customer = ev.customer.clone().filter(|c| t.stripe_customer_id.as_deref() != Some(c.as_str()));
+    let mut p = StripePlan { customer, suspend: false, tier: None, convert: false, outcome: String::new(), detail: Value::Null };
+    match &ev.effect {
+        StripeEffect::Ignore => p.outcome = "ignored".into(),
+        StripeEffect::PaymentFailed { suspend } => {
+            p.suspend = *suspend;
+            p.outcome = if *suspend { "suspended" } else { "payment_failed" }.into();
+            p.detail = serde_json::json!({"suspended": suspend});
         }
-        StripeEffect::PaymentFailed { suspend: false } => ("payment_failed".to_string(), serde_json::json!({"suspended": false})),
         StripeEffect::SetTier { tier, subscription_status } => {
-            c.execute("UPDATE tenants SET tier = ?2, updated_at = ?3 WHERE id = ?1", rusqlite::params![t.id, tier.as_str(), now])?;
-            let converted = t.status == super::Status::Trial && subscription_status == "active";
-            if converted {
-                c.execute("UPDATE tenants SET status = 'active', trial_ends_at = NULL WHERE id = ?1", [&t.id])?;
-            }
+            p.tier = Some(*tier);
+            p.convert = t.status == super::Status::Trial && subscription_status == "active";
             let mut detail = serde_json::json!({"from_tier": t.tier, "to_tier": tier});
-            if converted {
+            if p.convert {
                 detail["converted_from_trial"] = Value::from(true);
             }
             if !subscription_status.is_empty() || ev.kind != "customer.subscription.deleted" {
                 detail["subscription_status"] = Value::from(subscription_status.clone());
             }
-            (format!("tier:{tier}"), detail)
+            p.outcome = format!("tier:{tier}");
+            p.detail = detail;
         }
         StripeEffect::UnknownPrice { subscription_status } => {
-            ("unknown_price".to_string(), serde_json::json!({"subscription_status": subscription_status}))
+            p.outcome = "unknown_price".into();
+            p.detail = serde_json::json!({"subscription_status": subscription_status});
         }
-    };
-    super::audit_at(c, at, "stripe", Some(&t.id), &format!("stripe.{}", ev.kind), &detail)?;
-    Ok((outcome, Some(t.id)))
+    }
+    p
 }
 
 /// A tenant's usage events since `since`, summed by `sql`'s first column and kind:

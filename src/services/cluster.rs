@@ -29,6 +29,41 @@ pub struct ClusterView {
 }
 
 impl Operator {
+    fn cluster_store(&self) -> Result<&crate::control::pg::PgControl, Error> {
+        self.control.postgres().ok_or_else(|| {
+            Error::conflict(crate::error::Code::NotClustered, "this control plane is not shared: set control.url to a PostgreSQL database")
+        })
+    }
+
+    /// Every registered node, with the tenants each holds.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, Error> {
+        let pg = self.cluster_store()?;
+        let owned: std::collections::HashMap<String, i64> = pg.lease_counts().await?.into_iter().collect();
+        let nodes = pg.nodes(self.config.cluster.node_timeout_ms as i64).await?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| NodeView { owned_tenants: owned.get(&n.id).copied().unwrap_or(0).max(0) as u64, preferred_tenants: 0, node: n })
+            .collect())
+    }
+
+    /// Marks a node as draining (it is then preferred for no tenant, so its tenants move away) or
+    /// not. 404 `node_not_found` for an unknown node. Audited.
+    pub async fn drain_node(&self, node_id: &str, draining: bool) -> Result<bool, Error> {
+        if !self.cluster_store()?.set_draining(node_id, draining).await? {
+            return Err(Error::not_found(crate::error::Code::NodeNotFound, format!("no node {node_id:?} is registered")));
+        }
+        let action = if draining { "node.drained" } else { "node.undrained" };
+        let record = crate::control::AuditRecord {
+            at: self.clock.now(),
+            actor: self.actor.as_string(),
+            tenant_id: None,
+            action,
+            detail: serde_json::json!({"node": node_id}),
+        };
+        self.control.audit(record).await?;
+        Ok(draining)
+    }
+
     /// The nodes of the cluster and their tenant counts.
     pub async fn cluster(&self) -> Result<ClusterView, Error> {
         let cluster = self.live.as_ref().and_then(|s| s.cluster.clone());

@@ -428,3 +428,52 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
     nodes[1].proc.as_mut().unwrap().kill9();
     through_caddy(keys).await;
 }
+
+/// `warren node drain` moves every tenant off a node gracefully: it ships, closes and releases
+/// them, the other node restores them on their next request, and nothing written is lost.
+#[tokio::test]
+async fn a_drained_node_hands_its_tenants_over() {
+    let _heavy = super::helpers::HEAVY.lock().await;
+    let pg = Postgres::start().await;
+    let url = pg.database("drain").await;
+    let moto = super::backup::Moto::start().await;
+    let backup_url = moto.url("drain");
+    let client = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let nodes = [start_node("d1", &url, &backup_url).await, start_node("d2", &url, &backup_url).await];
+    let mut keys = Vec::new();
+    for i in 0..8 {
+        let key = nodes[0].proc.as_ref().unwrap().create_tenant_key(&format!("shop{i}"), "pro").await.1;
+        until_ok(&client, 30, "write", || {
+            client
+                .post(format!("{}/api/v1/documents", nodes[0].addr()))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({"path": "a.md", "content": "kept"}))
+        })
+        .await;
+        keys.push(key);
+    }
+    let drain = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(args)
+            .env("WARREN_CONTROL_URL", &url)
+            .env("WARREN_DATA_DIR", nodes[0].dir.path())
+            .output()
+            .expect("warren node")
+    };
+    let out = drain(&["node", "drain", "d1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!drain(&["node", "drain", "nope"]).status.success(), "an unknown node is refused");
+    let v = cluster_until(&client, nodes[1].proc.as_ref().unwrap(), "d1 holds nothing", |v| {
+        v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "d1" && n["owned_tenants"] == 0 && n["draining"] == true)
+    })
+    .await;
+    // Every tenant answers (through either node) from d2, with its document.
+    for key in &keys {
+        let (paths, node) = paths_of(&client, nodes[0].addr(), key).await;
+        assert_eq!((paths, node.as_str()), (vec!["a.md".to_string()], "d2"));
+    }
+    assert_eq!(preferred(&v, "d1"), 0);
+    let listed = drain(&["node", "list"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("node list json");
+    assert_eq!(listed["nodes"].as_array().map(|n| n.len()), Some(2));
+}
