@@ -247,6 +247,9 @@ pub struct BackupSettings {
     pub retry_max_ms: u64,
     /// How long closing a tenant handle waits to ship its last changes before leaving them to a later catch-up.
     pub close_timeout_secs: u64,
+    /// Under `sync` durability, how long a write waits for its LTX to reach object storage before
+    /// it answers 503 `not_replicated` (committed on the node, not acknowledged).
+    pub sync_ack_timeout_ms: u64,
     /// S3 credentials when not in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<crate::secret::Secret>,
@@ -273,6 +276,7 @@ impl Default for BackupSettings {
             retry_min_ms: 500,
             retry_max_ms: 30_000,
             close_timeout_secs: 5,
+            sync_ack_timeout_ms: 10_000,
             access_key_id: None,
             secret_access_key: None,
         }

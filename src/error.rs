@@ -99,6 +99,7 @@ codes! {
     OwnerUnavailable = ("owner_unavailable", 503, "Cluster: the node that owns this tenant did not answer, or the tenant is moving between nodes; retry after Retry-After."),
     NotClustered = ("not_clustered", 409, "A cluster command was given but the control plane is not shared (`control.url` unset)."),
     NodeNotFound = ("node_not_found", 404, "No node with this id is registered in the cluster."),
+    NotReplicated = ("not_replicated", 503, "`sync` durability: the write is committed on the node but did not reach object storage in time, so it is not acknowledged; retry."),
     OwnerChanged = ("owner_changed", 503, "Cluster: this node lost the tenant to another node while the request ran, so the write is not acknowledged (it may not be kept); retry."),
     EmbeddingsUnavailable = ("embeddings_unavailable", 503, "The embedding model is not loaded on this server; keyword search still works."),
     OriginNotAllowed = ("origin_not_allowed", 403, "MCP: the Host is not served here or the browser Origin is not allowed (DNS rebinding guard)."),

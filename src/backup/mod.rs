@@ -514,6 +514,23 @@ impl BackupService {
         let _ = tokio::time::timeout(t, futures::future::join_all(all.iter().map(|r| r.sync()))).await;
     }
 
+    /// Ships what `tenant_id` has committed and waits until it is in the replica, within
+    /// `backup.sync_ack_timeout_ms` (the `sync` durability). Concurrent callers share the ships:
+    /// one ship covers every commit made before it read the WAL (group commit).
+    pub async fn ship_now(&self, tenant_id: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let key = ReplicaKey::tenant(tenant_id);
+        let replica = self.active.lock().get(&key).and_then(Weak::upgrade);
+        let Some(r) = replica else {
+            // Never queued in this process: nothing was written here since it opened.
+            return Ok(());
+        };
+        let t = Duration::from_millis(self.cfg.sync_ack_timeout_ms.max(1));
+        let shipped = tokio::time::timeout(t, r.sync()).await.map_err(|_| anyhow::anyhow!("the replica did not take the write within {t:?}"))?;
+        metrics::histogram!("warren_backup_sync_ack_seconds").record(started.elapsed().as_secs_f64());
+        shipped
+    }
+
     /// Deletes a tenant's whole replica (after the grace period of a deleted tenant).
     pub async fn delete_replica(&self, key: &ReplicaKey) -> anyhow::Result<usize> {
         self.root.replica(&key.path()).delete_all().await

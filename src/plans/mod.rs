@@ -68,6 +68,21 @@ pub struct Plan {
     /// and 8 for free, starter, pro and enterprise.
     #[serde(default)]
     pub cpu_weight: Option<u32>,
+    /// When a write is acknowledged: `async` (default: once committed on the node; shipped to the
+    /// replica within `backup.sync_interval_ms`) or `sync` (once its LTX is in object storage).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// When a write is acknowledged (see [`Plan::durability`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Committed on the node; lost only if the node's disk is lost before the next ship.
+    #[default]
+    Async,
+    /// In object storage (the replica) before the answer; concurrent writes share one ship.
+    Sync,
 }
 
 impl Plan {
@@ -221,6 +236,8 @@ pub struct Overrides {
     pub products: Option<u64>,
     /// Feature name → on/off.
     pub features: BTreeMap<String, bool>,
+    /// `async` or `sync` for this tenant, whatever its plan says.
+    pub durability: Option<Durability>,
 }
 
 impl Overrides {
@@ -277,6 +294,10 @@ impl Entitlements {
     pub fn storage_limit(&self) -> Option<u64> {
         self.overrides.as_deref().and_then(|o| o.storage_bytes).or(self.plan.storage_bytes)
     }
+    /// When this tenant's writes are acknowledged.
+    pub fn durability(&self) -> Durability {
+        self.overrides.as_deref().and_then(|o| o.durability).unwrap_or(self.plan.durability)
+    }
     pub fn products_limit(&self) -> Option<u64> {
         self.overrides.as_deref().and_then(|o| o.products).or(self.plan.products)
     }
@@ -317,6 +338,7 @@ impl Entitlements {
             "rate_per_sec": rate,
             "burst": burst,
             "retention_days": self.plan.retention_days,
+            "durability": self.durability(),
         })
     }
 
