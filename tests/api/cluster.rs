@@ -291,20 +291,56 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
         assert!(owner.iter().any(|o| o == n), "{n} owns no tenant: {owner:?}");
     }
 
-    // Kill -9 the owner of tenant 0 and delete its data dir, after its last writes were shipped.
+    // Half of the tenants acknowledge writes only once they are in object storage (`sync`).
+    for i in (0..tenants.len()).filter(|i| i % 2 == 0) {
+        let r = client
+            .put(format!("{}/admin/v1/tenants/fleet{i:03}/overrides", nodes[0].addr()))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"durability": "sync"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Kill -9 the owner of tenant 0 and delete its data dir: its earlier writes were shipped long
+    // before (2 s, against a 200 ms sync interval); one last write per tenant right before the kill.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let victim = nodes.iter().position(|n| n.name == owner[0]).unwrap();
+    let victim_addr = nodes[victim].addr().to_string();
+    let mut last_acked = Vec::new();
+    for i in (0..tenants.len()).filter(|i| owner[*i] == nodes[victim].name) {
+        let r = client
+            .post(format!("{victim_addr}/api/v1/documents"))
+            .bearer_auth(&tenants[i].1)
+            .json(&serde_json::json!({"path": "last.md", "content": "right before the kill"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            last_acked.push(i);
+        }
+    }
     let mut dead = nodes.remove(victim);
     dead.proc.as_mut().unwrap().kill9();
     dead.proc = None;
     let killed = Instant::now();
     std::fs::remove_dir_all(dead.dir.path()).unwrap();
     let mut failover = Vec::new();
+    let mut kept_last = Vec::new();
     let orphans: Vec<usize> = (0..tenants.len()).filter(|i| owner[*i] == dead.name).collect();
     for i in orphans {
         let key = &tenants[i].1;
-        let (paths, node) = paths_of(&client, nodes[i % 2].addr(), key).await;
+        let (mut paths, node) = paths_of(&client, nodes[i % 2].addr(), key).await;
         failover.push(killed.elapsed());
+        if last_acked.contains(&i) {
+            match paths.iter().position(|p| p == "last.md") {
+                Some(at) => {
+                    paths.remove(at);
+                    kept_last.push(i);
+                }
+                None => assert!(i % 2 == 1, "tenant {i} (sync durability) lost an acknowledged write"),
+            }
+        }
         assert_eq!(paths, written[i], "tenant {i} after the failover");
         assert_ne!(node, dead.name);
         owner[i] = node;
@@ -312,6 +348,19 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
     failover.sort();
     let worst = *failover.last().unwrap();
     eprintln!("failover of {} tenants: first {:?}, last {:?}", failover.len(), failover[0], worst);
+    let (sync_acked, async_acked) = last_acked.iter().partition::<Vec<usize>, _>(|i| *i % 2 == 0);
+    let async_kept = kept_last.iter().filter(|i| *i % 2 == 1).count();
+    eprintln!(
+        "writes acknowledged right before the kill: sync {} (all kept), async {} ({} lost)",
+        sync_acked.len(),
+        async_acked.len(),
+        async_acked.len() - async_kept
+    );
+    // The last writes stay in the tenants' state from here on.
+    for i in kept_last {
+        written[i].push("last.md".into());
+        written[i].sort();
+    }
     assert!(worst < Duration::from_secs(10), "failover took {worst:?}");
 
     // Pause the owner of some tenant with SIGSTOP until its leases move, write through the others,
