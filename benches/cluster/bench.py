@@ -5,6 +5,8 @@ bucket (moto), N tenants.
 Measures, in one run:
   * forwarded-request overhead: GET /api/v1/tenant for tenants owned by node A, sent to A directly and
     to node B (which forwards to A), with wrk (2xx req/s, every other status reported) and latency;
+  * async against sync durability: write latency and throughput on two tenants of A, concurrency 1
+    and 8, alternating;
   * failover time: node A is killed with SIGKILL and its data dir deleted; each of its tenants is then
     polled through the surviving nodes until it answers with all its documents; p50/p99/max from the
     kill.
@@ -123,6 +125,43 @@ try:
                              env=dict(os.environ, WARREN_BENCH_KEYS=kf, WARREN_BENCH_PATH="/api/v1/tenant"), capture_output=True, text=True).stdout
         lines = [l for l in out.splitlines() if l.startswith("2xx:") or l.strip().startswith(("50%", "99%"))]
         print(f"== GET /api/v1/tenant over {len(akeys)} tenants of {a}, {label}: " + " | ".join(l.strip() for l in lines), flush=True)
+
+    # Durability: async against sync writes, side by side (ABBA), on two tenants owned by A, sent
+    # to A directly: small documents (no embedding model), concurrency 1 and 8.
+    t_async, t_sync = akeys[0], akeys[1]
+    slug_of = {}
+    for k in (t_async, t_sync):
+        _, _, b = req("GET", nodes[a]["base"] + "/api/v1/tenant", k)
+        slug_of[k] = json.loads(b)["slug"]
+    st, _, b = req("PUT", nodes[a]["base"] + f"/admin/v1/tenants/{slug_of[t_sync]}/overrides", ADMIN, {"durability": "sync"})
+    assert st == 200, (st, b)
+    def writes(key, conc, n, tag):
+        lat = []; codes = {}; lk = threading.Lock(); seq = iter(range(n * conc))
+        def worker():
+            while True:
+                with lk:
+                    i = next(seq, None)
+                if i is None: return
+                t = time.time()
+                st, h, _ = req("POST", nodes[a]["base"] + "/api/v1/documents", key, {"path": f"{tag}/{i}.md", "content": f"write {i} of {tag}"})
+                with lk:
+                    codes[st] = codes.get(st, 0) + 1
+                    if 200 <= st < 300: lat.append(time.time() - t)
+        t0 = time.time(); ts = [threading.Thread(target=worker) for _ in range(conc)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        secs = time.time() - t0
+        return len(lat) / secs, pct(lat, 50) * 1000, pct(lat, 99) * 1000, {c: v for c, v in codes.items() if not 200 <= c < 300}
+    for conc, n in [(1, 200), (8, 50)]:
+        res = {"async": [], "sync": []}
+        for rnd, order in enumerate([("async", "sync"), ("sync", "async")]):
+            for mode in order:
+                key = t_async if mode == "async" else t_sync
+                res[mode].append(writes(key, conc, n, f"{mode}-c{conc}-r{rnd}"))
+        for mode in ("async", "sync"):
+            runs = res[mode]
+            print(f"== {mode} writes, concurrency {conc}, {n * conc} per round, 2 rounds: " +
+                  "; ".join(f"{r[0]:.0f} writes/s, p50 {r[1]:.1f} ms, p99 {r[2]:.1f} ms, other statuses {r[3] or 'none'}" for r in runs), flush=True)
 
     # Failover: kill -9 the owner of the most tenants, delete its data dir, poll its tenants.
     victims = akeys
