@@ -112,7 +112,11 @@ async fn show_tenant(_: AdminCtx, State(state): State<AppState>, ApiPath(slug): 
     let t = o.tenant(&slug).await?;
     let keys = o.list_keys(&slug).await?;
     let ent = state.plans.entitlements(&t);
-    Ok(Json(json!({"tenant": t, "keys": keys, "features": ent.feature_list(), "effective_tier": ent.tier, "limits": ent.limits_json()})))
+    let mut detail = json!({"tenant": t, "keys": keys, "features": ent.feature_list(), "effective_tier": ent.tier, "limits": ent.limits_json()});
+    if let Some(lease) = o.tenant_lease(&t.id).await? {
+        detail["cluster"] = json!(lease);
+    }
+    Ok(Json(detail))
 }
 
 #[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", security(("admin_token" = [])), params(("slug" = String, Path, description = "Tenant slug")),request_body = TenantPatch,

@@ -40,6 +40,8 @@ pub struct PlanLimits {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub retention_days: Option<u32>,
+    /// When writes are acknowledged: `async` or `sync` (in object storage first).
+    pub durability: crate::plans::Durability,
 }
 
 /// `GET /admin/v1/tenants/{slug}`.
@@ -51,6 +53,8 @@ pub struct TenantDetail {
     /// The tier in force now (a trial that ended falls back to free).
     pub effective_tier: String,
     pub limits: PlanLimits,
+    /// In a cluster: the tenant's lease (absent on a single node).
+    pub cluster: Option<crate::services::cluster::LeaseView>,
 }
 
 #[derive(ToSchema)]

@@ -561,6 +561,8 @@ pub struct LeaseRow {
     pub epoch: i64,
     /// Not expired by PostgreSQL's clock.
     pub valid: bool,
+    /// Milliseconds until it expires (negative once expired; `None` once released).
+    pub expires_in_ms: Option<i64>,
 }
 
 /// What [`PgControl::acquire_lease`] found.
@@ -659,12 +661,16 @@ impl PgControl {
             .client()
             .await?
             .query_opt(
-                "SELECT l.node_id, COALESCE(n.url, ''), l.epoch, l.expires_at > clock_timestamp() FROM leases l
-                 LEFT JOIN nodes n ON n.id = l.node_id WHERE l.tenant_id = $1",
+                "SELECT l.node_id, COALESCE(n.url, ''), l.epoch, l.expires_at > clock_timestamp(),
+                        CASE WHEN isfinite(l.expires_at) THEN (EXTRACT(EPOCH FROM (l.expires_at - clock_timestamp())) * 1000)::BIGINT END
+                 FROM leases l LEFT JOIN nodes n ON n.id = l.node_id WHERE l.tenant_id = $1",
                 &[&tenant],
             )
             .await?;
-        row.map(|r| Ok(LeaseRow { node: r.try_get(0)?, url: r.try_get(1)?, epoch: r.try_get(2)?, valid: r.try_get(3)? })).transpose()
+        row.map(|r| {
+            Ok(LeaseRow { node: r.try_get(0)?, url: r.try_get(1)?, epoch: r.try_get(2)?, valid: r.try_get(3)?, expires_in_ms: r.try_get(4)? })
+        })
+        .transpose()
     }
 
     /// Renews the still-valid leases of `node` among `tenants`; answers those renewed, with epochs.

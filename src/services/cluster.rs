@@ -28,7 +28,35 @@ pub struct ClusterView {
     pub tenants: u64,
 }
 
+/// A tenant's lease, for the operator.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LeaseView {
+    /// The node holding (or that last held) the lease.
+    pub owner: String,
+    /// The fencing token: it goes up whenever the tenant changes nodes.
+    pub epoch: i64,
+    /// Not expired by PostgreSQL's clock.
+    pub valid: bool,
+    /// Milliseconds until it expires unless renewed (negative: expired; absent: released).
+    pub expires_in_ms: Option<i64>,
+    /// Whether the node answering holds it and may act on it.
+    pub held_here: bool,
+}
+
 impl Operator {
+    /// The lease of a tenant, in a cluster (`None` on a single node or before any node took it).
+    pub async fn tenant_lease(&self, tenant_id: &str) -> Result<Option<LeaseView>, Error> {
+        let Some(cluster) = self.live.as_ref().and_then(|s| s.cluster.clone()) else { return Ok(None) };
+        let Some(l) = self.cluster_store()?.lease_of(tenant_id).await? else { return Ok(None) };
+        Ok(Some(LeaseView {
+            held_here: cluster.holds(tenant_id) == Some(l.epoch),
+            owner: l.node,
+            epoch: l.epoch,
+            valid: l.valid,
+            expires_in_ms: l.expires_in_ms,
+        }))
+    }
+
     fn cluster_store(&self) -> Result<&crate::control::pg::PgControl, Error> {
         self.control.postgres().ok_or_else(|| {
             Error::conflict(crate::error::Code::NotClustered, "this control plane is not shared: set control.url to a PostgreSQL database")

@@ -290,6 +290,16 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
     for n in ["n1", "n2", "n3"] {
         assert!(owner.iter().any(|o| o == n), "{n} owns no tenant: {owner:?}");
     }
+    // The admin API shows a tenant's lease (asked through any node, answered by the owner).
+    let detail: Value =
+        client.get(format!("{}/admin/v1/tenants/fleet000", nodes[2].addr())).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let lease = &detail["cluster"];
+    assert_eq!(
+        (lease["owner"].as_str(), lease["valid"].as_bool(), lease["held_here"].as_bool()),
+        (Some(owner[0].as_str()), Some(true), Some(true)),
+        "{detail}"
+    );
+    assert!(lease["epoch"].as_i64().unwrap() >= 1 && lease["expires_in_ms"].as_i64().unwrap() > 0, "{detail}");
 
     // Half of the tenants acknowledge writes only once they are in object storage (`sync`).
     for i in (0..tenants.len()).filter(|i| i % 2 == 0) {
