@@ -64,6 +64,19 @@ struct Held {
     deadline: Instant,
 }
 
+impl Held {
+    /// A lease granted (acquired or renewed) by a statement sent at `sent`: PostgreSQL expires it no
+    /// earlier than `lease` after that, so this node acts on it for 3/4 of `lease` from `sent`.
+    fn granted(epoch: i64, sent: Instant, lease: Duration) -> Held {
+        Held { epoch, deadline: sent + lease * 3 / 4 }
+    }
+
+    /// The epoch, if the lease may still be acted on at `now`.
+    fn at(&self, now: Instant) -> Option<i64> {
+        (now < self.deadline).then_some(self.epoch)
+    }
+}
+
 /// Where a tenant's request is served.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -173,7 +186,7 @@ impl Cluster {
             match self.pg.renew_leases(&self.id, &tenants, self.cfg.lease_ms as i64).await {
                 Ok(renewed) => {
                     let renewed: HashMap<String, i64> = renewed.into_iter().collect();
-                    let deadline = sent + self.safe_span();
+                    let deadline = Held::granted(0, sent, self.lease()).deadline;
                     let mut lost = Vec::new();
                     {
                         let mut held = self.held.lock();
@@ -202,15 +215,14 @@ impl Cluster {
         metrics::gauge!("warren_cluster_leases_held").set(held as f64);
     }
 
-    /// How long after sending an acquire or renew this node may act on the lease: 3/4 of it.
-    fn safe_span(&self) -> Duration {
-        Duration::from_millis(self.cfg.lease_ms * 3 / 4)
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.cfg.lease_ms)
     }
 
     /// The epoch of `tenant`'s lease if this node holds it and may still act on it.
     pub fn holds(&self, tenant: &str) -> Option<i64> {
         let held = self.held.lock();
-        held.get(tenant).filter(|h| Instant::now() < h.deadline).map(|h| h.epoch)
+        held.get(tenant).and_then(|h| h.at(Instant::now()))
     }
 
     /// The tenants this node holds.
@@ -264,7 +276,7 @@ impl Cluster {
                     let _ = self.pg.release_lease(tenant, &self.id, epoch).await;
                     return Err(e);
                 }
-                self.held.lock().insert(tenant.to_string(), Held { epoch, deadline: sent + self.safe_span() });
+                self.held.lock().insert(tenant.to_string(), Held::granted(epoch, sent, self.lease()));
                 if previous.as_deref() != Some(self.id.as_str()) {
                     metrics::counter!("warren_cluster_takeovers_total").increment(1);
                     tracing::info!(tenant = %tenant, epoch, previous = ?previous, "took the tenant over");
@@ -281,7 +293,7 @@ impl Cluster {
         let sent = Instant::now();
         match self.pg.acquire_lease(tenant, &self.id, self.cfg.lease_ms as i64).await? {
             Acquired::Got { epoch, .. } => {
-                self.held.lock().insert(tenant.to_string(), Held { epoch, deadline: sent + self.safe_span() });
+                self.held.lock().insert(tenant.to_string(), Held::granted(epoch, sent, self.lease()));
                 Ok(())
             }
             Acquired::HeldBy(_) => Err(Error::internal(anyhow::anyhow!("a new tenant id already has a lease"))),
@@ -427,6 +439,18 @@ mod tests {
         for (n, c) in per_node {
             assert!((2_200..=2_800).contains(&c), "{n} has {c} of 10,000 tenants");
         }
+    }
+
+    /// The fencing rule: a node acts on a lease for 3/4 of its length after it sent the statement
+    /// that granted it, by its own monotonic clock, and never after (a node resumed from a pause).
+    #[test]
+    fn a_lease_is_acted_on_for_three_quarters_of_it_after_the_grant_was_sent() {
+        let sent = Instant::now();
+        let h = Held::granted(7, sent, Duration::from_millis(1000));
+        assert_eq!(h.at(sent), Some(7));
+        assert_eq!(h.at(sent + Duration::from_millis(749)), Some(7));
+        assert_eq!(h.at(sent + Duration::from_millis(750)), None);
+        assert_eq!(h.at(sent + Duration::from_secs(3600)), None, "a node resumed after a long pause acts on nothing");
     }
 
     #[test]
