@@ -1,5 +1,6 @@
 //! The cluster door: a request for a tenant is served by the node holding the tenant's lease. This
-//! layer names the tenant (by the request's credentials on `/api/v1` and `/mcp`, by the slug on the
+//! layer names the tenant (by the request's credentials on `/api/v1` and `/mcp`, by the portal's
+//! session cookie on `/dashboard`, by the path or host of a WooCommerce delivery, by the slug on the
 //! admin API's tenant routes), asks [`Cluster::route`] where it is served, and either lets the
 //! request through or forwards it. A write that succeeded here while the lease was lost or changed
 //! hands is not acknowledged: it answers 503 `owner_changed` (the fencing rule of `crate::cluster`).
@@ -26,9 +27,24 @@ use crate::state::AppState;
 
 /// The tenant a request is for, if this layer can tell (from its parts: the body stays unread).
 async fn tenant_of(state: &AppState, path: &str, headers: &HeaderMap, host: Option<&str>, peer: Option<IpAddr>) -> Option<Arc<Tenant>> {
+    let id = RequestIdentity { headers, uri_host: host, peer };
     if path.starts_with("/api/v1/") || path == "/mcp" || path.starts_with("/mcp/") {
-        let id = RequestIdentity { headers, uri_host: host, peer };
         return state.auth.prove(id, &state.config).await.ok().map(|p| p.tenant.clone());
+    }
+    // The tenant portal, by its session cookie (the console's pages are no tenant's).
+    if path.starts_with("/dashboard") && !path.starts_with("/dashboard/assets/") {
+        let token = crate::dashboard::cookie(headers, crate::dashboard::PORTAL_COOKIE)?;
+        return state.auth.prove_session(id, &state.config, token).await.ok().map(|(p, _)| p.tenant.clone());
+    }
+    // WooCommerce deliveries, by the tenant in the path or the host; the owner checks the signature.
+    if let Some(rest) = path.strip_prefix("/webhooks/woocommerce") {
+        return match rest.strip_prefix('/').filter(|r| !r.is_empty()) {
+            Some(t) => match state.auth.tenant_by_slug(t).await {
+                Ok(Some(found)) => Some(found),
+                _ => state.auth.tenant_by_id(t).await.ok().flatten(),
+            },
+            None => state.auth.tenant_of_host(&id, &state.config).await.ok().flatten(),
+        };
     }
     let rest = path.strip_prefix("/admin/v1/tenants/")?;
     let slug = rest.split('/').next().filter(|s| !s.is_empty())?;

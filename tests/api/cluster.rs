@@ -532,6 +532,25 @@ async fn a_drained_node_hands_its_tenants_over() {
         assert_eq!((paths, node.as_str()), (vec!["a.md".to_string()], "d2"));
     }
     assert_eq!(preferred(&v, "d1"), 0);
+    // The tenant portal is forwarded to the owner too: a session opened on d1 shows shop0's pages,
+    // served by d2.
+    let no_redirects = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = client.post(format!("{}/admin/v1/tenants/shop0/dashboard-link", nodes[0].addr())).bearer_auth(ADMIN).send().await.unwrap();
+    let link: Value = r.json().await.unwrap();
+    let path = link["url"].as_str().expect("url").split_once("/dashboard/").expect("path").1.to_string();
+    let r = no_redirects.get(format!("{}/dashboard/{path}", nodes[0].addr())).send().await.unwrap();
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("warren_portal="))
+        .and_then(|c| c.split(';').next())
+        .expect("a portal session cookie")
+        .to_string();
+    let r = until_ok(&client, 30, "portal", || no_redirects.get(format!("{}/dashboard", nodes[0].addr())).header("cookie", &session)).await;
+    assert_eq!(served_by(&r), "d2", "the portal page was served by its tenant's owner");
+    assert!(r.text().await.unwrap().contains("shop0"));
     let listed = drain(&["node", "list"]);
     let listed: Value = serde_json::from_slice(&listed.stdout).expect("node list json");
     assert_eq!(listed["nodes"].as_array().map(|n| n.len()), Some(2));
