@@ -123,31 +123,16 @@ fn preferred(v: &Value, id: &str) -> u64 {
 #[tokio::test]
 async fn nodes_register_heartbeat_and_share_the_tenants() {
     let _heavy = super::helpers::HEAVY.lock().await;
-    let pg = Postgres::start().await;
-    let url = pg.database("members").await;
-    let moto = super::backup::Moto::start().await;
+    let shared = Shared::start("members").await;
     let client = Client::new();
-    let mut dirs = Vec::new();
     let mut nodes = Vec::new();
     for name in ["n1", "n2", "n3"] {
-        let port = super::helpers::free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let env = [
-            ("WARREN_CONTROL_URL", url.clone()),
-            ("WARREN_LISTEN", format!("127.0.0.1:{port}")),
-            ("WARREN_NODE_URL", format!("http://127.0.0.1:{port}")),
-            ("WARREN_NODE_ID", name.to_string()),
-            ("WARREN_CLUSTER__HEARTBEAT_MS", "200".to_string()),
-            ("WARREN_CLUSTER__NODE_TIMEOUT_MS", "1000".to_string()),
-        ];
-        let env: Vec<(&str, String)> = env.into_iter().chain(super::backup::backup_envs(&moto.url("members"))).collect();
-        nodes.push(ServerProcess::start(dir.path(), &env).await);
-        dirs.push(dir);
+        nodes.push(shared.node(name).await);
     }
     for i in 0..60 {
-        nodes[i % 3].create_tenant(&format!("shop{i:02}"), "free").await;
+        nodes[i % 3].server().create_tenant(&format!("shop{i:02}"), "free").await;
     }
-    let v = cluster_until(&client, &nodes[1], "three live nodes", |v| live(v).len() == 3).await;
+    let v = cluster_until(&client, nodes[1].server(), "three live nodes", |v| live(v).len() == 3).await;
     assert_eq!((v["node"].as_str(), v["control_plane"].as_str(), v["tenants"].as_u64()), (Some("n2"), Some("postgres"), Some(60)));
     let counts: Vec<u64> = ["n1", "n2", "n3"].iter().map(|n| preferred(&v, n)).collect();
     assert_eq!(counts.iter().sum::<u64>(), 60, "{v}");
@@ -155,7 +140,7 @@ async fn nodes_register_heartbeat_and_share_the_tenants() {
 
     // n3 dies: it stops being live and the others are preferred for all 60.
     nodes[2].kill9();
-    let v = cluster_until(&client, &nodes[0], "n3 no longer live", |v| live(v) == ["n1", "n2"]).await;
+    let v = cluster_until(&client, nodes[0].server(), "n3 no longer live", |v| live(v) == ["n1", "n2"]).await;
     assert_eq!(preferred(&v, "n3"), 0);
     assert_eq!(preferred(&v, "n1") + preferred(&v, "n2"), 60, "{v}");
     // n1 and n2 keep the tenants they had: only n3's moved.
@@ -191,8 +176,41 @@ async fn start_node(name: &str, pg_url: &str, backup_url: &str) -> Node {
 }
 
 impl Node {
+    fn server(&self) -> &ServerProcess {
+        self.proc.as_ref().expect("running")
+    }
+
     fn addr(&self) -> &str {
-        &self.proc.as_ref().expect("running").addr
+        &self.server().addr
+    }
+
+    /// SIGKILL; the node is gone (its data dir stays unless the test deletes it).
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+/// What a test's nodes share: a PostgreSQL database and an S3 bucket prefix, both named `name`.
+struct Shared {
+    url: String,
+    backup_url: String,
+    moto: super::backup::Moto,
+    _pg: Postgres,
+}
+
+impl Shared {
+    async fn start(name: &str) -> Shared {
+        let pg = Postgres::start().await;
+        let url = pg.database(name).await;
+        let moto = super::backup::Moto::start().await;
+        let backup_url = moto.url(name);
+        Shared { url, backup_url, moto, _pg: pg }
+    }
+
+    async fn node(&self, id: &str) -> Node {
+        start_node(id, &self.url, &self.backup_url).await
     }
 }
 
@@ -240,23 +258,18 @@ async fn paths_of(client: &Client, addr: &str, key: &str) -> (Vec<String>, Strin
 #[tokio::test]
 async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
     let _heavy = super::helpers::HEAVY.lock().await;
-    let pg = Postgres::start().await;
-    let url = pg.database("failover").await;
-    let moto = super::backup::Moto::start().await;
-    let backup_url = moto.url("fleet");
+    let shared = Shared::start("fleet").await;
     let client = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
     let mut nodes = Vec::new();
     for name in ["n1", "n2", "n3"] {
-        nodes.push(start_node(name, &url, &backup_url).await);
+        nodes.push(shared.node(name).await);
     }
-    let first = ServerProcess { child: std::process::Command::new("true").spawn().unwrap(), addr: nodes[0].addr().to_string() };
     // 200 tenants (the share that moves to a fourth node is measured over all of them); the
     // failover checks use the first 24.
     let mut all = Vec::new();
     for i in 0..200 {
-        all.push(first.create_tenant_key(&format!("fleet{i:03}"), "pro").await);
+        all.push(nodes[0].server().create_tenant_key(&format!("fleet{i:03}"), "pro").await);
     }
-    drop(first);
     let tenants: Vec<(String, String)> = all[..24].to_vec();
 
     // Three documents per tenant, each written through a different node.
@@ -331,8 +344,7 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
         }
     }
     let mut dead = nodes.remove(victim);
-    dead.proc.as_mut().unwrap().kill9();
-    dead.proc = None;
+    dead.kill9();
     let killed = Instant::now();
     std::fs::remove_dir_all(dead.dir.path()).unwrap();
     let mut failover = Vec::new();
@@ -388,7 +400,7 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
     let moved: Vec<usize> = (0..tenants.len()).filter(|i| now_owner[*i].0 == paused_name).collect();
     assert!(!moved.is_empty(), "{paused_name} owns nothing");
     let old_epoch: std::collections::HashMap<usize, i64> = moved.iter().map(|&i| (i, now_owner[i].1)).collect();
-    let paused_pid = nodes[0].proc.as_ref().unwrap().pid() as i32;
+    let paused_pid = nodes[0].server().pid() as i32;
     unsafe { libc::kill(paused_pid, libc::SIGSTOP) };
     let other = nodes[1].addr().to_string();
     for &i in &moved {
@@ -425,16 +437,16 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
         assert_eq!(paths, written[i]);
         let holder = nodes.iter().find(|n| n.name == node).expect("owner");
         let db = holder.dir.path().join(&tenants[i].0).join("tenant.db");
-        super::backup::compat(&moto.url(&format!("fleet/tenants/{}", tenants[i].0)), "--source", &db);
+        super::backup::compat(&shared.moto.url(&format!("fleet/tenants/{}", tenants[i].0)), "--source", &db);
     }
 
     // The dead machine is replaced (same name, empty disk), then a fourth node joins: about a
     // quarter of the tenants move to it, and only to it (rendezvous; unit-tested), so the share
     // that moves is the share it is preferred for.
-    nodes.push(start_node(&dead.name, &url, &backup_url).await);
-    cluster_until(&client, nodes[0].proc.as_ref().unwrap(), "three live nodes again", |v| live(v).len() == 3).await;
-    nodes.push(start_node("n4", &url, &backup_url).await);
-    let v = cluster_until(&client, nodes[0].proc.as_ref().unwrap(), "four live nodes", |v| live(v).len() == 4).await;
+    nodes.push(shared.node(&dead.name).await);
+    cluster_until(&client, nodes[0].server(), "three live nodes again", |v| live(v).len() == 3).await;
+    nodes.push(shared.node("n4").await);
+    let v = cluster_until(&client, nodes[0].server(), "four live nodes", |v| live(v).len() == 4).await;
     let share = preferred(&v, "n4") as f64 / all.len() as f64;
     eprintln!("n4 is preferred for {share:.3} of the tenants");
     assert!((share - 0.25).abs() <= 0.1, "share {share}: {v}");
@@ -445,15 +457,12 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
 #[tokio::test]
 async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
     let _heavy = super::helpers::HEAVY.lock().await;
-    let pg = Postgres::start().await;
-    let url = pg.database("behind_caddy").await;
-    let moto = super::backup::Moto::start().await;
-    let backup_url = moto.url("caddy");
+    let shared = Shared::start("caddy").await;
     let mut nodes = Vec::new();
     for name in ["c1", "c2", "c3"] {
-        nodes.push(start_node(name, &url, &backup_url).await);
+        nodes.push(shared.node(name).await);
     }
-    let first = nodes[0].proc.as_ref().unwrap();
+    let first = nodes[0].server();
     let mut keys = Vec::new();
     for i in 0..6 {
         keys.push((format!("shop{i}"), first.create_tenant_key(&format!("shop{i}"), "pro").await.1));
@@ -484,7 +493,7 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
     through_caddy(keys.clone()).await;
     // A node dies: Caddy's health checks and retries send its tenants elsewhere, and the cluster
     // takes them over.
-    nodes[1].proc.as_mut().unwrap().kill9();
+    nodes[1].kill9();
     through_caddy(keys).await;
 }
 
@@ -493,15 +502,12 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
 #[tokio::test]
 async fn a_drained_node_hands_its_tenants_over() {
     let _heavy = super::helpers::HEAVY.lock().await;
-    let pg = Postgres::start().await;
-    let url = pg.database("drain").await;
-    let moto = super::backup::Moto::start().await;
-    let backup_url = moto.url("drain");
+    let shared = Shared::start("drain").await;
     let client = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let nodes = [start_node("d1", &url, &backup_url).await, start_node("d2", &url, &backup_url).await];
+    let nodes = [shared.node("d1").await, shared.node("d2").await];
     let mut keys = Vec::new();
     for i in 0..8 {
-        let key = nodes[0].proc.as_ref().unwrap().create_tenant_key(&format!("shop{i}"), "pro").await.1;
+        let key = nodes[0].server().create_tenant_key(&format!("shop{i}"), "pro").await.1;
         until_ok(&client, 30, "write", || {
             client
                 .post(format!("{}/api/v1/documents", nodes[0].addr()))
@@ -514,7 +520,7 @@ async fn a_drained_node_hands_its_tenants_over() {
     let drain = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .args(args)
-            .env("WARREN_CONTROL_URL", &url)
+            .env("WARREN_CONTROL_URL", &shared.url)
             .env("WARREN_DATA_DIR", nodes[0].dir.path())
             .output()
             .expect("warren node")
@@ -522,7 +528,7 @@ async fn a_drained_node_hands_its_tenants_over() {
     let out = drain(&["node", "drain", "d1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!drain(&["node", "drain", "nope"]).status.success(), "an unknown node is refused");
-    let v = cluster_until(&client, nodes[1].proc.as_ref().unwrap(), "d1 holds nothing", |v| {
+    let v = cluster_until(&client, nodes[1].server(), "d1 holds nothing", |v| {
         v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "d1" && n["owned_tenants"] == 0 && n["draining"] == true)
     })
     .await;
