@@ -277,11 +277,6 @@ impl Authenticator {
         self.tenant_by("slug", slug).await
     }
 
-    /// The tenant with this id, if any.
-    pub async fn tenant_by_id(&self, id: &str) -> Result<Option<Arc<Tenant>>, Error> {
-        self.tenant_by("id", id).await
-    }
-
     /// Drops every cached lookup (after any control-plane change).
     pub fn invalidate(&self) {
         self.tenants.invalidate_all();

@@ -115,7 +115,7 @@ impl UsageRow {
 /// their order), from `totals`, the period's usage by tenant. Tiers and overrides are the tenants'
 /// current ones.
 pub fn usage_report_with_tenants(
-    tenants: Vec<crate::control::Tenant>,
+    tenants: &[crate::control::Tenant],
     store: &PlanStore,
     period: &str,
     totals: &std::collections::HashMap<String, crate::metering::MonthUsage>,

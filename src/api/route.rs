@@ -1,7 +1,7 @@
 //! The cluster door: a request for a tenant is served by the node holding the tenant's lease. This
 //! layer names the tenant (by the request's credentials on `/api/v1` and `/mcp`, by the portal's
-//! session cookie on `/dashboard`, by the path or host of a WooCommerce delivery, by the slug on the
-//! admin API's tenant routes), asks [`Cluster::route`] where it is served, and either lets the
+//! session cookie on `/dashboard`, by the slug or host of a WooCommerce delivery, by the slug on the
+//! admin API's tenant routes, as those doors name it), asks [`Cluster::route`] where it is served, and either lets the
 //! request through or forwards it. A write that succeeded here while the lease was lost or changed
 //! hands is not acknowledged: it answers 503 `owner_changed` (the fencing rule of `crate::cluster`).
 //! Requests it cannot attribute to a tenant pass through (the handlers answer 401/404 as usual).
@@ -39,20 +39,14 @@ async fn tenant_of(state: &AppState, path: &str, headers: &HeaderMap, host: Opti
     // WooCommerce deliveries, by the tenant in the path or the host; the owner checks the signature.
     if let Some(rest) = path.strip_prefix("/webhooks/woocommerce") {
         return match rest.strip_prefix('/').filter(|r| !r.is_empty()) {
-            Some(t) => match state.auth.tenant_by_slug(t).await {
-                Ok(Some(found)) => Some(found),
-                _ => state.auth.tenant_by_id(t).await.ok().flatten(),
-            },
+            Some(slug) => state.auth.tenant_by_slug(slug).await.ok().flatten(),
             None => state.auth.tenant_of_host(&id, &state.config).await.ok().flatten(),
         };
     }
     let rest = path.strip_prefix("/admin/v1/tenants/")?;
     let slug = rest.split('/').next().filter(|s| !s.is_empty())?;
     crate::auth::verify_admin(headers, &state.admin_token_hash).ok()?;
-    match state.auth.tenant_by_slug(slug).await {
-        Ok(Some(t)) => Some(t),
-        _ => state.auth.tenant_by_id(slug).await.ok().flatten(),
-    }
+    state.auth.tenant_by_slug(slug).await.ok().flatten()
 }
 
 pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {

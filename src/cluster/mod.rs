@@ -382,11 +382,6 @@ impl Cluster {
         self.registry.unblock(tenant);
     }
 
-    /// Valid leases per node, for the cluster view.
-    pub async fn lease_counts(&self) -> Result<HashMap<String, u64>, Error> {
-        Ok(self.pg.lease_counts().await?.into_iter().map(|(n, c)| (n, c.max(0) as u64)).collect())
-    }
-
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }

@@ -698,10 +698,10 @@ impl PgControl {
     }
 
     /// Valid leases per node.
-    pub async fn lease_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+    pub async fn lease_counts(&self) -> Result<std::collections::HashMap<String, u64>, Error> {
         let rows =
             self.client().await?.query("SELECT node_id, count(*) FROM leases WHERE expires_at > clock_timestamp() GROUP BY node_id", &[]).await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)?.max(0) as u64))).collect()
     }
 
     /// Forgets a node that left for good.

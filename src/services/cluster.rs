@@ -66,12 +66,14 @@ impl Operator {
     /// Every registered node, with the tenants each holds.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, Error> {
         let pg = self.cluster_store()?;
-        let owned: std::collections::HashMap<String, i64> = pg.lease_counts().await?.into_iter().collect();
         let nodes = pg.nodes(self.config.cluster.node_timeout_ms as i64).await?;
-        Ok(nodes
-            .into_iter()
-            .map(|n| NodeView { owned_tenants: owned.get(&n.id).copied().unwrap_or(0).max(0) as u64, preferred_tenants: 0, node: n })
-            .collect())
+        self.with_leases(nodes).await
+    }
+
+    /// `nodes` with the tenants each holds (preferred counts left at 0).
+    async fn with_leases(&self, nodes: Vec<NodeRow>) -> Result<Vec<NodeView>, Error> {
+        let owned = self.cluster_store()?.lease_counts().await?;
+        Ok(nodes.into_iter().map(|n| NodeView { owned_tenants: owned.get(&n.id).copied().unwrap_or(0), preferred_tenants: 0, node: n }).collect())
     }
 
     /// Marks a node as draining (it is then preferred for no tenant, so its tenants move away) or
@@ -95,15 +97,10 @@ impl Operator {
     /// The nodes of the cluster and their tenant counts.
     pub async fn cluster(&self) -> Result<ClusterView, Error> {
         let cluster = self.live.as_ref().and_then(|s| s.cluster.clone());
-        let (tenants, total) = self.control.list_tenants(None, None, u32::MAX).await?;
-        let mut nodes: Vec<NodeView> = match &cluster {
-            Some(c) => {
-                let owned = c.lease_counts().await?;
-                c.nodes()
-                    .iter()
-                    .map(|n| NodeView { node: n.clone(), preferred_tenants: 0, owned_tenants: owned.get(&n.id).copied().unwrap_or(0) })
-                    .collect()
-            }
+        // Every tenant is read only to count the ones each node is preferred for.
+        let (tenants, total) = self.control.list_tenants(None, None, if cluster.is_some() { u32::MAX } else { 0 }).await?;
+        let mut nodes = match &cluster {
+            Some(c) => self.with_leases(c.nodes().to_vec()).await?,
             None => Vec::new(),
         };
         if let Some(c) = &cluster {

@@ -149,7 +149,7 @@ impl Operator {
             }
         };
         let (tenants, _) = self.control.list_tenants(None, None, u32::MAX).await?;
-        let rows = crate::billing::usage_report_with_tenants(tenants.clone(), &store, &period, &totals);
+        let rows = crate::billing::usage_report_with_tenants(&tenants, &store, &period, &totals);
         Ok((period, tenants, rows))
     }
 }
