@@ -326,17 +326,17 @@ impl Cluster {
         if files.is_empty() {
             return Err(unavailable(anyhow::anyhow!("its replica is empty")));
         }
-        self.registry.block_and_close(tenant, Block::Restoring).await;
-        let staged = dir.join("tenant.db.takeover");
-        let restored = async {
-            std::fs::create_dir_all(&dir)?;
-            crate::backup::restore::restore_to(&replica, crate::backup::restore::Target::Latest, &staged).await?;
-            let (d, s, t) = (dir.clone(), staged.clone(), tenant.to_string());
-            tokio::task::spawn_blocking(move || crate::tenant::install_restored(&d, &s, &t)).await??;
-            anyhow::Ok(())
+        if !self.registry.try_block(tenant, Block::Restoring) {
+            return Err(Error::unavailable(Code::OwnerUnavailable, "the tenant is being restored or deleted here; retry shortly", 2));
         }
-        .await;
-        self.registry.unblock(tenant);
+        let (registry, id) = (self.registry.clone(), tenant.to_string());
+        // In a task of its own, as the admin restore: a request that goes away (a disconnect, the
+        // request timeout) leaves neither a half-done restore nor a blocked tenant.
+        let restored = tokio::spawn(async move {
+            let _unblock = crate::tenant::Unblock(registry.clone(), id.clone());
+            crate::tenant::restore_blocked(&registry, &id, &replica, crate::backup::restore::Target::Latest).await
+        })
+        .await??;
         restored.map_err(unavailable)?;
         std::fs::write(dir.join(EPOCH_FILE), epoch.to_string()).map_err(|e| Error::internal(anyhow::anyhow!("recording the lease epoch: {e}")))?;
         metrics::histogram!("warren_cluster_restore_seconds").record(started.elapsed().as_secs_f64());

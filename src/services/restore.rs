@@ -13,7 +13,7 @@ use crate::backup::ReplicaKey;
 use crate::control::Tenant;
 use crate::error::{Code, Error};
 use crate::state::AppState;
-use crate::tenant::{tenant_dir, Block, TenantCap};
+use crate::tenant::{tenant_dir, Block, TenantCap, Unblock};
 
 /// Body of a restore: at most one of `txid` (16 hex digits) and `timestamp` (RFC 3339); neither means latest.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -101,19 +101,10 @@ async fn restore_tenant(state: &AppState, cap: &TenantCap, tenant: &Tenant, targ
     // disconnects, the request timeout), and the tenant is unblocked however it ends.
     let task = tokio::spawn(async move {
         let _unblock = Unblock(state.registry.clone(), tenant.id.clone());
-        state.registry.close_blocked(&tenant.id).await;
-        let dir = tenant_dir(&state.config.data_dir, &tenant.id);
-        let staged = dir.join("tenant.db.restoring");
-        let outcome = match crate::backup::restore::restore_to(&replica, target, &staged).await {
-            Ok(report) => {
-                let (dir2, id) = (dir.clone(), tenant.id.clone());
-                match tokio::task::spawn_blocking(move || crate::tenant::install_restored(&dir2, &staged, &id)).await {
-                    Ok(Ok(())) => Ok(report),
-                    Ok(Err(e)) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
-                    Err(e) => Err(Error::internal(anyhow::anyhow!("installing the restored file: {e}"))),
-                }
-            }
-            Err(e) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
+        let outcome = match crate::tenant::restore_blocked(&state.registry, &tenant.id, &replica, target).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(Error::bad_request(Code::RestoreFailed, format!("{e:#}"))),
+            Err(e) => Err(e),
         };
         if let Ok(report) = &outcome {
             // The restored state is the new history: the next TXID is a full image.
@@ -157,14 +148,5 @@ impl Operator {
             replica.list().await.map_err(|e| Error::unavailable(Code::BackupUnavailable, format!("the replica cannot be listed: {e:#}"), 5))?;
         let chain = crate::backup::restore::plan(&files, target).map_err(|e| Error::bad_request(Code::RestorePointUnavailable, format!("{e:#}")))?;
         refuse_across_erasure(&self.control, tenant_id, &chain).await
-    }
-}
-
-/// Unblocks a tenant when dropped.
-struct Unblock(crate::tenant::TenantRegistry, String);
-
-impl Drop for Unblock {
-    fn drop(&mut self) {
-        self.0.unblock(&self.1);
     }
 }

@@ -421,6 +421,39 @@ pub fn install_restored(dir: &Path, staged: &Path, tenant_id: &str) -> anyhow::R
     Ok(())
 }
 
+/// The core of an in-place restore, for a tenant the caller has blocked: closes its handle,
+/// restores `target` from `replica` into `<tenant dir>/tenant.db.restoring` and swaps it in
+/// ([`install_restored`]). The inner error is a restore or swap that failed (the old state stays);
+/// the outer one a task that failed.
+pub async fn restore_blocked(
+    registry: &TenantRegistry,
+    tenant_id: &str,
+    replica: &crate::backup::Replica,
+    target: crate::backup::restore::Target,
+) -> Result<anyhow::Result<crate::backup::restore::Report>, Error> {
+    registry.close_blocked(tenant_id).await;
+    let dir = tenant_dir(registry.data_dir(), tenant_id);
+    let staged = dir.join("tenant.db.restoring");
+    let report = match crate::backup::restore::restore_to(replica, target, &staged).await {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let id = tenant_id.to_string();
+    match tokio::task::spawn_blocking(move || install_restored(&dir, &staged, &id)).await {
+        Ok(installed) => Ok(installed.map(|()| report)),
+        Err(e) => Err(Error::internal(anyhow::anyhow!("installing the restored file: {e}"))),
+    }
+}
+
+/// Unblocks a tenant when dropped, however the work that blocked it ends.
+pub struct Unblock(pub TenantRegistry, pub String);
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        self.0.unblock(&self.1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
