@@ -27,6 +27,8 @@ cleanup() { [ -n "$WPID" ] && kill "$WPID" 2>/dev/null; as_pg "$PGBIN/pg_ctl" -D
 trap cleanup EXIT
 for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $PGPORT && break; sleep 0.1; done
 
+source benches/lib/tenants.sh
+
 # run NAME [ENV=VALUE...]: a fresh warren with its own data dir; TENANTS enterprise tenants (no plan
 # limit meets the load); then wrk.
 run() {
@@ -37,19 +39,7 @@ run() {
   WPID=$!
   for _ in $(seq 100); do curl -sf 127.0.0.1:$PORT/health >/dev/null && break; sleep 0.1; done
   local t0; t0=$(date +%s.%N)
-  python3 - "$PORT" "$ADMIN" "$TENANTS" "$data/keys.txt" <<'PY'
-import json, sys, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-port, admin, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-def create(i):
-    body = json.dumps({"slug": f"bench{i:05d}", "name": "b", "email": "b@b.co", "tier": "enterprise"}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/v1/tenants", body,
-        {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(req))["api_key"]
-with ThreadPoolExecutor(8) as ex:
-    keys = list(ex.map(create, range(n)))
-open(out, "w").write("\n".join(keys) + "\n")
-PY
+  create_tenants bench "$TENANTS" "$data/keys.txt"
   echo "== $name: $TENANTS tenants created in $(echo "$(date +%s.%N) - $t0" | bc) s (8 concurrent admin calls)"
   echo "== $name: wrk GET /api/v1/tenant over $TENANTS tenants, -t2 -c64 -d$DURATION"
   WARREN_BENCH_KEYS=$data/keys.txt WARREN_BENCH_PATH=/api/v1/tenant wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua \
