@@ -250,6 +250,9 @@ pub struct BackupSettings {
     /// Under `sync` durability, how long a write waits for its LTX to reach object storage before
     /// it answers 503 `not_replicated` (committed on the node, not acknowledged).
     pub sync_ack_timeout_ms: u64,
+    /// Replica writes are create-only (S3 `If-None-Match: *`), so a node that lost a tenant's lease
+    /// cannot replace what the new owner wrote. Turn off only for a store without conditional writes.
+    pub conditional_writes: bool,
     /// S3 credentials when not in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<crate::secret::Secret>,
@@ -277,6 +280,7 @@ impl Default for BackupSettings {
             retry_max_ms: 30_000,
             close_timeout_secs: 5,
             sync_ack_timeout_ms: 10_000,
+            conditional_writes: true,
             access_key_id: None,
             secret_access_key: None,
         }

@@ -209,6 +209,18 @@ pub fn decode(b: &[u8]) -> anyhow::Result<Decoded> {
     Ok(Decoded { header, pages })
 }
 
+/// Whether two LTX files carry the same change: the same TXID range, page size, database size and
+/// pages. Only their capture times may differ (a file built again after a lost answer).
+pub fn same_change(a: &[u8], b: &[u8]) -> bool {
+    match (decode(a), decode(b)) {
+        (Ok(x), Ok(y)) => {
+            let (p, q) = (x.header, y.header);
+            (p.page_size, p.commit, p.min_txid, p.max_txid) == (q.page_size, q.commit, q.min_txid, q.max_txid) && x.pages == y.pages
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +236,23 @@ mod tests {
             e.push_page(p, &page(4096, p as u8)).unwrap();
         }
         e.finish()
+    }
+
+    #[test]
+    fn the_same_change_is_told_apart_from_another_by_its_pages_not_its_time() {
+        let build = |ts: i64, seed: u8| {
+            let mut e = Encoder::new(Header { page_size: 4096, commit: 3, min_txid: 1, max_txid: 1, timestamp_ms: ts }).unwrap();
+            for p in 1..=3 {
+                e.push_page(p, &page(4096, p as u8 * seed)).unwrap();
+            }
+            e.finish()
+        };
+        assert!(same_change(&sample(), &build(1_800_000_000_000, 1)), "only the capture time differs");
+        assert!(!same_change(&sample(), &build(1_700_000_000_000, 3)), "other pages");
+        let mut other_txid = sample();
+        other_txid[24..32].copy_from_slice(&2u64.to_be_bytes());
+        assert!(!same_change(&sample(), &other_txid), "another TXID (and a bad checksum)");
+        assert!(!same_change(&sample(), b"not an LTX file"));
     }
 
     #[test]

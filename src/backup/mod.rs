@@ -266,7 +266,7 @@ impl BackupService {
             access_key_id: cfg.access_key_id.clone(),
             secret_access_key: cfg.secret_access_key.as_ref().map(|s| s.expose().to_string()),
         };
-        let root = ReplicaRoot::parse(url, &creds, Duration::from_secs(cfg.request_timeout_secs.max(1)))?;
+        let root = ReplicaRoot::parse(url, &creds, Duration::from_secs(cfg.request_timeout_secs.max(1)))?.with_create_only(cfg.conditional_writes);
         std::fs::create_dir_all(data_dir.join(PENDING_DIR))?;
         Ok(Arc::new(BackupService {
             root,

@@ -37,6 +37,9 @@ pub struct DbReplica {
     closing: std::sync::atomic::AtomicBool,
     /// A maintenance pass failed: the next one lists the replica again before it works from its list.
     relist: std::sync::atomic::AtomicBool,
+    /// A PUT found another writer's object at its key: the next sync forgets its state and lists the
+    /// replica again, so it ships a full image after the newest TXID there.
+    reload: std::sync::atomic::AtomicBool,
     /// A level-0 PUT has begun and its position is not stored yet. Such a replica's list is not
     /// kept for a reopen: the PUT may have landed (or may still land) while the position says otherwise.
     put_unsettled: std::sync::atomic::AtomicBool,
@@ -80,6 +83,7 @@ impl DbReplica {
             maint_task: Mutex::new(None),
             closing: std::sync::atomic::AtomicBool::new(false),
             relist: std::sync::atomic::AtomicBool::new(false),
+            reload: std::sync::atomic::AtomicBool::new(false),
             put_unsettled: std::sync::atomic::AtomicBool::new(false),
             source,
             checkpoint_soon: std::sync::atomic::AtomicBool::new(false),
@@ -175,6 +179,9 @@ impl DbReplica {
         };
         let started = Instant::now();
         let mut guard = self.ship.lock().await;
+        if self.reload.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            *guard = None;
+        }
         if guard.is_none() {
             *guard = Some(self.load_state().await?);
         }
@@ -498,6 +505,14 @@ impl DbReplica {
 
     /// Puts one object into this database's replica, and reports the PUT and its bytes as the
     /// tenant's object-store cost (the control plane's replica is nobody's).
+    ///
+    /// Replica writes are create-only: an object already at the key is never replaced. If it holds
+    /// the same change, it is an earlier attempt of ours whose answer was lost, and the PUT is done.
+    /// Otherwise another writer put it there: a node that held this tenant's lease before, or holds
+    /// it now while this node has lost it. Either way this PUT fails (nothing is acknowledged from
+    /// it), and the next sync lists the replica again and ships a full image after its newest TXID,
+    /// so the replica restores to this node's state if this node still owns the tenant; if it does
+    /// not, the lease check refuses that sync.
     async fn put(&self, level: u8, min: u64, max: u64, data: Bytes, created_ms: i64) -> anyhow::Result<()> {
         let n = data.len() as u64;
         if let (Some(id), Some(svc)) = (self.key.tenant_id(), self.svc.upgrade()) {
@@ -505,7 +520,15 @@ impl DbReplica {
                 anyhow::ensure!(fence(id), "this node no longer holds the lease of tenant {id}: its replica is not written from here");
             }
         }
-        self.replica.put(level, min, max, data, created_ms).await?;
+        if let store::Put::Existing(found) = self.replica.put(level, min, max, data.clone(), created_ms).await? {
+            if !ltx::same_change(&found, &data) {
+                metrics::counter!("warren_backup_conflicts_total").increment(1);
+                self.reload.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.relist.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!(replica = %self.key, level, min, max, "another writer's object is at this key of the replica; the next sync lists it again and ships a full image");
+                anyhow::bail!("the replica already holds a different {} at level {level} (another writer)", ltx::file_name(min, max));
+            }
+        }
         if let (Some(id), Some(svc)) = (self.key.tenant_id(), self.svc.upgrade()) {
             if let Some(sink) = svc.costs.get() {
                 sink(id, n);

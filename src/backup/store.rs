@@ -5,8 +5,10 @@
 //! | `s3://bucket/prefix?endpoint=…&region=…` | `<prefix>/<replica>/<level as %04x>/<min>-<max>.ltx`, user metadata `litestream-timestamp` |
 //! | `file:///dir` | `<dir>/<replica>/ltx/<level>/<min>-<max>.ltx`, mtime = the capture time |
 //!
-//! `<replica>` is `tenants/<tenant id>` or `control`. Objects are written whole (PUT, or temp file and
-//! rename) and never rewritten.
+//! `<replica>` is `tenants/<tenant id>` or `control`. Objects are written whole and never rewritten:
+//! with `backup.conditional_writes` (the default) a PUT is create-only (S3 `If-None-Match: *`; a
+//! hard link of a finished temp file on `file://`), so a writer that lost its lease cannot replace a
+//! file the new owner wrote at the same key. Without it, a PUT overwrites (temp file and rename).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, RetryConfig};
+use object_store::{Attribute, Attributes, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig};
 
 use super::ltx;
 
@@ -41,7 +43,20 @@ enum Backend {
 
 /// The parsed `backup.url`: where every replica of this node lives.
 #[derive(Debug, Clone)]
-pub struct ReplicaRoot(Arc<Backend>);
+pub struct ReplicaRoot {
+    backend: Arc<Backend>,
+    /// PUTs never replace an object (`backup.conditional_writes`).
+    create_only: bool,
+}
+
+/// What a PUT did.
+#[derive(Debug)]
+pub enum Put {
+    Written,
+    /// Create-only, and an object was already at the key: its bytes, so that the caller can tell an
+    /// earlier attempt of its own from another writer's file.
+    Existing(Bytes),
+}
 
 /// Credentials for S3 when they are not in the usual AWS environment variables.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +71,7 @@ impl ReplicaRoot {
         match u.scheme() {
             "file" => {
                 let root = u.to_file_path().map_err(|_| anyhow::anyhow!("backup.url {url:?}: bad file path"))?;
-                Ok(ReplicaRoot(Arc::new(Backend::File { root })))
+                Ok(ReplicaRoot { backend: Arc::new(Backend::File { root }), create_only: true })
             }
             "s3" => {
                 let bucket = u.host_str().filter(|b| !b.is_empty()).context("backup.url: s3:// needs a bucket")?.to_string();
@@ -93,10 +108,17 @@ impl ReplicaRoot {
                 let opts =
                     ClientOptions::new().with_allow_http(allow_http).with_timeout(request_timeout).with_connect_timeout(Duration::from_secs(2));
                 let store = b.with_retry(retry).with_client_options(opts).build().context("configuring the S3 client")?;
-                Ok(ReplicaRoot(Arc::new(Backend::S3 { store: Arc::new(store), prefix, bucket, query: u.query().unwrap_or("").to_string() })))
+                let backend = Backend::S3 { store: Arc::new(store), prefix, bucket, query: u.query().unwrap_or("").to_string() };
+                Ok(ReplicaRoot { backend: Arc::new(backend), create_only: true })
             }
             other => bail!("backup.url: unsupported scheme {other:?} (use s3:// or file://)"),
         }
+    }
+
+    /// Whether PUTs are create-only (the default) or overwrite, for stores without conditional writes.
+    pub fn with_create_only(mut self, create_only: bool) -> ReplicaRoot {
+        self.create_only = create_only;
+        self
     }
 
     /// The replica of one database, `sub` being `tenants/<id>` or `control`.
@@ -106,7 +128,7 @@ impl ReplicaRoot {
 
     /// Lists the tenant ids that have a replica (for `restore --all` and diagnostics).
     pub async fn tenant_ids(&self) -> anyhow::Result<Vec<String>> {
-        match &*self.0 {
+        match &*self.backend {
             Backend::File { root } => {
                 let dir = root.join("tenants");
                 tokio::task::spawn_blocking(move || {
@@ -158,7 +180,7 @@ pub struct Replica {
 impl Replica {
     /// The URL `litestream restore` takes for this replica.
     pub fn url(&self) -> String {
-        match &*self.root.0 {
+        match &*self.root.backend {
             Backend::File { root } => format!("file://{}", root.join(&self.sub).display()),
             Backend::S3 { prefix, bucket, query, .. } => {
                 let q = if query.is_empty() { String::new() } else { format!("?{query}") };
@@ -175,29 +197,48 @@ impl Replica {
         root.join(sub).join("ltx").join(level.to_string()).join(ltx::file_name(min, max))
     }
 
-    pub async fn put(&self, level: u8, min: u64, max: u64, data: Bytes, created_ms: i64) -> anyhow::Result<()> {
-        match &*self.root.0 {
+    /// Writes one object whole. Create-only (see the module's note), an object already at the key is
+    /// left as it is and returned as [`Put::Existing`].
+    pub async fn put(&self, level: u8, min: u64, max: u64, data: Bytes, created_ms: i64) -> anyhow::Result<Put> {
+        let create_only = self.root.create_only;
+        match &*self.root.backend {
             Backend::S3 { store, prefix, .. } => {
+                let key = Self::s3_key(prefix, &self.sub, level, min, max);
                 let mut attrs = Attributes::new();
                 attrs.insert(Attribute::Metadata("litestream-timestamp".into()), rfc3339(created_ms).into());
-                let opts = PutOptions { attributes: attrs, ..Default::default() };
-                store.put_opts(&Self::s3_key(prefix, &self.sub, level, min, max), data.into(), opts).await?;
-                Ok(())
+                let mode = if create_only { PutMode::Create } else { PutMode::Overwrite };
+                let opts = PutOptions { mode, attributes: attrs, ..Default::default() };
+                match store.put_opts(&key, data.into(), opts).await {
+                    Ok(_) => Ok(Put::Written),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Existing(store.get(&key).await?.bytes().await?)),
+                    Err(e) => Err(e.into()),
+                }
             }
             Backend::File { root } => {
                 let path = Self::file_path(root, &self.sub, level, min, max);
                 tokio::task::spawn_blocking(move || {
                     let dir = path.parent().expect("replica file has a parent");
                     std::fs::create_dir_all(dir)?;
-                    let tmp = path.with_extension("ltx.tmp");
+                    // A name of its own: two writers of one key never share a temp file.
+                    let tmp = path.with_extension(format!("{}.tmp", ulid::Ulid::new()));
                     let f = std::fs::File::create(&tmp)?;
                     std::io::Write::write_all(&mut &f, &data)?;
                     f.sync_all()?;
                     let t = UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64);
                     f.set_modified(t)?;
                     drop(f);
-                    std::fs::rename(&tmp, &path)?;
-                    anyhow::Ok(())
+                    if !create_only {
+                        std::fs::rename(&tmp, &path)?;
+                        return anyhow::Ok(Put::Written);
+                    }
+                    // A hard link never replaces its target: the create-only PUT of a directory.
+                    let linked = std::fs::hard_link(&tmp, &path);
+                    let _ = std::fs::remove_file(&tmp);
+                    match linked {
+                        Ok(()) => Ok(Put::Written),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Put::Existing(std::fs::read(&path)?.into())),
+                        Err(e) => Err(e.into()),
+                    }
                 })
                 .await?
             }
@@ -205,7 +246,7 @@ impl Replica {
     }
 
     pub async fn get(&self, f: &FileInfo) -> anyhow::Result<Bytes> {
-        match &*self.root.0 {
+        match &*self.root.backend {
             Backend::S3 { store, prefix, .. } => Ok(store.get(&Self::s3_key(prefix, &self.sub, f.level, f.min, f.max)).await?.bytes().await?),
             Backend::File { root } => {
                 let path = Self::file_path(root, &self.sub, f.level, f.min, f.max);
@@ -215,7 +256,7 @@ impl Replica {
     }
 
     pub async fn delete(&self, f: &FileInfo) -> anyhow::Result<()> {
-        match &*self.root.0 {
+        match &*self.root.backend {
             Backend::S3 { store, prefix, .. } => match store.delete(&Self::s3_key(prefix, &self.sub, f.level, f.min, f.max)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e.into()),
@@ -233,7 +274,7 @@ impl Replica {
 
     /// Every LTX file of this replica, sorted by (level, min, max).
     pub async fn list(&self) -> anyhow::Result<Vec<FileInfo>> {
-        let mut out = match &*self.root.0 {
+        let mut out = match &*self.root.backend {
             Backend::S3 { store, prefix, .. } => {
                 let base = join(prefix, &self.sub);
                 let objs: Vec<_> = store.list(Some(&Path::from(base.clone()))).try_collect().await?;
@@ -265,7 +306,7 @@ impl Replica {
         for f in &files {
             self.delete(f).await?;
         }
-        if let Backend::File { root } = &*self.root.0 {
+        if let Backend::File { root } = &*self.root.backend {
             let dir = root.join(&self.sub);
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
@@ -295,4 +336,31 @@ fn list_dir(dir: &FsPath) -> anyhow::Result<Vec<FileInfo>> {
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_create_only_put_never_replaces_an_object_and_returns_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let root = ReplicaRoot::parse(&url, &S3Credentials::default(), Duration::from_secs(1)).unwrap();
+        let r = root.replica("tenants/t1");
+        assert!(matches!(r.put(0, 2, 2, Bytes::from_static(b"first"), 1_000).await.unwrap(), Put::Written));
+        match r.put(0, 2, 2, Bytes::from_static(b"second"), 2_000).await.unwrap() {
+            Put::Existing(b) => assert_eq!(&b[..], b"first"),
+            Put::Written => panic!("the object was replaced"),
+        }
+        let files = r.list().await.unwrap();
+        assert_eq!(files.len(), 1, "no temp file is left or listed: {files:?}");
+        assert_eq!(&r.get(&files[0]).await.unwrap()[..], b"first");
+        let leftovers = std::fs::read_dir(dir.path().join("tenants/t1/ltx/0")).unwrap().count();
+        assert_eq!(leftovers, 1);
+        // Overwriting, for stores without conditional writes.
+        let r = root.with_create_only(false).replica("tenants/t1");
+        assert!(matches!(r.put(0, 2, 2, Bytes::from_static(b"second"), 2_000).await.unwrap(), Put::Written));
+        assert_eq!(&r.get(&files[0]).await.unwrap()[..], b"second");
+    }
 }

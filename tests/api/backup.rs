@@ -727,3 +727,53 @@ async fn sync_durability_acknowledges_only_what_the_replica_holds() {
     let db = dir.path().join(&id).join("tenant.db");
     compat(&moto.url(&format!("durable/tenants/{id}")), "--source", &db);
 }
+
+/// Another writer's level-0 file at the TXID this node ships next (what a node that held the tenant
+/// before could leave behind, its upload landing late): replica writes are create-only, so warren
+/// never replaces it. Its own PUT of that TXID is refused, counted in
+/// `warren_backup_conflicts_total`, and the next sync ships a full image after it, so litestream
+/// restores the tenant to exactly this node's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_writers_object_is_never_replaced_and_the_owner_ships_past_it() {
+    use warren::backup::{ltx, store::Put};
+    let moto = Moto::start().await;
+    let url = moto.url("clash");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &backup_envs(&url)).await;
+    let (id, key) = server.create_tenant_key("clash", "pro").await;
+    let client = Client::new();
+    add_doc(&client, &server.addr, &key, "a.md", "written by this node").await;
+    wait_replicated(&server.addr, "clash").await;
+
+    // The foreign file: the newest level-0 file's pages again, under the next TXID.
+    let creds = warren::backup::store::S3Credentials { access_key_id: Some(KEY_ID.into()), secret_access_key: Some(SECRET.into()) };
+    let replica = ReplicaRoot::parse(&url, &creds, Duration::from_secs(5)).unwrap().replica(&format!("tenants/{id}"));
+    let files = replica.list().await.unwrap();
+    let newest = *files.iter().filter(|f| f.level == 0).max_by_key(|f| f.max).expect("a level-0 file");
+    let next = newest.max + 1;
+    let d = ltx::decode(&replica.get(&newest).await.unwrap()).unwrap();
+    let mut e = ltx::Encoder::new(ltx::Header { min_txid: next, max_txid: next, ..d.header }).unwrap();
+    for (p, data) in &d.pages {
+        e.push_page(*p, data).unwrap();
+    }
+    let foreign = bytes::Bytes::from(e.finish());
+    let put = replica.put(0, next, next, foreign.clone(), warren::backup::store::now_ms()).await.unwrap();
+    assert!(matches!(put, Put::Written), "{put:?}");
+
+    add_doc(&client, &server.addr, &key, "b.md", "written after the foreign file").await;
+    let last = u64::from_str_radix(&wait_replicated(&server.addr, "clash").await, 16).unwrap();
+    assert!(last > next, "shipped up to {last}, not past the foreign TXID {next}");
+    let metrics = client.get(format!("{}/metrics", server.addr)).send().await.unwrap().text().await.unwrap();
+    let conflicts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warren_backup_conflicts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no warren_backup_conflicts_total in /metrics"));
+    assert!(conflicts >= 1.0, "{conflicts}");
+    let at = files.iter().find(|f| f.level == 0).copied().map(|f| warren::backup::FileInfo { min: next, max: next, ..f }).unwrap();
+    assert_eq!(replica.get(&at).await.unwrap(), foreign, "the foreign file was replaced");
+    assert_eq!(doc_paths(&client, &server.addr, &key).await, ["a.md", "b.md"]);
+    let mut server = server;
+    assert!(server.terminate().success());
+    compat(&moto.url(&format!("clash/tenants/{id}")), "--source", &tenant_db(dir.path(), &id));
+}

@@ -452,6 +452,59 @@ async fn tenants_fail_over_and_a_paused_owner_is_fenced() {
     assert!((share - 0.25).abs() <= 0.1, "share {share}: {v}");
 }
 
+/// A late upload of a paused owner. Node a's uploads go through a proxy that holds them back (a
+/// network that delays a packet); a is paused (SIGSTOP) while one of its level-0 uploads is held,
+/// node b takes the tenant over from the replica, writes and ships the same TXID, and only then
+/// does the held upload arrive. The store refuses it (replica writes are create-only), and the real
+/// litestream restores the tenant to exactly b's state, before and after a resumes. With
+/// overwriting PUTs the late upload would replace b's file.
+#[tokio::test]
+async fn a_paused_owners_late_upload_is_refused_by_the_store() {
+    let _heavy = super::helpers::HEAVY.lock().await;
+    let shared = Shared::start("late").await;
+    let proxy = super::s3proxy::FaultProxy::start(shared.moto.port).await;
+    let a = start_node("a", &shared.url, &proxy.url("late")).await;
+    let client = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let (id, key) = a.server().create_tenant_key("late0", "pro").await;
+    let write = |addr: &str, path: &str| {
+        client.post(format!("{addr}/api/v1/documents")).bearer_auth(&key).json(&serde_json::json!({"path": path, "content": path}))
+    };
+    assert!(write(a.addr(), "one.md").send().await.unwrap().status().is_success());
+    super::backup::wait_replicated(a.addr(), "late0").await;
+
+    // The next upload of a's is held; a acknowledges the write (async durability) and is paused.
+    proxy.hold_puts(&format!("tenants/{id}/"));
+    assert!(write(a.addr(), "two.md").send().await.unwrap().status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.held() == 0 {
+        assert!(Instant::now() < deadline, "a never uploaded the write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_pid = a.server().pid() as i32;
+    unsafe { libc::kill(a_pid, libc::SIGSTOP) };
+
+    // b joins, takes the tenant over once a's lease lapses, and writes the TXID a's held upload has.
+    let b = shared.node("b").await;
+    let (paths, node) = paths_of(&client, b.addr(), &key).await;
+    assert_eq!((paths, node.as_str()), (vec!["one.md".to_string()], "b"), "b restores the replica as it is: without the held write");
+    assert!(write(b.addr(), "three.md").send().await.unwrap().status().is_success());
+    super::backup::wait_replicated(b.addr(), "late0").await;
+
+    // Now the held upload arrives: refused, and the replica restores to b's state.
+    let answers = proxy.release_held().await;
+    assert!(!answers.is_empty() && answers.iter().all(|s| *s == 412), "late uploads answered {answers:?} (412 expected)");
+    let replica = shared.moto.url(&format!("late/tenants/{id}"));
+    super::backup::compat(&replica, "--source", &b.dir.path().join(&id).join("tenant.db"));
+
+    // Resumed, a writes nothing into the replica under the lease it lost.
+    unsafe { libc::kill(a_pid, libc::SIGCONT) };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (paths, node) = paths_of(&client, b.addr(), &key).await;
+    assert_eq!(paths, ["one.md", "three.md"]);
+    let holder = if node == "a" { &a } else { &b };
+    super::backup::compat(&replica, "--source", &holder.dir.path().join(&id).join("tenant.db"));
+}
+
 /// The real Caddy with deploy/cluster/Caddyfile in front of three nodes: every tenant's subdomain
 /// answers through it, and answers again soon after the node it was pinned to is killed.
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! A small fault-injecting HTTP proxy in front of the S3 server (moto): it forwards every request
-//! unchanged, or answers 500s, delays requests, hangs them, or swallows uploads, as the test says.
+//! unchanged, or answers 500s, delays requests, hangs them, or swallows uploads, as the test says;
+//! it can also hold uploads back and deliver them later (a network that delays a packet).
 //! warren is pointed at the proxy through the `endpoint` of its backup URL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,11 @@ pub struct ProxyState {
     pub stalled_puts: AtomicU64,
     /// LIST requests (ListObjectsV2) seen.
     pub lists: AtomicU64,
+    /// Uploads whose path contains this are held until [`FaultProxy::release_held`].
+    hold: Mutex<Option<String>>,
+    held: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// The upstream's status for each held upload once delivered.
+    delivered: Mutex<Vec<u16>>,
 }
 
 pub struct FaultProxy {
@@ -54,6 +60,9 @@ impl FaultProxy {
             injected: AtomicU64::new(0),
             stalled_puts: AtomicU64::new(0),
             lists: AtomicU64::new(0),
+            hold: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
+            delivered: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new().fallback(forward).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
@@ -66,6 +75,35 @@ impl FaultProxy {
 
     pub fn set(&self, mode: Mode) {
         *self.state.mode.lock() = mode;
+    }
+
+    /// From now on, holds every upload (PUT) whose path contains `part`, whatever the mode. A held
+    /// upload is delivered by [`FaultProxy::release_held`] even if its client has gone away.
+    pub fn hold_puts(&self, part: &str) {
+        *self.state.hold.lock() = Some(part.to_string());
+    }
+
+    /// Uploads held and not yet released.
+    pub fn held(&self) -> usize {
+        self.state.held.lock().len()
+    }
+
+    /// Stops holding, delivers every held upload to the upstream, and returns the upstream's
+    /// statuses for them once all are answered.
+    pub async fn release_held(&self) -> Vec<u16> {
+        *self.state.hold.lock() = None;
+        let waiting: Vec<_> = std::mem::take(&mut *self.state.held.lock());
+        let n = waiting.len();
+        for tx in waiting {
+            let _ = tx.send(());
+        }
+        for _ in 0..200 {
+            if self.state.delivered.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::mem::take(&mut *self.state.delivered.lock())
     }
 
     /// A backup URL for `prefix` in the bucket, through the proxy.
@@ -90,6 +128,20 @@ async fn forward(State(s): State<Arc<ProxyState>>, req: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return status(400, "could not read the request body");
     };
+    let hold = s.hold.lock().clone();
+    if parts.method == http::Method::PUT && hold.is_some_and(|h| parts.uri.path().contains(&h)) {
+        // Delivered from a task of its own, so it arrives even if the client has gone away.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.held.lock().push(tx);
+        let s2 = s.clone();
+        let task = tokio::spawn(async move {
+            let _ = rx.await;
+            let r = upstream(&s2, &parts, body).await;
+            s2.delivered.lock().push(r.status().as_u16());
+            r
+        });
+        return task.await.unwrap_or_else(|_| status(502, "held upload lost"));
+    }
     match mode {
         Mode::Pass => {}
         Mode::Fail500 { one_in } => {
@@ -117,6 +169,11 @@ async fn forward(State(s): State<Arc<ProxyState>>, req: Request) -> Response {
         }
         Mode::HangGets => {}
     }
+    upstream(&s, &parts, body).await
+}
+
+/// Forwards one request to the S3 server and returns its answer.
+async fn upstream(s: &ProxyState, parts: &http::request::Parts, body: axum::body::Bytes) -> Response {
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut rb = s.client.request(parts.method.clone(), format!("{}{path}", s.upstream)).body(body);
     for (k, v) in parts.headers.iter() {
