@@ -160,6 +160,17 @@ pub(crate) async fn list_replica(url: &str, sub: &str) -> Vec<FileInfo> {
     ReplicaRoot::parse(url, &creds, Duration::from_secs(5)).unwrap().replica(sub).list().await.unwrap()
 }
 
+/// Every object of a replica with its bytes, sorted.
+pub(crate) async fn replica_objects(url: &str, sub: &str) -> Vec<(FileInfo, bytes::Bytes)> {
+    let creds = warren::backup::store::S3Credentials { access_key_id: Some(KEY_ID.into()), secret_access_key: Some(SECRET.into()) };
+    let replica = ReplicaRoot::parse(url, &creds, Duration::from_secs(5)).unwrap().replica(sub);
+    let mut out = Vec::new();
+    for f in replica.list().await.unwrap() {
+        out.push((f, replica.get(&f).await.unwrap()));
+    }
+    out
+}
+
 /// TXIDs at which `litestream restore -txid` lands exactly: those where Litestream's file choice
 /// (mirrored by warren's planner) ends on a file whose last TXID is that one.
 fn restore_points(files: &[FileInfo]) -> Vec<u64> {

@@ -490,9 +490,12 @@ async fn a_paused_owners_late_upload_is_refused_by_the_store() {
     assert!(write(b.addr(), "three.md").send().await.unwrap().status().is_success());
     super::backup::wait_replicated(b.addr(), "late0").await;
 
-    // Now the held upload arrives: refused, and the replica restores to b's state.
+    // Now the held upload arrives: refused, no object changes, and the replica restores to b's state.
+    let sub = format!("tenants/{id}");
+    let before = super::backup::replica_objects(&shared.backup_url, &sub).await;
     let answers = proxy.release_held().await;
     assert!(!answers.is_empty() && answers.iter().all(|s| *s == 412), "late uploads answered {answers:?} (412 expected)");
+    assert!(before == super::backup::replica_objects(&shared.backup_url, &sub).await, "the late upload changed the replica");
     let replica = shared.moto.url(&format!("late/tenants/{id}"));
     super::backup::compat(&replica, "--source", &b.dir.path().join(&id).join("tenant.db"));
 
