@@ -508,8 +508,11 @@ async fn a_paused_owners_late_upload_is_refused_by_the_store() {
     super::backup::compat(&replica, "--source", &holder.dir.path().join(&id).join("tenant.db"));
 }
 
-/// The real Caddy with deploy/cluster/Caddyfile in front of three nodes: every tenant's subdomain
-/// answers through it, and answers again soon after the node it was pinned to is killed.
+/// The real Caddy with deploy/cluster/Caddyfile in front of three nodes. Every tenant's subdomain
+/// answers through it; mixed writes and searches through it are metered exactly once each over all
+/// nodes (Caddy's pick is often not the owner, so many are forwarded); and after a node is killed
+/// with `kill -9` and its data dir deleted, every tenant answers again through Caddy with all its
+/// documents.
 #[tokio::test]
 async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
     let _heavy = super::helpers::HEAVY.lock().await;
@@ -520,37 +523,81 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
     }
     let first = nodes[0].server();
     let mut keys = Vec::new();
-    for i in 0..6 {
-        keys.push((format!("shop{i}"), first.create_tenant_key(&format!("shop{i}"), "pro").await.1));
+    for i in 0..12 {
+        keys.push((format!("shop{i:02}"), first.create_tenant_key(&format!("shop{i:02}"), "pro").await.1));
     }
     let upstreams: Vec<String> = nodes.iter().map(|n| n.addr().trim_start_matches("http://").to_string()).collect();
     let home = tempfile::tempdir().unwrap();
     let envs = [("WARREN_BASE_DOMAIN", "localhost".to_string()), ("WARREN_NODES", upstreams.join(" ")), ("WARREN_ASK", upstreams[0].clone())];
     let (_caddy, port) = super::caddy::start("deploy/cluster/Caddyfile", &envs, home.path()).await;
-    let through_caddy = |keys: Vec<(String, String)>| async move {
-        tokio::task::spawn_blocking(move || {
-            for (slug, key) in &keys {
-                let deadline = Instant::now() + Duration::from_secs(15);
-                loop {
-                    match super::caddy::curl(&format!("{slug}.localhost"), port, "/api/v1/tenant", key) {
-                        Some((200, v)) => {
-                            assert_eq!(v["slug"].as_str(), Some(slug.as_str()));
-                            break;
-                        }
-                        other => assert!(Instant::now() < deadline, "{slug} through Caddy: {other:?}"),
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        })
-        .await
-        .unwrap()
+    // One HTTPS client for every subdomain, each resolved to Caddy (its certificates are its own).
+    let mut builder = Client::builder().timeout(Duration::from_secs(20)).danger_accept_invalid_certs(true);
+    for (slug, _) in &keys {
+        builder = builder.resolve(&format!("{slug}.localhost"), std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let caddy = builder.build().unwrap();
+    let url = |slug: &str, path: &str| format!("https://{slug}.localhost:{port}{path}");
+    for (slug, key) in &keys {
+        let r = until_ok(&caddy, 15, "through Caddy", || caddy.get(url(slug, "/api/v1/tenant")).bearer_auth(key)).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["slug"].as_str(), Some(slug.as_str()));
+    }
+    // The node that created the tenants hands the others' over (releasing their leases); then a
+    // call that opens each tenant's storage has its preferred node take it. After that every
+    // tenant is held by its preferred node, and nothing moves while the calls are counted.
+    let direct = Client::new();
+    let owned = |v: &Value, ok: fn(u64, u64) -> bool| {
+        live(v).len() == 3 && v["nodes"].as_array().unwrap().iter().all(|n| ok(n["owned_tenants"].as_u64().unwrap(), n["preferred_tenants"].as_u64().unwrap()))
     };
-    through_caddy(keys.clone()).await;
-    // A node dies: Caddy's health checks and retries send its tenants elsewhere, and the cluster
-    // takes them over.
+    cluster_until(&direct, nodes[0].server(), "hand-overs done", |v| owned(v, |o, p| o <= p)).await;
+    for (slug, key) in &keys {
+        until_ok(&caddy, 15, "documents through Caddy", || caddy.get(url(slug, "/api/v1/documents?limit=1")).bearer_auth(key)).await;
+    }
+    cluster_until(&direct, nodes[0].server(), "tenants on their preferred nodes", |v| owned(v, |o, p| o == p)).await;
+    let period = chrono::Utc::now().format("%Y-%m").to_string();
+    let usage = |v: &Value, slug: &str, field: &str| {
+        v["tenants"].as_array().unwrap().iter().find(|r| r["slug"] == slug).map_or(0, |r| r[field].as_u64().unwrap_or(0))
+    };
+    let export = || async {
+        tokio::time::sleep(Duration::from_millis(1000)).await; // every node flushes every 250 ms
+        let r = direct.get(format!("{}/admin/v1/usage?period={period}", nodes[0].addr())).bearer_auth(ADMIN).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let before = export().await;
+
+    // Mixed writes and searches through Caddy, each answered on the first try.
+    let mut served = std::collections::BTreeSet::new();
+    for round in 0..3 {
+        for (slug, key) in &keys {
+            let body = serde_json::json!({"path": format!("doc{round}.md"), "content": format!("harbour tides {slug} {round}")});
+            let r = caddy.post(url(slug, "/api/v1/documents")).bearer_auth(key).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "write {slug}: {}", r.status());
+            served.insert(served_by(&r));
+            let r = caddy.post(url(slug, "/api/v1/search")).bearer_auth(key).json(&serde_json::json!({"query": "harbour tides", "mode": "keyword"})).send().await.unwrap();
+            let status = r.status();
+            assert!(status.is_success(), "search {slug}: {status} {}", r.text().await.unwrap_or_default());
+            let hits = r.json::<Value>().await.unwrap()["results"].as_array().map_or(0, |a| a.len());
+            assert_eq!(hits, round + 1, "{slug} finds every document written so far");
+        }
+    }
+    assert_eq!(served.len(), 3, "owners {served:?}");
+    let after = export().await;
+    for (slug, _) in &keys {
+        let delta = |field: &str| usage(&after, slug, field) - usage(&before, slug, field);
+        assert_eq!((delta("api_calls"), delta("document_writes"), delta("searches")), (6, 3, 3), "{slug}: {after}");
+    }
+
+    // A node dies with its disk: Caddy's health checks and retries send its tenants elsewhere, and
+    // the cluster takes them over from their replicas with every document.
+    tokio::time::sleep(Duration::from_secs(2)).await; // shipped (200 ms sync interval)
     nodes[1].kill9();
-    through_caddy(keys).await;
+    std::fs::remove_dir_all(nodes[1].dir.path()).unwrap();
+    for (slug, key) in &keys {
+        let r = until_ok(&caddy, 30, "after the kill", || caddy.get(url(slug, "/api/v1/documents?limit=10")).bearer_auth(key)).await;
+        assert_ne!(served_by(&r), "c2");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["documents"].as_array().map_or(0, |a| a.len()), 3, "{slug}: {v}");
+    }
 }
 
 /// `warren node drain` moves every tenant off a node gracefully: it ships, closes and releases
