@@ -547,7 +547,8 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
     // tenant is held by its preferred node, and nothing moves while the calls are counted.
     let direct = Client::new();
     let owned = |v: &Value, ok: fn(u64, u64) -> bool| {
-        live(v).len() == 3 && v["nodes"].as_array().unwrap().iter().all(|n| ok(n["owned_tenants"].as_u64().unwrap(), n["preferred_tenants"].as_u64().unwrap()))
+        live(v).len() == 3
+            && v["nodes"].as_array().unwrap().iter().all(|n| ok(n["owned_tenants"].as_u64().unwrap(), n["preferred_tenants"].as_u64().unwrap()))
     };
     cluster_until(&direct, nodes[0].server(), "hand-overs done", |v| owned(v, |o, p| o <= p)).await;
     for (slug, key) in &keys {
@@ -573,7 +574,13 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
             let r = caddy.post(url(slug, "/api/v1/documents")).bearer_auth(key).json(&body).send().await.unwrap();
             assert!(r.status().is_success(), "write {slug}: {}", r.status());
             served.insert(served_by(&r));
-            let r = caddy.post(url(slug, "/api/v1/search")).bearer_auth(key).json(&serde_json::json!({"query": "harbour tides", "mode": "keyword"})).send().await.unwrap();
+            let r = caddy
+                .post(url(slug, "/api/v1/search"))
+                .bearer_auth(key)
+                .json(&serde_json::json!({"query": "harbour tides", "mode": "keyword"}))
+                .send()
+                .await
+                .unwrap();
             let status = r.status();
             assert!(status.is_success(), "search {slug}: {status} {}", r.text().await.unwrap_or_default());
             let hits = r.json::<Value>().await.unwrap()["results"].as_array().map_or(0, |a| a.len());
@@ -601,7 +608,8 @@ async fn caddy_spreads_tenants_over_the_nodes_and_routes_around_a_dead_one() {
 }
 
 /// `warren node drain` moves every tenant off a node gracefully: it ships, closes and releases
-/// them, the other node restores them on their next request, and nothing written is lost.
+/// them, the other node restores them on their next request, and nothing written is lost. The
+/// drained node forwards the REST API, the tenant portal and WooCommerce deliveries to the owner.
 #[tokio::test]
 async fn a_drained_node_hands_its_tenants_over() {
     let _heavy = super::helpers::HEAVY.lock().await;
@@ -660,6 +668,34 @@ async fn a_drained_node_hands_its_tenants_over() {
     let r = until_ok(&client, 30, "portal", || no_redirects.get(format!("{}/dashboard", nodes[0].addr())).header("cookie", &session)).await;
     assert_eq!(served_by(&r), "d2", "the portal page was served by its tenant's owner");
     assert!(r.text().await.unwrap().contains("shop0"));
+    // So are WooCommerce deliveries: one signed for shop1 reaches d1, is checked and applied by d2.
+    let r = client
+        .put(format!("{}/admin/v1/tenants/shop1/integrations/woocommerce", nodes[0].addr()))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"webhook_secret": super::woocommerce::SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let product = super::woocommerce::fixture("product.json");
+    let raw = serde_json::to_vec(&product).unwrap();
+    let deliver = |signature: String| {
+        client
+            .post(format!("{}/webhooks/woocommerce/shop1", nodes[0].addr()))
+            .header("content-type", "application/json")
+            .header("x-wc-webhook-topic", "product.created")
+            .header("x-wc-webhook-resource", "product")
+            .header("x-wc-webhook-event", "created")
+            .header("x-wc-webhook-delivery-id", "cluster-1")
+            .header("x-wc-webhook-signature", signature)
+            .body(raw.clone())
+    };
+    let r = deliver(super::woocommerce::sign(b"another body", super::woocommerce::SECRET)).send().await.unwrap();
+    assert_eq!((r.status(), served_by(&r)), (StatusCode::UNAUTHORIZED, "d2".to_string()), "a bad signature is refused by the owner");
+    let r = until_ok(&client, 30, "webhook", || deliver(super::woocommerce::sign(&raw, super::woocommerce::SECRET))).await;
+    assert_eq!(served_by(&r), "d2", "the delivery was applied by shop1's owner");
+    let r = until_ok(&client, 30, "product", || client.get(format!("{}/api/v1/products/794", nodes[0].addr())).bearer_auth(&keys[1])).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["name"], "Premium Quality");
     let listed = drain(&["node", "list"]);
     let listed: Value = serde_json::from_slice(&listed.stdout).expect("node list json");
     assert_eq!(listed["nodes"].as_array().map(|n| n.len()), Some(2));

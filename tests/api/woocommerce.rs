@@ -9,14 +9,14 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const SECRET: &str = "wc-secret with spaces & symbols!";
+pub(crate) const SECRET: &str = "wc-secret with spaces & symbols!";
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/woocommerce").join(name);
     serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("fixture json")
 }
 
-fn sign(body: &[u8], secret: &str) -> String {
+pub(crate) fn sign(body: &[u8], secret: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
