@@ -104,6 +104,7 @@ impl App {
             queue_capacity: config.embed.queue_capacity,
             max_batch: config.embed.max_batch,
             threads: config.embed.threads,
+            precision: config.embed.precision,
             tenant_max_pending: config.embed.tenant_max_pending,
             bulk_nice: config.embed.bulk_nice,
         });

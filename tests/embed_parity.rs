@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use warren::embed::{EmbedConfig, EmbedError, EmbedService, Embedder, DIM, MAX_TOKENS};
+use warren::embed::{EmbedConfig, EmbedError, EmbedService, Embedder, Precision, DIM, MAX_TOKENS};
 
 fn model_dir() -> PathBuf {
     let dir = std::env::var_os("WARREN_MODEL_DIR")
@@ -93,6 +93,33 @@ fn embeddings_match_sentence_transformers() {
     println!("parity over {} texts: min cosine {min_cos:.7}, max |diff| {max_abs:.2e}", cases.len());
     assert!(failures.is_empty(), "cosine < 0.9999 for: {failures:#?}");
     assert!(max_abs <= 1e-4, "max abs difference {max_abs} > 1e-4");
+}
+
+/// The fp16 path (`embed.precision = "fp16"`) on a CPU with AVX512-FP16: every reference text
+/// within cosine 0.9999 of sentence-transformers (measured: 0.99999), and batch composition still
+/// irrelevant. On a CPU without it, the path falls back to fp32, which must then match as above.
+#[test]
+fn fp16_embeddings_match_sentence_transformers_or_fall_back_to_fp32() {
+    let e = Embedder::load(&model_dir()).expect("load").with_precision(Precision::Fp16);
+    let want = if Precision::fp16_supported() { Precision::Fp16 } else { Precision::Fp32 };
+    assert_eq!(e.precision(), want, "the path in use");
+    let cases = reference();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let got = e.embed(&texts).expect("embed");
+    let cos: Vec<f64> = got.iter().zip(&cases).map(|(g, c)| cosine(g, &c.embedding)).collect();
+    let min_cos = cos.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("{} parity over {} texts: min cosine {min_cos:.7}", e.precision().as_str(), cases.len());
+    assert!(min_cos >= 0.9999, "min cosine {min_cos}");
+    for (i, t) in texts.iter().enumerate().step_by(7) {
+        let single = e.embed(&[t]).expect("embed one");
+        assert!(cosine(&single[0], &got[i]) > 0.99999, "{t:?} alone vs in a batch");
+    }
+    // Not the fp32 result by another name: half-precision rounding shows in the last digits.
+    if want == Precision::Fp16 {
+        let fp32 = embedder().embed(&texts).expect("embed fp32");
+        let max_abs = got.iter().flatten().zip(fp32.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_abs > 1e-6, "the fp16 path gave exactly the fp32 result");
+    }
 }
 
 #[test]
@@ -199,7 +226,12 @@ fn throughput() {
     let text = std::fs::read_to_string(&path).expect("read sentences");
     let sentences: Vec<&str> = text.lines().collect();
     let threads: usize = std::env::var("WARREN_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let e = Embedder::load(&model_dir()).expect("load").with_threads(threads);
+    let precision = match std::env::var("WARREN_BENCH_PRECISION").as_deref() {
+        Ok("fp16") => Precision::Fp16,
+        _ => Precision::Fp32,
+    };
+    let e = Embedder::load(&model_dir()).expect("load").with_threads(threads).with_precision(precision);
+    assert_eq!(e.precision(), precision, "fp16 asked for on a CPU without AVX512-FP16");
     let tokens: usize = sentences.iter().map(|s| e.tokens(s)).sum();
     let cases = reference();
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
@@ -221,7 +253,8 @@ fn throughput() {
     e.embed(&sentences[..1]).expect("embed one");
     let one_ms = one.elapsed().as_secs_f64() * 1e3;
     println!(
-        "RESULT warren sentences={} tokens={tokens} threads={} seconds={best:.3} sentences_per_s={:.1} tokens_per_s={:.0} one_sentence_ms={one_ms:.1} cpu_seconds={best_cpu:.2} sentences_per_cpu_s={:.1} min_cosine_vs_reference={min_cos:.6}",
+        "RESULT warren-{} sentences={} tokens={tokens} threads={} seconds={best:.3} sentences_per_s={:.1} tokens_per_s={:.0} one_sentence_ms={one_ms:.1} cpu_seconds={best_cpu:.2} sentences_per_cpu_s={:.1} min_cosine_vs_reference={min_cos:.6}",
+        e.precision().as_str(),
         sentences.len(),
         e.threads(),
         sentences.len() as f64 / best,

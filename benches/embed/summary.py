@@ -13,10 +13,10 @@ for line in sys.stdin:
     b = best.setdefault(m.group(1), {"wall": 0.0, "cpu": 0.0, "cos": kv.get("min_cosine_vs_reference", "n/a")})
     b["wall"] = max(b["wall"], float(kv.get("sentences_per_s", "nan")))
     b["cpu"] = max(b["cpu"], float(kv.get("sentences_per_cpu_s", "nan")))
-w = best.get("warren", {}).get("wall", float("nan"))
+w = best.get("warren-fp32", {}).get("wall", float("nan"))
 print("== best of the rounds:")
-print(f"   {'embedder':<28} {'sentences/s':>12} {'per CPU-s':>10} {'vs warren':>10} {'min cosine':>11}")
+print(f"   {'embedder':<28} {'sentences/s':>12} {'per CPU-s':>10} {'vs fp32':>10} {'min cosine':>11}")
 for name, b in best.items():
     print(f"   {name:<28} {b['wall']:>12.1f} {b['cpu']:>10.1f} {b['wall'] / w:>9.2f}x {b['cos']:>11}")
-if "warren" not in best:
+if "warren-fp32" not in best:
     sys.exit("no RESULT line from warren")

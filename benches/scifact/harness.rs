@@ -206,7 +206,14 @@ fn scifact() -> anyhow::Result<()> {
     let model_dir = std::env::var("WARREN_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("models/all-MiniLM-L6-v2"));
     let out = std::env::var("SCIFACT_OUT").map(PathBuf::from).unwrap_or_else(|_| root.join("target/scifact"));
     std::fs::create_dir_all(out.join("runs"))?;
-    let model = crate::embed::Embedder::load(&model_dir)?;
+    // SCIFACT_PRECISION=fp16 runs the fp16 path (use another SCIFACT_OUT: the cache is per path).
+    let precision = match std::env::var("SCIFACT_PRECISION").as_deref() {
+        Ok("fp16") => crate::embed::Precision::Fp16,
+        _ => crate::embed::Precision::Fp32,
+    };
+    let model = crate::embed::Embedder::load(&model_dir)?.with_precision(precision);
+    anyhow::ensure!(model.precision() == precision, "{} is not supported on this CPU", precision.as_str());
+    eprintln!("embedding precision: {}", precision.as_str());
     let counter = TokenCounter::new(Some(model.tokenizer()));
     let mut cache = EmbCache::open(out.join("embeddings.bin"));
 

@@ -8,6 +8,7 @@
 #   WARREN_MODEL_DIR  model directory (default models/all-MiniLM-L6-v2; fetched if missing)
 #   SCIFACT_OUT       output directory for runs/ and summary.json (default target/scifact)
 #   SCIFACT_SWEEP=1   also print nDCG@10 over a grid of fusion settings
+#   SCIFACT_PRECISION=fp16  embed with the fp16 path (give it its own SCIFACT_OUT: embeddings are cached)
 #
 # The harness (benches/scifact/harness.rs, an ignored test of the library) loads the corpus
 # through the domain layer into a temporary tenant, runs the queries in keyword, semantic and
@@ -27,7 +28,7 @@ model_dir="${WARREN_MODEL_DIR:-$repo_root/models/all-MiniLM-L6-v2}"
 "$repo_root/scripts/fetch-model.sh" "$model_dir"
 
 cd "$repo_root"
-SCIFACT_DIR="$scifact_dir" SCIFACT_OUT="$out" WARREN_MODEL_DIR="$model_dir" \
+SCIFACT_DIR="$scifact_dir" SCIFACT_OUT="$out" WARREN_MODEL_DIR="$model_dir" SCIFACT_PRECISION="${SCIFACT_PRECISION:-fp32}" \
   cargo test --lib --config 'profile.dev.package.warren.opt-level=3' \
   scifact_harness -- --ignored --nocapture
 

@@ -3,9 +3,9 @@
 //!
 //! Every kernel is written once as plain scalar Rust in an `#[inline(always)]` body that LLVM can
 //! auto-vectorise (independent accumulators for reductions, branch-free polynomials, no libm
-//! calls). On x86-64 the body is additionally compiled inside a `#[target_feature(enable =
-//! "avx2,fma")]` wrapper chosen at run time, so a build for the baseline target still runs
-//! 8-wide on the machines we deploy to. Polynomials use plain `a * b + c` rather than
+//! calls). On x86-64 the body is additionally compiled inside `#[target_feature(enable =
+//! "avx512f,…")]` and `"avx2,fma"` wrappers chosen at run time, so a build for the baseline target
+//! still runs 16- or 8-wide on the machines we deploy to. Polynomials use plain `a * b + c` rather than
 //! `mul_add`, which would become a libm call on the baseline target.
 
 use gemm::Parallelism;
@@ -23,8 +23,21 @@ fn has_avx2() -> bool {
     }
 }
 
-/// Defines `pub fn $name(args)` that dispatches to an AVX2+FMA compilation of `$body` when the
-/// CPU supports it, else to the baseline compilation of the same body.
+/// Whether the AVX-512 versions of the kernels may be used on this CPU (cached by std).
+#[inline]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && has_avx2()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `pub fn $name(args)` that dispatches to an AVX-512 or AVX2+FMA compilation of `$body`
+/// when the CPU supports it, else to the baseline compilation of the same body.
 macro_rules! multiversion {
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -38,6 +51,17 @@ macro_rules! multiversion {
                 body($($arg),*)
             }
 
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) {
+                body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                // SAFETY: the CPU supports the features `avx512` was compiled for.
+                return unsafe { avx512($($arg),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 // SAFETY: the CPU supports the features `avx2` was compiled for.
@@ -183,8 +207,23 @@ multiversion! {
     pub fn softmax_rows(xs: &mut [f32], n: usize) {
         for row in xs.chunks_exact_mut(n) {
             let m = max(row);
-            for v in row.iter_mut() {
-                *v = exp(*v - m);
+            // Whole vectors only: a short row's tail goes through a padded buffer, so no `exp`
+            // runs one lane at a time (rows are as long as a sentence, often not a multiple of 16).
+            let mut chunks = row.chunks_exact_mut(LANES);
+            for c in &mut chunks {
+                for v in c.iter_mut() {
+                    *v = exp(*v - m);
+                }
+            }
+            let tail = chunks.into_remainder();
+            if !tail.is_empty() {
+                let mut buf = [m; LANES];
+                buf[..tail.len()].copy_from_slice(tail);
+                for v in buf.iter_mut() {
+                    *v = exp(*v - m);
+                }
+                let t = tail.len();
+                tail.copy_from_slice(&buf[..t]);
             }
             let inv = 1.0 / sum(row);
             for v in row.iter_mut() {

@@ -32,12 +32,39 @@
 //! `models/all-MiniLM-L6-v2` (or `$WARREN_MODEL_DIR`). Without them [`EmbedService::start`]
 //! logs a warning and returns an unavailable service.
 
+mod half;
 mod kernels;
 mod model;
 mod service;
 
 pub use model::Embedder;
 pub use service::{Caller, EmbedConfig, EmbedError, EmbedService, EmbedStats, Lane};
+
+/// The arithmetic of the model's dense layers (`embed.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE single precision everywhere (the reference path).
+    #[default]
+    Fp32,
+    /// Dense layers in half precision with AVX512-FP16 (fp32 partial sums every 128 terms); falls
+    /// back to fp32 on a CPU without it.
+    Fp16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// Whether this CPU runs the fp16 path.
+    pub fn fp16_supported() -> bool {
+        half::supported()
+    }
+}
 
 /// Embedding dimension.
 pub const DIM: usize = 384;

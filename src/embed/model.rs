@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::kernels::{self, MatRef};
+use super::{half, Precision};
 use super::{DIM, MAX_TOKENS};
 
 /// Tokens per work unit (one packed forward pass) when a call has plenty of input.
@@ -67,7 +68,17 @@ struct Layer {
     ln_out_b: Vec<f32>,
 }
 
+/// A layer's dense weights in half precision, for the fp16 path.
+struct HalfLayer {
+    qkv: half::PackedB,
+    attn_out: half::PackedB,
+    inter: half::PackedB,
+    out: half::PackedB,
+}
+
 struct Weights {
+    /// Set when the fp16 path is on (`Embedder::with_precision`).
+    half: Option<Vec<HalfLayer>>,
     hidden: usize,
     heads: usize,
     inter: usize,
@@ -101,6 +112,7 @@ struct Scratch {
     ctx: Vec<f32>,
     inter: Vec<f32>,
     scores: Vec<f32>,
+    half: half::Scratch,
 }
 
 impl Embedder {
@@ -119,6 +131,42 @@ impl Embedder {
     pub fn with_threads(mut self, threads: usize) -> Embedder {
         self.threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         self
+    }
+
+    /// Chooses the arithmetic of the dense layers. [`Precision::Fp16`] needs AVX512-FP16: on a CPU
+    /// without it the model stays on fp32 and logs a warning ([`Embedder::precision`] tells which).
+    pub fn with_precision(mut self, precision: Precision) -> Embedder {
+        self.weights.half = None;
+        if precision == Precision::Fp16 {
+            let (h, i) = (self.weights.hidden, self.weights.inter);
+            let packed: Option<Vec<HalfLayer>> = self
+                .weights
+                .layers
+                .iter()
+                .map(|l| {
+                    Some(HalfLayer {
+                        qkv: half::PackedB::pack(&l.w_qkv, h, 3 * h)?,
+                        attn_out: half::PackedB::pack(&l.w_attn_out, h, h)?,
+                        inter: half::PackedB::pack(&l.w_inter, h, i)?,
+                        out: half::PackedB::pack(&l.w_out, i, h)?,
+                    })
+                })
+                .collect();
+            if packed.is_none() {
+                tracing::warn!("embed.precision = \"fp16\" needs AVX512-FP16, which this CPU lacks; embedding in fp32");
+            }
+            self.weights.half = packed;
+        }
+        self
+    }
+
+    /// The arithmetic the dense layers use.
+    pub fn precision(&self) -> Precision {
+        if self.weights.half.is_some() {
+            Precision::Fp16
+        } else {
+            Precision::Fp32
+        }
     }
 
     /// Threads one [`Embedder::embed`] call uses.
@@ -314,6 +362,7 @@ impl Weights {
             });
         }
         Ok(Weights {
+            half: None,
             hidden: h,
             heads: cfg.num_attention_heads,
             inter: i,
@@ -359,7 +408,8 @@ impl Weights {
         }
         kernels::layer_norm(&mut s.h[..total * hd], &self.ln_emb_g, &self.ln_emb_b, self.eps);
 
-        for l in &self.layers {
+        for (li, l) in self.layers.iter().enumerate() {
+            let hl = self.half.as_ref().map(|v| &v[li]);
             let h = &mut s.h[..total * hd];
             let qkv = &mut s.qkv[..total * qkv_w];
             let ctx = &mut s.ctx[..total * hd];
@@ -367,7 +417,10 @@ impl Weights {
 
             // Fused Q/K/V projection, bias pre-filled.
             kernels::fill_rows(qkv, &l.b_qkv);
-            kernels::matmul(qkv, qkv_w, MatRef::dense(h, total, hd), MatRef::dense(&l.w_qkv, hd, qkv_w), true);
+            match hl {
+                Some(x) => half::matmul(qkv, h, total, &x.qkv, &mut s.half),
+                None => kernels::matmul(qkv, qkv_w, MatRef::dense(h, total, hd), MatRef::dense(&l.w_qkv, hd, qkv_w), true),
+            }
 
             // Attention per sequence and head, on that sequence's tokens only.
             let mut start = 0;
@@ -391,15 +444,24 @@ impl Weights {
 
             // Output projection + bias + residual, then LayerNorm, all in `h`.
             kernels::add_bias_rows(h, &l.b_attn_out);
-            kernels::matmul(h, hd, MatRef::dense(ctx, total, hd), MatRef::dense(&l.w_attn_out, hd, hd), true);
+            match hl {
+                Some(x) => half::matmul(h, ctx, total, &x.attn_out, &mut s.half),
+                None => kernels::matmul(h, hd, MatRef::dense(ctx, total, hd), MatRef::dense(&l.w_attn_out, hd, hd), true),
+            }
             kernels::layer_norm(h, &l.ln_attn_g, &l.ln_attn_b, self.eps);
 
             // Feed-forward.
             kernels::fill_rows(it, &l.b_inter);
-            kernels::matmul(it, inter, MatRef::dense(h, total, hd), MatRef::dense(&l.w_inter, hd, inter), true);
+            match hl {
+                Some(x) => half::matmul(it, h, total, &x.inter, &mut s.half),
+                None => kernels::matmul(it, inter, MatRef::dense(h, total, hd), MatRef::dense(&l.w_inter, hd, inter), true),
+            }
             kernels::gelu(it);
             kernels::add_bias_rows(h, &l.b_out);
-            kernels::matmul(h, hd, MatRef::dense(it, total, inter), MatRef::dense(&l.w_out, inter, hd), true);
+            match hl {
+                Some(x) => half::matmul(h, it, total, &x.out, &mut s.half),
+                None => kernels::matmul(h, hd, MatRef::dense(it, total, inter), MatRef::dense(&l.w_out, inter, hd), true),
+            }
             kernels::layer_norm(h, &l.ln_out_g, &l.ln_out_b, self.eps);
         }
 

@@ -28,6 +28,8 @@ pub struct EmbedConfig {
     pub max_batch: usize,
     /// Threads the worker uses for one batch; 0 = the available parallelism.
     pub threads: usize,
+    /// Arithmetic of the dense layers (fp16 falls back to fp32 on a CPU without AVX512-FP16).
+    pub precision: super::Precision,
     /// Most texts one caller key (a tenant) may have queued or being embedded per lane; 0 = a quarter
     /// of `queue_capacity`. Never less than `max_batch`.
     pub tenant_max_pending: usize,
@@ -43,6 +45,7 @@ impl Default for EmbedConfig {
             queue_capacity: 4096,
             max_batch: 32,
             threads: 0,
+            precision: super::Precision::Fp32,
             tenant_max_pending: 0,
             bulk_nice: 10,
         }
@@ -365,7 +368,11 @@ impl EmbedService {
     pub fn start(cfg: &EmbedConfig) -> EmbedService {
         let loaded = catch_unwind(|| Embedder::load(&cfg.model_dir));
         let embedder = match loaded {
-            Ok(Ok(e)) => Arc::new(e.with_threads(cfg.threads)),
+            Ok(Ok(e)) => {
+                let e = e.with_threads(cfg.threads).with_precision(cfg.precision);
+                tracing::info!(precision = e.precision().as_str(), threads = e.threads(), "embedding model loaded");
+                Arc::new(e)
+            }
             Ok(Err(err)) => {
                 tracing::warn!(model_dir = %cfg.model_dir.display(), error = %format!("{err:#}"),
                     "embedding model not loaded; embeddings are disabled");

@@ -49,6 +49,7 @@ impl Operator {
             queue_capacity: self.config.embed.queue_capacity,
             max_batch: self.config.embed.max_batch,
             threads: self.config.embed.threads,
+            precision: self.config.embed.precision,
             tenant_max_pending: self.config.embed.tenant_max_pending,
             bulk_nice: self.config.embed.bulk_nice,
         });
