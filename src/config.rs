@@ -445,8 +445,8 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Threads for the model (0 = physical cores).
     pub threads: usize,
-    /// Arithmetic of the model's dense layers: `fp32`, or `fp16` (AVX512-FP16, about twice as
-    /// fast; falls back to fp32 with a warning on a CPU without it).
+    /// Arithmetic of the model's dense layers: `fp32`, or `fp16` (AVX512-FP16, about 1.34× as fast
+    /// on a batch; falls back to fp32 with a warning on a CPU without it).
     pub precision: crate::embed::Precision,
     /// Texts one tenant may have queued or being embedded per lane (0 = a quarter of
     /// `queue_capacity`); beyond it that tenant's next request answers 503 `overloaded`.
@@ -538,6 +538,21 @@ impl Default for DocsConfig {
             max_jobs_per_tenant: 4,
             job_workers: 2,
             job_retention_days: 7,
+        }
+    }
+}
+
+impl EmbedSettings {
+    /// The embedding service's configuration, with the model in `model_dir`.
+    pub fn service_config(&self, model_dir: &std::path::Path) -> crate::embed::EmbedConfig {
+        crate::embed::EmbedConfig {
+            model_dir: model_dir.to_path_buf(),
+            queue_capacity: self.queue_capacity,
+            max_batch: self.max_batch,
+            threads: self.threads,
+            precision: self.precision,
+            tenant_max_pending: self.tenant_max_pending,
+            bulk_nice: self.bulk_nice,
         }
     }
 }

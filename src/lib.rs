@@ -99,15 +99,7 @@ impl App {
             backup.clone(),
         );
         let cluster = cluster::Cluster::join(&config.cluster, &control, &registry, backup.as_ref()).await?;
-        let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
-            model_dir: config.model_dir.clone(),
-            queue_capacity: config.embed.queue_capacity,
-            max_batch: config.embed.max_batch,
-            threads: config.embed.threads,
-            precision: config.embed.precision,
-            tenant_max_pending: config.embed.tenant_max_pending,
-            bulk_nice: config.embed.bulk_nice,
-        });
+        let embed = crate::embed::EmbedService::start(&config.embed.service_config(&config.model_dir));
         let clock = clock::Clock::default();
         let auth = Arc::new(auth::Authenticator::new(control.clone(), &config, clock.clone())?);
         let loaded = plans::Plans::load(config.plans.as_deref())?;

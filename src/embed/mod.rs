@@ -47,7 +47,7 @@ pub enum Precision {
     /// IEEE single precision everywhere (the reference path).
     #[default]
     Fp32,
-    /// Dense layers in half precision with AVX512-FP16 (fp32 partial sums every 128 terms); falls
+    /// Dense layers in half precision with AVX512-FP16 (fp32 partial sums every 256 terms); falls
     /// back to fp32 on a CPU without it.
     Fp16,
 }

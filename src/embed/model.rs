@@ -417,10 +417,7 @@ impl Weights {
 
             // Fused Q/K/V projection, bias pre-filled.
             kernels::fill_rows(qkv, &l.b_qkv);
-            match hl {
-                Some(x) => half::matmul(qkv, h, total, &x.qkv, &mut s.half),
-                None => kernels::matmul(qkv, qkv_w, MatRef::dense(h, total, hd), MatRef::dense(&l.w_qkv, hd, qkv_w), true),
-            }
+            linear(qkv, h, total, (&l.w_qkv, hd, qkv_w), hl.map(|x| &x.qkv), &mut s.half);
 
             // Attention per sequence and head, on that sequence's tokens only.
             let mut start = 0;
@@ -444,24 +441,15 @@ impl Weights {
 
             // Output projection + bias + residual, then LayerNorm, all in `h`.
             kernels::add_bias_rows(h, &l.b_attn_out);
-            match hl {
-                Some(x) => half::matmul(h, ctx, total, &x.attn_out, &mut s.half),
-                None => kernels::matmul(h, hd, MatRef::dense(ctx, total, hd), MatRef::dense(&l.w_attn_out, hd, hd), true),
-            }
+            linear(h, ctx, total, (&l.w_attn_out, hd, hd), hl.map(|x| &x.attn_out), &mut s.half);
             kernels::layer_norm(h, &l.ln_attn_g, &l.ln_attn_b, self.eps);
 
             // Feed-forward.
             kernels::fill_rows(it, &l.b_inter);
-            match hl {
-                Some(x) => half::matmul(it, h, total, &x.inter, &mut s.half),
-                None => kernels::matmul(it, inter, MatRef::dense(h, total, hd), MatRef::dense(&l.w_inter, hd, inter), true),
-            }
+            linear(it, h, total, (&l.w_inter, hd, inter), hl.map(|x| &x.inter), &mut s.half);
             kernels::gelu(it);
             kernels::add_bias_rows(h, &l.b_out);
-            match hl {
-                Some(x) => half::matmul(h, it, total, &x.out, &mut s.half),
-                None => kernels::matmul(h, hd, MatRef::dense(it, total, inter), MatRef::dense(&l.w_out, inter, hd), true),
-            }
+            linear(h, it, total, (&l.w_out, inter, hd), hl.map(|x| &x.out), &mut s.half);
             kernels::layer_norm(h, &l.ln_out_g, &l.ln_out_b, self.eps);
         }
 
@@ -484,6 +472,16 @@ impl Weights {
             start += n;
         }
         out
+    }
+}
+
+/// `dst (m × n, dense) += a (m × k) · w` for a dense layer, `w` being `(weights, k, n)`: on the fp16
+/// path when the layer has its half-precision copy, else in fp32.
+fn linear(dst: &mut [f32], a: &[f32], m: usize, w: (&[f32], usize, usize), fp16: Option<&half::PackedB>, s: &mut half::Scratch) {
+    let (w, k, n) = w;
+    match fp16 {
+        Some(b) => half::matmul(dst, a, m, b, s),
+        None => kernels::matmul(dst, n, MatRef::dense(a, m, k), MatRef::dense(w, k, n), true),
     }
 }
 

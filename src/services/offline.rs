@@ -44,15 +44,7 @@ impl Operator {
         let conn = rusqlite::Connection::open_with_flags(self.tenant_db(&t.id), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let search = Box::new(TenantSearch::open(&dir, &conn)?);
-        let embed = crate::embed::EmbedService::start(&crate::embed::EmbedConfig {
-            model_dir: self.config.model_dir.clone(),
-            queue_capacity: self.config.embed.queue_capacity,
-            max_batch: self.config.embed.max_batch,
-            threads: self.config.embed.threads,
-            precision: self.config.embed.precision,
-            tenant_max_pending: self.config.embed.tenant_max_pending,
-            bulk_nice: self.config.embed.bulk_nice,
-        });
+        let embed = crate::embed::EmbedService::start(&self.config.embed.service_config(&self.config.model_dir));
         let limits = DocLimits { max_content_bytes: self.config.docs.max_document_bytes, ..DocLimits::default() };
         Ok(OfflineDocs { conn, search, embed, limits })
     }

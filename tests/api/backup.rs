@@ -155,15 +155,19 @@ pub(crate) fn tenant_db(dir: &Path, id: &str) -> PathBuf {
     dir.join(id).join("tenant.db")
 }
 
-pub(crate) async fn list_replica(url: &str, sub: &str) -> Vec<FileInfo> {
+/// The replica `sub` under the backup URL `url`, with the test server's credentials.
+pub(crate) fn replica_at(url: &str, sub: &str) -> warren::backup::Replica {
     let creds = warren::backup::store::S3Credentials { access_key_id: Some(KEY_ID.into()), secret_access_key: Some(SECRET.into()) };
-    ReplicaRoot::parse(url, &creds, Duration::from_secs(5)).unwrap().replica(sub).list().await.unwrap()
+    ReplicaRoot::parse(url, &creds, Duration::from_secs(5)).unwrap().replica(sub)
+}
+
+pub(crate) async fn list_replica(url: &str, sub: &str) -> Vec<FileInfo> {
+    replica_at(url, sub).list().await.unwrap()
 }
 
 /// Every object of a replica with its bytes, sorted.
 pub(crate) async fn replica_objects(url: &str, sub: &str) -> Vec<(FileInfo, bytes::Bytes)> {
-    let creds = warren::backup::store::S3Credentials { access_key_id: Some(KEY_ID.into()), secret_access_key: Some(SECRET.into()) };
-    let replica = ReplicaRoot::parse(url, &creds, Duration::from_secs(5)).unwrap().replica(sub);
+    let replica = replica_at(url, sub);
     let mut out = Vec::new();
     for f in replica.list().await.unwrap() {
         out.push((f, replica.get(&f).await.unwrap()));
@@ -757,8 +761,7 @@ async fn another_writers_object_is_never_replaced_and_the_owner_ships_past_it() 
     wait_replicated(&server.addr, "clash").await;
 
     // The foreign file: the newest level-0 file's pages again, under the next TXID.
-    let creds = warren::backup::store::S3Credentials { access_key_id: Some(KEY_ID.into()), secret_access_key: Some(SECRET.into()) };
-    let replica = ReplicaRoot::parse(&url, &creds, Duration::from_secs(5)).unwrap().replica(&format!("tenants/{id}"));
+    let replica = replica_at(&url, &format!("tenants/{id}"));
     let files = replica.list().await.unwrap();
     let newest = *files.iter().filter(|f| f.level == 0).max_by_key(|f| f.max).expect("a level-0 file");
     let next = newest.max + 1;

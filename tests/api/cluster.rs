@@ -656,15 +656,7 @@ async fn a_drained_node_hands_its_tenants_over() {
     let link: Value = r.json().await.unwrap();
     let path = link["url"].as_str().expect("url").split_once("/dashboard/").expect("path").1.to_string();
     let r = no_redirects.get(format!("{}/dashboard/{path}", nodes[0].addr())).send().await.unwrap();
-    let session = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("warren_portal="))
-        .and_then(|c| c.split(';').next())
-        .expect("a portal session cookie")
-        .to_string();
+    let session = super::dashboard::cookie_of(&r, "warren_portal").expect("a portal session cookie");
     let r = until_ok(&client, 30, "portal", || no_redirects.get(format!("{}/dashboard", nodes[0].addr())).header("cookie", &session)).await;
     assert_eq!(served_by(&r), "d2", "the portal page was served by its tenant's owner");
     assert!(r.text().await.unwrap().contains("shop0"));

@@ -245,7 +245,8 @@ async fn onboarding_progress_advances_live_during_a_product_sync() {
     app.stop().await;
 }
 
-fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
+/// `name=value` of the cookie `name` an answer sets.
+pub(crate) fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
         .get_all("set-cookie")
         .iter()
