@@ -30,6 +30,7 @@ pub mod recs;
 pub mod search;
 pub mod secret;
 pub mod services;
+pub mod sqlite;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
@@ -65,6 +66,7 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate()?;
+        sqlite::init();
         // Built once, in order, each with its dependencies passed in: the lock, the backup service,
         // the control plane (with its replica), the registry (with the backup service).
         datadir::restrict_umask();

@@ -293,6 +293,7 @@ impl SqliteControl {
     /// Like [`open`](Self::open); `replicated` turns automatic checkpoints off on every connection
     /// (the backup shipper checkpoints after shipping).
     pub fn open_with(data_dir: &Path, replicated: bool) -> anyhow::Result<SqliteControl> {
+        crate::sqlite::init();
         Self::open_inner(data_dir, replicated, None)
     }
 

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
@@ -55,13 +54,36 @@ pub fn open_offline_writer(dir: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// The writer connection of a handle. Without backups it opens at the first write, so a tenant that
+/// is only read costs one connection (its first reader), not two; with backups it opens with the
+/// handle, as the replica ships through it.
+enum Writer {
+    Unopened,
+    Open(Connection),
+    Closed,
+}
+
+/// Opens a tenant's writer: the tenant pragmas, a persistent WAL, the backup settings when it is
+/// replicated, and the schema migrations still due.
+fn open_writer(path: &Path, replicated: bool) -> anyhow::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let mut writer = Connection::open_with_flags(path, flags).with_context(|| format!("opening {}", path.display()))?;
+    writer.execute_batch(PRAGMAS)?;
+    crate::sqlite::persist_wal(&writer)?;
+    if replicated {
+        crate::backup::prepare_connection(&writer)?;
+    }
+    crate::control::migrate(&mut writer, migrations())?;
+    Ok(writer)
+}
+
 pub struct TenantHandle {
     id: String,
     dir: PathBuf,
-    writer: Mutex<Option<Connection>>,
+    writer: Mutex<Writer>,
     /// `None` once the handle is closing and drained: the readers are closed first, so a closing
     /// handle (which may wait seconds for its last ship) holds only the writer's descriptors.
-    readers: Mutex<Option<r2d2::Pool<SqliteConnectionManager>>>,
+    readers: Mutex<Option<Arc<super::readers::ReaderPool>>>,
     leases: AtomicUsize,
     closing: AtomicBool,
     /// Set when the database failed `quick_check` after opening (see [`super::QUARANTINE_FILE`]).
@@ -80,52 +102,40 @@ impl TenantHandle {
         id: &str,
         dir: PathBuf,
         read_pool_size: u32,
-        thread_pool: Arc<scheduled_thread_pool::ScheduledThreadPool>,
         permit: OwnedSemaphorePermit,
         backup: Option<&Arc<crate::backup::BackupService>>,
     ) -> anyhow::Result<Arc<TenantHandle>> {
         let path = dir.join(DB_FILE);
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-        let mut writer = Connection::open_with_flags(&path, flags).with_context(|| format!("opening {}", path.display()))?;
-        writer.execute_batch(PRAGMAS)?;
         let replicated = backup.is_some();
-        if replicated {
-            crate::backup::prepare_connection(&writer)?;
-        }
-        crate::control::migrate(&mut writer, migrations())?;
-        let owner: Option<String> =
-            rusqlite::OptionalExtension::optional(writer.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |r| r.get(0)))?;
+        // The writer opens first when it is needed at once: with backups (the replica ships through
+        // it), and when the WAL holds frames (after a crash its index may need a recovery). With
+        // backups the order matters: the crash test of the replica chain
+        // (`backup::crash_and_storage_outage_keep_the_chain_restorable`) failed its restore check in
+        // one run of two when a read-only reader opened the crashed database before the writer.
+        let wal_has_frames = std::fs::metadata(crate::backup::wal::wal_path(&path)).map(|m| m.len() > 0).unwrap_or(false);
+        let mut writer = if replicated || wal_has_frames { Writer::Open(open_writer(&path, replicated)?) } else { Writer::Unopened };
+        // One reader opens now, on this thread; more open on demand (`readers`), up to the pool size.
+        // It proves the file is this tenant's and tells whether migrations are due: a version check,
+        // so an up-to-date tenant that is only read never opens a writer.
+        let readers = Arc::new(
+            super::readers::ReaderPool::open(path.clone(), replicated, read_pool_size as usize, Duration::from_secs(10))
+                .with_context(|| format!("opening {}", path.display()))?,
+        );
+        let (version, owner) = {
+            let r = readers.get().map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            let version: i64 = r.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            let owner: Option<String> =
+                rusqlite::OptionalExtension::optional(r.query_row("SELECT value FROM meta WHERE key='tenant_id'", [], |row| row.get(0)))?;
+            (version, owner)
+        };
         anyhow::ensure!(owner.as_deref() == Some(id), "{} belongs to tenant {:?}, not {id}", path.display(), owner);
-        let manager = SqliteConnectionManager::file(&path)
-            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
-            .with_init(move |c| {
-                c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")?;
-                if replicated {
-                    crate::backup::prepare_connection(c)?;
-                }
-                // SQLite opens a connection's `-wal` at its first read, not at open: read once now, so
-                // the reader holds its full set of descriptors from the start instead of gaining one
-                // the first time a request uses it.
-                c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
-                Ok(())
-            });
-        // Every reader opens with the handle (on the shared r2d2 threads, so the open itself does not
-        // wait) and reads once: a handle then holds a fixed set of descriptors — per connection the
-        // database and its WAL, plus one shared `-shm` — so the process's descriptors follow the
-        // open-handle count (bounded by `max_open_tenants`) rather than creeping up as readers are
-        // first used.
-        let readers = r2d2::Pool::builder()
-            .max_size(read_pool_size)
-            .min_idle(Some(read_pool_size))
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connection_timeout(Duration::from_secs(10))
-            .thread_pool(thread_pool)
-            .build_unchecked(manager);
+        if matches!(writer, Writer::Unopened) && version < migrations().len() as i64 {
+            writer = Writer::Open(open_writer(&path, replicated)?);
+        }
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<TenantHandle>| TenantHandle {
             id: id.to_string(),
             dir,
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(writer),
             readers: Mutex::new(Some(readers)),
             leases: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
@@ -220,8 +230,9 @@ impl TenantHandle {
     /// Blocking; called once drained, before the last ship, so a closing handle holds little more
     /// than its writer (SQLite keeps the readers' database descriptors until the writer closes).
     pub(crate) fn release_readers(&self) {
-        let readers = self.readers.lock().take();
-        drop(readers); // no lease is held, so every connection is idle and closes here
+        if let Some(readers) = self.readers.lock().take() {
+            readers.close(); // no lease is held, so every connection is idle and closes here
+        }
         self.extensions.lock().clear();
     }
 
@@ -231,8 +242,24 @@ impl TenantHandle {
     pub(crate) fn close_blocking(&self, checkpoint: bool) {
         // Derived state (index writers, vector caches) is dropped here, on a blocking thread.
         self.extensions.lock().clear();
-        if let Some(conn) = self.writer.lock().take() {
+        // Nothing was written since the last checkpoint (a tenant that was only read): nothing to
+        // checkpoint, and the WAL and `-shm` stay for the next open (`persist_wal`).
+        let wal_empty = std::fs::metadata(crate::backup::wal::wal_path(&self.dir.join(DB_FILE))).map(|m| m.len() == 0).unwrap_or(false);
+        let writer = match std::mem::replace(&mut *self.writer.lock(), Writer::Closed) {
+            Writer::Open(conn) => Some(conn),
+            // Never written through this handle, but a WAL left by a crash is checkpointed all the same.
+            Writer::Unopened if self.replica.is_none() && !wal_empty => match open_writer(&self.dir.join(DB_FILE), false) {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    tracing::warn!(tenant = %self.id, error = %e, "opening the writer to checkpoint on close failed");
+                    None
+                }
+            },
+            Writer::Unopened | Writer::Closed => None,
+        };
+        if let Some(conn) = writer {
             match (&self.replica, checkpoint) {
+                (None, _) if wal_empty => {}
                 (None, _) => {
                     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
                         tracing::warn!(tenant = %self.id, error = %e, "checkpoint on close failed");
@@ -279,10 +306,23 @@ impl TenantHandle {
         })
     }
 
+    /// The writer, opened now if this handle has not written yet.
+    fn writer_of<'a>(&self, slot: &'a mut Writer) -> Result<&'a mut Connection, Error> {
+        if matches!(slot, Writer::Unopened) {
+            let conn = open_writer(&self.dir.join(DB_FILE), self.replica.is_some())
+                .map_err(|e| Error::internal(e.context("opening the tenant's writer")))?;
+            *slot = Writer::Open(conn);
+        }
+        match slot {
+            Writer::Open(conn) => Ok(conn),
+            _ => Err(Error::unavailable(Code::TenantRestoring, "tenant is closing", 1)),
+        }
+    }
+
     /// Runs `f` with the writer connection (blocking; call from `spawn_blocking`).
     pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let mut guard = self.writer.lock();
-        let conn = guard.as_mut().ok_or_else(|| Error::unavailable(Code::TenantRestoring, "tenant is closing", 1))?;
+        let conn = self.writer_of(&mut guard)?;
         let out = f(conn);
         drop(guard);
         if let Some(r) = &self.replica {
@@ -294,7 +334,7 @@ impl TenantHandle {
     /// Runs `f` with a reader connection (blocking; call from `spawn_blocking`).
     pub fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let pool = self.readers.lock().clone().ok_or_else(|| Error::unavailable(Code::TenantRestoring, "tenant is closing", 1))?;
-        let conn = pool.get().map_err(|e| Error::internal(anyhow::anyhow!("tenant reader pool: {e}")))?;
+        let conn = pool.get()?;
         f(&conn)
     }
 
@@ -358,8 +398,8 @@ impl Lease {
 
 impl crate::backup::Source for TenantHandle {
     fn locked(&self, f: &mut dyn FnMut(&Connection) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let guard = self.writer.lock();
-        let conn = guard.as_ref().ok_or_else(|| anyhow::anyhow!("the tenant is closed"))?;
+        let mut guard = self.writer.lock();
+        let conn = self.writer_of(&mut guard).map_err(|_| anyhow::anyhow!("the tenant is closed"))?;
         f(conn)
     }
 }
@@ -376,28 +416,59 @@ mod tests {
             .unwrap_or(0)
     }
 
-    /// A handle holds its full, fixed set of descriptors from the start (each reader has read once,
-    /// so its `-wal` is open too), and a drained handle that released its readers holds only the
-    /// writer's WAL: the soak's descriptor count then follows the number of handles and nothing else.
+    /// A tenant that is only read opens no writer, and closing keeps its (checkpointed, empty) WAL
+    /// and `-shm` for the next open instead of deleting them.
+    #[test]
+    fn a_tenant_only_read_opens_no_writer_and_keeps_its_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t1");
+        create_storage(&dir, "t1").unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let open = || TenantHandle::open("t1", dir.clone(), 2, Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap(), None).unwrap();
+        let wal = dir.join("tenant.db-wal");
+        let h = open();
+        h.with_writer(|c| Ok(c.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')", [])?)).unwrap();
+        assert!(wal.metadata().unwrap().len() > 0, "the write is in the WAL");
+        h.release_readers();
+        h.close_blocking(true);
+        drop(h);
+        assert_eq!(wal.metadata().map(|m| m.len()).ok(), Some(0), "checkpointed and kept, empty");
+        assert!(dir.join("tenant.db-shm").exists());
+
+        let h = open();
+        assert!(matches!(*h.writer.lock(), Writer::Unopened), "an up-to-date tenant opens without its writer");
+        let v: String = h.with_reader(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = 'k'", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(v, "v");
+        assert_eq!(open_fds(&dir, "tenant.db"), 1, "one reader, no writer");
+        h.release_readers();
+        h.close_blocking(true);
+        drop(h);
+        assert_eq!(open_fds(&dir, "tenant.db"), 0);
+        assert_eq!(wal.metadata().map(|m| m.len()).ok(), Some(0), "still there, still empty");
+    }
+
+    /// A handle opens with one reader, which holds its `-wal` from the start (it has read once); a
+    /// second reader opens only when two requests read at once, the writer only at the first write,
+    /// and a drained handle that released its readers holds only the writer's files.
     #[test]
     fn readers_open_their_wal_at_once_and_are_released_before_the_close() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("t1");
         create_storage(&dir, "t1").unwrap();
         let dir = dir.canonicalize().unwrap();
-        let threads = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        let h = TenantHandle::open("t1", dir.clone(), 2, threads, permit, None).unwrap();
-        // The readers are made on the pool's thread: wait (bounded) for both.
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while open_fds(&dir, "tenant.db") < 3 && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(open_fds(&dir, "tenant.db"), 3, "the writer and two readers");
-        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "every reader holds its WAL before any request read through it");
+        let h = TenantHandle::open("t1", dir.clone(), 2, permit, None).unwrap();
+        assert_eq!(open_fds(&dir, "tenant.db"), 1, "one reader, no writer before the first write");
         let n: i64 = h.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?)).unwrap();
         assert!(n >= 1);
-        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "a read opens nothing new");
+        assert_eq!(open_fds(&dir, "tenant.db"), 1, "a read opens nothing new");
+        h.with_reader(|_| h.with_reader(|_| Ok(()))).unwrap();
+        assert_eq!(open_fds(&dir, "tenant.db"), 2, "two reads at once: a second reader");
+        h.with_writer(|c| Ok(c.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')", [])?)).unwrap();
+        assert_eq!(open_fds(&dir, "tenant.db"), 3, "the first write opens the writer");
+        // Every reader holds its WAL once the WAL exists (a new tenant's first open has none yet).
+        h.with_reader(|_| h.with_reader(|_| Ok(()))).unwrap();
+        assert_eq!(open_fds(&dir, "tenant.db-wal"), 3, "the writer's and both readers' WAL");
 
         h.release_readers();
         assert_eq!(open_fds(&dir, "tenant.db-wal"), 1, "only the writer's WAL is left");

@@ -13,6 +13,7 @@
 
 mod cap;
 mod handle;
+mod readers;
 pub mod schema;
 
 pub use cap::{Origin, TenantCap, WorkerProof};
@@ -59,8 +60,6 @@ struct Inner {
     closing: Mutex<HashMap<String, watch::Receiver<bool>>>,
     blocked: Mutex<HashMap<String, Block>>,
     permits: Arc<Semaphore>,
-    /// One small thread pool shared by every reader pool (r2d2 would start 3 threads per pool).
-    r2d2_threads: Arc<scheduled_thread_pool::ScheduledThreadPool>,
     closers: TaskTracker,
     backup: Option<Arc<crate::backup::BackupService>>,
     /// In a cluster: whether this node holds a tenant's lease. Storage of tenants it does not hold
@@ -126,7 +125,6 @@ impl TenantRegistry {
                 cache,
                 closing: Mutex::new(HashMap::new()),
                 blocked: Mutex::new(HashMap::new()),
-                r2d2_threads: Arc::new(scheduled_thread_pool::ScheduledThreadPool::builder().num_threads(2).thread_name_pattern("r2d2-{}").build()),
                 closers: TaskTracker::new(),
                 backup,
                 owner: std::sync::OnceLock::new(),
@@ -315,11 +313,11 @@ impl Inner {
         if let Ok(why) = std::fs::read_to_string(dir.join(QUARANTINE_FILE)) {
             return Err(damaged(id, &format!("quarantined: {}", why.trim())));
         }
-        let (pool_size, threads, owned_id, backup) = (self.cfg.read_pool_size, self.r2d2_threads.clone(), id.to_string(), self.backup.clone());
+        let (pool_size, owned_id, backup) = (self.cfg.read_pool_size, id.to_string(), self.backup.clone());
         let queued = Instant::now();
         let handle = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
-            let h = TenantHandle::open(&owned_id, dir, pool_size, threads, permit, backup.as_ref());
+            let h = TenantHandle::open(&owned_id, dir, pool_size, permit, backup.as_ref());
             metrics::histogram!("warren_tenant_open_work_seconds").record(began.elapsed().as_secs_f64());
             metrics::histogram!("warren_tenant_open_queue_seconds").record((began - queued).as_secs_f64());
             h
@@ -349,24 +347,41 @@ impl Inner {
         self.closers.spawn_on(
             async move {
                 handle.drain().await;
-                // The readers and derived state go first: shipping may take seconds against slow
-                // storage, and a closing handle should hold only what the ship and checkpoint need.
-                let h = handle.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || h.release_readers()).await {
-                    tracing::error!(tenant = %id, error = %e, "releasing readers failed");
-                }
-                // Ship the last changes before the files close; if storage is unreachable, keep the WAL
-                // and let the backup service reopen the tenant later.
-                let mut shipped = true;
-                if let (Some(r), Some(b)) = (handle.replica().cloned(), inner.backup.as_ref()) {
-                    shipped = r.ship_before_close(Duration::from_secs(b.settings().close_timeout_secs.max(1))).await;
-                    if !shipped {
-                        r.defer_after_close();
+                let blocking = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
+                    let id = id.clone();
+                    async move {
+                        if let Err(e) = tokio::task::spawn_blocking(f).await {
+                            tracing::error!(tenant = %id, error = %e, "{what} failed");
+                        }
                     }
-                }
+                };
                 let h = handle.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || h.close_blocking(shipped)).await {
-                    tracing::error!(tenant = %id, error = %e, "close task failed");
+                match handle.replica().cloned().zip(inner.backup.clone()) {
+                    // Nothing to ship: release the readers and close in one blocking task.
+                    None => {
+                        blocking(
+                            "closing",
+                            Box::new(move || {
+                                h.release_readers();
+                                h.close_blocking(true)
+                            }),
+                        )
+                        .await
+                    }
+                    Some((r, b)) => {
+                        // The readers and derived state go first: shipping may take seconds against
+                        // slow storage, and a closing handle should hold only what the ship and
+                        // checkpoint need.
+                        blocking("releasing readers", Box::new(move || h.release_readers())).await;
+                        // Ship the last changes before the files close; if storage is unreachable,
+                        // keep the WAL and let the backup service reopen the tenant later.
+                        let shipped = r.ship_before_close(Duration::from_secs(b.settings().close_timeout_secs.max(1))).await;
+                        if !shipped {
+                            r.defer_after_close();
+                        }
+                        let h = handle.clone();
+                        blocking("closing", Box::new(move || h.close_blocking(shipped))).await;
+                    }
                 }
                 drop(handle); // releases the SQLite files and the permit
                 {
@@ -458,13 +473,17 @@ impl Drop for Unblock {
 mod tests {
     use super::*;
 
-    /// `-shm` descriptors this process holds under `dir`: one per tenant handle with its files open.
+    /// Tenants under `dir` whose database files this process holds open (any of `tenant.db`, its
+    /// WAL or `-shm`): one per handle with its files open. (A handle that has only been read holds
+    /// just its reader's database, and a new tenant has no WAL yet, so `-shm` alone would miss it.)
     fn open_handles(dir: &Path) -> usize {
         std::fs::read_dir("/proc/self/fd")
             .map(|d| {
                 d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter(|p| p.starts_with(dir) && p.file_name().is_some_and(|n| n == "tenant.db-shm"))
-                    .count()
+                    .filter(|p| p.starts_with(dir) && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tenant.db")))
+                    .filter_map(|p| p.parent().map(Path::to_path_buf))
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
             })
             .unwrap_or(0)
     }
@@ -491,8 +510,8 @@ mod tests {
         for id in &ids {
             let lease = reg.cap_for_worker(WorkerProof::new("test"), id).lease().await.expect("lease");
             drop(lease);
-            // A reader the shared r2d2 threads were still opening for an evicted handle may hold the
-            // files a moment longer: wait (bounded) for such stragglers, not for a timer.
+            // An evicted handle closes on a closer task, which may not have run yet: wait (bounded)
+            // for it, not for a timer.
             let until = Instant::now() + Duration::from_secs(5);
             loop {
                 let closing = reg.inner.closing.lock().len();

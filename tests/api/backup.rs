@@ -483,6 +483,57 @@ async fn crash_and_storage_outage_keep_the_chain_restorable() {
     compat(&moto.url(&format!("faults/{sub}")), "--source", &tenant_db(dir.path(), &id));
 }
 
+/// An upload in flight when the server is killed can reach the store after the restarted server has
+/// listed the replica and shipped the same TXID with more in it (everything the crashed process had
+/// committed). The late upload must not replace that object: if it did, the commits only the restarted
+/// server's file holds would vanish from the chain, and the restored database would be a mix of two
+/// states ("wrong # of entries in index", or a snapshot missing a page), which is what the crash test
+/// above met now and then under load. Replica writes are create-only, so the late upload is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_of_a_killed_server_that_lands_after_the_restart_replaces_nothing() {
+    let _heavy = crate::helpers::HEAVY.lock().await;
+    let (moto, proxy, url) = proxied("late-crash").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut envs = backup_envs(&url);
+    envs.push(("WARREN_BACKUP__REQUEST_TIMEOUT_SECS", "30".into())); // the held upload is not retried
+    let mut server = ServerProcess::start(dir.path(), &envs).await;
+    let (id, key) = server.create_tenant_key("latecrash", "pro").await;
+    let client = Client::new();
+    add_doc(&client, &server.addr, &key, "one.md", "the first document").await;
+    wait_replicated(&server.addr, "latecrash").await;
+
+    // The next upload is held on the wire. While it is, another write commits (its ship waits for
+    // the held one), and the server is killed.
+    proxy.hold_puts(&format!("tenants/{id}/"));
+    add_doc(&client, &server.addr, &key, "two.md", "in the held upload").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.held() == 0 {
+        assert!(Instant::now() < deadline, "the write was never uploaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Large, so its pages (the database grows) are in no later file but the restarted server's.
+    let three: String = (0..3000).map(|i| format!("committed, not in the held upload {i}. ")).collect();
+    add_doc(&client, &server.addr, &key, "three.md", &three).await;
+    server.kill9();
+    assert_eq!(proxy.held(), 1, "exactly the one upload is held");
+
+    // The restarted server ships the same TXID with both writes, and then one more.
+    proxy.stop_holding();
+    let mut server = ServerProcess::start(dir.path(), &envs).await;
+    wait_replicated(&server.addr, "latecrash").await;
+    add_doc(&client, &server.addr, &key, "four.md", "after the restart").await;
+    wait_replicated(&server.addr, "latecrash").await;
+
+    // The killed process's upload arrives now: refused, and nothing in the replica changes.
+    let sub = format!("tenants/{id}");
+    let before = replica_objects(&moto.url("late-crash"), &sub).await;
+    let answers = proxy.release_held().await;
+    assert_eq!(answers, [412], "the late upload was answered {answers:?} (412 expected)");
+    assert!(before == replica_objects(&moto.url("late-crash"), &sub).await, "the late upload changed the replica");
+    server.terminate();
+    compat(&moto.url(&format!("late-crash/{sub}")), "--source", &tenant_db(dir.path(), &id));
+}
+
 /// Idle tenants cost nothing: after the first snapshot, no object is written while nobody writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_tenants_write_no_objects() {

@@ -83,6 +83,11 @@ impl FaultProxy {
         *self.state.hold.lock() = Some(part.to_string());
     }
 
+    /// New uploads pass again; those already held stay held until [`FaultProxy::release_held`].
+    pub fn stop_holding(&self) {
+        *self.state.hold.lock() = None;
+    }
+
     /// Uploads held and not yet released.
     pub fn held(&self) -> usize {
         self.state.held.lock().len()
