@@ -15,7 +15,7 @@ KEYS=$DATA/keys.txt
 WARREN_DATA_DIR=$DATA WARREN_LISTEN=127.0.0.1:$PORT WARREN_ADMIN_TOKEN=$ADMIN WARREN_MAX_OPEN_TENANTS=$CAP \
   WARREN_MODEL_DIR=$DATA/no-model RUST_LOG=warn $CARGO_TARGET_DIR/release/warren serve &
 PID=$!
-trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
+trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do curl -sf 127.0.0.1:$PORT/health >/dev/null && break; sleep 0.1; done
 
 source benches/lib/tenants.sh
@@ -39,7 +39,12 @@ if [ -n "${ZIPF_TENANTS:-}" ]; then
     wrk -t2 -c64 -d"$DURATION" --latency -s benches/platform/keys.lua "http://127.0.0.1:$PORT" | grep -E "^2xx:|^ +(50|99)%"
 fi
 echo "== tenant opens during the runs (from /metrics: count, and mean seconds of the whole open, its blocking work, and its wait for a blocking thread)"
-curl -s 127.0.0.1:$PORT/metrics | grep -E "^warren_tenant_open_(seconds|work_seconds|queue_seconds)_(sum|count)" || true
+curl -s 127.0.0.1:$PORT/metrics > "$DATA/metrics.txt"
+grep -E "^warren_tenant_open_(seconds|work_seconds|queue_seconds)_(sum|count)" "$DATA/metrics.txt" || true
+# p50 and p99 of the whole open under the load above, as histogram bucket upper bounds.
+awk -F'[{}" ]+' '/^warren_tenant_open_seconds_bucket/ { le[n] = $3; c[n++] = $NF }
+  END { if (n) { t = c[n-1]; p50 = p99 = ""; for (i = 0; i < n; i++) { if (p50 == "" && c[i] >= 0.5 * t) p50 = le[i]; if (p99 == "" && c[i] >= 0.99 * t) p99 = le[i] }
+        print "cold open under load (whole open, bucket bounds): p50 <= " p50 " s, p99 <= " p99 " s" } }' "$DATA/metrics.txt"
 echo "== server RSS: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')  fds: $(ls /proc/$PID/fd | wc -l)"
 kill $PID; wait $PID 2>/dev/null || true
 

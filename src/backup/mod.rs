@@ -1,7 +1,7 @@
 //! Continuous, Litestream-compatible backups of every tenant database and of the control plane.
 //!
 //! ```text
-//!  commit ──► mark_dirty (once per batch: flag + marker file) ──► queue ──(≤ sync_interval)──► sync
+//!  commit ──► mark_dirty (once per batch: flag + marker file) ──► queue ──(paced: ≤ 1 sync per sync_interval)──► sync
 //!  sync:  read new WAL frames ─► LTX level 0 ─► PUT ─► persist position (the recovery point) ─► maybe
 //!         snapshot / checkpoint (TRUNCATE, only after everything is shipped)
 //!  then, in its own task and slot when due: compaction ─► retention ─► purge after an erasure
@@ -349,26 +349,40 @@ impl BackupService {
                 self.orphans.lock().insert(id, Instant::now());
             }
         }
+        // Each database is paced on its own: it syncs at most once per `sync_interval_ms`, counted
+        // from the start of its previous sync, and the loop looks every eighth of that. A database
+        // that has not synced for an interval ships within an eighth of one after its commit, and
+        // the databases that write all the time are spread over the interval instead of all
+        // starting at one tick and queueing for the sync slots together.
         let interval = Duration::from_millis(self.cfg.sync_interval_ms.max(10));
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval((interval / 8).max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published = Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            self.round(&reopen).await;
+            self.round(&reopen, interval).await;
+            if published.elapsed() >= interval {
+                self.publish_metrics();
+                published = Instant::now();
+            }
         }
     }
 
-    /// One round: starts a sync for every queued database whose backoff has passed, and reopens
-    /// closed tenants that still have changes.
-    async fn round(self: &Arc<Self>, reopen: &Arc<dyn Reopen>) {
+    /// One round: starts a sync for every queued database whose backoff has passed and whose last
+    /// sync started at least `interval` ago, and reopens closed tenants that still have changes.
+    async fn round(self: &Arc<Self>, reopen: &Arc<dyn Reopen>, interval: Duration) {
         let now = Instant::now();
         let due: Vec<Arc<DbReplica>> = {
             let health = self.health.lock();
             let mut q = self.queue.lock();
-            let keys: Vec<ReplicaKey> = q.keys().filter(|k| health.get(*k).and_then(|h| h.retry_at).is_none_or(|t| t <= now)).cloned().collect();
+            let keys: Vec<ReplicaKey> = q
+                .iter()
+                .filter(|(k, r)| health.get(*k).and_then(|h| h.retry_at).is_none_or(|t| t <= now) && r.paced_due(interval, now))
+                .map(|(k, _)| k.clone())
+                .collect();
             keys.into_iter().filter_map(|k| q.remove(&k)).collect()
         };
         // Oldest changes first; each waits for a sync slot (the semaphore is FIFO), so no database is
@@ -416,7 +430,6 @@ impl BackupService {
                 self.orphans.lock().insert(id, Instant::now() + backoff);
             }
         }
-        self.publish_metrics();
     }
 
     fn record_failure(&self, key: &ReplicaKey, e: &anyhow::Error) -> Duration {

@@ -23,6 +23,8 @@ pub struct DbReplica {
     svc: Weak<BackupService>,
     /// `Some(since)` while changes are waiting; guarded together with the marker file.
     dirty: Mutex<Option<Instant>>,
+    /// When the last sync started: the loop starts the next one no sooner than `sync_interval_ms` later.
+    last_start: Mutex<Option<Instant>>,
     /// Shipping state; loaded on the first sync in this process.
     ship: tokio::sync::Mutex<Option<ShipState>>,
     /// The replica's objects, as listed at the first sync and kept up to date since. Shipping adds
@@ -77,6 +79,7 @@ impl DbReplica {
             db_path: db_path.to_path_buf(),
             svc: Arc::downgrade(svc),
             dirty: Mutex::new(None),
+            last_start: Mutex::new(None),
             ship: tokio::sync::Mutex::new(None),
             files: Mutex::new(Vec::new()),
             maint: Arc::new(tokio::sync::Mutex::new(None)),
@@ -115,6 +118,12 @@ impl DbReplica {
         *self.dirty.lock()
     }
 
+    /// Whether the loop may start this database's next sync at `now`: its last one started at least
+    /// `interval` ago (or it has not synced in this process).
+    pub(super) fn paced_due(&self, interval: Duration, now: Instant) -> bool {
+        self.last_start.lock().is_none_or(|t| now.saturating_duration_since(t) >= interval)
+    }
+
     pub(super) fn lag(&self) -> Option<f64> {
         self.dirty.lock().map(|t| t.elapsed().as_secs_f64())
     }
@@ -142,6 +151,7 @@ impl DbReplica {
         if self.source.upgrade().is_none() && self.dirty.lock().is_none() {
             return Ok(()); // closed, and its close shipped everything
         }
+        *self.last_start.lock() = Some(Instant::now());
         let since = self.dirty.lock().take();
         let result = self.sync_inner(&svc, since).await;
         match &result {

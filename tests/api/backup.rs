@@ -534,6 +534,59 @@ async fn an_upload_of_a_killed_server_that_lands_after_the_restart_replaces_noth
     compat(&moto.url(&format!("late-crash/{sub}")), "--source", &tenant_db(dir.path(), &id));
 }
 
+/// Each database is paced on its own (issue 16): one that has not shipped for an interval ships within
+/// an eighth of an interval after its commit, instead of waiting for a process-wide tick (up to a whole
+/// interval); and one written to all the time still ships at most once per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_database_ships_right_after_a_commit_and_a_busy_one_at_most_once_per_interval() {
+    let backups = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", backups.path().display());
+    let app = spawn_with(|c| {
+        fast_backup(c, &url);
+        c.backup.sync_interval_ms = 2000;
+    })
+    .await;
+    let t = app.create_tenant("paced", "pro").await;
+    add_doc(&app.client, &app.addr, &t.key, "first.md", "the first").await;
+    wait_replicated(&app.addr, "paced").await;
+    let txid = |v: &Value| u64::from_str_radix(v["backup"]["last_txid"].as_str().unwrap_or("0"), 16).unwrap();
+
+    // Quiet: each commit comes more than an interval after the last ship. With one tick every 2 s for
+    // everyone, the wait would be uniform over 0-2 s (five waits all under 0.9 s: about 2 % likely).
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let before = txid(&backup_status(&app.addr, "paced").await);
+        let t0 = Instant::now();
+        add_doc(&app.client, &app.addr, &t.key, &format!("quiet{i}.md"), "a quiet commit").await;
+        loop {
+            let v = backup_status(&app.addr, "paced").await;
+            if txid(&v) > before && v["backup"]["pending"] == false {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "the commit did not ship: {v}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        waits.push(t0.elapsed());
+    }
+    let worst = *waits.iter().max().unwrap();
+    assert!(worst < Duration::from_millis(900), "a quiet database waited for a tick to ship: {waits:?}");
+
+    // Busy: a commit every 100 ms for 6 s ships at most once per 2 s interval (one more for the edges).
+    let before = txid(&backup_status(&app.addr, "paced").await);
+    let t0 = Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        add_doc(&app.client, &app.addr, &t.key, &format!("busy{n}.md"), "a busy commit").await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ships_during = txid(&backup_status(&app.addr, "paced").await) - before;
+    assert!((2..=4).contains(&ships_during), "{ships_during} ships for {n} commits in 6 s at one interval of 2 s");
+    wait_replicated(&app.addr, "paced").await;
+    app.stop().await;
+}
+
 /// Idle tenants cost nothing: after the first snapshot, no object is written while nobody writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_tenants_write_no_objects() {
