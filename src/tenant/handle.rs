@@ -108,10 +108,10 @@ impl TenantHandle {
         let path = dir.join(DB_FILE);
         let replicated = backup.is_some();
         // The writer opens first when it is needed at once: with backups (the replica ships through
-        // it), and when the WAL holds frames (after a crash its index may need a recovery). With
-        // backups the order matters: the crash test of the replica chain
-        // (`backup::crash_and_storage_outage_keep_the_chain_restorable`) failed its restore check in
-        // one run of two when a read-only reader opened the crashed database before the writer.
+        // it), and when the WAL holds frames (after a crash its index may need a recovery, which a
+        // read-only connection must not be the one to attempt). The restore failures once blamed on
+        // this order came from a late upload after a crash (docs/ARCHITECTURE.md), now refused by
+        // create-only replica writes.
         let wal_has_frames = std::fs::metadata(crate::backup::wal::wal_path(&path)).map(|m| m.len() > 0).unwrap_or(false);
         let mut writer = if replicated || wal_has_frames { Writer::Open(open_writer(&path, replicated)?) } else { Writer::Unopened };
         // One reader opens now, on this thread; more open on demand (`readers`), up to the pool size.
