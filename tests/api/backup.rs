@@ -131,6 +131,20 @@ pub(crate) async fn wait_replicated(addr: &str, slug: &str) -> String {
     }
 }
 
+/// Waits (at most 10 s) until the tenant has nothing pending and its last TXID is no longer `before`
+/// (the status's `last_txid` before a commit). `what` names the commit.
+async fn wait_shipped(addr: &str, slug: &str, before: &Value, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let v = backup_status(addr, slug).await;
+        if v["backup"]["pending"] == false && v["backup"]["last_txid"] != *before {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what} was not shipped: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn add_doc(client: &Client, addr: &str, key: &str, path: &str, content: &str) {
     let r = client
         .post(format!("{addr}/api/v1/documents"))
@@ -556,17 +570,10 @@ async fn a_quiet_database_ships_right_after_a_commit_and_a_busy_one_at_most_once
     let mut waits = Vec::new();
     for i in 0..5 {
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        let before = txid(&backup_status(&app.addr, "paced").await);
+        let before = backup_status(&app.addr, "paced").await["backup"]["last_txid"].clone();
         let t0 = Instant::now();
         add_doc(&app.client, &app.addr, &t.key, &format!("quiet{i}.md"), "a quiet commit").await;
-        loop {
-            let v = backup_status(&app.addr, "paced").await;
-            if txid(&v) > before && v["backup"]["pending"] == false {
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "the commit did not ship: {v}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_shipped(&app.addr, "paced", &before, &format!("quiet commit {i}")).await;
         waits.push(t0.elapsed());
     }
     let worst = *waits.iter().max().unwrap();
@@ -720,15 +727,7 @@ async fn a_hanging_compaction_does_not_hold_back_shipping() {
     for i in 0..5 {
         add_doc(&client, &server.addr, &key, &format!("after/{i}.md"), &format!("after the hang {i}")).await;
         let before = backup_status(&server.addr, "compacting").await["backup"]["last_txid"].clone();
-        let t = Instant::now();
-        loop {
-            let b = backup_status(&server.addr, "compacting").await;
-            if b["backup"]["pending"] == false && b["backup"]["last_txid"] != before {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "commit {i} was not shipped while a compaction hung: {b}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_shipped(&server.addr, "compacting", &before, &format!("commit {i}, made while a compaction hung,")).await;
     }
     assert!(proxy.state.injected.load(Ordering::SeqCst) >= 1);
     proxy.set(Mode::Pass);

@@ -96,7 +96,7 @@ impl FaultProxy {
     /// Stops holding, delivers every held upload to the upstream, and returns the upstream's
     /// statuses for them once all are answered.
     pub async fn release_held(&self) -> Vec<u16> {
-        *self.state.hold.lock() = None;
+        self.stop_holding();
         let waiting: Vec<_> = std::mem::take(&mut *self.state.held.lock());
         let n = waiting.len();
         for tx in waiting {
