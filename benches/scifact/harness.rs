@@ -229,7 +229,7 @@ fn scifact() -> anyhow::Result<()> {
 
     // Ingest in batches of 64 documents: prepare → embed → upsert_many.
     let t0 = Instant::now();
-    let (mut embed_s, mut n_docs, mut n_chunks, mut n_tokens) = (0.0f64, 0usize, 0usize, 0usize);
+    let (mut embed_s, mut upsert_s, mut n_docs, mut n_chunks, mut n_tokens) = (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
     let limits = DocLimits::default();
     for batch in corpus.chunks(64) {
         let mut items = Vec::new();
@@ -242,9 +242,14 @@ fn scifact() -> anyhow::Result<()> {
             n_tokens += p.tokens;
             items.push((p, Some(v)));
         }
+        let tu = Instant::now();
         for r in ts.upsert_many(&mut conn, items) {
             r.map_err(|e| anyhow::anyhow!("{e}"))?;
             n_docs += 1;
+        }
+        upsert_s += tu.elapsed().as_secs_f64();
+        if n_docs % 640 == 0 {
+            eprintln!("  {n_docs} docs in {:.1}s (embedding {embed_s:.1}s, upserts {upsert_s:.1}s)", t0.elapsed().as_secs_f64());
         }
     }
     cache.save()?;

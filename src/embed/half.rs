@@ -71,47 +71,51 @@ pub struct Scratch {
     a: Vec<u16>,
 }
 
-/// `dst (m × n, dense) += a (m × k, dense) · b`, products and partial sums of up to [`KC`] terms
-/// in half precision, the partial sums added in `f32`. Panics (an internal bug) if the shapes
-/// disagree or the CPU lacks the instructions ([`PackedB::pack`] returns `None` then).
-pub fn matmul(dst: &mut [f32], a: &[f32], m: usize, b: &PackedB, s: &mut Scratch) {
+/// What a matrix product does with `dst` and the layer's bias.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Out {
+    /// `dst = bias + a · b` (what `dst` held is ignored).
+    Set,
+    /// `dst += bias + a · b` (a residual connection).
+    Add,
+}
+
+/// `dst (m × n, dense) = [dst +] bias + a (m × k, dense) · b`, products and partial sums of up to
+/// [`KC`] terms in half precision, the partial sums added in `f32`. The bias is added with the
+/// first partial sum, so `dst` is not passed over once more for it. Panics (an internal bug) if
+/// the shapes disagree or the CPU lacks the instructions ([`PackedB::pack`] returns `None` then).
+pub fn matmul(dst: &mut [f32], a: &[f32], m: usize, b: &PackedB, bias: &[f32], out: Out, s: &mut Scratch) {
     let (k, n) = (b.k, b.n);
-    assert!(a.len() >= m * k && dst.len() >= m * n, "fp16 matmul shapes");
+    assert!(a.len() >= m * k && dst.len() >= m * n && bias.len() == n, "fp16 matmul shapes");
     assert!(supported(), "fp16 matmul without AVX512-FP16");
-    if m == 0 {
-        return;
+    if s.a.len() < MR * k {
+        s.a.resize(MR * k, 0);
     }
-    // The activations in halves, padded with zero rows to a multiple of MR.
-    let mp = m.div_ceil(MR) * MR;
-    if s.a.len() < mp * k {
-        s.a.resize(mp * k, 0);
-    }
-    s.a[m * k..mp * k].fill(0);
-    // SAFETY: `supported()` holds.
-    unsafe { to_half(&a[..m * k], &mut s.a[..m * k]) };
     let mut tile = [0u16; MR * NR];
-    let mut sums = [0f32; MR * NR];
-    // Per output tile, the whole dot product: the row block's halves stay in L1 across the
-    // panels, the packed weights (at most 1.2 MB for this model) in L2, the tile's f32 sums in
-    // L1, and `dst` is read and written once, a row block at a time.
-    for i0 in (0..mp).step_by(MR) {
+    // One block of MR rows at a time: its activations are converted to halves into an L1-sized
+    // buffer (zero rows pad the last block), then multiplied by every panel of the packed weights
+    // (at most 1.2 MB for this model, so they stay in L2: converting the whole of `a` up front
+    // would push them out for large m). Each k-chunk's half-precision tile is added straight
+    // into `dst`, whose MR rows stay in L1 across the chunks.
+    for i0 in (0..m).step_by(MR) {
+        let rows = MR.min(m - i0);
+        let ah = &mut s.a[..MR * k];
+        // SAFETY: `supported()` holds.
+        unsafe { to_half(&a[i0 * k..(i0 + rows) * k], &mut ah[..rows * k]) };
+        ah[rows * k..].fill(0);
         for p in 0..n / NR {
             let panel = &b.data[p * k * NR..][..k * NR];
-            sums.fill(0.0);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                let rows = &s.a[i0 * k + k0..][..(MR - 1) * k + kc];
-                // SAFETY: `rows` holds MR rows of stride k with kc halves each from its start, the
+                let block = &s.a[k0..][..(MR - 1) * k + kc];
+                // SAFETY: `block` holds MR rows of stride k with kc halves each from its start, the
                 // panel slice kc rows of NR halves, `tile` MR × NR halves; kc is at least 4 and a
                 // multiple of 4 (as KC and k are), and the CPU supports the instructions.
                 unsafe {
-                    kernel(rows.as_ptr(), k, panel[k0 * NR..][..kc * NR].as_ptr(), kc, tile.as_mut_ptr());
-                    add_halves(&mut sums, &tile);
+                    kernel(block.as_ptr(), k, panel[k0 * NR..][..kc * NR].as_ptr(), kc, tile.as_mut_ptr());
+                    let first = if k0 == 0 { Some((&bias[p * NR..][..NR], out)) } else { None };
+                    add_tile(&mut dst[i0 * n + p * NR..], n, rows, &tile, first);
                 }
-            }
-            for r in 0..MR.min(m - i0) {
-                // SAFETY: `supported()` holds.
-                unsafe { add_row(&mut dst[(i0 + r) * n + p * NR..][..NR], &sums[r * NR..][..NR]) };
             }
         }
     }
@@ -141,27 +145,30 @@ unsafe fn to_half(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// `dst[i] += src[i]` (halves widened to `f32`), one tile.
+/// For the first `rows` rows of one tile, `dst[r * ldd + c] += tile[r * NR + c]` (halves widened to
+/// `f32`). With `first` (the tile of the first partial sum) the bias is added too, and with
+/// [`Out::Set`] what `dst` held is replaced instead of added to.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn add_halves(dst: &mut [f32; MR * NR], src: &[u16; MR * NR]) {
+unsafe fn add_tile(dst: &mut [f32], ldd: usize, rows: usize, tile: &[u16; MR * NR], first: Option<(&[f32], Out)>) {
     use std::arch::x86_64::*;
-    for c in 0..MR * NR / 16 {
-        let h = _mm256_loadu_si256(src.as_ptr().add(c * 16) as *const __m256i);
-        let d = dst.as_mut_ptr().add(c * 16);
-        _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), _mm512_cvtph_ps(h)));
-    }
-}
-
-/// `dst[i] += src[i]`, one row of a tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_row(dst: &mut [f32], src: &[f32]) {
-    use std::arch::x86_64::*;
-    assert!(dst.len() == NR && src.len() == NR);
-    for c in 0..NR / 16 {
-        let d = dst.as_mut_ptr().add(c * 16);
-        _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), _mm512_loadu_ps(src.as_ptr().add(c * 16))));
+    assert!(rows >= 1 && rows <= MR && dst.len() >= (rows - 1) * ldd + NR);
+    for r in 0..rows {
+        let d = dst.as_mut_ptr().add(r * ldd);
+        let t = tile.as_ptr().add(r * NR);
+        for c in 0..NR / 16 {
+            let h = _mm512_cvtph_ps(_mm256_loadu_si256(t.add(c * 16) as *const __m256i));
+            let dc = d.add(c * 16);
+            let base = match first {
+                None | Some((_, Out::Add)) => _mm512_loadu_ps(dc),
+                Some((_, Out::Set)) => _mm512_setzero_ps(),
+            };
+            let base = match first {
+                Some((bias, _)) => _mm512_add_ps(base, _mm512_loadu_ps(bias.as_ptr().add(c * 16))),
+                None => base,
+            };
+            _mm512_storeu_ps(dc, _mm512_add_ps(base, h));
+        }
     }
 }
 
@@ -365,12 +372,7 @@ unsafe fn to_half(_: &[f32], _: &mut [u16]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn add_halves(_: &mut [f32; MR * NR], _: &[u16; MR * NR]) {
-    unreachable!("fp16 path on a CPU without it")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn add_row(_: &mut [f32], _: &[f32]) {
+unsafe fn add_tile(_: &mut [f32], _: usize, _: usize, _: &[u16; MR * NR], _: Option<(&[f32], Out)>) {
     unreachable!("fp16 path on a CPU without it")
 }
 
@@ -408,16 +410,19 @@ mod tests {
         assert!(PackedB::pack(&[0.0; 64 * 4], 4, 64).is_none(), "n must be a multiple of 96");
         let mut s = Scratch::default();
         assert!(PackedB::pack(&[0.0; 96 * 6], 6, 96).is_none(), "k must be a multiple of 4");
-        for (m, k, n) in [(1, 384, 1152), (13, 384, 384), (37, 384, 1536), (25, 1536, 384), (8, 132, 96), (5, 4, 96), (9, 260, 192)] {
+        let shapes = [(1, 384, 1152), (13, 384, 384), (37, 384, 1536), (25, 1536, 384), (8, 132, 96), (5, 4, 96), (9, 260, 192)];
+        for ((m, k, n), out) in shapes.into_iter().zip([Out::Set, Out::Add].into_iter().cycle()) {
             let a = matrix(m * k, (m * 31 + k) as u64, 3.0);
             let w = matrix(k * n, (k * 17 + n) as u64, 0.2);
-            let bias = matrix(m * n, 7, 1.0);
+            let before = matrix(m * n, 7, 1.0);
+            let bias = matrix(n, 11, 1.0);
             let b = PackedB::pack(&w, k, n).expect("packs");
-            let mut got = bias.clone();
-            matmul(&mut got, &a, m, &b, &mut s);
+            let mut got = before.clone();
+            matmul(&mut got, &a, m, &b, &bias, out, &mut s);
             for i in 0..m {
                 for j in 0..n {
-                    let exact: f64 = (0..k).map(|t| a[i * k + t] as f64 * w[t * n + j] as f64).sum::<f64>() + bias[i * n + j] as f64;
+                    let kept = if out == Out::Add { before[i * n + j] as f64 } else { 0.0 };
+                    let exact: f64 = (0..k).map(|t| a[i * k + t] as f64 * w[t * n + j] as f64).sum::<f64>() + bias[j] as f64 + kept;
                     let mag: f64 = (0..k).map(|t| (a[i * k + t] as f64 * w[t * n + j] as f64).abs()).sum();
                     let err = (got[i * n + j] as f64 - exact).abs();
                     assert!(err <= 4e-3 * mag + 1e-3, "({m}×{k}·{k}×{n}) [{i},{j}]: {} vs {exact} (Σ|terms| {mag})", got[i * n + j]);
@@ -442,11 +447,21 @@ mod speed {
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 5000.0 - 0.1).collect();
             let b = PackedB::pack(&w, k, n).unwrap();
             let mut dst = vec![0f32; m * n];
+            let bias = vec![0f32; n];
             let mut s = Scratch::default();
             let reps = (2e9 / (m * k * n) as f64).ceil() as usize;
+            // One untimed product of each kind first, so page faults and a cold cache are not timed.
+            matmul(&mut dst, &a, m, &b, &bias, Out::Add, &mut s);
+            crate::embed::kernels::matmul(
+                &mut dst,
+                n,
+                crate::embed::kernels::MatRef::dense(&a, m, k),
+                crate::embed::kernels::MatRef::dense(&w, k, n),
+                true,
+            );
             let t = std::time::Instant::now();
             for _ in 0..reps {
-                matmul(&mut dst, &a, m, &b, &mut s);
+                matmul(&mut dst, &a, m, &b, &bias, Out::Add, &mut s);
             }
             let h = (m * k * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
             let t = std::time::Instant::now();

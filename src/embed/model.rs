@@ -20,8 +20,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use super::half::{self, Out};
 use super::kernels::{self, MatRef};
-use super::{half, Precision};
+use super::Precision;
 use super::{DIM, MAX_TOKENS};
 
 /// Tokens per work unit (one packed forward pass) when a call has plenty of input.
@@ -415,9 +416,8 @@ impl Weights {
             let ctx = &mut s.ctx[..total * hd];
             let it = &mut s.inter[..total * inter];
 
-            // Fused Q/K/V projection, bias pre-filled.
-            kernels::fill_rows(qkv, &l.b_qkv);
-            linear(qkv, h, total, (&l.w_qkv, hd, qkv_w), hl.map(|x| &x.qkv), &mut s.half);
+            // Fused Q/K/V projection.
+            linear(qkv, h, total, (&l.w_qkv, hd, qkv_w), &l.b_qkv, Out::Set, hl.map(|x| &x.qkv), &mut s.half);
 
             // Attention per sequence and head, on that sequence's tokens only.
             let mut start = 0;
@@ -440,16 +440,13 @@ impl Weights {
             }
 
             // Output projection + bias + residual, then LayerNorm, all in `h`.
-            kernels::add_bias_rows(h, &l.b_attn_out);
-            linear(h, ctx, total, (&l.w_attn_out, hd, hd), hl.map(|x| &x.attn_out), &mut s.half);
+            linear(h, ctx, total, (&l.w_attn_out, hd, hd), &l.b_attn_out, Out::Add, hl.map(|x| &x.attn_out), &mut s.half);
             kernels::layer_norm(h, &l.ln_attn_g, &l.ln_attn_b, self.eps);
 
             // Feed-forward.
-            kernels::fill_rows(it, &l.b_inter);
-            linear(it, h, total, (&l.w_inter, hd, inter), hl.map(|x| &x.inter), &mut s.half);
+            linear(it, h, total, (&l.w_inter, hd, inter), &l.b_inter, Out::Set, hl.map(|x| &x.inter), &mut s.half);
             kernels::gelu(it);
-            kernels::add_bias_rows(h, &l.b_out);
-            linear(h, it, total, (&l.w_out, inter, hd), hl.map(|x| &x.out), &mut s.half);
+            linear(h, it, total, (&l.w_out, inter, hd), &l.b_out, Out::Add, hl.map(|x| &x.out), &mut s.half);
             kernels::layer_norm(h, &l.ln_out_g, &l.ln_out_b, self.eps);
         }
 
@@ -475,13 +472,31 @@ impl Weights {
     }
 }
 
-/// `dst (m × n, dense) += a (m × k) · w` for a dense layer, `w` being `(weights, k, n)`: on the fp16
-/// path when the layer has its half-precision copy, else in fp32.
-fn linear(dst: &mut [f32], a: &[f32], m: usize, w: (&[f32], usize, usize), fp16: Option<&half::PackedB>, s: &mut half::Scratch) {
+/// `dst (m × n, dense) = [dst +] bias + a (m × k) · w` for a dense layer, `w` being `(weights, k,
+/// n)` and `out` saying whether `dst` is added to (a residual) or replaced: on the fp16 path when
+/// the layer has its half-precision copy (which adds the bias inside the product), else in fp32.
+#[allow(clippy::too_many_arguments)] // one call per layer kind, each argument a different part of it
+fn linear(
+    dst: &mut [f32],
+    a: &[f32],
+    m: usize,
+    w: (&[f32], usize, usize),
+    bias: &[f32],
+    out: Out,
+    fp16: Option<&half::PackedB>,
+    s: &mut half::Scratch,
+) {
     let (w, k, n) = w;
     match fp16 {
-        Some(b) => half::matmul(dst, a, m, b, s),
-        None => kernels::matmul(dst, n, MatRef::dense(a, m, k), MatRef::dense(w, k, n), true),
+        Some(b) => half::matmul(dst, a, m, b, bias, out, s),
+        None => {
+            let dst = &mut dst[..m * n];
+            match out {
+                Out::Set => kernels::fill_rows(dst, bias),
+                Out::Add => kernels::add_bias_rows(dst, bias),
+            }
+            kernels::matmul(dst, n, MatRef::dense(a, m, k), MatRef::dense(w, k, n), true)
+        }
     }
 }
 
