@@ -445,8 +445,9 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Threads for the model (0 = physical cores).
     pub threads: usize,
-    /// Arithmetic of the model's dense layers: `fp32`, or `fp16` (AVX512-FP16, about 1.34× as fast
-    /// on a batch; falls back to fp32 with a warning on a CPU without it).
+    /// Arithmetic of the model's dense layers: `auto` (fp16 where the CPU has AVX512-FP16, else
+    /// fp32), `fp32`, or `fp16` (falls back to fp32 with a warning on a CPU without it). fp16 is
+    /// about 1.5× as fast on a batch, at a worst cosine of 0.99997 against the reference.
     pub precision: crate::embed::Precision,
     /// Texts one tenant may have queued or being embedded per lane (0 = a quarter of
     /// `queue_capacity`); beyond it that tenant's next request answers 503 `overloaded`.
@@ -563,7 +564,7 @@ impl Default for EmbedSettings {
             queue_capacity: 4096,
             max_batch: 32,
             threads: 0,
-            precision: crate::embed::Precision::Fp32,
+            precision: crate::embed::Precision::Auto,
             tenant_max_pending: 0,
             bulk_nice: 10,
             model_aliases: Vec::new(),

@@ -103,6 +103,8 @@ fn fp16_embeddings_match_sentence_transformers_or_fall_back_to_fp32() {
     let e = Embedder::load(&model_dir()).expect("load").with_precision(Precision::Fp16);
     let want = if Precision::fp16_supported() { Precision::Fp16 } else { Precision::Fp32 };
     assert_eq!(e.precision(), want, "the path in use");
+    let auto = Embedder::load(&model_dir()).expect("load").with_precision(Precision::Auto);
+    assert_eq!(auto.precision(), want, "`auto` takes fp16 exactly where the CPU runs it");
     let cases = reference();
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
     let got = e.embed(&texts).expect("embed");

@@ -44,17 +44,20 @@ pub use service::{Caller, EmbedConfig, EmbedError, EmbedService, EmbedStats, Lan
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// IEEE single precision everywhere (the reference path).
+    /// fp16 where the CPU runs it, else fp32, without a warning (the default).
     #[default]
+    Auto,
+    /// IEEE single precision everywhere (the reference path).
     Fp32,
     /// Dense layers in half precision with AVX512-FP16 (fp32 partial sums every 256 terms); falls
-    /// back to fp32 on a CPU without it.
+    /// back to fp32 with a warning on a CPU without it.
     Fp16,
 }
 
 impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
         }

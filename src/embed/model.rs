@@ -135,10 +135,16 @@ impl Embedder {
     }
 
     /// Chooses the arithmetic of the dense layers. [`Precision::Fp16`] needs AVX512-FP16: on a CPU
-    /// without it the model stays on fp32 and logs a warning ([`Embedder::precision`] tells which).
+    /// without it the model stays on fp32 and logs a warning; [`Precision::Auto`] takes fp16 where
+    /// it runs and fp32 quietly elsewhere ([`Embedder::precision`] tells which is in use).
     pub fn with_precision(mut self, precision: Precision) -> Embedder {
         self.weights.half = None;
-        if precision == Precision::Fp16 {
+        let wanted = match precision {
+            Precision::Auto => Precision::fp16_supported(),
+            Precision::Fp16 => true,
+            Precision::Fp32 => false,
+        };
+        if wanted {
             let (h, i) = (self.weights.hidden, self.weights.inter);
             let packed: Option<Vec<HalfLayer>> = self
                 .weights
@@ -153,7 +159,7 @@ impl Embedder {
                     })
                 })
                 .collect();
-            if packed.is_none() {
+            if packed.is_none() && precision == Precision::Fp16 {
                 tracing::warn!("embed.precision = \"fp16\" needs AVX512-FP16, which this CPU lacks; embedding in fp32");
             }
             self.weights.half = packed;

@@ -45,7 +45,7 @@ impl Default for EmbedConfig {
             queue_capacity: 4096,
             max_batch: 32,
             threads: 0,
-            precision: super::Precision::Fp32,
+            precision: super::Precision::Auto,
             tenant_max_pending: 0,
             bulk_nice: 10,
         }
