@@ -1,6 +1,6 @@
-//! The reduced-precision path of the dense layers (`embed.precision = "fp16"`): weights and
-//! activations in IEEE half precision, multiplied with AVX512-FP16's `vfmadd231ph`, which does 32
-//! multiply-adds per instruction where fp32 does 16.
+//! The reduced-precision path of the dense layers (`embed.precision` `auto`, the default, or
+//! `fp16`): weights and activations in IEEE half precision, multiplied with AVX512-FP16's
+//! `vfmadd231ph`, which does 32 multiply-adds per instruction where fp32 does 16.
 //!
 //! Half precision sums drift over long dot products, so each product is summed in halves over at
 //! most [`KC`] terms only, and those partial sums are added in `f32`. Measured on the 64 reference
@@ -152,7 +152,7 @@ unsafe fn to_half(src: &[f32], dst: &mut [u16]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn add_tile(dst: &mut [f32], ldd: usize, rows: usize, tile: &[u16; MR * NR], first: Option<(&[f32], Out)>) {
     use std::arch::x86_64::*;
-    assert!(rows >= 1 && rows <= MR && dst.len() >= (rows - 1) * ldd + NR);
+    assert!((1..=MR).contains(&rows) && dst.len() >= (rows - 1) * ldd + NR);
     for r in 0..rows {
         let d = dst.as_mut_ptr().add(r * ldd);
         let t = tile.as_ptr().add(r * NR);
