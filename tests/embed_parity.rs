@@ -158,7 +158,9 @@ async fn service_matches_embedder_and_batches_callers() {
     let svc = service(4096, 32, 0);
     let cases = reference();
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-    let direct = embedder().embed(&texts).expect("embed");
+    // The service runs the default path (`auto`: fp16 on a CPU with AVX512-FP16), so the direct
+    // embedder does too: this test is about batching callers, not about precision.
+    let direct = Embedder::load(&model_dir()).expect("load").with_precision(Precision::Auto).embed(&texts).expect("embed");
     // Many concurrent callers with 1–3 texts each.
     let mut calls = Vec::new();
     for chunk in texts.chunks(3) {
