@@ -71,6 +71,15 @@ pub struct Scratch {
     a: Vec<u16>,
 }
 
+/// The left operand of [`matmul`]: activations, taken as they are or through GELU.
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    Plain(&'a [f32]),
+    /// GELU is applied while the activations are converted to halves, which saves a pass over
+    /// the widest activations of the model (the feed-forward layer's, 1,536 per token).
+    Gelu(&'a [f32]),
+}
+
 /// What a matrix product does with `dst` and the layer's bias.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Out {
@@ -84,8 +93,12 @@ pub enum Out {
 /// [`KC`] terms in half precision, the partial sums added in `f32`. The bias is added with the
 /// first partial sum, so `dst` is not passed over once more for it. Panics (an internal bug) if
 /// the shapes disagree or the CPU lacks the instructions ([`PackedB::pack`] returns `None` then).
-pub fn matmul(dst: &mut [f32], a: &[f32], m: usize, b: &PackedB, bias: &[f32], out: Out, s: &mut Scratch) {
+pub fn matmul(dst: &mut [f32], a: Lhs<'_>, m: usize, b: &PackedB, bias: &[f32], out: Out, s: &mut Scratch) {
     let (k, n) = (b.k, b.n);
+    let (a, gelu) = match a {
+        Lhs::Plain(a) => (a, false),
+        Lhs::Gelu(a) => (a, true),
+    };
     assert!(a.len() >= m * k && dst.len() >= m * n && bias.len() == n, "fp16 matmul shapes");
     assert!(supported(), "fp16 matmul without AVX512-FP16");
     if s.a.len() < MR * k {
@@ -101,7 +114,14 @@ pub fn matmul(dst: &mut [f32], a: &[f32], m: usize, b: &PackedB, bias: &[f32], o
         let rows = MR.min(m - i0);
         let ah = &mut s.a[..MR * k];
         // SAFETY: `supported()` holds.
-        unsafe { to_half(&a[i0 * k..(i0 + rows) * k], &mut ah[..rows * k]) };
+        unsafe {
+            let (src, dst) = (&a[i0 * k..(i0 + rows) * k], &mut ah[..rows * k]);
+            if gelu {
+                to_half_gelu(src, dst)
+            } else {
+                to_half(src, dst)
+            }
+        };
         ah[rows * k..].fill(0);
         for p in 0..n / NR {
             let panel = &b.data[p * k * NR..][..k * NR];
@@ -140,6 +160,31 @@ unsafe fn to_half(src: &[f32], dst: &mut [u16]) {
         let rest = src.len() - i;
         buf[..rest].copy_from_slice(&src[i..]);
         let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_loadu_ps(buf.as_ptr()));
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, h);
+        dst[i..].copy_from_slice(&out[..rest]);
+    }
+}
+
+/// `dst[i] = gelu(src[i])` rounded to half precision (the GELU of [`super::kernels::gelu`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn to_half_gelu(src: &[f32], dst: &mut [u16]) {
+    use super::kernels::avx512::gelu16;
+    use std::arch::x86_64::*;
+    assert_eq!(src.len(), dst.len());
+    let mut i = 0;
+    while i + 16 <= src.len() {
+        let v = gelu16(_mm512_loadu_ps(src.as_ptr().add(i)));
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+        i += 16;
+    }
+    if i < src.len() {
+        let mut buf = [0f32; 16];
+        let mut out = [0u16; 16];
+        let rest = src.len() - i;
+        buf[..rest].copy_from_slice(&src[i..]);
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(gelu16(_mm512_loadu_ps(buf.as_ptr())));
         _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, h);
         dst[i..].copy_from_slice(&out[..rest]);
     }
@@ -372,6 +417,10 @@ unsafe fn to_half(_: &[f32], _: &mut [u16]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+unsafe fn to_half_gelu(_: &[f32], _: &mut [u16]) {
+    unreachable!("fp16 path on a CPU without it")
+}
+#[cfg(not(target_arch = "x86_64"))]
 unsafe fn add_tile(_: &mut [f32], _: usize, _: usize, _: &[u16; MR * NR], _: Option<(&[f32], Out)>) {
     unreachable!("fp16 path on a CPU without it")
 }
@@ -410,22 +459,29 @@ mod tests {
         assert!(PackedB::pack(&[0.0; 64 * 4], 4, 64).is_none(), "n must be a multiple of 96");
         let mut s = Scratch::default();
         assert!(PackedB::pack(&[0.0; 96 * 6], 6, 96).is_none(), "k must be a multiple of 4");
-        let shapes = [(1, 384, 1152), (13, 384, 384), (37, 384, 1536), (25, 1536, 384), (8, 132, 96), (5, 4, 96), (9, 260, 192)];
-        for ((m, k, n), out) in shapes.into_iter().zip([Out::Set, Out::Add].into_iter().cycle()) {
-            let a = matrix(m * k, (m * 31 + k) as u64, 3.0);
+        let shapes = [(1, 384, 1152), (13, 384, 384), (37, 384, 1536), (25, 1536, 384), (8, 132, 96), (5, 4, 96), (9, 260, 192), (11, 1536, 384)];
+        for (((m, k, n), out), gelu) in shapes.into_iter().zip([Out::Set, Out::Add].into_iter().cycle()).zip([false, false, true].into_iter().cycle())
+        {
+            let raw = matrix(m * k, (m * 31 + k) as u64, 3.0);
             let w = matrix(k * n, (k * 17 + n) as u64, 0.2);
             let before = matrix(m * n, 7, 1.0);
             let bias = matrix(n, 11, 1.0);
             let b = PackedB::pack(&w, k, n).expect("packs");
             let mut got = before.clone();
-            matmul(&mut got, &a, m, &b, &bias, out, &mut s);
+            let lhs = if gelu { Lhs::Gelu(&raw) } else { Lhs::Plain(&raw) };
+            matmul(&mut got, lhs, m, &b, &bias, out, &mut s);
+            // What the product must have multiplied: the activations, through GELU if asked.
+            let mut a = raw.clone();
+            if gelu {
+                crate::embed::kernels::gelu_portable(&mut a);
+            }
             for i in 0..m {
                 for j in 0..n {
                     let kept = if out == Out::Add { before[i * n + j] as f64 } else { 0.0 };
                     let exact: f64 = (0..k).map(|t| a[i * k + t] as f64 * w[t * n + j] as f64).sum::<f64>() + bias[j] as f64 + kept;
                     let mag: f64 = (0..k).map(|t| (a[i * k + t] as f64 * w[t * n + j] as f64).abs()).sum();
                     let err = (got[i * n + j] as f64 - exact).abs();
-                    assert!(err <= 4e-3 * mag + 1e-3, "({m}×{k}·{k}×{n}) [{i},{j}]: {} vs {exact} (Σ|terms| {mag})", got[i * n + j]);
+                    assert!(err <= 4e-3 * mag + 1e-3, "({m}×{k}·{k}×{n}, gelu {gelu}) [{i},{j}]: {} vs {exact} (Σ|terms| {mag})", got[i * n + j]);
                 }
             }
         }
@@ -451,7 +507,7 @@ mod speed {
             let mut s = Scratch::default();
             let reps = (2e9 / (m * k * n) as f64).ceil() as usize;
             // One untimed product of each kind first, so page faults and a cold cache are not timed.
-            matmul(&mut dst, &a, m, &b, &bias, Out::Add, &mut s);
+            matmul(&mut dst, Lhs::Plain(&a), m, &b, &bias, Out::Add, &mut s);
             crate::embed::kernels::matmul(
                 &mut dst,
                 n,
@@ -461,7 +517,7 @@ mod speed {
             );
             let t = std::time::Instant::now();
             for _ in 0..reps {
-                matmul(&mut dst, &a, m, &b, &bias, Out::Add, &mut s);
+                matmul(&mut dst, Lhs::Plain(&a), m, &b, &bias, Out::Add, &mut s);
             }
             let h = (m * k * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
             let t = std::time::Instant::now();

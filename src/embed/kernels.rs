@@ -281,7 +281,7 @@ multiversion! {
 /// and the division is a reciprocal estimate refined by one Newton step (relative error about
 /// 2^-28, below `f32` rounding). The polynomials are those of the portable versions.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     /// The mask of the first `len` (< 16) lanes.
@@ -349,11 +349,12 @@ mod avx512 {
         }
     }
 
-    /// GELU of 16 lanes, with [`super::erf`]'s rational approximation.
+    /// GELU of 16 lanes, with [`super::erf`]'s rational approximation (also used by the fp16
+    /// path, which applies it while converting activations to halves).
     #[inline]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::excessive_precision)] // the published coefficients, kept as written
-    fn gelu16(x: __m512) -> __m512 {
+    pub(in crate::embed) fn gelu16(x: __m512) -> __m512 {
         let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
         let t2 = _mm512_mul_ps(t, t);

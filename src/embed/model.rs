@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use super::half::{self, Out};
+use super::half::{self, Lhs, Out};
 use super::kernels::{self, MatRef};
 use super::Precision;
 use super::{DIM, MAX_TOKENS};
@@ -423,7 +423,7 @@ impl Weights {
             let it = &mut s.inter[..total * inter];
 
             // Fused Q/K/V projection.
-            linear(qkv, h, total, (&l.w_qkv, hd, qkv_w), &l.b_qkv, Out::Set, hl.map(|x| &x.qkv), &mut s.half);
+            linear(qkv, Lhs::Plain(h), total, (&l.w_qkv, hd, qkv_w), &l.b_qkv, Out::Set, hl.map(|x| &x.qkv), &mut s.half);
 
             // Attention per sequence and head, on that sequence's tokens only.
             let mut start = 0;
@@ -446,13 +446,21 @@ impl Weights {
             }
 
             // Output projection + bias + residual, then LayerNorm, all in `h`.
-            linear(h, ctx, total, (&l.w_attn_out, hd, hd), &l.b_attn_out, Out::Add, hl.map(|x| &x.attn_out), &mut s.half);
+            linear(h, Lhs::Plain(ctx), total, (&l.w_attn_out, hd, hd), &l.b_attn_out, Out::Add, hl.map(|x| &x.attn_out), &mut s.half);
             kernels::layer_norm(h, &l.ln_attn_g, &l.ln_attn_b, self.eps);
 
             // Feed-forward.
-            linear(it, h, total, (&l.w_inter, hd, inter), &l.b_inter, Out::Set, hl.map(|x| &x.inter), &mut s.half);
-            kernels::gelu(it);
-            linear(h, it, total, (&l.w_out, inter, hd), &l.b_out, Out::Add, hl.map(|x| &x.out), &mut s.half);
+            linear(it, Lhs::Plain(h), total, (&l.w_inter, hd, inter), &l.b_inter, Out::Set, hl.map(|x| &x.inter), &mut s.half);
+            // GELU, then the output projection: the fp16 path applies GELU while converting its
+            // input to halves, which saves a pass over the widest activations.
+            let act = match hl {
+                Some(_) => Lhs::Gelu(it),
+                None => {
+                    kernels::gelu(it);
+                    Lhs::Plain(it)
+                }
+            };
+            linear(h, act, total, (&l.w_out, inter, hd), &l.b_out, Out::Add, hl.map(|x| &x.out), &mut s.half);
             kernels::layer_norm(h, &l.ln_out_g, &l.ln_out_b, self.eps);
         }
 
@@ -484,7 +492,7 @@ impl Weights {
 #[allow(clippy::too_many_arguments)] // one call per layer kind, each argument a different part of it
 fn linear(
     dst: &mut [f32],
-    a: &[f32],
+    a: Lhs<'_>,
     m: usize,
     w: (&[f32], usize, usize),
     bias: &[f32],
@@ -496,6 +504,18 @@ fn linear(
     match fp16 {
         Some(b) => half::matmul(dst, a, m, b, bias, out, s),
         None => {
+            // The forward pass applies GELU in place before an fp32 product, so `Gelu` reaches
+            // here only from elsewhere: it is honoured on a copy.
+            let gelu_copy;
+            let a = match a {
+                Lhs::Plain(a) => a,
+                Lhs::Gelu(a) => {
+                    let mut t = a[..m * k].to_vec();
+                    kernels::gelu(&mut t);
+                    gelu_copy = t;
+                    &gelu_copy[..]
+                }
+            };
             let dst = &mut dst[..m * n];
             match out {
                 Out::Set => kernels::fill_rows(dst, bias),
