@@ -447,7 +447,7 @@ pub struct EmbedSettings {
     pub threads: usize,
     /// Arithmetic of the model's dense layers: `auto` (fp16 where the CPU has AVX512-FP16, else
     /// fp32), `fp32`, or `fp16` (falls back to fp32 with a warning on a CPU without it). fp16 is
-    /// about 1.5× as fast on a batch, at a worst cosine of 0.99997 against the reference.
+    /// about 1.6× as fast on a batch, at a worst cosine of 0.99997 against the reference.
     pub precision: crate::embed::Precision,
     /// Texts one tenant may have queued or being embedded per lane (0 = a quarter of
     /// `queue_capacity`); beyond it that tenant's next request answers 503 `overloaded`.
