@@ -58,7 +58,7 @@ impl PackedB {
                 row.copy_from_slice(&w[r * n + p * NR..][..NR]);
                 let dst = &mut data[(p * k + r) * NR..][..NR];
                 // SAFETY: `supported()` was checked above.
-                unsafe { to_half(&row, dst) };
+                unsafe { to_half(&row, dst, false) };
             }
         }
         Some(PackedB { data, k, n })
@@ -114,14 +114,7 @@ pub fn matmul(dst: &mut [f32], a: Lhs<'_>, m: usize, b: &PackedB, bias: &[f32], 
         let rows = MR.min(m - i0);
         let ah = &mut s.a[..MR * k];
         // SAFETY: `supported()` holds.
-        unsafe {
-            let (src, dst) = (&a[i0 * k..(i0 + rows) * k], &mut ah[..rows * k]);
-            if gelu {
-                to_half_gelu(src, dst)
-            } else {
-                to_half(src, dst)
-            }
-        };
+        unsafe { to_half(&a[i0 * k..(i0 + rows) * k], &mut ah[..rows * k], gelu) };
         ah[rows * k..].fill(0);
         for p in 0..n / NR {
             let panel = &b.data[p * k * NR..][..k * NR];
@@ -141,40 +134,18 @@ pub fn matmul(dst: &mut [f32], a: Lhs<'_>, m: usize, b: &PackedB, bias: &[f32], 
     }
 }
 
-/// `dst[i] = src[i]` rounded to half precision (to nearest, ties to even).
+/// `dst[i] = src[i]`, or `gelu(src[i])` with `gelu` (the GELU of [`super::kernels::gelu`]),
+/// rounded to half precision (to nearest, ties to even).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn to_half(src: &[f32], dst: &mut [u16]) {
-    use std::arch::x86_64::*;
-    assert_eq!(src.len(), dst.len());
-    let mut i = 0;
-    while i + 16 <= src.len() {
-        let v = _mm512_loadu_ps(src.as_ptr().add(i));
-        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
-        i += 16;
-    }
-    if i < src.len() {
-        let mut buf = [0f32; 16];
-        let mut out = [0u16; 16];
-        let rest = src.len() - i;
-        buf[..rest].copy_from_slice(&src[i..]);
-        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_loadu_ps(buf.as_ptr()));
-        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, h);
-        dst[i..].copy_from_slice(&out[..rest]);
-    }
-}
-
-/// `dst[i] = gelu(src[i])` rounded to half precision (the GELU of [`super::kernels::gelu`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn to_half_gelu(src: &[f32], dst: &mut [u16]) {
+unsafe fn to_half(src: &[f32], dst: &mut [u16], gelu: bool) {
     use super::kernels::avx512::gelu16;
     use std::arch::x86_64::*;
     assert_eq!(src.len(), dst.len());
     let mut i = 0;
     while i + 16 <= src.len() {
-        let v = gelu16(_mm512_loadu_ps(src.as_ptr().add(i)));
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let v = if gelu { gelu16(v) } else { v };
         let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
         _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
         i += 16;
@@ -184,7 +155,9 @@ unsafe fn to_half_gelu(src: &[f32], dst: &mut [u16]) {
         let mut out = [0u16; 16];
         let rest = src.len() - i;
         buf[..rest].copy_from_slice(&src[i..]);
-        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(gelu16(_mm512_loadu_ps(buf.as_ptr())));
+        let v = _mm512_loadu_ps(buf.as_ptr());
+        let v = if gelu { gelu16(v) } else { v };
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
         _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, h);
         dst[i..].copy_from_slice(&out[..rest]);
     }
@@ -412,14 +385,10 @@ unsafe fn kernel(a: *const u16, lda: usize, b: *const u16, kc: usize, out: *mut 
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn to_half(_: &[f32], _: &mut [u16]) {
+unsafe fn to_half(_: &[f32], _: &mut [u16], _: bool) {
     unreachable!("fp16 path on a CPU without it")
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn to_half_gelu(_: &[f32], _: &mut [u16]) {
-    unreachable!("fp16 path on a CPU without it")
-}
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn add_tile(_: &mut [f32], _: usize, _: usize, _: &[u16; MR * NR], _: Option<(&[f32], Out)>) {
     unreachable!("fp16 path on a CPU without it")
