@@ -71,13 +71,13 @@ pub struct Scratch {
     a: Vec<u16>,
 }
 
-/// The left operand of [`matmul`]: activations, taken as they are or through GELU.
-#[derive(Clone, Copy)]
+/// The left operand of a dense layer's product: activations, taken as they are or through GELU.
 pub enum Lhs<'a> {
     Plain(&'a [f32]),
-    /// GELU is applied while the activations are converted to halves, which saves a pass over
-    /// the widest activations of the model (the feed-forward layer's, 1,536 per token).
-    Gelu(&'a [f32]),
+    /// The GELU of these activations. The fp16 path applies it while converting them to halves
+    /// (a pass fewer over the widest activations of the model, the feed-forward layer's 1,536 per
+    /// token) and leaves them as they are; the fp32 path applies it to them in place first.
+    Gelu(&'a mut [f32]),
 }
 
 /// What a matrix product does with `dst` and the layer's bias.
@@ -97,7 +97,7 @@ pub fn matmul(dst: &mut [f32], a: Lhs<'_>, m: usize, b: &PackedB, bias: &[f32], 
     let (k, n) = (b.k, b.n);
     let (a, gelu) = match a {
         Lhs::Plain(a) => (a, false),
-        Lhs::Gelu(a) => (a, true),
+        Lhs::Gelu(a) => (&*a, true),
     };
     assert!(a.len() >= m * k && dst.len() >= m * n && bias.len() == n, "fp16 matmul shapes");
     assert!(supported(), "fp16 matmul without AVX512-FP16");
@@ -178,12 +178,9 @@ unsafe fn add_tile(dst: &mut [f32], ldd: usize, rows: usize, tile: &[u16; MR * N
             let h = _mm512_cvtph_ps(_mm256_loadu_si256(t.add(c * 16) as *const __m256i));
             let dc = d.add(c * 16);
             let base = match first {
-                None | Some((_, Out::Add)) => _mm512_loadu_ps(dc),
-                Some((_, Out::Set)) => _mm512_setzero_ps(),
-            };
-            let base = match first {
-                Some((bias, _)) => _mm512_add_ps(base, _mm512_loadu_ps(bias.as_ptr().add(c * 16))),
-                None => base,
+                None => _mm512_loadu_ps(dc),
+                Some((bias, Out::Add)) => _mm512_add_ps(_mm512_loadu_ps(dc), _mm512_loadu_ps(bias.as_ptr().add(c * 16))),
+                Some((bias, Out::Set)) => _mm512_loadu_ps(bias.as_ptr().add(c * 16)),
             };
             _mm512_storeu_ps(dc, _mm512_add_ps(base, h));
         }
@@ -437,8 +434,10 @@ mod tests {
             let bias = matrix(n, 11, 1.0);
             let b = PackedB::pack(&w, k, n).expect("packs");
             let mut got = before.clone();
-            let lhs = if gelu { Lhs::Gelu(&raw) } else { Lhs::Plain(&raw) };
+            let mut input = raw.clone();
+            let lhs = if gelu { Lhs::Gelu(&mut input) } else { Lhs::Plain(&raw) };
             matmul(&mut got, lhs, m, &b, &bias, out, &mut s);
+            assert_eq!(input, raw, "the fp16 path leaves its input as it is");
             // What the product must have multiplied: the activations, through GELU if asked.
             let mut a = raw.clone();
             if gelu {

@@ -128,25 +128,34 @@ fn max(xs: &[f32]) -> f32 {
     m
 }
 
+/// `ln 2` split in two for `exp`'s range reduction (Cephes): a high part exact in a few bits, and
+/// the rest.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// `exp`'s polynomial on the reduced range (Cephes `expf`), highest power first.
+#[allow(clippy::excessive_precision)] // the published coefficients, kept as written
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+/// `erf`'s rational approximation (Eigen, XNNPACK): numerator and denominator in `x²`, highest
+/// power first; the numerator is then multiplied by `x`.
+#[allow(clippy::excessive_precision)] // the published coefficients, kept as written
+const ERF_P: [f32; 7] = [-2.726_142_3e-10, 2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600e-3, -1.609_603_3e-2];
+#[allow(clippy::excessive_precision)] // the published coefficients, kept as written
+const ERF_Q: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329_3e-3, -1.426_474e-2];
+
 /// `exp(x)` for `x` in the softmax range, max. relative error about 2 ulp (Cephes `expf`
 /// polynomial, branch-free range reduction; inputs below -87 flush towards 0).
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // the published coefficients, kept as written
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let e = p * r * r + r + 1.0;
     // n is an integer in [-126, 127], so the biased exponent is a normal one.
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
@@ -156,23 +165,18 @@ fn exp(x: f32) -> f32 {
 /// `erf(x)`, rational approximation used by Eigen and XNNPACK (error a few ulp over the f32
 /// range; exactly ±1 beyond |x| = 4 to f32 precision).
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // the published coefficients, kept as written
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = -2.726_142_3e-10;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 + -2.101_024e-6;
-    p = p * x2 + -5.692_506_4e-5;
-    p = p * x2 + -7.349_906_3e-4;
-    p = p * x2 + -2.954_600e-3;
-    p = p * x2 + -1.609_603_3e-2;
+    let mut p = ERF_P[0];
+    for c in &ERF_P[1..] {
+        p = p * x2 + c;
+    }
     p *= x;
-    let mut q = -1.456_607_2e-5;
-    q = q * x2 + -2.133_740_6e-4;
-    q = q * x2 + -1.682_827e-3;
-    q = q * x2 + -7.373_329_3e-3;
-    q = q * x2 + -1.426_474e-2;
+    let mut q = ERF_Q[0];
+    for c in &ERF_Q[1..] {
+        q = q * x2 + c;
+    }
     p / q
 }
 
@@ -279,9 +283,10 @@ multiversion! {
 /// spend much of it on short rows' tails, four passes over each row, and the `erf` division. Here a
 /// row's tail is one masked vector, `exp` scales by `vscalefps`, the softmax makes three passes,
 /// and the division is a reciprocal estimate refined by one Newton step (relative error about
-/// 2^-28, below `f32` rounding). The polynomials are those of the portable versions.
+/// 2^-28, below `f32` rounding). The polynomials are the portable versions' constants.
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
+    use super::{ERF_P, ERF_Q, EXP_POLY, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
 
     /// The mask of the first `len` (< 16) lanes.
@@ -293,15 +298,14 @@ pub(super) mod avx512 {
     /// [`super::exp`] on 16 lanes.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::excessive_precision)] // the published coefficients, kept as written
     fn exp(x: __m512) -> __m512 {
         let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
         let e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
         _mm512_scalef_ps(e, n)
@@ -353,19 +357,18 @@ pub(super) mod avx512 {
     /// path, which applies it while converting activations to halves).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::excessive_precision)] // the published coefficients, kept as written
     pub(in crate::embed) fn gelu16(x: __m512) -> __m512 {
         let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
         let t2 = _mm512_mul_ps(t, t);
-        let mut p = _mm512_set1_ps(-2.726_142_3e-10);
-        for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600e-3, -1.609_603_3e-2] {
-            p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(c));
+        let mut p = _mm512_set1_ps(ERF_P[0]);
+        for c in &ERF_P[1..] {
+            p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(*c));
         }
         let p = _mm512_mul_ps(p, t);
-        let mut q = _mm512_set1_ps(-1.456_607_2e-5);
-        for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329_3e-3, -1.426_474e-2] {
-            q = _mm512_fmadd_ps(q, t2, _mm512_set1_ps(c));
+        let mut q = _mm512_set1_ps(ERF_Q[0]);
+        for c in &ERF_Q[1..] {
+            q = _mm512_fmadd_ps(q, t2, _mm512_set1_ps(*c));
         }
         // p / q as p · (1/q): a 14-bit estimate and one Newton step, r(2 − qr).
         let r = _mm512_rcp14_ps(q);

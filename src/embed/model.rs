@@ -449,18 +449,9 @@ impl Weights {
             linear(h, Lhs::Plain(ctx), total, (&l.w_attn_out, hd, hd), &l.b_attn_out, Out::Add, hl.map(|x| &x.attn_out), &mut s.half);
             kernels::layer_norm(h, &l.ln_attn_g, &l.ln_attn_b, self.eps);
 
-            // Feed-forward.
+            // Feed-forward, with GELU between its two products.
             linear(it, Lhs::Plain(h), total, (&l.w_inter, hd, inter), &l.b_inter, Out::Set, hl.map(|x| &x.inter), &mut s.half);
-            // GELU, then the output projection: the fp16 path applies GELU while converting its
-            // input to halves, which saves a pass over the widest activations.
-            let act = match hl {
-                Some(_) => Lhs::Gelu(it),
-                None => {
-                    kernels::gelu(it);
-                    Lhs::Plain(it)
-                }
-            };
-            linear(h, act, total, (&l.w_out, inter, hd), &l.b_out, Out::Add, hl.map(|x| &x.out), &mut s.half);
+            linear(h, Lhs::Gelu(it), total, (&l.w_out, inter, hd), &l.b_out, Out::Add, hl.map(|x| &x.out), &mut s.half);
             kernels::layer_norm(h, &l.ln_out_g, &l.ln_out_b, self.eps);
         }
 
@@ -504,16 +495,11 @@ fn linear(
     match fp16 {
         Some(b) => half::matmul(dst, a, m, b, bias, out, s),
         None => {
-            // The forward pass applies GELU in place before an fp32 product, so `Gelu` reaches
-            // here only from elsewhere: it is honoured on a copy.
-            let gelu_copy;
             let a = match a {
                 Lhs::Plain(a) => a,
                 Lhs::Gelu(a) => {
-                    let mut t = a[..m * k].to_vec();
-                    kernels::gelu(&mut t);
-                    gelu_copy = t;
-                    &gelu_copy[..]
+                    kernels::gelu(&mut a[..m * k]);
+                    &*a
                 }
             };
             let dst = &mut dst[..m * n];
